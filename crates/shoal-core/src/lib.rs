@@ -1,0 +1,12 @@
+//! shoal's pure core: every decision of the system as a function over data (SYSTEM.md §1).
+//!
+//! No IO, no clocks, no randomness, no async runtime: time and ids are arguments. The shells (store, net, master,
+//! worker, api) feed inputs in and carry outputs out.
+
+pub mod apply;
+pub mod invariants;
+pub mod snapshot;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use apply::{ApplyError, apply, apply_in_place};
