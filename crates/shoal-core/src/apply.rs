@@ -176,7 +176,10 @@ fn reduce(s: &mut State, event: &Event, time_ms: u64) {
                 return;
             }
             if let RunnerStatus::Failed { attempt, .. } = status
-                && instance.runner_failures.get(runner_id).is_none_or(|current| current < attempt)
+                && instance
+                    .runner_failures
+                    .get(runner_id)
+                    .is_none_or(|current| current < attempt)
                 && let Some(instance) = s.instances.get_mut(instance_id)
             {
                 // Only a higher attempt copies the instance: repeated reports of one failure are free.

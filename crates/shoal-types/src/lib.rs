@@ -9,6 +9,7 @@ pub mod chunk;
 pub mod codec;
 pub mod command;
 pub mod event;
+pub mod http;
 pub mod ids;
 pub mod model;
 pub mod params;
