@@ -4,7 +4,11 @@
 //! worker, api) feed inputs in and carry outputs out.
 
 pub mod apply;
+pub mod election;
+pub mod follower;
+pub mod indexer;
 pub mod invariants;
+pub mod outbox;
 pub mod snapshot;
 #[cfg(feature = "testing")]
 pub mod testing;
