@@ -9,35 +9,89 @@ fn tok() -> Tokenizer {
     Tokenizer::from_gguf_path(common::model_path()).unwrap()
 }
 
-// TODO(llama.cpp reference ids): produce once with
-//   llama-tokenize -m SmolLM2-135M-Instruct.Q4_1.gguf --ids --no-bos -p '<string>'
-// and pin them here as exact expectations. Strings:
-//   "Hello world", " leading space", "1234567 apples cost $89.50", "naïve café – 東京 🙂",
-//   "tabs\tand\nnewlines\n\n  indented", "<|im_start|>user\nHi<|im_end|>\n", "<|im_start|> spaced <|im_end|>",
-//   "don't won't I'm", "x=[1,2,3]; y={'a': 10}", "ZWJ 👩‍👩‍👧 family", "   ", "".
-const SAMPLES: &[&str] = &[
-    "Hello world",
-    " leading space",
-    "1234567 apples cost $89.50",
-    "naïve café – 東京 🙂",
-    "tabs\tand\nnewlines\n\n  indented",
-    "<|im_start|>user\nHi<|im_end|>\n",
-    "<|im_start|> spaced <|im_end|>",
-    "don't won't I'm",
-    "x=[1,2,3]; y={'a': 10}",
-    "ZWJ 👩‍👩‍👧 family",
-    "   ",
+// Exact ids from llama.cpp, produced once with `llama-tokenize` built from the llama.cpp vendored in the PyPI sdist
+// llama-cpp-python 0.3.36 (ggml-org/llama.cpp@0c1e57098), CPU-only Release build, one file per string:
+//   llama-tokenize -m SmolLM2-135M-Instruct.Q4_1.gguf -f <file with the exact bytes> --no-escape --ids --no-bos
+// `-f` + `--no-escape` pass the bytes verbatim (tabs, CR/LF, trailing newline). llama-tokenize parses special tokens by
+// default (as `Tokenizer::encode` does), so `<|im_start|>`/`<|im_end|>` are ids 1/2. This model does not ask for
+// BOS, so `--no-bos` changes nothing; shoal adds none either.
+const SAMPLES: &[(&str, &[u32])] = &[
+    ("Hello world", &[19556, 905]),
+    (" leading space", &[2899, 1898]),
+    (
+        "1234567 apples cost $89.50",
+        &[33, 34, 35, 36, 37, 38, 39, 13855, 1708, 1885, 40, 41, 30, 37, 32],
+    ),
+    (
+        "naïve café – 東京 🙂",
+        &[3546, 46494, 37366, 816, 17097, 247, 126, 16736, 122, 47526],
+    ),
+    (
+        "tabs\tand\nnewlines\n\n  indented",
+        &[100, 7366, 197, 397, 198, 2241, 5110, 8866, 641, 6574],
+    ),
+    ("<|im_start|>user\nHi<|im_end|>\n", &[1, 4093, 198, 26843, 2, 198]),
+    ("<|im_start|> spaced <|im_end|>", &[1, 23861, 216, 2]),
+    ("don't won't I'm", &[12420, 982, 3763, 982, 339, 5248]),
+    (
+        "x=[1,2,3]; y={'a': 10}",
+        &[
+            104, 7407, 33, 28, 34, 28, 35, 26695, 329, 19837, 81, 1539, 216, 33, 32, 109,
+        ],
+    ),
+    (
+        "ZWJ 👩\u{200d}👩\u{200d}👧 family",
+        &[
+            74, 71, 58, 15107, 235, 119, 321, 231, 10813, 235, 119, 321, 231, 10813, 235, 117, 1564,
+        ],
+    ),
+    ("   ", &[333]),
+    ("", &[]),
+    (
+        "12345 and 3.14159",
+        &[33, 34, 35, 36, 37, 284, 216, 35, 30, 33, 36, 33, 37, 41],
+    ),
+    (
+        "héllo wörld ñ 日本語 🐟🐠",
+        &[
+            88, 2756, 31394, 267, 29989, 400, 5549, 126, 17097, 241, 115, 40993, 179, 120, 248, 15107, 234, 249, 10813,
+            234, 250,
+        ],
+    ),
+    ("  a\n\n b  ", &[216, 253, 1116, 278, 256]),
+    (
+        "\ttab\t\tdouble tab \t",
+        &[197, 15999, 197, 197, 21414, 10147, 216, 197],
+    ),
+    ("<|im_start|>user\nhi<|im_end|>", &[1, 4093, 198, 6004, 2]),
+    ("line\r\nwindows\r\n", &[1311, 201, 198, 37066, 2738]),
+    (
+        "I'LL SAY it's 'quoted' ok",
+        &[57, 23, 16421, 17220, 73, 357, 506, 637, 385, 5036, 23, 10907],
+    ),
+    ("trailing newline\n", &[4861, 4966, 725, 1311, 198]),
 ];
 
 #[test]
-fn samples_round_trip_and_print_ids() {
+fn ids_match_llama_cpp() {
     let t = tok();
-    for s in SAMPLES {
+    let mismatches: Vec<String> = SAMPLES
+        .iter()
+        .filter_map(|&(s, want)| {
+            let got = t.encode(s).unwrap();
+            (got != want).then(|| format!("{s:?}: shoal {got:?}, llama.cpp {want:?}"))
+        })
+        .collect();
+    assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
+}
+
+#[test]
+fn samples_round_trip() {
+    let t = tok();
+    for &(s, _) in SAMPLES {
         let ids = t.encode(s).unwrap();
-        println!("{s:?} -> {ids:?}");
-        assert_eq!(t.decode(&ids, false).unwrap(), *s, "round trip of {s:?}");
+        assert_eq!(t.decode(&ids, false).unwrap(), s, "round trip of {s:?}");
     }
-    assert!(t.encode("").unwrap().is_empty());
 }
 
 #[test]
@@ -80,7 +134,7 @@ fn control_tokens_are_single_special_ids() {
 #[test]
 fn incremental_decoder_never_splits_characters() {
     let t = tok();
-    for s in SAMPLES {
+    for &(s, _) in SAMPLES {
         let ids = t.encode(s).unwrap();
         let mut dec = t.decoder();
         let mut out = String::new();

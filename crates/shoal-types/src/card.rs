@@ -124,6 +124,8 @@ pub struct SamplingValues {
     pub frequency_penalty: Option<f32>,
 }
 
+/// The fields of [`SamplingValues`] repeat here rather than being nested: the TOML puts them at the top of
+/// `[sampling_defaults]`, and `#[serde(flatten)]` is not available to types that cross the postcard wire.
 #[derive(Clone, PartialEq, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SamplingDefaults {

@@ -1,5 +1,6 @@
 //! The `shoal` binary: one process per device (SYSTEM.md §1).
 
+mod generate;
 mod node_id;
 
 use std::path::{Path, PathBuf};
@@ -29,6 +30,13 @@ enum Cmd {
     Run(RunArgs),
     /// Delete the persisted node id, so the next start creates a new one (for cloned disks).
     ResetId(DataDirArg),
+    /// Generate a reply on this machine alone, without a cluster: the way to try a model.
+    Generate {
+        #[command(flatten)]
+        args: generate::GenerateArgs,
+        #[command(flatten)]
+        data: DataDirArg,
+    },
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -57,6 +65,7 @@ fn main() -> std::process::ExitCode {
         Some(Cmd::Run(args)) => run(&args),
         None => run(&cli.run),
         Some(Cmd::ResetId(args)) => reset_id(&args),
+        Some(Cmd::Generate { args, data }) => generate::run(&args, data_dir(&data).ok().as_deref()),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,0 +1,180 @@
+//! `shoal generate`: try a model on one machine without a cluster (ENGINE.md). Renders the model's own chat
+//! template, streams the reply to stdout, and with `--stats` reports prefill/decode speed and peak memory on stderr.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use shoal_engine::{ChatMessage, ChatTemplate, GenerateParams, Pipeline, SamplingParams, Tokenizer, generate};
+use shoal_types::card::{ModelCard, builtin_cards, find_card};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct GenerateArgs {
+    /// A .gguf file, or a model id or alias (e.g. `smollm2-135m`) already downloaded into `<data-dir>/models/`.
+    #[arg(long, value_name = "PATH|ID")]
+    pub model: String,
+    /// The user message.
+    #[arg(long)]
+    pub prompt: String,
+    /// A system message (the model's template may inject its own default when none is given).
+    #[arg(long)]
+    pub system: Option<String>,
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_tokens: u32,
+    /// 0 is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    #[arg(long)]
+    pub top_p: Option<f32>,
+    #[arg(long)]
+    pub min_p: Option<f32>,
+    #[arg(long)]
+    pub repetition_penalty: Option<f32>,
+    /// Same seed, parameters and prompt give the same tokens.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Stop when the reply contains this text (repeatable; the stop text is not printed).
+    #[arg(long)]
+    pub stop: Vec<String>,
+    /// Split the model into stages in this process at these layers (e.g. `15` or `10,20`), to exercise the split
+    /// path: the output is the same as unsplit.
+    #[arg(long, value_delimiter = ',', value_name = "LAYER,...")]
+    pub splits: Vec<usize>,
+    /// Print prefill and decode tokens/s and peak memory to stderr.
+    #[arg(long)]
+    pub stats: bool,
+}
+
+pub fn run(args: &GenerateArgs, data_dir: Option<&Path>) -> anyhow::Result<()> {
+    // Flags first: a bad value is reported before any model is opened.
+    let sampling = sampling(args)?;
+    let model = resolve_model(&args.model, data_dir)?;
+    let started = std::time::Instant::now();
+    let tokenizer = Tokenizer::from_gguf_path(&model).with_context(|| format!("--model {}", model.display()))?;
+    let device = candle_core::Device::Cpu;
+    let mut pipeline =
+        Pipeline::load(&model, &args.splits, &device).with_context(|| format!("--model {}", model.display()))?;
+    let load_time = started.elapsed();
+
+    let mut messages = Vec::new();
+    if let Some(system) = &args.system {
+        messages.push(ChatMessage::new("system", system.clone()));
+    }
+    messages.push(ChatMessage::new("user", args.prompt.clone()));
+    let text = ChatTemplate::from_tokenizer(&tokenizer)?.render(&messages, true)?;
+    let prompt = tokenizer.encode(&text)?;
+    let params = GenerateParams {
+        sampling,
+        max_tokens: args.max_tokens as usize,
+        stop: args.stop.clone(),
+    };
+
+    let mut stdout = std::io::stdout().lock();
+    let out = generate(&mut pipeline, &tokenizer, 0, &prompt, &params, &mut |piece| {
+        // A closed stdout (e.g. piped into `head`) must not abort generation with a panic.
+        let _ = stdout.write_all(piece.as_bytes());
+        let _ = stdout.flush();
+    })?;
+    let _ = writeln!(stdout);
+    if args.stats {
+        eprintln!(
+            "stats: load {:.2} s; prompt {} tokens, prefill {:.1} tok/s; generated {} tokens ({:?}), decode {:.1} tok/s; \
+             peak RSS {}; stages {}",
+            load_time.as_secs_f64(),
+            out.prompt_tokens,
+            out.prefill_tok_per_s(),
+            out.tokens.len(),
+            out.finish_reason,
+            out.decode_tok_per_s(),
+            peak_rss().map_or_else(
+                || "unknown".to_owned(),
+                |b| format!("{:.1} MiB", b as f64 / (1 << 20) as f64)
+            ),
+            pipeline.stages().len(),
+        );
+    }
+    Ok(())
+}
+
+fn sampling(args: &GenerateArgs) -> anyhow::Result<SamplingParams> {
+    let mut s = SamplingParams::greedy();
+    if !(args.temperature.is_finite() && args.temperature >= 0.0) {
+        bail!("--temperature must be a number ≥ 0, got {}", args.temperature);
+    }
+    s.temperature = args.temperature;
+    if let Some(k) = args.top_k {
+        s.top_k = k;
+    }
+    if let Some(p) = args.top_p {
+        if !(p > 0.0 && p <= 1.0) {
+            bail!("--top-p must be in (0, 1], got {p}");
+        }
+        s.top_p = p;
+    }
+    if let Some(p) = args.min_p {
+        if !(0.0..=1.0).contains(&p) {
+            bail!("--min-p must be in [0, 1], got {p}");
+        }
+        s.min_p = p;
+    }
+    if let Some(r) = args.repetition_penalty {
+        if !(r.is_finite() && r > 0.0) {
+            bail!("--repetition-penalty must be a number > 0, got {r}");
+        }
+        s.repetition_penalty = r;
+    }
+    s.seed = args.seed;
+    Ok(s)
+}
+
+/// A path that exists is used as is; otherwise the name is looked up among the built-in cards (id or alias) and the
+/// card's first file is expected in `<data_dir>/models/<id as file name>/`.
+fn resolve_model(name: &str, data_dir: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let path = Path::new(name);
+    if path.is_file() {
+        return Ok(path.to_path_buf());
+    }
+    let cards = builtin_cards();
+    let Some(card) = find_card(&cards, name) else {
+        bail!(
+            "--model {name}: no such file and no known model (built-in: {})",
+            cards
+                .iter()
+                .map(|c| c.aliases.first().unwrap_or(&c.id.0).as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    };
+    let Some(dir) = data_dir else {
+        bail!("--model {name}: no data directory to look for it in; pass a path")
+    };
+    let file = model_file(card, dir)?;
+    if file.is_file() {
+        return Ok(file);
+    }
+    bail!(
+        "--model {name}: {} is not downloaded (expected {}); automatic download arrives with the model store — \
+         for now pass the path of the .gguf file",
+        card.id,
+        file.display()
+    )
+}
+
+fn model_file(card: &ModelCard, data_dir: &Path) -> anyhow::Result<PathBuf> {
+    let file = card
+        .sources
+        .first()
+        .and_then(|s| s.files.first())
+        .context("the model card lists no file")?;
+    Ok(data_dir.join("models").join(card.id.file_name()).join(file))
+}
+
+/// Peak resident set size of this process (Linux `VmHWM`), in bytes.
+fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}

@@ -1,0 +1,96 @@
+//! `shoal generate` as a real child process on the real test model.
+#![allow(clippy::unwrap_used)]
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// The test model, fetched once through `shared/scripts/fetch-test-model.sh` (found beside the repository).
+fn model_path() -> PathBuf {
+    if let Ok(p) = std::env::var("SHOAL_TEST_MODEL") {
+        return PathBuf::from(p);
+    }
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .map(|d| d.join("shared/scripts/fetch-test-model.sh"))
+        .find(|p| p.is_file())
+        .expect("set SHOAL_TEST_MODEL or put shared/ beside the repository");
+    let out = Command::new("bash").arg(script).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim().lines().last().unwrap())
+}
+
+fn shoal() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_shoal"));
+    cmd.env_remove("SHOAL_HOME").env("NO_COLOR", "1");
+    cmd
+}
+
+#[test]
+fn generate_answers_and_reports_stats_split_or_not() {
+    let model = model_path();
+    let mut outputs = Vec::new();
+    for splits in [None, Some("15")] {
+        let mut cmd = shoal();
+        cmd.args([
+            "generate",
+            "--prompt",
+            "What is the capital of France? Answer in one sentence.",
+        ])
+        .args(["--max-tokens", "12", "--stats", "--model"])
+        .arg(&model);
+        if let Some(s) = splits {
+            cmd.args(["--splits", s]);
+        }
+        let out = cmd.output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        assert!(stdout.contains("Paris"), "reply: {stdout}");
+        assert!(
+            stderr.contains("decode") && stderr.contains("tok/s") && stderr.contains("peak RSS"),
+            "{stderr}"
+        );
+        outputs.push(stdout);
+    }
+    assert_eq!(
+        outputs[0], outputs[1],
+        "a split model answers exactly like the whole one"
+    );
+}
+
+#[test]
+fn generate_rejects_bad_input_naming_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: [(&[&str], &str); 4] = [
+        (&["--model", "/no/such/model.gguf", "--prompt", "hi"], "--model"),
+        (&["--model", "smollm2-135m", "--prompt", "hi"], "--model smollm2-135m"),
+        (
+            &["--model", "x.gguf", "--prompt", "hi", "--max-tokens", "0"],
+            "--max-tokens",
+        ),
+        (&["--model", "x.gguf", "--prompt", "hi", "--top-p", "2"], "--top-p"),
+    ];
+    for (args, expected) in cases {
+        let out = shoal()
+            .arg("generate")
+            .args(args)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+    // A file that is not a GGUF model is a clear error, not a panic.
+    let not_gguf = dir.path().join("not.gguf");
+    std::fs::write(&not_gguf, b"hello").unwrap();
+    let out = shoal()
+        .args(["generate", "--prompt", "hi", "--model"])
+        .arg(&not_gguf)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("--model") && !stderr.contains("panicked"), "{stderr}");
+}
