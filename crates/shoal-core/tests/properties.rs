@@ -10,6 +10,13 @@ use shoal_types::model::{NodeInfo, RunnerRecord};
 use shoal_types::wire::SnapshotBlob;
 use shoal_types::{Event, IndexedEvent, Pos, State, codec};
 
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64)
+}
+
 fn events(seed: u64, n: usize) -> Vec<IndexedEvent> {
     EventGen::new(seed, Mix::Chaos).take_events(n)
 }
@@ -48,7 +55,8 @@ fn without_stamps(s: &State) -> State {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    // 64 cases per run unless PROPTEST_CASES says otherwise (e.g. PROPTEST_CASES=5000 for a long local run).
+    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
 
     /// I1–I6 hold after every event of random sequences, and `apply` agrees with `apply_in_place`.
     #[test]
@@ -80,18 +88,28 @@ proptest! {
     }
 
     /// Rule 3.3(b): re-applying an in-order suffix of a producer's events changes nothing but `updated_ms` stamps
-    /// (what the outbox's resend after a session change relies on).
+    /// (what the outbox's resend after a session change relies on). Only events that took effect when first applied
+    /// count: one that was a no-op then (a fact about a node State did not know yet) legitimately takes effect when
+    /// re-sent, which is how re-assertion restores lost facts (§10.2).
     #[test]
     fn reapplying_a_producer_suffix_changes_only_stamps(seed in any::<u64>(), n in 1usize..400, from in 0.0f64..1.0) {
         let evs = events(seed, n);
-        let state = fold(&State::empty(), &evs).unwrap();
-        // A node's facts may legitimately reappear after the master removed the node; resends after that point
-        // are re-assertions of a live node, so the suffix starts after the last removal.
-        let after_removal = evs.iter().rposition(|e| matches!(e.event, Event::NodeTimedOut { .. })).map_or(0, |i| i + 1);
-        let producer: Vec<Event> = evs[after_removal..].iter().filter(|e| e.origin.is_some()).map(|e| e.event.clone()).collect();
-        let start = ((producer.len() as f64) * from) as usize;
+        let mut state = State::empty();
+        let mut effective = Vec::new();
+        for e in &evs {
+            let before = without_stamps(&state);
+            apply_in_place(&mut state, e).unwrap();
+            if matches!(e.event, Event::NodeTimedOut { .. }) {
+                // A node's facts may legitimately reappear after the master removed the node; resends after that
+                // point are re-assertions of a live node, so the suffix starts after the last removal.
+                effective.clear();
+            } else if e.origin.is_some() && without_stamps(&state) != before {
+                effective.push(e.event.clone());
+            }
+        }
+        let start = ((effective.len() as f64) * from) as usize;
         let mut again = state.clone();
-        for event in &producer[start..] {
+        for event in &effective[start..] {
             let e = IndexedEvent {
                 idx: (again.pos.idx + 1) as u64,
                 session: again.pos.session,
@@ -208,4 +226,19 @@ fn a_zstd_bomb_is_capped() {
         body,
     };
     assert_eq!(snapshot::decode(&blob), Err(SnapshotError::TooLarge));
+}
+
+/// Regression: a map length prefix of 2^35 entries (a flipped bit on the wire) is an error, not a 4 PB allocation
+/// that aborts the process (imbl's own deserializer preallocated from the length prefix).
+#[test]
+fn a_huge_map_length_prefix_is_an_error_not_an_abort() {
+    let state = State::empty();
+    let header = postcard::to_allocvec(&(state.schema, state.pos, state.session)).unwrap();
+    let mut bytes = codec::encode(&state).unwrap();
+    // [version][schema, pos, session][nodes: length 0]... → replace the `nodes` length with a huge varint.
+    let at = 1 + header.len();
+    assert_eq!(bytes[at], 0, "the empty nodes map's length");
+    bytes.splice(at..=at, [0xff, 0xff, 0xff, 0xff, 0x7f]);
+    assert!(codec::decode::<State>(&bytes).is_err());
+    assert!(snapshot::from_bytes(&bytes).is_err());
 }

@@ -4,6 +4,7 @@
 //! Everything here is plain data. Behaviour over it (`apply`, placement, the election choice, ...) lives in
 //! `shoal-core`.
 
+mod bounded;
 pub mod card;
 pub mod chunk;
 pub mod codec;

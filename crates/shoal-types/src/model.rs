@@ -20,6 +20,7 @@ pub struct Instance {
     pub model: ModelCard,
     pub assignments: ShardAssignments,
     /// Highest failure attempt reported per runner; 5 makes the master delete the instance.
+    #[serde(deserialize_with = "crate::bounded::ordmap")]
     pub runner_failures: OrdMap<RunnerId, u32>,
     pub created_ms: u64,
 }
@@ -42,8 +43,10 @@ impl Instance {
 
 #[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
 pub struct ShardAssignments {
+    #[serde(deserialize_with = "crate::bounded::ordmap")]
     pub shards: OrdMap<RunnerId, ShardMetadata>,
     /// One runner per node.
+    #[serde(deserialize_with = "crate::bounded::ordmap")]
     pub node_runner: OrdMap<NodeId, RunnerId>,
 }
 
@@ -253,6 +256,7 @@ pub struct NodeInfo {
     pub interfaces: Vec<Iface>,
     pub backends: Vec<Backend>,
     pub mem_bandwidth_gbps: Option<f32>,
+    #[serde(deserialize_with = "crate::bounded::ordmap")]
     pub downloads: OrdMap<ModelId, DownloadProgress>,
     pub first_seen_ms: u64,
     pub updated_ms: u64,

@@ -24,13 +24,20 @@ pub struct State {
     pub pos: Pos,
     /// The session of the last `SessionOpened`.
     pub session: SessionId,
+    #[serde(deserialize_with = "crate::bounded::ordmap")]
     pub nodes: OrdMap<NodeId, Arc<NodeInfo>>,
+    #[serde(deserialize_with = "crate::bounded::ordmap")]
     pub deployments: OrdMap<DeploymentId, Arc<Deployment>>,
+    #[serde(deserialize_with = "crate::bounded::ordmap")]
     pub instances: OrdMap<InstanceId, Arc<Instance>>,
+    #[serde(deserialize_with = "crate::bounded::ordmap")]
     pub runners: OrdMap<RunnerId, Arc<RunnerRecord>>,
+    #[serde(deserialize_with = "crate::bounded::ordmap")]
     pub tasks: OrdMap<TaskId, Arc<Task>>,
+    #[serde(deserialize_with = "crate::bounded::ordmap")]
     pub task_by_command: OrdMap<CommandId, TaskId>,
     /// Custom cards; built-ins are compiled in and not stored here.
+    #[serde(deserialize_with = "crate::bounded::ordmap")]
     pub model_cards: OrdMap<ModelId, Arc<ModelCard>>,
 }
 
