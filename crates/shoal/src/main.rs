@@ -96,9 +96,9 @@ fn run(args: &RunArgs) -> anyhow::Result<()> {
     let (node, created) = node_id::load_or_create(&dir)?;
     info!(%node, created, data_dir = %dir.display(), "node identity");
     let store_path = dir.join("store.redb");
-    let (mut store, recovery) = Store::open(&store_path, StoreConfig::default())
+    // The store logs what it recovered (and any repair) itself.
+    let (mut store, _recovery) = Store::open(&store_path, StoreConfig::default())
         .with_context(|| format!("cannot open the store {}", store_path.display()))?;
-    info!(pos = ?store.state().pos, ?recovery, "store open");
     // The cluster, worker and API arrive with their issues; until then the node holds its store and waits.
     info!(elapsed_ms = started.elapsed().as_millis() as u64, "node ready");
     wait_for_shutdown_signal()?;
