@@ -2,7 +2,7 @@
 //!
 //! cargo run --release --example generate -- --model M.gguf --prompt "What is the capital of France?" \
 //!     [--max-tokens 128] [--temperature 0] [--top-k 0] [--top-p 1] [--min-p 0] [--seed N] [--splits 15,20] [--raw]
-//! Threads: RAYON_NUM_THREADS (or CANDLE_NUM_THREADS) as candle reads them.
+//! Threads: SHOAL_THREADS (default 2). `shoal generate` is the user-facing version of this example.
 #![allow(clippy::unwrap_used)]
 
 use std::io::Write;
@@ -68,15 +68,19 @@ fn parse_args() -> Result<Args, String> {
 }
 
 fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
-    let device = candle_core::Device::Cpu;
+    let threads = std::env::var("SHOAL_THREADS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(2);
+    let pool = std::sync::Arc::new(shoal_engine::Pool::new(threads));
     let t = std::time::Instant::now();
     let tokenizer = Tokenizer::from_gguf_path(&args.model)?;
-    let mut pipeline = Pipeline::load(&args.model, &args.splits, &device)?;
+    let mut pipeline = Pipeline::load(&args.model, &args.splits, pool)?;
     eprintln!(
         "loaded {} stage(s) in {:.2?}, threads {}",
         pipeline.stages().len(),
         t.elapsed(),
-        candle_core::utils::get_num_threads()
+        threads
     );
     let text = if args.raw {
         args.prompt

@@ -22,6 +22,10 @@ pub enum EngineError {
     MissingTensor(String),
     #[error("cannot load tensor `{name}`: {reason}")]
     InvalidTensor { name: String, reason: String },
+    #[error(
+        "tensor `{name}` uses the {ty} encoding, which this build cannot run (supported: F32, F16, Q4_0, Q4_1, Q8_0, Q4_K, Q6_K)"
+    )]
+    UnsupportedQuant { name: String, ty: String },
     #[error("invalid layer range [{start}, {end}) for a model with {n_layers} layers")]
     InvalidLayerRange { start: usize, end: usize, n_layers: usize },
     #[error("sequence needs {needed} tokens but the context length is {limit}")]
@@ -32,8 +36,6 @@ pub enum EngineError {
     Tokenizer(String),
     #[error("chat template: {0}")]
     Template(String),
-    #[error("tensor operation failed: {0}")]
-    Tensor(#[from] candle_core::Error),
 }
 
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;

@@ -1,15 +1,17 @@
-//! The single-sequence generation loop: prefill, then sample/decode until end of generation, a stop string, the
-//! token budget or the context length.
+//! Generation loops: one sequence ([`generate`]) or several with continuous batching ([`generate_batch`]), built from
+//! two pure halves that a pipeline splits between its ranks: the [`Scheduler`] (rank 0: what to feed next) and
+//! [`Decoding`] (last rank: sample, decode, stop).
 
+use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::error::{EngineError, Result};
-use crate::pipeline::Pipeline;
+use crate::pipeline::{PREFILL_CHUNK, Pipeline};
 use crate::sampling::{Sampler, SamplingParams};
-use crate::stage::SeqSlot;
-use crate::tokenizer::Tokenizer;
+use crate::stage::{SeqChunk, SeqSlot};
+use crate::tokenizer::{IncrementalDecoder, Tokenizer};
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct GenerateParams {
     pub sampling: SamplingParams,
     pub max_tokens: usize,
@@ -27,7 +29,28 @@ impl Default for GenerateParams {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+impl GenerateParams {
+    /// Checks a request before any work: a non-empty prompt with room for at least one generated token, a token
+    /// budget, and valid sampling parameters. Rank 0 runs this at admission, so a bad request fails at once.
+    pub fn validate(&self, prompt_tokens: usize, context_limit: usize) -> Result<()> {
+        if prompt_tokens == 0 {
+            return Err(EngineError::InvalidRequest("the prompt is empty".into()));
+        }
+        if self.max_tokens == 0 {
+            return Err(EngineError::InvalidRequest("max_tokens must be at least 1".into()));
+        }
+        if prompt_tokens >= context_limit {
+            // One slot must remain for the first generated token.
+            return Err(EngineError::ContextOverflow {
+                needed: prompt_tokens + 1,
+                limit: context_limit,
+            });
+        }
+        self.sampling.validate()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum FinishReason {
     /// End-of-generation token or stop string.
     Stop,
@@ -60,6 +83,97 @@ impl Generation {
     }
 }
 
+/// The last stage's half of a sequence: samples each next token, decodes it incrementally, applies stop strings,
+/// the token budget and the context limit. Pure over logits, so a runner at the end of a pipeline uses it as is.
+#[derive(Debug)]
+pub struct Decoding<'t> {
+    tokenizer: &'t Tokenizer,
+    sampler: Sampler,
+    stops: StopMatcher,
+    decoder: IncrementalDecoder<'t>,
+    /// Prompt and generated tokens, for the repetition penalties and the context check.
+    history: Vec<u32>,
+    prompt_tokens: usize,
+    max_tokens: usize,
+    context_limit: usize,
+    finished: Option<FinishReason>,
+}
+
+/// What one sampled token produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodeStep {
+    pub token: u32,
+    /// Text that is now safe to show (possibly empty while a stop string or a UTF-8 sequence is undecided).
+    pub text: String,
+    /// Set on the sequence's last token.
+    pub finish: Option<FinishReason>,
+}
+
+impl<'t> Decoding<'t> {
+    /// Checks the request against the model: a non-empty prompt with room for at least one generated token.
+    pub fn new(
+        tokenizer: &'t Tokenizer,
+        prompt: &[u32],
+        params: &GenerateParams,
+        context_limit: usize,
+    ) -> Result<Self> {
+        params.validate(prompt.len(), context_limit)?;
+        Ok(Self {
+            tokenizer,
+            sampler: Sampler::new(params.sampling.clone())?,
+            stops: StopMatcher::new(&params.stop),
+            decoder: tokenizer.decoder(),
+            history: prompt.to_vec(),
+            prompt_tokens: prompt.len(),
+            max_tokens: params.max_tokens,
+            context_limit,
+            finished: None,
+        })
+    }
+
+    pub fn generated(&self) -> &[u32] {
+        &self.history[self.prompt_tokens..]
+    }
+
+    pub fn finished(&self) -> Option<FinishReason> {
+        self.finished
+    }
+
+    /// Samples from the logits of the sequence's last position.
+    pub fn step(&mut self, logits: &mut [f32]) -> Result<DecodeStep> {
+        if self.finished.is_some() {
+            return Err(EngineError::InvalidRequest("the sequence has already finished".into()));
+        }
+        let token = self.sampler.sample(logits, &self.history)?;
+        self.history.push(token);
+        let n = self.history.len() - self.prompt_tokens;
+        let mut text = String::new();
+        let finish = if self.tokenizer.is_end_of_generation(token) {
+            Some(FinishReason::Stop)
+        } else {
+            let (out, stopped) = self.stops.push(&self.decoder.push(token));
+            text = out;
+            if stopped {
+                Some(FinishReason::Stop)
+            } else if n >= self.max_tokens {
+                Some(FinishReason::Length)
+            } else if self.history.len() >= self.context_limit {
+                Some(FinishReason::ContextLength)
+            } else {
+                None
+            }
+        };
+        if finish.is_some() && !self.stops.stopped() {
+            // Nothing more will come: release what the decoder and the stop matcher held back.
+            let (out, _) = self.stops.push(&self.decoder.finish());
+            text.push_str(&out);
+            text.push_str(&self.stops.finish());
+        }
+        self.finished = finish;
+        Ok(DecodeStep { token, text, finish })
+    }
+}
+
 /// Runs one sequence on `slot` to completion, streaming text through `on_text`. The slot is released afterwards,
 /// also on error.
 pub fn generate(
@@ -84,29 +198,8 @@ fn run(
     params: &GenerateParams,
     on_text: &mut dyn FnMut(&str),
 ) -> Result<Generation> {
-    if prompt.is_empty() {
-        return Err(EngineError::InvalidRequest("the prompt is empty".into()));
-    }
-    let limit = pipeline.hparams().context_length;
-    if prompt.len() >= limit {
-        // One slot must remain for the first generated token.
-        return Err(EngineError::ContextOverflow {
-            needed: prompt.len() + 1,
-            limit,
-        });
-    }
-    let mut sampler = Sampler::new(params.sampling.clone())?;
-    let mut stops = StopMatcher::new(&params.stop);
-    let mut decoder = tokenizer.decoder();
-    let mut history = prompt.to_vec();
+    let mut decoding = Decoding::new(tokenizer, prompt, params, pipeline.hparams().context_length)?;
     let mut text = String::new();
-    let mut emit = |s: &str, text: &mut String| {
-        if !s.is_empty() {
-            text.push_str(s);
-            on_text(s);
-        }
-    };
-
     let t0 = Instant::now();
     let mut logits = pipeline.forward(slot, prompt)?;
     let prefill_time = t0.elapsed();
@@ -114,40 +207,22 @@ fn run(
 
     let mut decode_time = Duration::ZERO;
     let mut decode_steps = 0;
-    let mut tokens = Vec::new();
     let finish_reason = loop {
-        if tokens.len() >= params.max_tokens {
-            break FinishReason::Length;
+        let step = decoding.step(&mut logits)?;
+        if !step.text.is_empty() {
+            on_text(&step.text);
+            text.push_str(&step.text);
         }
-        let token = sampler.sample(&mut logits, &history)?;
-        tokens.push(token);
-        history.push(token);
-        if tokenizer.is_end_of_generation(token) {
-            break FinishReason::Stop;
-        }
-        let (out, stopped) = stops.push(&decoder.push(token));
-        emit(&out, &mut text);
-        if stopped {
-            break FinishReason::Stop;
-        }
-        if tokens.len() >= params.max_tokens {
-            break FinishReason::Length;
-        }
-        if history.len() >= limit {
-            break FinishReason::ContextLength;
+        if let Some(reason) = step.finish {
+            break reason;
         }
         let t = Instant::now();
-        logits = pipeline.forward(slot, &[token])?;
+        logits = pipeline.forward(slot, &[step.token])?;
         decode_time += t.elapsed();
         decode_steps += 1;
     };
-    if finish_reason != FinishReason::Stop || !stops.stopped() {
-        let (out, _) = stops.push(&decoder.finish());
-        emit(&out, &mut text);
-        emit(&stops.finish(), &mut text);
-    }
     Ok(Generation {
-        tokens,
+        tokens: decoding.generated().to_vec(),
         text,
         finish_reason,
         prompt_tokens: prompt.len(),
@@ -155,6 +230,227 @@ fn run(
         decode_time,
         decode_steps,
     })
+}
+
+/// Rank 0's half of continuous batching: which tokens of which sequences go into the next forward pass. Admits up to
+/// `max_seqs` sequences (the rest wait in order), gives every decoding sequence its one token per step, and fills
+/// the rest of the step's token budget with prompt chunks, so a long prompt is prefilled in pieces between the
+/// decode steps of the others. Pure: the caller runs the batch and reports the sampled tokens back.
+#[derive(Debug)]
+pub struct Scheduler {
+    max_seqs: usize,
+    step_tokens: usize,
+    waiting: VecDeque<(SeqSlot, Vec<u32>)>,
+    active: BTreeMap<SeqSlot, Feed>,
+}
+
+#[derive(Debug)]
+struct Feed {
+    /// Tokens not yet fed: the rest of the prompt, or the last sampled token.
+    pending: Vec<u32>,
+    /// Tokens already fed.
+    pos: usize,
+    /// A step holding this sequence is in flight; nothing more is fed until its token comes back.
+    in_flight: bool,
+}
+
+/// One forward pass chosen by the [`Scheduler`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduledStep {
+    pub chunks: Vec<SeqChunk>,
+    /// Position of each chunk's first token in its sequence.
+    pub positions: Vec<usize>,
+    /// Whether the last stage samples a token for each chunk (its prompt is complete after this chunk).
+    pub sample: Vec<bool>,
+    /// The chunks' tokens, back to back.
+    pub tokens: Vec<u32>,
+}
+
+impl Scheduler {
+    /// `step_tokens` bounds the tokens of one forward pass (the prefill chunk, [`PREFILL_CHUNK`]).
+    pub fn new(max_seqs: usize, step_tokens: usize) -> Self {
+        Self {
+            max_seqs: max_seqs.max(1),
+            step_tokens: step_tokens.max(1),
+            waiting: VecDeque::new(),
+            active: BTreeMap::new(),
+        }
+    }
+
+    /// Queues a sequence; it starts when one of the `max_seqs` places is free.
+    pub fn submit(&mut self, slot: SeqSlot, prompt: Vec<u32>) {
+        self.waiting.push_back((slot, prompt));
+    }
+
+    pub fn is_idle(&self) -> bool {
+        self.waiting.is_empty() && self.active.is_empty()
+    }
+
+    pub fn active(&self) -> usize {
+        self.active.len()
+    }
+
+    /// Sequences submitted but not yet admitted.
+    pub fn waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// Picks the next step, or `None` when nothing can run.
+    pub fn next_step(&mut self) -> Option<ScheduledStep> {
+        while self.active.len() < self.max_seqs {
+            let Some((slot, prompt)) = self.waiting.pop_front() else {
+                break;
+            };
+            self.active.insert(
+                slot,
+                Feed {
+                    pending: prompt,
+                    pos: 0,
+                    in_flight: false,
+                },
+            );
+        }
+        let mut step = ScheduledStep {
+            chunks: Vec::new(),
+            positions: Vec::new(),
+            sample: Vec::new(),
+            tokens: Vec::new(),
+        };
+        let mut budget = self.step_tokens;
+        // Decoding sequences first (one token each): a prompt never delays the tokens users are waiting for.
+        let ready = |f: &Feed| !f.in_flight && !f.pending.is_empty();
+        let decoding: Vec<SeqSlot> = self
+            .active
+            .iter()
+            .filter(|(_, f)| ready(f) && f.pos > 0 && f.pending.len() == 1)
+            .map(|(s, _)| *s)
+            .collect();
+        let prefilling: Vec<SeqSlot> = self
+            .active
+            .iter()
+            .filter(|(s, f)| ready(f) && !decoding.contains(s))
+            .map(|(s, _)| *s)
+            .collect();
+        for slot in decoding.into_iter().chain(prefilling) {
+            if budget == 0 {
+                break;
+            }
+            let Some(feed) = self.active.get_mut(&slot) else {
+                continue;
+            };
+            let n = feed.pending.len().min(budget);
+            budget -= n;
+            step.chunks.push(SeqChunk { slot, n_tokens: n });
+            step.positions.push(feed.pos);
+            step.sample.push(n == feed.pending.len());
+            step.tokens.extend(feed.pending.drain(..n));
+            feed.pos += n;
+            feed.in_flight = true;
+        }
+        (!step.chunks.is_empty()).then_some(step)
+    }
+
+    /// Marks a step's sequences as runnable again; `tokens` are the sampled tokens of the chunks that sampled, with
+    /// `done` set when the sequence finished (its place is then freed).
+    pub fn complete(&mut self, step: &ScheduledStep, tokens: &[(SeqSlot, u32, bool)]) {
+        for c in &step.chunks {
+            if let Some(f) = self.active.get_mut(&c.slot) {
+                f.in_flight = false;
+            }
+        }
+        for &(slot, token, done) in tokens {
+            if done {
+                self.active.remove(&slot);
+            } else if let Some(f) = self.active.get_mut(&slot) {
+                f.pending.push(token);
+            }
+        }
+    }
+
+    /// Drops a sequence wherever it is (cancellation).
+    pub fn cancel(&mut self, slot: SeqSlot) {
+        self.active.remove(&slot);
+        self.waiting.retain(|(s, _)| *s != slot);
+    }
+}
+
+/// One request of [`generate_batch`].
+#[derive(Debug, Clone)]
+pub struct BatchRequest {
+    pub prompt: Vec<u32>,
+    pub params: GenerateParams,
+}
+
+/// Generates several sequences at once with continuous batching: up to `max_seqs` share each forward pass.
+/// `on_text(i, text)` streams request `i`'s text. Results are in request order.
+pub fn generate_batch(
+    pipeline: &mut Pipeline,
+    tokenizer: &Tokenizer,
+    requests: &[BatchRequest],
+    max_seqs: usize,
+    on_text: &mut dyn FnMut(usize, &str),
+) -> Result<Vec<Generation>> {
+    let limit = pipeline.hparams().context_length;
+    let mut decodings = requests
+        .iter()
+        .map(|r| Decoding::new(tokenizer, &r.prompt, &r.params, limit))
+        .collect::<Result<Vec<_>>>()?;
+    let slots: Vec<SeqSlot> = (0..requests.len())
+        .map(|i| u32::try_from(i).map_err(|_| EngineError::InvalidRequest("too many requests".into())))
+        .collect::<Result<_>>()?;
+    for &s in &slots {
+        pipeline.release(s);
+    }
+    let mut scheduler = Scheduler::new(max_seqs, PREFILL_CHUNK);
+    for (slot, r) in slots.iter().zip(requests) {
+        scheduler.submit(*slot, r.prompt.clone());
+    }
+    let mut texts = vec![String::new(); requests.len()];
+    let mut finish = vec![None; requests.len()];
+    let started = Instant::now();
+    let result = (|| {
+        while let Some(step) = scheduler.next_step() {
+            let mut logits = pipeline.forward_batch(&step.chunks, &step.tokens)?;
+            let mut sampled = Vec::new();
+            for ((chunk, &sample), logits) in step.chunks.iter().zip(&step.sample).zip(logits.iter_mut()) {
+                if !sample {
+                    continue;
+                }
+                let i = chunk.slot as usize;
+                let out = decodings[i].step(logits)?;
+                if !out.text.is_empty() {
+                    on_text(i, &out.text);
+                    texts[i].push_str(&out.text);
+                }
+                finish[i] = out.finish;
+                if out.finish.is_some() {
+                    pipeline.release(chunk.slot);
+                }
+                sampled.push((chunk.slot, out.token, out.finish.is_some()));
+            }
+            scheduler.complete(&step, &sampled);
+        }
+        Ok(())
+    })();
+    for &s in &slots {
+        pipeline.release(s);
+    }
+    result?;
+    let elapsed = started.elapsed();
+    Ok(decodings
+        .iter()
+        .zip(texts)
+        .zip(finish)
+        .map(|((d, text), finish)| Generation {
+            tokens: d.generated().to_vec(),
+            text,
+            finish_reason: finish.unwrap_or(FinishReason::Length),
+            prompt_tokens: d.prompt_tokens,
+            prefill_time: Duration::ZERO,
+            decode_time: elapsed,
+            decode_steps: d.generated().len().saturating_sub(1),
+        })
+        .collect())
 }
 
 /// Finds stop strings across token boundaries. Text that could still be the start of a stop string is held back
@@ -218,6 +514,78 @@ impl StopMatcher {
             }
         }
         best
+    }
+}
+
+#[cfg(test)]
+mod scheduler_tests {
+    use super::{ScheduledStep, Scheduler};
+    use crate::stage::SeqChunk;
+
+    fn chunks(step: &ScheduledStep) -> Vec<(u32, usize)> {
+        step.chunks.iter().map(|c: &SeqChunk| (c.slot, c.n_tokens)).collect()
+    }
+
+    #[test]
+    fn admits_max_seqs_and_queues_the_rest_in_order() {
+        let mut s = Scheduler::new(2, 100);
+        for slot in 0..3 {
+            s.submit(slot, vec![1; 3]);
+        }
+        let step = s.next_step().unwrap();
+        assert_eq!(chunks(&step), [(0, 3), (1, 3)]);
+        assert_eq!(step.sample, [true, true]);
+        assert_eq!(step.positions, [0, 0]);
+        assert!(s.next_step().is_none(), "nothing runs while the step is in flight");
+        s.complete(&step, &[(0, 7, true), (1, 8, false)]);
+        let step = s.next_step().unwrap();
+        // Slot 1 decodes its sampled token first; slot 2 takes the freed place.
+        assert_eq!(chunks(&step), [(1, 1), (2, 3)]);
+        assert_eq!(step.tokens, [8, 1, 1, 1]);
+        assert_eq!(step.positions, [3, 0]);
+    }
+
+    #[test]
+    fn long_prompts_are_chunked_around_decode_steps() {
+        let mut s = Scheduler::new(8, 4);
+        s.submit(0, vec![5; 2]);
+        let step = s.next_step().unwrap();
+        s.complete(&step, &[(0, 9, false)]);
+        s.submit(1, vec![6; 7]);
+        let step = s.next_step().unwrap();
+        assert_eq!(
+            chunks(&step),
+            [(0, 1), (1, 3)],
+            "decode first, then the budget's rest of the prompt"
+        );
+        assert_eq!(step.sample, [true, false]);
+        s.complete(&step, &[(0, 10, false)]);
+        let step = s.next_step().unwrap();
+        assert_eq!(chunks(&step), [(0, 1), (1, 3)]);
+        assert_eq!(step.positions, [3, 3]);
+        s.complete(&step, &[(0, 11, false)]);
+        let step = s.next_step().unwrap();
+        assert_eq!(chunks(&step), [(0, 1), (1, 1)]);
+        assert_eq!(step.sample, [true, true], "the prompt's last chunk samples");
+        s.complete(&step, &[(0, 12, true), (1, 13, true)]);
+        assert!(s.is_idle());
+    }
+
+    #[test]
+    fn cancel_frees_the_place_and_the_queue() {
+        let mut s = Scheduler::new(1, 10);
+        s.submit(0, vec![1]);
+        s.submit(1, vec![1]);
+        s.submit(2, vec![1]);
+        let step = s.next_step().unwrap();
+        s.cancel(2);
+        s.cancel(0);
+        // The in-flight step's token for the cancelled sequence is ignored.
+        s.complete(&step, &[(0, 4, false)]);
+        let step = s.next_step().unwrap();
+        assert_eq!(chunks(&step), [(1, 1)]);
+        s.complete(&step, &[(1, 4, true)]);
+        assert!(s.is_idle());
     }
 }
 

@@ -2,14 +2,13 @@
 //! only the tensors of its own layers.
 
 use std::fs::File;
-use std::io::BufReader;
+use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use candle_core::Device;
-use candle_core::quantized::{QTensor, gguf_file};
+use candle_core::quantized::{GgmlDType, gguf_file};
 
 use crate::error::{EngineError, Result};
+use crate::kernels::{QMatrix, WeightType};
 
 pub struct GgufFile {
     path: PathBuf,
@@ -80,19 +79,57 @@ impl GgufFile {
         self.content.tensor_infos.get(name).map(|i| i.shape.dims())
     }
 
-    pub fn load(&mut self, name: &str, device: &Device) -> Result<Arc<QTensor>> {
+    /// Reads one tensor's bytes as a matrix: rows are the outer GGUF dimension, columns the inner (contiguous) one;
+    /// a 1-D tensor is one row.
+    pub fn read_matrix(&mut self, name: &str) -> Result<QMatrix> {
         let info = self
             .content
             .tensor_infos
             .get(name)
             .ok_or_else(|| EngineError::MissingTensor(name.to_string()))?;
-        let t = info
-            .read(&mut self.reader, self.content.tensor_data_offset, device)
-            .map_err(|e| EngineError::InvalidTensor {
-                name: name.to_string(),
-                reason: e.to_string(),
-            })?;
-        Ok(Arc::new(t))
+        let ty = weight_type(info.ggml_dtype).ok_or_else(|| EngineError::UnsupportedQuant {
+            name: name.to_string(),
+            ty: format!("{:?}", info.ggml_dtype),
+        })?;
+        // candle reverses ggml's dims, so the last one is the contiguous (column) dimension.
+        let dims = info.shape.dims();
+        let (rows, cols) = match dims {
+            [cols] => (1, *cols),
+            [rows, cols] => (*rows, *cols),
+            _ => {
+                return Err(EngineError::InvalidTensor {
+                    name: name.to_string(),
+                    reason: format!("shape {dims:?} is not a vector or a matrix"),
+                });
+            }
+        };
+        let invalid = |reason: String| EngineError::InvalidTensor {
+            name: name.to_string(),
+            reason,
+        };
+        if !cols.is_multiple_of(ty.block_elems()) {
+            return Err(invalid(format!("{cols} columns are not whole {} blocks", ty.name())));
+        }
+        let len = rows
+            .checked_mul(ty.row_bytes(cols))
+            .ok_or_else(|| invalid(format!("shape {dims:?} overflows")))?;
+        let mut data = vec![0u8; len];
+        let at = self.content.tensor_data_offset.saturating_add(info.offset);
+        self.reader
+            .seek(SeekFrom::Start(at))
+            .and_then(|_| self.reader.read_exact(&mut data))
+            .map_err(|e| invalid(format!("reading {len} bytes at offset {at}: {e}")))?;
+        QMatrix::new(ty, rows, cols, data).map_err(|e| invalid(e.to_string()))
+    }
+
+    /// Reads a small tensor (a norm's weight) as f32 values, whatever its encoding.
+    pub fn read_vector(&mut self, name: &str) -> Result<Vec<f32>> {
+        let m = self.read_matrix(name)?;
+        let mut out = vec![0.0; m.rows() * m.cols()];
+        for (r, row) in out.chunks_exact_mut(m.cols().max(1)).enumerate() {
+            m.dequantize_row(r, row);
+        }
+        Ok(out)
     }
 
     fn value(&self, key: &str) -> Result<&gguf_file::Value> {
@@ -185,4 +222,18 @@ fn invalid(key: &str, e: candle_core::Error) -> EngineError {
         key: key.to_string(),
         reason: e.to_string(),
     }
+}
+
+/// The GGUF encodings our kernels run; the others are refused at load with the tensor named.
+fn weight_type(t: GgmlDType) -> Option<WeightType> {
+    Some(match t {
+        GgmlDType::F32 => WeightType::F32,
+        GgmlDType::F16 => WeightType::F16,
+        GgmlDType::Q4_0 => WeightType::Q4_0,
+        GgmlDType::Q4_1 => WeightType::Q4_1,
+        GgmlDType::Q8_0 => WeightType::Q8_0,
+        GgmlDType::Q4K => WeightType::Q4K,
+        GgmlDType::Q6K => WeightType::Q6K,
+        _ => return None,
+    })
 }

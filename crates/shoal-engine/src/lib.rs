@@ -1,16 +1,18 @@
-//! shoal's inference engine: runs one pipeline stage (a layer range) of a GGUF transformer on CPU, with the
-//! tokenizer, chat template and sampler the last stage needs.
+//! shoal's inference engine: runs one pipeline stage (a layer range) of a GGUF transformer on CPU with its own
+//! quantized kernels, plus the tokenizer, chat template, sampler and batching loops around it.
 
 pub mod arch;
 pub mod error;
 pub mod gguf;
+pub mod kernels;
 pub mod ops;
 pub mod pipeline;
 pub mod stage;
 
 pub use error::{EngineError, Result};
-pub use pipeline::Pipeline;
-pub use stage::{LayerRange, SeqSlot, Stage, StageInput, StageOutput};
+pub use kernels::Pool;
+pub use pipeline::{PREFILL_CHUNK, Pipeline};
+pub use stage::{LayerRange, SeqChunk, SeqSlot, Stage, StageInput, StageOutput};
 
 pub mod chat;
 pub mod generate;
@@ -18,6 +20,9 @@ pub mod sampling;
 pub mod tokenizer;
 
 pub use chat::{ChatMessage, ChatTemplate};
-pub use generate::{FinishReason, GenerateParams, Generation, generate};
+pub use generate::{
+    BatchRequest, DecodeStep, Decoding, FinishReason, GenerateParams, Generation, ScheduledStep, Scheduler, generate,
+    generate_batch,
+};
 pub use sampling::{Sampler, SamplingParams};
 pub use tokenizer::{IncrementalDecoder, Tokenizer};

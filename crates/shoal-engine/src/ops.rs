@@ -1,113 +1,132 @@
-//! Building blocks shared by the architectures: each architecture file composes these instead of re-deriving them,
-//! so a new family is mostly a matter of naming its tensors and wiring its quirks.
+//! Building blocks shared by the architectures, on plain row-major `f32` slices: each architecture file composes
+//! these instead of re-deriving them, so a new family is mostly a matter of naming its tensors and wiring its quirks.
+//! The matrix products go through our own quantized kernels ([`crate::kernels`]); everything else here is small
+//! next to them and written for clarity, with loops the compiler vectorizes.
 
-use candle_core::quantized::{QMatMul, QTensor};
-use candle_core::{D, DType, Device, Module, Tensor};
 use std::sync::Arc;
 
-use crate::error::Result;
+use crate::error::{EngineError, Result};
 use crate::gguf::GgufFile;
+use crate::kernels::{Pool, QMatrix};
 
 /// A projection whose weight stays in its GGUF quantization.
 #[derive(Debug, Clone)]
 pub struct Linear {
-    inner: QMatMul,
-    out_features: usize,
+    weight: Arc<QMatrix>,
 }
 
 impl Linear {
-    pub fn load(gguf: &mut GgufFile, name: &str, device: &Device) -> Result<Self> {
-        Self::from_qtensor(gguf.load(name, device)?)
+    pub fn load(gguf: &mut GgufFile, name: &str) -> Result<Self> {
+        Ok(Self::from_matrix(Arc::new(gguf.read_matrix(name)?)))
     }
 
-    pub fn from_qtensor(t: Arc<QTensor>) -> Result<Self> {
-        // GGUF stores a linear as (out, in); candle's shape follows that order after reversing the ggml dims.
-        let out_features = t.shape().dims().first().copied().unwrap_or(0);
-        Ok(Self {
-            inner: QMatMul::from_arc(t)?,
-            out_features,
-        })
+    pub fn from_matrix(weight: Arc<QMatrix>) -> Self {
+        Self { weight }
     }
 
     pub fn out_features(&self) -> usize {
-        self.out_features
+        self.weight.rows()
     }
 
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(self.inner.forward(x)?)
+    pub fn in_features(&self) -> usize {
+        self.weight.cols()
+    }
+
+    /// x: (n, in) → (n, out).
+    pub fn forward(&self, x: &[f32], n: usize, pool: &Pool) -> Vec<f32> {
+        let mut y = vec![0.0; n * self.weight.rows()];
+        self.weight.matmul(x, n, &mut y, pool);
+        y
     }
 }
 
 #[derive(Debug, Clone)]
 pub struct RmsNorm {
-    weight: Tensor,
-    eps: f64,
+    weight: Vec<f32>,
+    eps: f32,
 }
 
 impl RmsNorm {
-    pub fn load(gguf: &mut GgufFile, name: &str, eps: f32, device: &Device) -> Result<Self> {
-        let weight = gguf.load(name, device)?.dequantize(device)?;
-        Ok(Self {
-            weight,
-            eps: f64::from(eps),
-        })
+    pub fn load(gguf: &mut GgufFile, name: &str, eps: f32, width: usize) -> Result<Self> {
+        let weight = gguf.read_vector(name)?;
+        if weight.len() != width {
+            return Err(EngineError::InvalidTensor {
+                name: name.to_string(),
+                reason: format!("{} elements, expected {width}", weight.len()),
+            });
+        }
+        Ok(Self { weight, eps })
     }
 
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mean_sq = x.sqr()?.mean_keepdim(D::Minus1)?;
-        let inv = (mean_sq + self.eps)?.sqrt()?.recip()?;
-        Ok(x.broadcast_mul(&inv)?.broadcast_mul(&self.weight)?)
+    /// Normalizes every row of `x` (rows of `weight.len()` values) into a new buffer.
+    pub fn forward(&self, x: &[f32]) -> Vec<f32> {
+        let mut out = vec![0.0; x.len()];
+        let d = self.weight.len();
+        for (row, o) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+            // Accumulate in f64: the mean of squares over hundreds of values is where f32 rounding would show.
+            let mean_sq = row.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>() / d as f64;
+            let inv = (1.0 / (mean_sq + f64::from(self.eps)).sqrt()) as f32;
+            for ((o, &v), &w) in o.iter_mut().zip(row).zip(&self.weight) {
+                *o = v * inv * w;
+            }
+        }
+        out
     }
 }
 
-/// Rotary position tables for one forward call (positions `pos..pos + n`).
+/// Rotary embedding frequencies of one model, computed once at load.
 #[derive(Debug, Clone)]
-pub struct RopeTables {
-    /// (n, 1, head_dim / 2, 1), broadcastable against (n, heads, head_dim / 2, 2) pairs.
-    cos: Tensor,
-    sin: Tensor,
+pub struct Rope {
+    inv_freq: Vec<f64>,
 }
 
-impl RopeTables {
-    pub fn new(pos: usize, n: usize, rot_dim: usize, base: f32, device: &Device) -> Result<Self> {
+impl Rope {
+    pub fn new(rot_dim: usize, base: f32) -> Self {
         let half = rot_dim / 2;
-        let inv_freq: Vec<f64> = (0..half)
+        let inv_freq = (0..half)
             .map(|i| 1.0 / f64::from(base).powf((2 * i) as f64 / rot_dim as f64))
             .collect();
-        let mut cos = Vec::with_capacity(n * half);
-        let mut sin = Vec::with_capacity(n * half);
-        for p in pos..pos + n {
-            for f in &inv_freq {
+        Self { inv_freq }
+    }
+
+    /// (cos, sin) tables for the given positions: `positions.len() × rot_dim / 2` each.
+    pub fn tables(&self, positions: &[usize]) -> (Vec<f32>, Vec<f32>) {
+        let half = self.inv_freq.len();
+        let mut cos = Vec::with_capacity(positions.len() * half);
+        let mut sin = Vec::with_capacity(positions.len() * half);
+        for &p in positions {
+            for f in &self.inv_freq {
                 let angle = p as f64 * f;
                 cos.push(angle.cos() as f32);
                 sin.push(angle.sin() as f32);
             }
         }
-        Ok(Self {
-            cos: Tensor::from_vec(cos, (n, 1, half, 1), device)?,
-            sin: Tensor::from_vec(sin, (n, 1, half, 1), device)?,
-        })
-    }
-
-    /// GGUF "normal" rope (llama.cpp's LLAMA_ROPE_TYPE_NORM): rotates adjacent pairs (x[2i], x[2i+1]), because the
-    /// converter permutes HF's q/k weights into that layout. x: (n, heads, head_dim).
-    pub fn apply_interleaved(&self, x: &Tensor) -> Result<Tensor> {
-        let (n, h, d) = x.dims3()?;
-        let pairs = x.reshape((n, h, d / 2, 2))?;
-        let x0 = pairs.narrow(3, 0, 1)?;
-        let x1 = pairs.narrow(3, 1, 1)?;
-        let r0 = (x0.broadcast_mul(&self.cos)? - x1.broadcast_mul(&self.sin)?)?;
-        let r1 = (x0.broadcast_mul(&self.sin)? + x1.broadcast_mul(&self.cos)?)?;
-        Ok(Tensor::cat(&[r0, r1], 3)?.reshape((n, h, d))?)
+        (cos, sin)
     }
 }
 
-/// One layer's keys and values for one sequence, stored as (kv_heads, capacity, head_dim) so appending a token is an
-/// in-place copy and attention reads a narrowed view without concatenating the whole history every step.
-#[derive(Debug, Default)]
+/// GGUF "normal" rope (llama.cpp's LLAMA_ROPE_TYPE_NORM) in place: rotates adjacent pairs (x[2i], x[2i+1]) of the
+/// first `2 * half` values of every head, because the converter permutes HF's q/k weights into that layout.
+/// x: (rows, heads, head_dim); cos/sin: (rows, half).
+pub fn rope_interleaved(x: &mut [f32], heads: usize, head_dim: usize, cos: &[f32], sin: &[f32]) {
+    let half = cos.len() / (x.len() / (heads * head_dim)).max(1);
+    for (r, row) in x.chunks_exact_mut(heads * head_dim).enumerate() {
+        let (c, s) = (&cos[r * half..(r + 1) * half], &sin[r * half..(r + 1) * half]);
+        for head in row.chunks_exact_mut(head_dim) {
+            for i in 0..half {
+                let (x0, x1) = (head[2 * i], head[2 * i + 1]);
+                head[2 * i] = x0 * c[i] - x1 * s[i];
+                head[2 * i + 1] = x0 * s[i] + x1 * c[i];
+            }
+        }
+    }
+}
+
+/// One layer's keys and values for one sequence: `len` rows of (kv_heads × head_dim) values each, appended in place.
+#[derive(Debug, Default, Clone)]
 pub struct LayerKv {
-    k: Option<Tensor>,
-    v: Option<Tensor>,
+    k: Vec<f32>,
+    v: Vec<f32>,
     len: usize,
 }
 
@@ -120,89 +139,115 @@ impl LayerKv {
         self.len == 0
     }
 
-    /// Appends k, v of shape (kv_heads, n, head_dim) and returns views of the whole history.
-    pub fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
-        let (h, n, d) = k.dims3()?;
-        let needed = self.len + n;
-        let cap = self.k.as_ref().map(|t| t.dims()[1]).unwrap_or(0);
-        if needed > cap {
-            let new_cap = needed.max(cap * 2).max(64);
-            let grow = |old: &Option<Tensor>| -> Result<Tensor> {
-                let t = Tensor::zeros((h, new_cap, d), k.dtype(), k.device())?;
-                if let Some(old) = old
-                    && self.len > 0
-                {
-                    t.slice_set(&old.narrow(1, 0, self.len)?.contiguous()?, 1, 0)?;
-                }
-                Ok(t)
-            };
-            self.k = Some(grow(&self.k)?);
-            self.v = Some(grow(&self.v)?);
-        }
-        let (Some(kc), Some(vc)) = (&self.k, &self.v) else {
-            unreachable!("allocated above");
-        };
-        kc.slice_set(&k.contiguous()?, 1, self.len)?;
-        vc.slice_set(&v.contiguous()?, 1, self.len)?;
-        self.len = needed;
-        Ok((kc.narrow(1, 0, needed)?, vc.narrow(1, 0, needed)?))
+    /// Appends `n` rows of keys and values (each `n × width`).
+    pub fn append(&mut self, k: &[f32], v: &[f32], width: usize) {
+        debug_assert_eq!(k.len(), v.len());
+        let keep = self.len * width;
+        self.k.truncate(keep);
+        self.v.truncate(keep);
+        self.k.extend_from_slice(k);
+        self.v.extend_from_slice(v);
+        self.len += k.len() / width;
     }
 
-    /// Drops everything after `len` tokens (used to roll back a failed step).
+    /// Drops everything after `len` tokens.
     pub fn truncate(&mut self, len: usize) {
         self.len = self.len.min(len);
     }
+
+    pub fn keys(&self) -> &[f32] {
+        &self.k
+    }
+
+    pub fn values(&self) -> &[f32] {
+        &self.v
+    }
+
+    /// Bytes held by this cache (capacity, not length).
+    pub fn bytes(&self) -> usize {
+        (self.k.capacity() + self.v.capacity()) * std::mem::size_of::<f32>()
+    }
 }
 
-/// Causal mask for `n` new queries after `past` cached tokens: (n, past + n), -inf where the key is in the future.
-pub fn causal_mask(past: usize, n: usize, device: &Device) -> Result<Tensor> {
-    let total = past + n;
-    let mask: Vec<f32> = (0..n)
-        .flat_map(|i| (0..total).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 }))
-        .collect();
-    Ok(Tensor::from_vec(mask, (n, total), device)?)
+/// Shapes of grouped-query attention.
+#[derive(Debug, Clone, Copy)]
+pub struct AttnShape {
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
 }
 
-pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
-    let max = x.max_keepdim(D::Minus1)?;
-    let e = x.broadcast_sub(&max)?.exp()?;
-    let sum = e.sum_keepdim(D::Minus1)?;
-    Ok(e.broadcast_div(&sum)?)
-}
-
-/// Grouped-query attention. q: (n, heads, d) after rope; k, v: (kv_heads, total, d) cache views.
-/// Query heads sharing a KV head are folded into the row dimension so no KV copy per head is needed.
-pub fn gqa_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, scale: f64) -> Result<Tensor> {
-    let (n, heads, d) = q.dims3()?;
-    let (kv_heads, total, _) = k.dims3()?;
+/// Causal grouped-query attention of `n` new queries at positions `past..past + n` over a cache holding positions
+/// `0..past + n`. q: (n, heads, head_dim); returns (n, heads × head_dim). Query head h reads kv head h / group, as
+/// llama.cpp does.
+pub fn causal_attention(q: &[f32], kv: &LayerKv, past: usize, shape: AttnShape, scale: f32, out: &mut [f32]) {
+    let AttnShape {
+        heads,
+        kv_heads,
+        head_dim: d,
+    } = shape;
     let group = heads / kv_heads;
-    // llama.cpp maps query head h to kv head h / group, so consecutive heads share a kv head.
-    let q = q.transpose(0, 1)?.contiguous()?.reshape((kv_heads, group * n, d))?;
-    let scores = (q.matmul(&k.t()?)? * scale)?;
-    let scores = match mask {
-        Some(m) => scores
-            .reshape((kv_heads, group, n, total))?
-            .broadcast_add(m)?
-            .reshape((kv_heads, group * n, total))?,
-        None => scores,
-    };
-    let probs = softmax_last_dim(&scores)?;
-    let out = probs.matmul(v)?; // (kv_heads, group * n, d)
-    Ok(out
-        .reshape((heads, n, d))?
-        .transpose(0, 1)?
-        .contiguous()?
-        .reshape((n, heads * d))?)
+    let kv_width = kv_heads * d;
+    let (keys, values) = (kv.keys(), kv.values());
+    let mut scores = Vec::with_capacity(past + q.len() / (heads * d));
+    for (i, (q_row, out_row)) in q
+        .chunks_exact(heads * d)
+        .zip(out.chunks_exact_mut(heads * d))
+        .enumerate()
+    {
+        let visible = past + i + 1;
+        for h in 0..heads {
+            let kvh = h / group;
+            let qh = &q_row[h * d..(h + 1) * d];
+            scores.clear();
+            let mut max = f32::NEG_INFINITY;
+            for t in 0..visible {
+                let k = &keys[t * kv_width + kvh * d..t * kv_width + (kvh + 1) * d];
+                let s = dot(qh, k) * scale;
+                max = max.max(s);
+                scores.push(s);
+            }
+            let mut sum = 0.0;
+            for s in scores.iter_mut() {
+                *s = (*s - max).exp();
+                sum += *s;
+            }
+            let inv = 1.0 / sum;
+            let o = &mut out_row[h * d..(h + 1) * d];
+            o.fill(0.0);
+            for (t, &p) in scores.iter().enumerate() {
+                let v = &values[t * kv_width + kvh * d..t * kv_width + (kvh + 1) * d];
+                let w = p * inv;
+                for (o, &v) in o.iter_mut().zip(v) {
+                    *o += w * v;
+                }
+            }
+        }
+    }
 }
 
-pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
-    Ok((gate.silu()? * up)?)
+/// Dot product in 8 independent lanes so the compiler can keep it in vector registers.
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
+        for j in 0..8 {
+            acc[j] += x[j] * y[j];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
 }
 
-pub fn to_f32(x: &Tensor) -> Result<Tensor> {
-    Ok(if x.dtype() == DType::F32 {
-        x.clone()
-    } else {
-        x.to_dtype(DType::F32)?
-    })
+/// SwiGLU in place: gate ← silu(gate) · up.
+pub fn swiglu(gate: &mut [f32], up: &[f32]) {
+    for (g, &u) in gate.iter_mut().zip(up) {
+        *g = *g / (1.0 + (-*g).exp()) * u;
+    }
+}
+
+pub fn add_in_place(x: &mut [f32], y: &[f32]) {
+    for (x, &y) in x.iter_mut().zip(y) {
+        *x += y;
+    }
 }

@@ -2,12 +2,12 @@
 //! the network data plane will carry, so in-process results match a multi-node run.
 
 use std::path::Path;
-
-use candle_core::Device;
+use std::sync::Arc;
 
 use crate::error::{EngineError, Result};
 use crate::gguf::GgufFile;
-use crate::stage::{LayerRange, SeqSlot, Stage, StageInput, StageOutput};
+use crate::kernels::Pool;
+use crate::stage::{LayerRange, SeqChunk, SeqSlot, Stage, StageInput, StageOutput};
 
 /// Prefill is split into chunks of this many tokens so that one long prompt cannot hold a stage for long.
 pub const PREFILL_CHUNK: usize = 512;
@@ -19,7 +19,7 @@ pub struct Pipeline {
 
 impl Pipeline {
     /// Loads the model split at the given block indices: `splits = [15]` gives stages [0,15) and [15,n).
-    pub fn load(path: impl AsRef<Path>, splits: &[usize], device: &Device) -> Result<Self> {
+    pub fn load(path: impl AsRef<Path>, splits: &[usize], pool: Arc<Pool>) -> Result<Self> {
         let mut gguf = GgufFile::open(path)?;
         let n_layers = crate::arch::from_gguf(&gguf)?.hparams().n_layers;
         let mut bounds = vec![0];
@@ -27,7 +27,7 @@ impl Pipeline {
         bounds.push(n_layers);
         let mut stages = Vec::with_capacity(bounds.len() - 1);
         for w in bounds.windows(2) {
-            stages.push(Stage::load_from(&mut gguf, LayerRange::new(w[0], w[1]), device)?);
+            stages.push(Stage::load_from(&mut gguf, LayerRange::new(w[0], w[1]), pool.clone())?);
         }
         Self::from_stages(stages)
     }
@@ -97,14 +97,25 @@ impl Pipeline {
     }
 
     fn forward_chunk(&mut self, slot: SeqSlot, tokens: &[u32]) -> Result<Vec<f32>> {
-        let mut out = self.stages[0].forward(slot, StageInput::Tokens(tokens))?;
+        let chunk = SeqChunk {
+            slot,
+            n_tokens: tokens.len(),
+        };
+        let mut logits = self.forward_batch(&[chunk], tokens)?;
+        logits
+            .pop()
+            .ok_or_else(|| EngineError::InvalidRequest("the last stage produced no logits".into()))
+    }
+
+    /// One batched step through every stage: `tokens` holds the new tokens of each sequence of `batch`, back to back.
+    /// Returns the logits of each sequence's last token, in batch order. Callers chunk long prompts themselves.
+    pub fn forward_batch(&mut self, batch: &[SeqChunk], tokens: &[u32]) -> Result<Vec<Vec<f32>>> {
+        let mut out = self.stages[0].forward_batch(batch, StageInput::Tokens(tokens))?;
         for stage in &mut self.stages[1..] {
             let StageOutput::Hidden(h) = out else {
                 return Err(EngineError::InvalidRequest("a non-final stage produced logits".into()));
             };
-            let wire: Vec<f32> = h.flatten_all()?.to_vec1()?;
-            let h = stage.hidden_from_vec(wire)?;
-            out = stage.forward(slot, StageInput::Hidden(h))?;
+            out = stage.forward_batch(batch, StageInput::Hidden(&h))?;
         }
         match out {
             StageOutput::Logits(l) => Ok(l),

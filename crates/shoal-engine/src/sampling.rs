@@ -6,7 +6,7 @@ use rand_core::{RngCore, SeedableRng};
 
 use crate::error::{EngineError, Result};
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SamplingParams {
     /// 0 (or below) selects greedy decoding.
     pub temperature: f32,

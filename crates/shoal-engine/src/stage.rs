@@ -5,13 +5,11 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use candle_core::quantized::QTensor;
-use candle_core::{Device, Tensor};
-
-use crate::arch::{self, Architecture, HParams, Layer};
+use crate::arch::{self, Architecture, BatchRows, HParams, Layer};
 use crate::error::{EngineError, Result};
 use crate::gguf::GgufFile;
-use crate::ops::{LayerKv, Linear, RmsNorm};
+use crate::kernels::{Pool, QMatrix};
+use crate::ops::{LayerKv, Linear, RmsNorm, Rope};
 
 /// Identifies a sequence inside a stage; the same slot names the same sequence on every stage of a pipeline.
 pub type SeqSlot = u32;
@@ -40,16 +38,24 @@ impl LayerRange {
 pub enum StageInput<'a> {
     /// Token ids; only the first stage accepts them.
     Tokens(&'a [u32]),
-    /// (n_tokens, hidden) f32 activations from the previous stage.
-    Hidden(Tensor),
+    /// (n_tokens, hidden) f32 activations from the previous stage, row-major.
+    Hidden(&'a [f32]),
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum StageOutput {
-    /// (n_tokens, hidden) f32 activations for the next stage.
-    Hidden(Tensor),
-    /// Logits of the last position (vocab_size floats); only the last stage produces them.
-    Logits(Vec<f32>),
+    /// (n_tokens, hidden) f32 activations for the next stage, row-major.
+    Hidden(Vec<f32>),
+    /// Logits of the last position of each sequence of the batch (vocab_size floats each), in batch order; only the
+    /// last stage produces them.
+    Logits(Vec<Vec<f32>>),
+}
+
+/// One sequence's share of a batched forward pass: its next `n_tokens` rows of the input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeqChunk {
+    pub slot: SeqSlot,
+    pub n_tokens: usize,
 }
 
 #[derive(Debug)]
@@ -69,20 +75,21 @@ pub struct Stage {
     arch: Box<dyn Architecture>,
     range: LayerRange,
     layers: Vec<Box<dyn Layer>>,
-    embedding: Option<Arc<QTensor>>,
+    embedding: Option<Arc<QMatrix>>,
     head: Option<Head>,
-    device: Device,
+    rope: Rope,
+    pool: Arc<Pool>,
     seqs: HashMap<SeqSlot, SeqCache>,
 }
 
 impl Stage {
-    pub fn load(path: impl AsRef<Path>, range: LayerRange, device: &Device) -> Result<Self> {
+    pub fn load(path: impl AsRef<Path>, range: LayerRange, pool: Arc<Pool>) -> Result<Self> {
         let mut gguf = GgufFile::open(path)?;
-        Self::load_from(&mut gguf, range, device)
+        Self::load_from(&mut gguf, range, pool)
     }
 
     /// Loads from an already opened file, so several stages of one process share the header parse.
-    pub fn load_from(gguf: &mut GgufFile, range: LayerRange, device: &Device) -> Result<Self> {
+    pub fn load_from(gguf: &mut GgufFile, range: LayerRange, pool: Arc<Pool>) -> Result<Self> {
         let arch = arch::from_gguf(gguf)?;
         let hp = arch.hparams().clone();
         if range.start >= range.end || range.end > hp.n_layers {
@@ -94,34 +101,36 @@ impl Stage {
         }
         let is_first = range.start == 0;
         let is_last = range.end == hp.n_layers;
-        tracing::info!(arch = %hp.arch, start = range.start, end = range.end, n_layers = hp.n_layers, "loading stage");
+        tracing::info!(arch = %hp.arch, start = range.start, end = range.end, n_layers = hp.n_layers, isa = crate::kernels::isa(), "loading stage");
 
         let mut embedding = None;
         if is_first {
-            embedding = Some(load_embedding(gguf, &hp, device)?);
+            embedding = Some(load_embedding(gguf, &hp)?);
         }
         let mut layers = Vec::with_capacity(range.len());
         for l in range.start..range.end {
-            layers.push(arch.load_layer(gguf, l, device)?);
+            layers.push(arch.load_layer(gguf, l)?);
         }
         let head = if is_last {
-            let norm = RmsNorm::load(gguf, "output_norm.weight", hp.rms_eps, device)?;
+            let norm = RmsNorm::load(gguf, "output_norm.weight", hp.rms_eps, hp.hidden)?;
             let proj = if gguf.has_tensor("output.weight") {
-                Linear::load(gguf, "output.weight", device)?
+                Linear::load(gguf, "output.weight")?
             } else {
                 // Tied head: reuse the embedding already loaded on a single-stage instance instead of a second copy.
                 let w = match &embedding {
                     Some(e) => e.clone(),
-                    None => load_embedding(gguf, &hp, device)?,
+                    None => load_embedding(gguf, &hp)?,
                 };
-                Linear::from_qtensor(w)?
+                Linear::from_matrix(w)
             };
-            if proj.out_features() != hp.vocab_size {
+            if proj.out_features() != hp.vocab_size || proj.in_features() != hp.hidden {
                 return Err(EngineError::InvalidTensor {
                     name: "output".into(),
                     reason: format!(
-                        "head has {} rows, vocabulary has {}",
+                        "head maps {} to {} features, expected {} to the vocabulary's {}",
+                        proj.in_features(),
                         proj.out_features(),
+                        hp.hidden,
                         hp.vocab_size
                     ),
                 });
@@ -131,12 +140,13 @@ impl Stage {
             None
         };
         Ok(Self {
+            rope: arch.rope(),
             arch,
             range,
             layers,
             embedding,
             head,
-            device: device.clone(),
+            pool,
             seqs: HashMap::new(),
         })
     }
@@ -157,8 +167,8 @@ impl Stage {
         self.head.is_some()
     }
 
-    pub fn device(&self) -> &Device {
-        &self.device
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
     }
 
     /// Tokens already processed for `slot` (0 for an unknown slot).
@@ -175,23 +185,48 @@ impl Stage {
         self.seqs.keys().copied()
     }
 
-    /// Wraps f32 activations received from another stage (row-major, n_tokens × hidden).
-    pub fn hidden_from_vec(&self, data: Vec<f32>) -> Result<Tensor> {
-        let hidden = self.hparams().hidden;
-        if data.is_empty() || !data.len().is_multiple_of(hidden) {
-            return Err(EngineError::InvalidRequest(format!(
-                "activation length {} is not a positive multiple of hidden size {hidden}",
-                data.len()
-            )));
-        }
-        let n = data.len() / hidden;
-        Ok(Tensor::from_vec(data, (n, hidden), &self.device)?)
+    /// Bytes held by the KV caches of every sequence.
+    pub fn kv_bytes(&self) -> usize {
+        self.seqs.values().flat_map(|s| &s.layers).map(LayerKv::bytes).sum()
     }
 
-    /// Runs the stage's blocks over new tokens of sequence `slot`, appending to its KV cache.
+    /// Runs the stage's blocks over new tokens of one sequence.
     pub fn forward(&mut self, slot: SeqSlot, input: StageInput<'_>) -> Result<StageOutput> {
+        let n_tokens = match &input {
+            StageInput::Tokens(ids) => ids.len(),
+            StageInput::Hidden(x) => x.len() / self.hparams().hidden.max(1),
+        };
+        self.forward_batch(&[SeqChunk { slot, n_tokens }], input)
+    }
+
+    /// Runs the stage's blocks once over new tokens of several sequences: the input holds their rows back to back, in
+    /// `batch` order, and every weight is streamed once for all of them. Each sequence appends to its own KV cache.
+    /// Nothing changes when an error is returned.
+    pub fn forward_batch(&mut self, batch: &[SeqChunk], input: StageInput<'_>) -> Result<StageOutput> {
         let hp = self.arch.hparams();
-        let x = match input {
+        let hidden = hp.hidden;
+        let n_rows: usize = batch.iter().map(|c| c.n_tokens).sum();
+        if batch.is_empty() || batch.iter().any(|c| c.n_tokens == 0) {
+            return Err(EngineError::InvalidRequest(
+                "every sequence of a batch needs at least one token".into(),
+            ));
+        }
+        for (i, c) in batch.iter().enumerate() {
+            if batch[..i].iter().any(|o| o.slot == c.slot) {
+                return Err(EngineError::InvalidRequest(format!(
+                    "slot {} appears twice in one batch",
+                    c.slot
+                )));
+            }
+            let needed = self.seq_len(c.slot) + c.n_tokens;
+            if needed > hp.context_length {
+                return Err(EngineError::ContextOverflow {
+                    needed,
+                    limit: hp.context_length,
+                });
+            }
+        }
+        let mut x = match input {
             StageInput::Tokens(ids) => {
                 let Some(emb) = &self.embedding else {
                     return Err(EngineError::InvalidRequest(format!(
@@ -199,8 +234,11 @@ impl Stage {
                         self.range.start, self.range.end
                     )));
                 };
-                if ids.is_empty() {
-                    return Err(EngineError::InvalidRequest("no tokens to process".into()));
+                if ids.len() != n_rows {
+                    return Err(EngineError::InvalidRequest(format!(
+                        "{} token ids for a batch of {n_rows} tokens",
+                        ids.len()
+                    )));
                 }
                 if let Some(bad) = ids.iter().find(|&&t| t as usize >= hp.vocab_size) {
                     return Err(EngineError::InvalidRequest(format!(
@@ -208,80 +246,101 @@ impl Stage {
                         hp.vocab_size
                     )));
                 }
-                let ids_t = Tensor::new(ids, &self.device)?;
-                let x = emb.embedding(&ids_t)?;
-                match self.arch.embedding_scale() {
-                    Some(s) => (x * s)?,
-                    None => x,
+                let mut x = vec![0.0; n_rows * hidden];
+                for (&id, row) in ids.iter().zip(x.chunks_exact_mut(hidden)) {
+                    emb.dequantize_row(id as usize, row);
                 }
+                if let Some(s) = self.arch.embedding_scale() {
+                    x.iter_mut().for_each(|v| *v *= s);
+                }
+                x
             }
             StageInput::Hidden(x) => {
                 if self.embedding.is_some() {
                     return Err(EngineError::InvalidRequest("the first stage takes token ids".into()));
                 }
-                let (n, h) = x.dims2().map_err(|_| {
-                    EngineError::InvalidRequest(format!("activations must be (n_tokens, hidden), got {:?}", x.dims()))
-                })?;
-                if n == 0 || h != hp.hidden {
+                if x.len() != n_rows * hidden {
                     return Err(EngineError::InvalidRequest(format!(
-                        "activations must be (n_tokens > 0, {}), got ({n}, {h})",
-                        hp.hidden
+                        "{} activation values for a batch of {n_rows} tokens of hidden size {hidden}",
+                        x.len()
                     )));
                 }
-                x
-            }
-        };
-        let n = x.dims()[0];
-        let n_layers = self.layers.len();
-        let seq = self.seqs.entry(slot).or_insert_with(|| SeqCache {
-            pos: 0,
-            layers: (0..n_layers).map(|_| LayerKv::default()).collect(),
-        });
-        let pos = seq.pos;
-        if pos + n > hp.context_length {
-            return Err(EngineError::ContextOverflow {
-                needed: pos + n,
-                limit: hp.context_length,
-            });
-        }
-        let ctx = self.arch.step_ctx(pos, n, &self.device)?;
-        let run = |seq: &mut SeqCache| -> Result<Tensor> {
-            let mut x = x;
-            for (layer, kv) in self.layers.iter().zip(seq.layers.iter_mut()) {
-                x = layer.forward(&x, kv, &ctx)?;
-            }
-            Ok(x)
-        };
-        let x = match run(seq) {
-            Ok(x) => x,
-            Err(e) => {
-                // Keep the cache consistent with `pos` so the sequence can be retried or released cleanly.
-                for kv in &mut seq.layers {
-                    kv.truncate(pos);
+                if x.iter().any(|v| !v.is_finite()) {
+                    return Err(EngineError::InvalidRequest(
+                        "activations contain NaN or infinity".into(),
+                    ));
                 }
-                return Err(e);
+                x.to_vec()
             }
         };
-        seq.pos = pos + n;
+
+        let n_layers = self.layers.len();
+        let mut caches: Vec<SeqCache> = batch
+            .iter()
+            .map(|c| {
+                self.seqs.remove(&c.slot).unwrap_or_else(|| SeqCache {
+                    pos: 0,
+                    layers: (0..n_layers).map(|_| LayerKv::default()).collect(),
+                })
+            })
+            .collect();
+        let mut row = 0;
+        let rows: Vec<BatchRows> = batch
+            .iter()
+            .zip(&caches)
+            .map(|(c, cache)| {
+                let r = BatchRows {
+                    row,
+                    n_tokens: c.n_tokens,
+                    pos: cache.pos,
+                };
+                row += c.n_tokens;
+                r
+            })
+            .collect();
+        let ctx = self.arch.step_ctx(&self.rope, rows);
+        for (l, layer) in self.layers.iter().enumerate() {
+            let mut kvs: Vec<&mut LayerKv> = caches.iter_mut().map(|c| &mut c.layers[l]).collect();
+            layer.forward(&mut x, &mut kvs, &ctx, &self.pool);
+        }
+        for (c, mut cache) in batch.iter().zip(caches) {
+            cache.pos += c.n_tokens;
+            self.seqs.insert(c.slot, cache);
+        }
         match &self.head {
             Some(head) => {
-                let last = x.narrow(0, n - 1, 1)?;
-                let logits = head.proj.forward(&head.norm.forward(&last)?)?;
-                Ok(StageOutput::Logits(logits.flatten_all()?.to_vec1::<f32>()?))
+                let last_rows: Vec<f32> = ctx
+                    .seqs
+                    .iter()
+                    .flat_map(|s| {
+                        let last = s.row + s.n_tokens - 1;
+                        x[last * hidden..(last + 1) * hidden].iter().copied()
+                    })
+                    .collect();
+                let normed = head.norm.forward(&last_rows);
+                let logits = head.proj.forward(&normed, batch.len(), &self.pool);
+                Ok(StageOutput::Logits(
+                    logits.chunks_exact(hp.vocab_size).map(<[f32]>::to_vec).collect(),
+                ))
             }
             None => Ok(StageOutput::Hidden(x)),
         }
     }
 }
 
-fn load_embedding(gguf: &mut GgufFile, hp: &HParams, device: &Device) -> Result<Arc<QTensor>> {
-    let emb = gguf.load("token_embd.weight", device)?;
-    let dims = emb.shape().dims();
-    if dims != [hp.vocab_size, hp.hidden] {
+fn load_embedding(gguf: &mut GgufFile, hp: &HParams) -> Result<Arc<QMatrix>> {
+    let emb = gguf.read_matrix("token_embd.weight")?;
+    if emb.rows() != hp.vocab_size || emb.cols() != hp.hidden {
         return Err(EngineError::InvalidTensor {
             name: "token_embd.weight".into(),
-            reason: format!("shape {dims:?}, expected [{}, {}]", hp.vocab_size, hp.hidden),
+            reason: format!(
+                "shape [{}, {}], expected [{}, {}]",
+                emb.rows(),
+                emb.cols(),
+                hp.vocab_size,
+                hp.hidden
+            ),
         });
     }
-    Ok(emb)
+    Ok(Arc::new(emb))
 }

@@ -10,7 +10,7 @@ use candle_core::{Device, Tensor};
 use shoal_engine::{EngineError, LayerRange, Pipeline, Stage, Tokenizer};
 
 fn load(path: &std::path::Path) -> EngineError {
-    Stage::load(path, LayerRange::new(0, 1), &Device::Cpu).expect_err("load must fail")
+    Stage::load(path, LayerRange::new(0, 1), common::pool()).expect_err("load must fail")
 }
 
 #[test]
@@ -44,7 +44,7 @@ fn truncated_gguf() {
         let err = load(&p);
         assert!(matches!(err, EngineError::InvalidGguf { .. }), "cut {cut}: {err}");
         println!("cut {cut}: {err}");
-        let err = Pipeline::load(&p, &[], &Device::Cpu).unwrap_err();
+        let err = Pipeline::load(&p, &[], common::pool()).unwrap_err();
         assert!(matches!(err, EngineError::InvalidGguf { .. }), "cut {cut}: {err}");
         fs::remove_file(&p).unwrap();
     }
@@ -96,4 +96,26 @@ fn missing_metadata_and_tensors() {
     );
     // The tokenizer only needs metadata, so it still builds.
     assert!(Tokenizer::from_gguf_path(&p).is_ok());
+}
+
+#[test]
+fn unsupported_quant_type_names_the_tensor() {
+    let mut r = fs::File::open(common::model_path()).unwrap();
+    let content = gguf_file::Content::read(&mut r).unwrap();
+    let md: Vec<(&str, &gguf_file::Value)> = content.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let t = QTensor::quantize(
+        &Tensor::zeros((4, 64), candle_core::DType::F32, &Device::Cpu).unwrap(),
+        GgmlDType::Q5_0,
+    )
+    .unwrap();
+    let p = common::temp_path("q5_0.gguf");
+    let mut f = fs::File::create(&p).unwrap();
+    gguf_file::write(&mut f, &md, &[("token_embd.weight", &t)]).unwrap();
+    drop(f);
+    let err = load(&p);
+    assert!(
+        matches!(&err, EngineError::UnsupportedQuant { name, .. } if name == "token_embd.weight"),
+        "{err}"
+    );
+    println!("{err}");
 }

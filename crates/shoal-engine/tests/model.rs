@@ -3,11 +3,10 @@
 
 mod common;
 
-use candle_core::Device;
 use shoal_engine::sampling::argmax;
 use shoal_engine::{
-    ChatMessage, ChatTemplate, EngineError, FinishReason, GenerateParams, LayerRange, Pipeline, SamplingParams, Stage,
-    StageInput, Tokenizer, generate,
+    BatchRequest, ChatMessage, ChatTemplate, EngineError, FinishReason, GenerateParams, LayerRange, Pipeline,
+    SamplingParams, SeqChunk, Stage, StageInput, Tokenizer, generate, generate_batch,
 };
 
 /// The bare "What is the capital of France?" starts with a near-tie ("The" vs "L", 0.08 apart in an f64 reference)
@@ -24,7 +23,7 @@ fn chat_prompt(tok: &Tokenizer, user: &str) -> Vec<u32> {
 
 /// Greedy decode ignoring end-of-generation, returning every step's token and logits.
 fn greedy_trace(splits: &[usize], prompt: &[u32], steps: usize) -> (Vec<u32>, Vec<Vec<f32>>) {
-    let mut p = Pipeline::load(common::model_path(), splits, &Device::Cpu).unwrap();
+    let mut p = Pipeline::load(common::model_path(), splits, common::pool()).unwrap();
     let mut logits = p.forward(0, prompt).unwrap();
     let (mut toks, mut all) = (Vec::new(), Vec::new());
     for _ in 0..steps {
@@ -41,7 +40,7 @@ fn greedy_answer_is_coherent() {
     let _g = common::exclusive();
     let path = common::model_path();
     let tok = Tokenizer::from_gguf_path(&path).unwrap();
-    let mut p = Pipeline::load(&path, &[], &Device::Cpu).unwrap();
+    let mut p = Pipeline::load(&path, &[], common::pool()).unwrap();
     let prompt = chat_prompt(&tok, CAPITAL_PROMPT);
     let params = GenerateParams {
         sampling: SamplingParams::greedy(),
@@ -80,7 +79,7 @@ fn prefill_logits_match_f64_reference() {
             2, 198, 1, 4093, 198, 1780, 314, 260, 3575, 282, 4649, 47, 2, 198, 1, 520, 9531, 198
         ]
     );
-    let mut p = Pipeline::load(common::model_path(), &[], &Device::Cpu).unwrap();
+    let mut p = Pipeline::load(common::model_path(), &[], common::pool()).unwrap();
     let logits = p.forward(0, &prompt).unwrap();
     let reference = [
         (504, 25.325),
@@ -142,7 +141,7 @@ fn interleaved_sequences_match_sequential_runs() {
     let b = chat_prompt(&tok, "What is 2+2?");
     let (ra, _) = greedy_trace(&[15], &a, 12);
     let (rb, _) = greedy_trace(&[15], &b, 12);
-    let mut p = Pipeline::load(common::model_path(), &[15], &Device::Cpu).unwrap();
+    let mut p = Pipeline::load(common::model_path(), &[15], common::pool()).unwrap();
     let (mut la, mut lb) = (p.forward(7, &a).unwrap(), p.forward(3, &b).unwrap());
     let (mut ta, mut tb) = (Vec::new(), Vec::new());
     for _ in 0..12 {
@@ -164,7 +163,7 @@ fn chunked_prefill_matches_one_shot_prefill() {
     let _g = common::exclusive();
     let tok = Tokenizer::from_gguf_path(common::model_path()).unwrap();
     let prompt = chat_prompt(&tok, "Explain photosynthesis in one sentence.");
-    let mut p = Pipeline::load(common::model_path(), &[], &Device::Cpu).unwrap();
+    let mut p = Pipeline::load(common::model_path(), &[], common::pool()).unwrap();
     let whole = p.forward(0, &prompt).unwrap();
     let (head, tail) = prompt.split_at(prompt.len() / 2);
     p.forward(1, head).unwrap();
@@ -183,7 +182,7 @@ fn same_seed_same_tokens() {
     let _g = common::exclusive();
     let path = common::model_path();
     let tok = Tokenizer::from_gguf_path(&path).unwrap();
-    let mut p = Pipeline::load(&path, &[], &Device::Cpu).unwrap();
+    let mut p = Pipeline::load(&path, &[], common::pool()).unwrap();
     let prompt = chat_prompt(&tok, "Tell me a story about a cat.");
     let sampling = SamplingParams {
         temperature: 0.9,
@@ -218,7 +217,7 @@ fn stop_strings_and_max_tokens() {
     let _g = common::exclusive();
     let path = common::model_path();
     let tok = Tokenizer::from_gguf_path(&path).unwrap();
-    let mut p = Pipeline::load(&path, &[], &Device::Cpu).unwrap();
+    let mut p = Pipeline::load(&path, &[], common::pool()).unwrap();
     let prompt = chat_prompt(&tok, CAPITAL_PROMPT);
     let params = GenerateParams {
         sampling: SamplingParams::greedy(),
@@ -250,7 +249,7 @@ fn context_overflow_is_an_error_not_a_panic() {
     let _g = common::exclusive();
     let path = common::model_path();
     let tok = Tokenizer::from_gguf_path(&path).unwrap();
-    let mut p = Pipeline::load(&path, &[], &Device::Cpu).unwrap();
+    let mut p = Pipeline::load(&path, &[], common::pool()).unwrap();
     let limit = p.hparams().context_length;
     let too_long = vec![100u32; limit + 1];
     let err = generate(&mut p, &tok, 0, &too_long, &GenerateParams::default(), &mut |_| {}).unwrap_err();
@@ -271,24 +270,83 @@ fn context_overflow_is_an_error_not_a_panic() {
 fn stage_loads_only_its_part_and_checks_inputs() {
     let _g = common::exclusive();
     let path = common::model_path();
-    let mut mid = Stage::load(&path, LayerRange::new(10, 20), &Device::Cpu).unwrap();
+    let mut mid = Stage::load(&path, LayerRange::new(10, 20), common::pool()).unwrap();
     assert!(!mid.is_first() && !mid.is_last());
     let err = mid.forward(0, StageInput::Tokens(&[1, 2])).unwrap_err();
     assert!(matches!(err, EngineError::InvalidRequest(_)), "{err}");
-    assert!(mid.hidden_from_vec(vec![0.0; 577]).is_err());
-    let bad = candle_core::Tensor::zeros((2, 100), candle_core::DType::F32, &Device::Cpu).unwrap();
-    assert!(matches!(
-        mid.forward(0, StageInput::Hidden(bad)),
-        Err(EngineError::InvalidRequest(_))
-    ));
-    let h = mid.hidden_from_vec(vec![0.01; 576 * 3]).unwrap();
-    match mid.forward(0, StageInput::Hidden(h)).unwrap() {
-        shoal_engine::StageOutput::Hidden(t) => assert_eq!(t.dims(), &[3, 576]),
+    for bad in [vec![0.0; 577], vec![], vec![f32::NAN; 576]] {
+        assert!(matches!(
+            mid.forward(0, StageInput::Hidden(&bad)),
+            Err(EngineError::InvalidRequest(_))
+        ));
+    }
+    assert_eq!(mid.seq_len(0), 0, "a rejected input changes nothing");
+    match mid.forward(0, StageInput::Hidden(&vec![0.01; 576 * 3])).unwrap() {
+        shoal_engine::StageOutput::Hidden(t) => assert_eq!(t.len(), 3 * 576),
         other => panic!("unexpected {other:?}"),
     }
     assert_eq!(mid.seq_len(0), 3);
+    let twice = [SeqChunk { slot: 1, n_tokens: 1 }, SeqChunk { slot: 1, n_tokens: 1 }];
+    let err = mid
+        .forward_batch(&twice, StageInput::Hidden(&vec![0.01; 576 * 2]))
+        .unwrap_err();
+    assert!(matches!(err, EngineError::InvalidRequest(_)), "{err}");
     for (s, e) in [(0, 0), (5, 3), (0, 31), (30, 31)] {
-        let err = Stage::load(&path, LayerRange::new(s, e), &Device::Cpu).unwrap_err();
+        let err = Stage::load(&path, LayerRange::new(s, e), common::pool()).unwrap_err();
         assert!(matches!(err, EngineError::InvalidLayerRange { .. }), "{err}");
+    }
+}
+
+/// Continuous batching: eight sequences sharing forward passes (with a queue when only three fit) give the same
+/// greedy tokens as eight separate runs, one long prompt prefilled in chunks between the others' decode steps.
+#[test]
+fn batched_generation_matches_separate_runs() {
+    let _g = common::exclusive();
+    let path = common::model_path();
+    let tok = Tokenizer::from_gguf_path(&path).unwrap();
+    let mut p = Pipeline::load(&path, &[12], common::pool()).unwrap();
+    let mut prompts: Vec<Vec<u32>> = [
+        "Name three colors.",
+        "What is 2+2?",
+        "Write a haiku about rain.",
+        "Who wrote Hamlet?",
+        "List two fruits.",
+        "What is the boiling point of water?",
+        "Say hello in Spanish.",
+    ]
+    .iter()
+    .map(|q| chat_prompt(&tok, q))
+    .collect();
+    // Longer than one prefill chunk, so its prompt is fed in pieces.
+    let long = format!(
+        "Summarize this: {}",
+        "the quick brown fox jumps over the lazy dog. ".repeat(60)
+    );
+    prompts.push(chat_prompt(&tok, &long));
+    assert!(prompts[7].len() > shoal_engine::PREFILL_CHUNK);
+    let params = GenerateParams {
+        sampling: SamplingParams::greedy(),
+        max_tokens: 12,
+        stop: vec![],
+    };
+    let separate: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|pr| generate(&mut p, &tok, 0, pr, &params, &mut |_| {}).unwrap().tokens)
+        .collect();
+    let requests: Vec<BatchRequest> = prompts
+        .iter()
+        .map(|pr| BatchRequest {
+            prompt: pr.clone(),
+            params: params.clone(),
+        })
+        .collect();
+    for max_seqs in [8, 3] {
+        let mut streamed = vec![String::new(); requests.len()];
+        let out = generate_batch(&mut p, &tok, &requests, max_seqs, &mut |i, s| streamed[i].push_str(s)).unwrap();
+        for (i, g) in out.iter().enumerate() {
+            assert_eq!(g.tokens, separate[i], "request {i} with max_seqs {max_seqs}");
+            assert_eq!(streamed[i], g.text);
+        }
+        assert_eq!(p.stages()[0].active_slots().count(), 0, "every slot is released");
     }
 }

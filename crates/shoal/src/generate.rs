@@ -4,8 +4,11 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+
 use anyhow::{Context, bail};
-use shoal_engine::{ChatMessage, ChatTemplate, GenerateParams, Pipeline, SamplingParams, Tokenizer, generate};
+use shoal_engine::{ChatMessage, ChatTemplate, GenerateParams, Pipeline, Pool, SamplingParams, Tokenizer, generate};
+use shoal_runner::LocalPipeline;
 use shoal_types::card::{ModelCard, builtin_cards, find_card};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -38,10 +41,17 @@ pub struct GenerateArgs {
     /// Stop when the reply contains this text (repeatable; the stop text is not printed).
     #[arg(long)]
     pub stop: Vec<String>,
-    /// Split the model into stages in this process at these layers (e.g. `15` or `10,20`), to exercise the split
-    /// path: the output is the same as unsplit.
+    /// Split the model into stages at these layers (e.g. `15` or `10,20`); the output is the same as unsplit. Stages
+    /// run in this process, or in child processes with `--stages`.
     #[arg(long, value_delimiter = ',', value_name = "LAYER,...")]
     pub splits: Vec<usize>,
+    /// Run the model as K stages in K child processes connected over loopback TCP (the cluster's data plane),
+    /// split evenly unless `--splits` says where.
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub stages: Option<u32>,
+    /// Kernel threads per stage [default: the number of CPUs].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub threads: Option<u32>,
     /// Print prefill and decode tokens/s and peak memory to stderr.
     #[arg(long)]
     pub stats: bool,
@@ -53,10 +63,10 @@ pub fn run(args: &GenerateArgs, data_dir: Option<&Path>) -> anyhow::Result<()> {
     let model = resolve_model(&args.model, data_dir)?;
     let started = std::time::Instant::now();
     let tokenizer = Tokenizer::from_gguf_path(&model).with_context(|| format!("--model {}", model.display()))?;
-    let device = candle_core::Device::Cpu;
-    let mut pipeline =
-        Pipeline::load(&model, &args.splits, &device).with_context(|| format!("--model {}", model.display()))?;
-    let load_time = started.elapsed();
+    let threads = args.threads.map_or_else(
+        || std::thread::available_parallelism().map_or(1, usize::from),
+        |t| t as usize,
+    );
 
     let mut messages = Vec::new();
     if let Some(system) = &args.system {
@@ -72,30 +82,111 @@ pub fn run(args: &GenerateArgs, data_dir: Option<&Path>) -> anyhow::Result<()> {
     };
 
     let mut stdout = std::io::stdout().lock();
-    let out = generate(&mut pipeline, &tokenizer, 0, &prompt, &params, &mut |piece| {
+    let mut print = |piece: &str| {
         // A closed stdout (e.g. piped into `head`) must not abort generation with a panic.
         let _ = stdout.write_all(piece.as_bytes());
         let _ = stdout.flush();
-    })?;
-    let _ = writeln!(stdout);
+    };
+    let n_layers = shoal_engine::gguf::GgufFile::open(&model)
+        .and_then(|g| shoal_engine::arch::from_gguf(&g).map(|a| a.hparams().n_layers))
+        .with_context(|| format!("--model {}", model.display()))?;
+    let bounds = bounds(n_layers, &args.splits, args.stages)?;
+    let stats = match args.stages {
+        None => {
+            let pool = Arc::new(Pool::new(threads));
+            let mut pipeline = Pipeline::load(&model, &bounds[1..bounds.len() - 1], pool)
+                .with_context(|| format!("--model {}", model.display()))?;
+            let load_time = started.elapsed();
+            let out = generate(&mut pipeline, &tokenizer, 0, &prompt, &params, &mut print)?;
+            Stats {
+                load_time,
+                prompt_tokens: out.prompt_tokens,
+                prefill: out.prefill_tok_per_s(),
+                generated: out.tokens.len(),
+                finish: out.finish_reason,
+                decode: out.decode_tok_per_s(),
+            }
+        }
+        Some(_) => {
+            let exe = std::env::current_exe().context("cannot find the shoal executable to start stages")?;
+            let mut pipeline = LocalPipeline::start(&exe, &model, &bounds, threads, 8)?;
+            let load_time = started.elapsed();
+            let out = pipeline.generate(&prompt, &params, &mut print)?;
+            Stats {
+                load_time,
+                prompt_tokens: out.prompt_tokens,
+                prefill: out.prefill_tok_per_s(),
+                generated: out.tokens.len(),
+                finish: out.finish,
+                decode: out.decode_tok_per_s(),
+            }
+        }
+    };
+    print("\n");
     if args.stats {
         eprintln!(
             "stats: load {:.2} s; prompt {} tokens, prefill {:.1} tok/s; generated {} tokens ({:?}), decode {:.1} tok/s; \
-             peak RSS {}; stages {}",
-            load_time.as_secs_f64(),
-            out.prompt_tokens,
-            out.prefill_tok_per_s(),
-            out.tokens.len(),
-            out.finish_reason,
-            out.decode_tok_per_s(),
+             peak RSS {}; stages {}{}; {} threads; kernels {}",
+            stats.load_time.as_secs_f64(),
+            stats.prompt_tokens,
+            stats.prefill,
+            stats.generated,
+            stats.finish,
+            stats.decode,
             peak_rss().map_or_else(
                 || "unknown".to_owned(),
                 |b| format!("{:.1} MiB", b as f64 / (1 << 20) as f64)
             ),
-            pipeline.stages().len(),
+            bounds.len() - 1,
+            if args.stages.is_some() {
+                " (processes; RSS of this parent only)"
+            } else {
+                ""
+            },
+            threads,
+            shoal_engine::kernels::isa(),
         );
     }
     Ok(())
+}
+
+struct Stats {
+    load_time: std::time::Duration,
+    prompt_tokens: usize,
+    prefill: f64,
+    generated: usize,
+    finish: shoal_engine::FinishReason,
+    decode: f64,
+}
+
+/// Stage boundaries `[0, .., n_layers]` from `--splits` or an even split into `--stages` parts.
+fn bounds(n_layers: usize, splits: &[usize], stages: Option<u32>) -> anyhow::Result<Vec<usize>> {
+    let mut b = vec![0];
+    if splits.is_empty() {
+        let k = stages.unwrap_or(1) as usize;
+        if k > n_layers {
+            bail!("--stages {k}: the model has only {n_layers} layers");
+        }
+        b.extend((1..k).map(|i| i * n_layers / k));
+    } else {
+        if let Some(k) = stages
+            && k as usize != splits.len() + 1
+        {
+            bail!(
+                "--stages {k} does not match --splits, which gives {} stages",
+                splits.len() + 1
+            );
+        }
+        b.extend_from_slice(splits);
+    }
+    b.push(n_layers);
+    if b.windows(2).any(|w| w[0] >= w[1]) {
+        bail!(
+            "--splits must be increasing layer numbers between 1 and {}",
+            n_layers - 1
+        );
+    }
+    Ok(b)
 }
 
 fn sampling(args: &GenerateArgs) -> anyhow::Result<SamplingParams> {

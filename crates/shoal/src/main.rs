@@ -33,9 +33,16 @@ enum Cmd {
     /// Generate a reply on this machine alone, without a cluster: the way to try a model.
     Generate {
         #[command(flatten)]
-        args: generate::GenerateArgs,
+        args: Box<generate::GenerateArgs>,
         #[command(flatten)]
         data: DataDirArg,
+    },
+    /// A pipeline rank in a child process; started by a worker (or `generate --stages`), not by hand.
+    #[command(hide = true)]
+    Runner {
+        /// The worker's Unix socket to connect to.
+        #[arg(long)]
+        socket: PathBuf,
     },
 }
 
@@ -66,6 +73,7 @@ fn main() -> std::process::ExitCode {
         None => run(&cli.run),
         Some(Cmd::ResetId(args)) => reset_id(&args),
         Some(Cmd::Generate { args, data }) => generate::run(&args, data_dir(&data).ok().as_deref()),
+        Some(Cmd::Runner { socket }) => shoal_runner::run(&socket).map_err(anyhow::Error::from),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

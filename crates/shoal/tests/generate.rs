@@ -29,7 +29,13 @@ fn shoal() -> Command {
 fn generate_answers_and_reports_stats_split_or_not() {
     let model = model_path();
     let mut outputs = Vec::new();
-    for splits in [None, Some("15")] {
+    let layouts: [&[&str]; 4] = [
+        &[],
+        &["--splits", "15"],
+        &["--stages", "2"],
+        &["--stages", "3", "--splits", "10,20"],
+    ];
+    for layout in layouts {
         let mut cmd = shoal();
         cmd.args([
             "generate",
@@ -38,9 +44,7 @@ fn generate_answers_and_reports_stats_split_or_not() {
         ])
         .args(["--max-tokens", "12", "--stats", "--model"])
         .arg(&model);
-        if let Some(s) = splits {
-            cmd.args(["--splits", s]);
-        }
+        cmd.args(layout);
         let out = cmd.output().unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout).to_string();
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -52,16 +56,20 @@ fn generate_answers_and_reports_stats_split_or_not() {
         );
         outputs.push(stdout);
     }
-    assert_eq!(
-        outputs[0], outputs[1],
-        "a split model answers exactly like the whole one"
-    );
+    for (layout, out) in layouts.iter().zip(&outputs) {
+        assert_eq!(
+            out, &outputs[0],
+            "{layout:?}: a split model, in one process or as stage processes over TCP, answers exactly like the whole one"
+        );
+    }
 }
 
 #[test]
 fn generate_rejects_bad_input_naming_the_flag() {
     let dir = tempfile::tempdir().unwrap();
-    let cases: [(&[&str], &str); 4] = [
+    let cases: [(&[&str], &str); 6] = [
+        (&["--model", "x.gguf", "--prompt", "hi", "--stages", "0"], "--stages"),
+        (&["--model", "x.gguf", "--prompt", "hi", "--threads", "0"], "--threads"),
         (&["--model", "/no/such/model.gguf", "--prompt", "hi"], "--model"),
         (&["--model", "smollm2-135m", "--prompt", "hi"], "--model smollm2-135m"),
         (

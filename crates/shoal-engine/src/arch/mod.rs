@@ -1,11 +1,10 @@
 //! Model families. Each family is one file implementing [`Architecture`] (hyper-parameters and how to load a layer)
 //! and [`Layer`] (one transformer block's forward pass); the stage, KV cache, embedding and head are shared.
 
-use candle_core::{Device, Tensor};
-
 use crate::error::{EngineError, Result};
 use crate::gguf::GgufFile;
-use crate::ops::{LayerKv, RopeTables, causal_mask};
+use crate::kernels::Pool;
+use crate::ops::{LayerKv, Rope};
 
 pub mod llama;
 
@@ -90,38 +89,44 @@ impl HParams {
     }
 }
 
+/// One sequence's rows inside a batched forward pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchRows {
+    /// First row of this sequence in the batch's activations.
+    pub row: usize,
+    pub n_tokens: usize,
+    /// Position of the first new token in the sequence (tokens already in its KV cache).
+    pub pos: usize,
+}
+
 /// Per-call inputs every layer of a stage shares, built once per forward instead of once per layer.
 #[derive(Debug)]
 pub struct StepCtx {
-    /// Position of the first new token in the sequence.
-    pub pos: usize,
-    pub n_tokens: usize,
-    pub rope: RopeTables,
-    /// (n_tokens, pos + n_tokens); `None` for a single token, which may attend to everything cached.
-    pub mask: Option<Tensor>,
+    pub seqs: Vec<BatchRows>,
+    pub n_rows: usize,
+    /// Rope (cos, sin) per row: n_rows × rope_dim / 2.
+    pub cos: Vec<f32>,
+    pub sin: Vec<f32>,
 }
 
 impl StepCtx {
-    pub fn new(hp: &HParams, pos: usize, n_tokens: usize, device: &Device) -> Result<Self> {
-        let rope = RopeTables::new(pos, n_tokens, hp.rope_dim, hp.rope_base, device)?;
-        let mask = if n_tokens > 1 {
-            Some(causal_mask(pos, n_tokens, device)?)
-        } else {
-            None
-        };
-        Ok(Self {
-            pos,
-            n_tokens,
-            rope,
-            mask,
-        })
+    pub fn new(rope: &Rope, seqs: Vec<BatchRows>) -> Self {
+        let positions: Vec<usize> = seqs.iter().flat_map(|s| s.pos..s.pos + s.n_tokens).collect();
+        let (cos, sin) = rope.tables(&positions);
+        Self {
+            n_rows: positions.len(),
+            seqs,
+            cos,
+            sin,
+        }
     }
 }
 
 /// One transformer block.
 pub trait Layer: Send + Sync + std::fmt::Debug {
-    /// x: (n_tokens, hidden) f32. Appends this step's keys and values to `kv`.
-    fn forward(&self, x: &Tensor, kv: &mut LayerKv, ctx: &StepCtx) -> Result<Tensor>;
+    /// x: (n_rows, hidden), the rows of every sequence of the batch, updated in place. `kv[i]` is this layer's cache
+    /// of `ctx.seqs[i]`; the step's keys and values are appended to it.
+    fn forward(&self, x: &mut [f32], kv: &mut [&mut LayerKv], ctx: &StepCtx, pool: &Pool);
 }
 
 /// A model family: how to read its hyper-parameters and load one block. Embedding, final norm and head follow the
@@ -130,16 +135,20 @@ pub trait Layer: Send + Sync + std::fmt::Debug {
 pub trait Architecture: Send + Sync + std::fmt::Debug {
     fn hparams(&self) -> &HParams;
 
-    fn load_layer(&self, gguf: &mut GgufFile, layer: usize, device: &Device) -> Result<Box<dyn Layer>>;
+    fn load_layer(&self, gguf: &mut GgufFile, layer: usize) -> Result<Box<dyn Layer>>;
 
     /// Multiplier applied to token embeddings (gemma scales by sqrt(hidden)).
-    fn embedding_scale(&self) -> Option<f64> {
+    fn embedding_scale(&self) -> Option<f32> {
         None
     }
 
-    /// Builds the per-call context; families with several rope bases (gemma3 local/global) override this.
-    fn step_ctx(&self, pos: usize, n_tokens: usize, device: &Device) -> Result<StepCtx> {
-        StepCtx::new(self.hparams(), pos, n_tokens, device)
+    /// The rotary frequencies; families with several rope bases (gemma3 local/global) override [`Self::step_ctx`].
+    fn rope(&self) -> Rope {
+        Rope::new(self.hparams().rope_dim, self.hparams().rope_base)
+    }
+
+    fn step_ctx(&self, rope: &Rope, seqs: Vec<BatchRows>) -> StepCtx {
+        StepCtx::new(rope, seqs)
     }
 }
 

@@ -3,7 +3,15 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+use shoal_engine::Pool;
+
+/// The kernels' worker threads, shared by every test of a binary (tests hold [`exclusive`] while running the model).
+pub fn pool() -> Arc<Pool> {
+    static POOL: OnceLock<Arc<Pool>> = OnceLock::new();
+    POOL.get_or_init(|| Arc::new(Pool::new(2))).clone()
+}
 
 /// Path of the test model: `SHOAL_TEST_MODEL`, else whatever `shared/scripts/fetch-test-model.sh` (found by walking
 /// up from this crate) prints; it downloads once and then answers from its cache.

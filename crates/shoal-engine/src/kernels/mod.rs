@@ -1,0 +1,647 @@
+//! The engine's own quantized matrix kernels: `y = x · Wᵀ` with W stored in one of GGML's block encodings.
+//!
+//! Every weight type has a portable scalar reference ([`QMatrix::matmul_reference`], the oracle of the tests) and,
+//! where the machine has it, a SIMD path chosen once at run time ([`isa`]): AVX2+FMA+F16C on x86_64 (no
+//! `target-cpu=native` needed), NEON on aarch64. A product first quantizes the activations once into the format the
+//! weight type pairs with (8-bit blocks of 32 with a scale, or 256-element Q8_K blocks for the K-quants), then
+//! splits the weight rows across the [`Pool`]'s threads; each unpacked weight block is reused for up to four
+//! activation rows.
+//!
+//! The block layouts are GGML's (ggml-quants / GGUF), so a GGUF tensor's bytes are a [`QMatrix`] as they are.
+
+mod pool;
+pub mod quantize;
+mod scalar;
+
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)] // SIMD intrinsics; every unsafe block carries its own SAFETY argument.
+mod avx2;
+
+#[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+#[allow(unsafe_code)] // SIMD intrinsics; every unsafe block carries its own SAFETY argument.
+mod neon;
+
+use std::borrow::Cow;
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use pool::Job;
+pub use pool::Pool;
+
+/// Elements of one Q8_K (K-quant) super-block.
+pub(crate) const QK_K: usize = 256;
+/// Elements of one 32-wide block (Q4_0, Q4_1, Q8_0 and their Q8 activations).
+pub(crate) const QK: usize = 32;
+
+/// The weight encodings we run, as GGML stores them (same block layouts and bit packing as ggml-quants / GGUF).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[allow(non_camel_case_types)]
+pub enum WeightType {
+    F32,
+    F16,
+    /// 32 weights: f16 `d`, 16 bytes of nibbles; value `(q - 8) * d`.
+    Q4_0,
+    /// 32 weights: f16 `d`, f16 `m`, 16 bytes of nibbles; value `q * d + m`.
+    Q4_1,
+    /// 32 weights: f16 `d`, 32 × i8; value `q * d`.
+    Q8_0,
+    /// 256 weights: f16 `d`, f16 `dmin`, 12 bytes of 6-bit scales and mins, 128 bytes of nibbles.
+    Q4K,
+    /// 256 weights: 128 bytes low nibbles, 64 bytes high 2 bits, 16 × i8 scales, f16 `d`.
+    Q6K,
+}
+
+impl WeightType {
+    pub const ALL: [WeightType; 7] = [
+        Self::F32,
+        Self::F16,
+        Self::Q4_0,
+        Self::Q4_1,
+        Self::Q8_0,
+        Self::Q4K,
+        Self::Q6K,
+    ];
+
+    /// The type for a GGML type id (`ggml_type`), or `None` for encodings the kernels do not run.
+    pub fn from_ggml_id(id: u32) -> Option<Self> {
+        Some(match id {
+            0 => Self::F32,
+            1 => Self::F16,
+            2 => Self::Q4_0,
+            3 => Self::Q4_1,
+            8 => Self::Q8_0,
+            12 => Self::Q4K,
+            14 => Self::Q6K,
+            _ => return None,
+        })
+    }
+
+    /// The GGML type id (`ggml_type`).
+    pub fn ggml_id(self) -> u32 {
+        match self {
+            Self::F32 => 0,
+            Self::F16 => 1,
+            Self::Q4_0 => 2,
+            Self::Q4_1 => 3,
+            Self::Q8_0 => 8,
+            Self::Q4K => 12,
+            Self::Q6K => 14,
+        }
+    }
+
+    /// Weights per block.
+    pub fn block_elems(self) -> usize {
+        match self {
+            Self::F32 | Self::F16 => 1,
+            Self::Q4_0 | Self::Q4_1 | Self::Q8_0 => QK,
+            Self::Q4K | Self::Q6K => QK_K,
+        }
+    }
+
+    /// Bytes per block.
+    pub fn block_bytes(self) -> usize {
+        match self {
+            Self::F32 => 4,
+            Self::F16 => 2,
+            Self::Q4_0 => 18,
+            Self::Q4_1 => 20,
+            Self::Q8_0 => 34,
+            Self::Q4K => 144,
+            Self::Q6K => 210,
+        }
+    }
+
+    /// GGML's name for the type.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "F32",
+            Self::F16 => "F16",
+            Self::Q4_0 => "Q4_0",
+            Self::Q4_1 => "Q4_1",
+            Self::Q8_0 => "Q8_0",
+            Self::Q4K => "Q4_K",
+            Self::Q6K => "Q6_K",
+        }
+    }
+
+    /// Bytes of one row of `cols` weights (`cols` must be a multiple of [`block_elems`](Self::block_elems)).
+    pub fn row_bytes(self, cols: usize) -> usize {
+        cols / self.block_elems() * self.block_bytes()
+    }
+
+    /// The activation format this weight type's dot products take.
+    fn act_format(self) -> ActFormat {
+        match self {
+            Self::F32 | Self::F16 => ActFormat::F32,
+            Self::Q4_0 | Self::Q4_1 | Self::Q8_0 => ActFormat::Q8,
+            Self::Q4K | Self::Q6K => ActFormat::Q8K,
+        }
+    }
+}
+
+impl std::fmt::Display for WeightType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Why a [`QMatrix`] cannot be built.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum KernelError {
+    #[error("a {ty} row must hold a multiple of {block} weights, got {cols} columns")]
+    ColsNotBlockMultiple { ty: WeightType, cols: usize, block: usize },
+    #[error("a {ty} matrix of {rows}×{cols} needs {expected} bytes, got {got}")]
+    DataLength {
+        ty: WeightType,
+        rows: usize,
+        cols: usize,
+        expected: usize,
+        got: usize,
+    },
+    #[error("a {rows}×{cols} matrix is too large to address")]
+    TooLarge { rows: usize, cols: usize },
+    #[error("quantizing to {ty}: expected {expected} values, got {got}")]
+    ValueCount {
+        ty: WeightType,
+        expected: usize,
+        got: usize,
+    },
+}
+
+/// A row-major weight matrix (rows = output features, cols = input features), each row `cols / block_elems`
+/// blocks: exactly the bytes of a GGUF tensor of ggml shape `[cols, rows]`.
+#[derive(Clone)]
+pub struct QMatrix {
+    ty: WeightType,
+    rows: usize,
+    cols: usize,
+    row_bytes: usize,
+    /// Shared so that a product can hand the matrix to the pool's long-lived threads without copying it.
+    data: Arc<Vec<u8>>,
+}
+
+impl std::fmt::Debug for QMatrix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QMatrix")
+            .field("ty", &self.ty)
+            .field("rows", &self.rows)
+            .field("cols", &self.cols)
+            .finish()
+    }
+}
+
+impl QMatrix {
+    /// Wraps the bytes of a `rows × cols` matrix, checking that `cols` is a whole number of blocks and that `data`
+    /// holds exactly `rows` rows. Nothing in `data` itself can make a later call panic.
+    pub fn new(ty: WeightType, rows: usize, cols: usize, data: Vec<u8>) -> Result<Self, KernelError> {
+        let block = ty.block_elems();
+        if !cols.is_multiple_of(block) {
+            return Err(KernelError::ColsNotBlockMultiple { ty, cols, block });
+        }
+        let row_bytes = ty.row_bytes(cols);
+        let expected = row_bytes
+            .checked_mul(rows)
+            .ok_or(KernelError::TooLarge { rows, cols })?;
+        if rows.checked_mul(cols).is_none() {
+            return Err(KernelError::TooLarge { rows, cols });
+        }
+        if data.len() != expected {
+            return Err(KernelError::DataLength {
+                ty,
+                rows,
+                cols,
+                expected,
+                got: data.len(),
+            });
+        }
+        Ok(Self {
+            ty,
+            rows,
+            cols,
+            row_bytes,
+            data: Arc::new(data),
+        })
+    }
+
+    /// Quantizes row-major `values` (`rows × cols`) into `ty` with simple reference quantizers (see [`quantize`]).
+    pub fn quantize(ty: WeightType, rows: usize, cols: usize, values: &[f32]) -> Result<Self, KernelError> {
+        let expected = rows.checked_mul(cols).ok_or(KernelError::TooLarge { rows, cols })?;
+        if values.len() != expected {
+            return Err(KernelError::ValueCount {
+                ty,
+                expected,
+                got: values.len(),
+            });
+        }
+        let block = ty.block_elems();
+        if !cols.is_multiple_of(block) {
+            return Err(KernelError::ColsNotBlockMultiple { ty, cols, block });
+        }
+        let mut data = Vec::with_capacity(ty.row_bytes(cols) * rows);
+        for row in values.chunks_exact(cols.max(1)).take(rows) {
+            quantize::quantize_row(ty, row, &mut data);
+        }
+        if cols == 0 {
+            data.clear();
+        }
+        Self::new(ty, rows, cols, data)
+    }
+
+    pub fn ty(&self) -> WeightType {
+        self.ty
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Bytes of weight data.
+    pub fn bytes(&self) -> usize {
+        self.data.len()
+    }
+
+    /// The raw block bytes.
+    pub fn data(&self) -> &[u8] {
+        &self.data
+    }
+
+    /// The block bytes of one row.
+    pub fn row_data(&self, row: usize) -> &[u8] {
+        &self.data[row * self.row_bytes..(row + 1) * self.row_bytes]
+    }
+
+    /// Dequantizes one row into `out` (len == cols). Used for embedding lookup.
+    pub fn dequantize_row(&self, row: usize, out: &mut [f32]) {
+        assert!(row < self.rows, "row {row} out of range for {} rows", self.rows);
+        assert_eq!(out.len(), self.cols, "output length must equal cols");
+        scalar::dequantize_row(self.ty, self.row_data(row), out);
+    }
+
+    /// `y` (n × rows, row-major) = `x` (n × cols, row-major) · Wᵀ. Quantizes `x` once into the activation format
+    /// the weight type pairs with (Q8 blocks of 32 with scale and scaled sum for Q4_0/Q4_1/Q8_0, Q8_K for
+    /// Q4_K/Q6_K, f32 as is for F32/F16), then splits the weight rows across the pool's threads.
+    pub fn matmul(&self, x: &[f32], n: usize, y: &mut [f32], pool: &Pool) {
+        self.check_shapes(x, n, y);
+        if n == 0 || self.rows == 0 {
+            return;
+        }
+        let isa = Isa::get();
+        let acts = Acts::quantize(self.ty.act_format(), x, n, self.cols, isa);
+        let chunk = chunk_rows(self, n, pool.threads());
+        if chunk >= self.rows {
+            compute_rows(self, &acts, 0, self.rows, y, isa);
+            return;
+        }
+        let job = Arc::new(MatmulJob {
+            m: self.clone(),
+            acts: acts.into_owned(),
+            isa,
+            chunk,
+            n_items: self.rows.div_ceil(chunk),
+            next: AtomicUsize::new(0),
+            done: AtomicUsize::new(0),
+            failed: AtomicBool::new(false),
+            out: pool.slab(n * self.rows),
+        });
+        pool.submit(job.clone());
+        job.run();
+        pool::wait_for(&job.done, job.n_items);
+        pool.retire();
+        assert!(!job.failed.load(Ordering::Relaxed), "a kernel work item panicked");
+        // Item i holds rows [r0, r0 + len) for every activation row, activation-major, at offset r0 · n.
+        for i in 0..job.n_items {
+            let r0 = i * chunk;
+            let len = chunk.min(self.rows - r0);
+            let src = &job.out[r0 * n..(r0 + len) * n];
+            for (k, part) in src.chunks_exact(len).enumerate() {
+                for (d, v) in y[k * self.rows + r0..k * self.rows + r0 + len].iter_mut().zip(part) {
+                    *d = f32::from_bits(v.load(Ordering::Relaxed));
+                }
+            }
+        }
+    }
+
+    /// The same product computed by the portable scalar reference only (single thread): the oracle for tests.
+    pub fn matmul_reference(&self, x: &[f32], n: usize, y: &mut [f32]) {
+        self.check_shapes(x, n, y);
+        if n == 0 || self.rows == 0 {
+            return;
+        }
+        let acts = Acts::quantize(self.ty.act_format(), x, n, self.cols, Isa::Scalar);
+        scalar::rows(self, &acts, 0, self.rows, y);
+    }
+
+    fn check_shapes(&self, x: &[f32], n: usize, y: &[f32]) {
+        assert_eq!(
+            x.len(),
+            n * self.cols,
+            "x must hold n × cols = {n} × {} values",
+            self.cols
+        );
+        assert_eq!(
+            y.len(),
+            n * self.rows,
+            "y must hold n × rows = {n} × {} values",
+            self.rows
+        );
+    }
+}
+
+/// Which implementation [`QMatrix::matmul`] dispatches to on this machine ("avx2", "neon", "scalar").
+pub fn isa() -> &'static str {
+    Isa::get().name()
+}
+
+/// The implementation chosen once per process.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Isa {
+    Scalar,
+    #[cfg(target_arch = "x86_64")]
+    Avx2(avx2::Avx2),
+    #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+    Neon,
+}
+
+impl Isa {
+    fn get() -> Isa {
+        static ISA: OnceLock<Isa> = OnceLock::new();
+        *ISA.get_or_init(Self::detect)
+    }
+
+    fn detect() -> Isa {
+        if std::env::var_os("SHOAL_KERNELS_SCALAR").is_some_and(|v| v == "1") {
+            return Isa::Scalar;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if let Some(token) = avx2::Avx2::detect() {
+            return Isa::Avx2(token);
+        }
+        #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+        return Isa::Neon;
+        #[allow(unreachable_code)]
+        Isa::Scalar
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2(_) => "avx2",
+            #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+            Isa::Neon => "neon",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ActFormat {
+    /// The f32 activations as they are.
+    F32,
+    /// [`BlockQ8`]s of 32.
+    Q8,
+    /// [`BlockQ8K`]s of 256.
+    Q8K,
+}
+
+/// 32 activations quantized to i8: `x ≈ d · qs`, and `s = d · Σqs` (for the offsets of Q4_0/Q4_1).
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+pub(crate) struct BlockQ8 {
+    pub qs: [i8; QK],
+    pub d: f32,
+    pub s: f32,
+}
+
+/// 256 activations quantized to i8 with one scale, and the sums of each 16 (for the K-quants' offsets).
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+pub(crate) struct BlockQ8K {
+    pub qs: [i8; QK_K],
+    pub bsums: [i16; QK_K / 16],
+    pub d: f32,
+}
+
+/// `n` activation rows, quantized once per product into the format the weight type pairs with.
+pub(crate) struct Acts<'a> {
+    pub n: usize,
+    pub cols: usize,
+    /// The f32 activations, kept only for F32/F16 weights.
+    pub x: Cow<'a, [f32]>,
+    pub q8: Vec<BlockQ8>,
+    pub q8k: Vec<BlockQ8K>,
+}
+
+impl<'a> Acts<'a> {
+    fn quantize(format: ActFormat, x: &'a [f32], n: usize, cols: usize, isa: Isa) -> Self {
+        let mut acts = Acts {
+            n,
+            cols,
+            x: Cow::Borrowed(&[]),
+            q8: Vec::new(),
+            q8k: Vec::new(),
+        };
+        if cols == 0 {
+            return acts;
+        }
+        match format {
+            ActFormat::F32 => acts.x = Cow::Borrowed(x),
+            ActFormat::Q8 => {
+                let nb = cols / QK;
+                acts.q8 = vec![
+                    BlockQ8 {
+                        qs: [0; QK],
+                        d: 0.0,
+                        s: 0.0
+                    };
+                    n * nb
+                ];
+                for (xr, br) in x.chunks_exact(cols).zip(acts.q8.chunks_exact_mut(nb)) {
+                    match isa {
+                        #[cfg(target_arch = "x86_64")]
+                        Isa::Avx2(t) => t.quantize_q8(xr, br),
+                        _ => scalar::quantize_q8(xr, br),
+                    }
+                }
+            }
+            ActFormat::Q8K => {
+                let nb = cols / QK_K;
+                acts.q8k = vec![
+                    BlockQ8K {
+                        qs: [0; QK_K],
+                        bsums: [0; QK_K / 16],
+                        d: 0.0
+                    };
+                    n * nb
+                ];
+                for (xr, br) in x.chunks_exact(cols).zip(acts.q8k.chunks_exact_mut(nb)) {
+                    match isa {
+                        #[cfg(target_arch = "x86_64")]
+                        Isa::Avx2(t) => t.quantize_q8k(xr, br),
+                        _ => scalar::quantize_q8k(xr, br),
+                    }
+                }
+            }
+        }
+        acts
+    }
+
+    fn into_owned(self) -> Acts<'static> {
+        Acts {
+            n: self.n,
+            cols: self.cols,
+            x: Cow::Owned(self.x.into_owned()),
+            q8: self.q8,
+            q8k: self.q8k,
+        }
+    }
+
+    /// Activation row `i`'s values as f32.
+    pub fn x_row(&self, i: usize) -> &[f32] {
+        &self.x[i * self.cols..(i + 1) * self.cols]
+    }
+
+    /// Activation row `i` as Q8 blocks.
+    pub fn q8_row(&self, i: usize) -> &[BlockQ8] {
+        let nb = self.cols / QK;
+        &self.q8[i * nb..(i + 1) * nb]
+    }
+
+    /// Activation row `i` as Q8_K blocks.
+    pub fn q8k_row(&self, i: usize) -> &[BlockQ8K] {
+        let nb = self.cols / QK_K;
+        &self.q8k[i * nb..(i + 1) * nb]
+    }
+}
+
+/// Computes weight rows `[r0, r1)` against every activation row into `out`, activation-major:
+/// `out[i · (r1 - r0) + (r - r0)] = W[r] · x[i]`.
+fn compute_rows(m: &QMatrix, acts: &Acts, r0: usize, r1: usize, out: &mut [f32], isa: Isa) {
+    assert!(r0 <= r1 && r1 <= m.rows && out.len() == acts.n * (r1 - r0));
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2(t) => t.rows(m, acts, r0, r1, out),
+        #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+        Isa::Neon => neon::rows(m, acts, r0, r1, out),
+        _ => scalar::rows(m, acts, r0, r1, out),
+    }
+}
+
+/// Below this many weight bytes × activation rows a product runs on the caller alone: handing out work costs
+/// about a microsecond.
+const PARALLEL_MIN_WORK: usize = 32 * 1024;
+
+/// Rows per work item: about four items per thread, so a late thread finds work left, in multiples of 4 rows
+/// (the decode tile). Returns `rows` when the product should not be split.
+fn chunk_rows(m: &QMatrix, n: usize, threads: usize) -> usize {
+    if threads <= 1 || m.row_bytes * m.rows * n < PARALLEL_MIN_WORK {
+        return m.rows;
+    }
+    m.rows.div_ceil(threads * 4).next_multiple_of(4).min(m.rows)
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// One product split into items of `chunk` weight rows; results go to `out` (item i at offset `i · chunk · n`,
+/// activation-major within the item) through atomics, so long-lived worker threads can write them safely.
+struct MatmulJob {
+    m: QMatrix,
+    acts: Acts<'static>,
+    isa: Isa,
+    chunk: usize,
+    n_items: usize,
+    next: AtomicUsize,
+    done: AtomicUsize,
+    failed: AtomicBool,
+    out: Arc<[AtomicU32]>,
+}
+
+impl Job for MatmulJob {
+    fn run(&self) {
+        SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            let n = self.acts.n;
+            loop {
+                let i = self.next.fetch_add(1, Ordering::Relaxed);
+                if i >= self.n_items {
+                    break;
+                }
+                let r0 = i * self.chunk;
+                let r1 = (r0 + self.chunk).min(self.m.rows);
+                scratch.clear();
+                scratch.resize(n * (r1 - r0), 0.0);
+                let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    compute_rows(&self.m, &self.acts, r0, r1, &mut scratch, self.isa)
+                }));
+                if ok.is_ok() {
+                    for (d, v) in self.out[r0 * n..r1 * n].iter().zip(scratch.iter()) {
+                        d.store(v.to_bits(), Ordering::Relaxed);
+                    }
+                } else {
+                    self.failed.store(true, Ordering::Relaxed);
+                }
+                self.done.fetch_add(1, Ordering::Release);
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The dispatched activation quantizers are bit-identical to the scalar ones, ties included.
+    #[test]
+    fn activation_quantization_matches_scalar_exactly() {
+        let cols = 512;
+        let mut x: Vec<f32> = (0..cols).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.173).collect();
+        // A block whose amax is 127 makes x·127/amax = x, so these land exactly on .5 ties.
+        for (j, v) in x[..32].iter_mut().enumerate() {
+            *v = j as f32 - 15.5;
+        }
+        x[31] = 127.0;
+        x[32..64].fill(0.0);
+        x[64] = -1e-30;
+        for format in [ActFormat::Q8, ActFormat::Q8K] {
+            let want = Acts::quantize(format, &x, 1, cols, Isa::Scalar);
+            let got = Acts::quantize(format, &x, 1, cols, Isa::get());
+            for (a, b) in want.q8.iter().zip(&got.q8) {
+                assert_eq!(
+                    (a.qs, a.d.to_bits(), a.s.to_bits()),
+                    (b.qs, b.d.to_bits(), b.s.to_bits())
+                );
+            }
+            for (a, b) in want.q8k.iter().zip(&got.q8k) {
+                assert_eq!((a.qs, a.bsums, a.d.to_bits()), (b.qs, b.bsums, b.d.to_bits()));
+            }
+        }
+        let ties = Acts::quantize(ActFormat::Q8, &x, 1, cols, Isa::get());
+        assert_eq!(&ties.q8[0].qs[..4], &[-16, -14, -14, -12], "round half to even");
+    }
+
+    /// Split products reuse the pool's result buffer instead of allocating one per call.
+    #[test]
+    fn split_products_reuse_the_result_slab() {
+        let pool = Pool::new(2);
+        let m = QMatrix::quantize(WeightType::Q8_0, 512, 256, &vec![0.25; 512 * 256]).unwrap_or_else(|e| panic!("{e}"));
+        let x = vec![1.0; 256];
+        let mut y = vec![0.0; 512];
+        assert!(chunk_rows(&m, 1, pool.threads()) < m.rows(), "the product is split");
+        for _ in 0..20 {
+            m.matmul(&x, 1, &mut y, &pool);
+        }
+        assert!(y.iter().all(|&v| (v - 64.0).abs() < 1e-2), "{:?}", &y[..4]);
+        // One buffer, or a few if a worker happened to still be inside a finished job when the next one started.
+        assert!(
+            pool.slab_allocs() <= 3,
+            "{} buffers for 20 products",
+            pool.slab_allocs()
+        );
+    }
+}

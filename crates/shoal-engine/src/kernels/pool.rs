@@ -1,0 +1,219 @@
+//! The kernels' worker threads: a small spin-then-park pool (std only, no unsafe).
+//!
+//! A product is one [`Job`] of work items pulled from an atomic counter. The caller publishes the job, works on it
+//! itself, and then waits only for items already claimed, so a worker that wakes late simply finds nothing left.
+//! Workers spin for a while after each job (a forward pass issues ~200 products back to back, microseconds apart)
+//! and then park on a condition variable, so an idle engine costs no CPU.
+//!
+//! Jobs are `'static` (they own or share through `Arc` what they read, and write results through atomics), which
+//! is what lets long-lived threads run them without unsafe code.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// How long an idle worker spins before parking.
+const SPIN: Duration = Duration::from_micros(300);
+
+/// Work shared by the caller and the pool's workers.
+pub(crate) trait Job: Send + Sync {
+    /// Processes work items until none is left to claim.
+    fn run(&self);
+}
+
+struct Shared {
+    epoch: AtomicU64,
+    job: Mutex<Option<Arc<dyn Job>>>,
+    sleepers: AtomicUsize,
+    park: Mutex<()>,
+    wake: Condvar,
+    shutdown: AtomicBool,
+}
+
+/// Worker threads for the kernels: `threads - 1` dedicated workers plus the calling thread, which always takes a
+/// share of each product. `Pool::default()` uses 2 threads (or 1 on a single-core machine).
+pub struct Pool {
+    threads: usize,
+    shared: Arc<Shared>,
+    handles: Vec<JoinHandle<()>>,
+    /// Reusable result buffer for products split across threads.
+    slab: Mutex<Option<Arc<[AtomicU32]>>>,
+    /// How many result buffers were allocated (they should be reused).
+    slab_allocs: AtomicUsize,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool").field("threads", &self.threads).finish()
+    }
+}
+
+impl Default for Pool {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self::new(cores.min(2))
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Pool {
+    /// A pool of `threads` threads in all, the caller included (`threads` of 0 counts as 1). Workers that cannot
+    /// be spawned are left out (with a warning); the caller can always do all the work itself.
+    pub fn new(threads: usize) -> Self {
+        let shared = Arc::new(Shared {
+            epoch: AtomicU64::new(0),
+            job: Mutex::new(None),
+            sleepers: AtomicUsize::new(0),
+            park: Mutex::new(()),
+            wake: Condvar::new(),
+            shutdown: AtomicBool::new(false),
+        });
+        let mut handles = Vec::new();
+        for i in 1..threads.max(1) {
+            let s = shared.clone();
+            match std::thread::Builder::new()
+                .name(format!("shoal-kernel-{i}"))
+                .spawn(move || worker(&s))
+            {
+                Ok(h) => handles.push(h),
+                Err(e) => {
+                    tracing::warn!("cannot start kernel worker thread {i}: {e}");
+                    break;
+                }
+            }
+        }
+        Self {
+            threads: handles.len() + 1,
+            shared,
+            handles,
+            slab: Mutex::new(None),
+            slab_allocs: AtomicUsize::new(0),
+        }
+    }
+
+    /// Threads in all, the caller included.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// Runs `work` on the caller and on every worker that picks it up in time, and returns when the caller's call
+    /// has returned: `work` must itself hand out its pieces (e.g. from an atomic counter) and wait for the pieces
+    /// other threads claimed. With no work inside, this measures the pool's bare hand-out cost.
+    pub fn run(&self, work: Arc<dyn Fn() + Send + Sync>) {
+        struct FnJob(Arc<dyn Fn() + Send + Sync>);
+        impl Job for FnJob {
+            fn run(&self) {
+                (self.0)()
+            }
+        }
+        let job = Arc::new(FnJob(work));
+        self.submit(job.clone());
+        job.run();
+    }
+
+    /// Publishes `job` to the workers (the caller is expected to run it too).
+    pub(crate) fn submit(&self, job: Arc<dyn Job>) {
+        if self.handles.is_empty() {
+            return;
+        }
+        *lock(&self.shared.job) = Some(job);
+        self.shared.epoch.fetch_add(1, Ordering::SeqCst);
+        if self.shared.sleepers.load(Ordering::SeqCst) > 0 {
+            let _g = lock(&self.shared.park);
+            self.shared.wake.notify_all();
+        }
+    }
+
+    /// Drops the pool's reference to the last job once its caller is done with it, so what the job holds (e.g. the
+    /// result slab) can be reused. A worker still inside the job keeps its own reference.
+    pub(crate) fn retire(&self) {
+        if !self.handles.is_empty() {
+            *lock(&self.shared.job) = None;
+        }
+    }
+
+    /// A result buffer of at least `len` values that no running job holds.
+    pub(crate) fn slab(&self, len: usize) -> Arc<[AtomicU32]> {
+        let mut cached = lock(&self.slab);
+        if let Some(s) = cached.as_ref()
+            && s.len() >= len
+            && Arc::strong_count(s) == 1
+        {
+            return s.clone();
+        }
+        let s: Arc<[AtomicU32]> = (0..len).map(|_| AtomicU32::new(0)).collect();
+        *cached = Some(s.clone());
+        self.slab_allocs.fetch_add(1, Ordering::Relaxed);
+        s
+    }
+
+    #[cfg(test)]
+    pub(crate) fn slab_allocs(&self) -> usize {
+        self.slab_allocs.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.shared.shutdown.store(true, Ordering::SeqCst);
+        {
+            let _g = lock(&self.shared.park);
+            self.shared.wake.notify_all();
+        }
+        for h in self.handles.drain(..) {
+            let _ = h.join();
+        }
+    }
+}
+
+fn worker(shared: &Shared) {
+    let mut seen = shared.epoch.load(Ordering::SeqCst);
+    loop {
+        // Spin for new work, then park until a submit wakes us.
+        let mut since = Instant::now();
+        let mut spins = 0u32;
+        loop {
+            if shared.shutdown.load(Ordering::Relaxed) {
+                return;
+            }
+            let e = shared.epoch.load(Ordering::Acquire);
+            if e != seen {
+                seen = e;
+                break;
+            }
+            spins = spins.wrapping_add(1);
+            if spins.is_multiple_of(64) && since.elapsed() > SPIN {
+                let mut g = lock(&shared.park);
+                shared.sleepers.fetch_add(1, Ordering::SeqCst);
+                while shared.epoch.load(Ordering::SeqCst) == seen && !shared.shutdown.load(Ordering::SeqCst) {
+                    g = shared.wake.wait(g).unwrap_or_else(|e| e.into_inner());
+                }
+                shared.sleepers.fetch_sub(1, Ordering::SeqCst);
+                since = Instant::now();
+            }
+            std::hint::spin_loop();
+        }
+        let job = lock(&shared.job).clone();
+        if let Some(job) = job {
+            // A job records its own failures (see `Job::run`); never let one take the worker down.
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job.run()));
+        }
+    }
+}
+
+/// Waits until `done` reaches `target`: spins briefly (items are short), then yields the core.
+pub(crate) fn wait_for(done: &AtomicUsize, target: usize) {
+    let mut spins = 0u32;
+    while done.load(Ordering::Acquire) < target {
+        if spins < 20_000 {
+            std::hint::spin_loop();
+            spins += 1;
+        } else {
+            std::thread::yield_now();
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! Messages of the worker ↔ runner channel (SYSTEM.md §10.3) and of the pipeline data plane (§10.4).
+//!
+//! Differences from the spec's tables, kept small and named here: the worker sends `Load` with the shard inline
+//! (the spec's `Init` + `Load`), `Connect` carries the next rank's addresses (the spec's `Warmup { next }`), and a
+//! task is identified by a `u64` handle the worker chooses (the cluster's task ids map onto it in the worker).
+//! A forward frame says per sequence whether the last rank samples after it (`sample`), which the spec leaves
+//! implicit, and carries the prompt in `SeqStart` so the last rank can apply repetition penalties.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use shoal_engine::{FinishReason, GenerateParams, SeqSlot};
+
+/// Protocol revision exchanged in `Hello`; a worker refuses a runner of another revision.
+pub const PROTOCOL: u32 = 1;
+
+/// A task handle chosen by the worker, unique among the runner's live tasks.
+pub type TaskHandle = u64;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoadSpec {
+    pub model_path: PathBuf,
+    /// Identifies the instance in the data-plane handshake, so ranks of different instances never pair up.
+    pub instance: String,
+    pub layer_start: usize,
+    pub layer_end: usize,
+    pub rank: u32,
+    pub world_size: u32,
+    /// Sequences batched per forward pass (continuous batching).
+    pub max_seqs: usize,
+    /// Kernel threads.
+    pub threads: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ToRunner {
+    /// Load the shard and open the data-plane listener (answered by `Listening`, then `Status(Loaded)`).
+    Load(LoadSpec),
+    /// Dial the next rank of the ring (answered by `Status(Ready)` once the ring edge into this rank is up too).
+    Connect {
+        next: Vec<SocketAddr>,
+    },
+    /// Rank 0 only: start generating.
+    Submit {
+        task: TaskHandle,
+        prompt: Vec<u32>,
+        params: GenerateParams,
+    },
+    Cancel {
+        task: TaskHandle,
+    },
+    Shutdown,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum RunnerStatus {
+    Loading,
+    Loaded,
+    Ready,
+    Failed(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Outcome {
+    Complete {
+        finish: FinishReason,
+        prompt_tokens: usize,
+        completion_tokens: usize,
+    },
+    Failed(String),
+    Cancelled,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum FromRunner {
+    Hello {
+        pid: u32,
+        protocol: u32,
+    },
+    Listening {
+        port: u16,
+    },
+    Status(RunnerStatus),
+    /// Rank 0 admitted the task.
+    Accepted {
+        task: TaskHandle,
+    },
+    /// Last rank: one sampled token and the text it made safe to show; `seq` counts from 0 per task.
+    Chunk {
+        task: TaskHandle,
+        seq: u64,
+        token: u32,
+        text: String,
+    },
+    TaskDone {
+        task: TaskHandle,
+        outcome: Outcome,
+    },
+    Heartbeat,
+}
+
+/// Sent by the dialing rank on a new ring edge; the acceptor closes the edge on any mismatch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Handshake {
+    pub instance: String,
+    pub rank: u32,
+    pub world_size: u32,
+    pub model: String,
+}
+
+/// What rank 0 tells every later rank the first time a sequence appears.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SeqStart {
+    pub task: TaskHandle,
+    pub prompt: Vec<u32>,
+    pub params: GenerateParams,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FwdSeq {
+    pub slot: SeqSlot,
+    pub pos_start: usize,
+    pub n_tokens: usize,
+    /// The last rank samples a token for this sequence after this step (its prompt is then fully fed).
+    pub sample: bool,
+    pub start: Option<SeqStart>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum DataFrame {
+    Handshake(Handshake),
+    /// Rank i → i+1: activations of every sequence's new tokens, back to back (n_tokens × hidden each).
+    Forward {
+        microbatch: u64,
+        seqs: Vec<FwdSeq>,
+        activations: Vec<f32>,
+    },
+    /// Last rank → rank 0: the token sampled for each sequence that sampled; `done` ends the sequence.
+    Back {
+        microbatch: u64,
+        tokens: Vec<(SeqSlot, u32, bool)>,
+    },
+    /// Frees a sequence's state on every rank it passes.
+    Release {
+        slot: SeqSlot,
+    },
+}

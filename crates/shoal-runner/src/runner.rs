@@ -1,0 +1,673 @@
+//! The runner process: one rank of a pipeline (SYSTEM.md §10.3–§10.4). It talks to its worker over a Unix socket,
+//! to the previous and next ranks over TCP, and runs its stage with continuous batching: rank 0 admits and schedules
+//! sequences and embeds their tokens, middle ranks run their layers, the last rank samples, decodes and reports
+//! chunks. One micro-batch is in flight at a time.
+//!
+//! Everything arrives on one channel ([`Input`]) fed by reader threads, so the compute loop is a plain state
+//! machine: it never blocks on a socket while it has work.
+
+use std::collections::HashMap;
+use std::io::{BufReader, BufWriter};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use shoal_engine::{
+    Decoding, EngineError, LayerRange, PREFILL_CHUNK, Pool, ScheduledStep, Scheduler, SeqChunk, SeqSlot, Stage,
+    StageInput, StageOutput, Tokenizer,
+};
+
+use crate::frame::{FrameError, read_frame, write_frame};
+use crate::proto::{
+    DataFrame, FromRunner, FwdSeq, Handshake, LoadSpec, Outcome, PROTOCOL, RunnerStatus, SeqStart, TaskHandle, ToRunner,
+};
+
+/// How often the runner tells its worker it is alive, from a thread independent of compute.
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+/// Sequences rank 0 queues beyond the `max_seqs` it runs (§10.4); more are refused at once.
+pub const MAX_WAITING: usize = 64;
+/// Dialing the next rank: each attempt, and all of them.
+const DIAL_ATTEMPT: Duration = Duration::from_secs(1);
+const DIAL_TOTAL: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunnerError {
+    #[error("worker channel: {0}")]
+    Channel(#[from] FrameError),
+    #[error("worker channel: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Engine(#[from] EngineError),
+    #[error("protocol: {0}")]
+    Protocol(String),
+    #[error("data plane: {0}")]
+    DataPlane(String),
+}
+
+enum Input {
+    Control(ToRunner),
+    ControlClosed(Option<FrameError>),
+    /// A frame from the previous rank.
+    Data(DataFrame),
+    DataClosed(String),
+    /// The previous rank's edge passed its handshake.
+    PrevConnected,
+}
+
+/// Writes to the worker; shared by the compute loop and the heartbeat thread.
+#[derive(Clone)]
+struct Worker(Arc<Mutex<BufWriter<UnixStream>>>);
+
+impl Worker {
+    fn send(&self, msg: &FromRunner) {
+        let mut w = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = write_frame(&mut *w, msg) {
+            // The reader sees the same broken socket and ends the process; nothing to do here.
+            tracing::debug!(error = %e, "cannot write to the worker");
+        }
+    }
+}
+
+/// Runs a runner process connected to the worker's socket until `Shutdown` or the socket closes.
+pub fn run(socket: &Path) -> Result<(), RunnerError> {
+    let stream = UnixStream::connect(socket)?;
+    let worker = Worker(Arc::new(Mutex::new(BufWriter::new(stream.try_clone()?))));
+    worker.send(&FromRunner::Hello {
+        pid: std::process::id(),
+        protocol: PROTOCOL,
+    });
+    let (tx, rx) = mpsc::channel();
+    spawn_control_reader(stream, tx.clone());
+    let heartbeat = worker.clone();
+    std::thread::spawn(move || {
+        loop {
+            std::thread::sleep(HEARTBEAT);
+            heartbeat.send(&FromRunner::Heartbeat);
+        }
+    });
+
+    let spec = loop {
+        match rx.recv() {
+            Ok(Input::Control(ToRunner::Load(spec))) => break spec,
+            Ok(Input::Control(ToRunner::Shutdown)) | Ok(Input::ControlClosed(None)) | Err(_) => return Ok(()),
+            Ok(Input::ControlClosed(Some(e))) => return Err(e.into()),
+            Ok(Input::Control(other)) => {
+                return Err(RunnerError::Protocol(format!("expected Load first, got {other:?}")));
+            }
+            Ok(_) => {}
+        }
+    };
+    worker.send(&FromRunner::Status(RunnerStatus::Loading));
+    let loaded = load(&spec);
+    let (stage, tokenizer) = match loaded {
+        Ok(x) => x,
+        Err(e) => {
+            worker.send(&FromRunner::Status(RunnerStatus::Failed(e.to_string())));
+            return Err(e.into());
+        }
+    };
+    let listener = TcpListener::bind(("127.0.0.1", 0))?;
+    let port = listener.local_addr()?.port();
+    let model = model_name(&spec);
+    spawn_acceptor(listener, expected_prev(&spec, &model), tx.clone());
+    worker.send(&FromRunner::Listening { port });
+    worker.send(&FromRunner::Status(RunnerStatus::Loaded));
+
+    let mut rank = Rank {
+        spec,
+        model,
+        stage,
+        worker,
+        next: None,
+        prev_up: false,
+        ready: false,
+        scheduler: Scheduler::new(1, PREFILL_CHUNK),
+        tasks: HashMap::new(),
+        slots: HashMap::new(),
+        free_slots: Vec::new(),
+        pending_free: Vec::new(),
+        next_slot: 0,
+        in_flight: None,
+        microbatch: 0,
+    };
+    rank.scheduler = Scheduler::new(rank.spec.max_seqs, PREFILL_CHUNK);
+    let result = rank.serve(&rx, tokenizer.as_ref());
+    if let Err(e) = &result {
+        rank.worker
+            .send(&FromRunner::Status(RunnerStatus::Failed(e.to_string())));
+    }
+    result
+}
+
+fn load(spec: &LoadSpec) -> Result<(Stage, Option<Tokenizer>), EngineError> {
+    let pool = Arc::new(Pool::new(spec.threads.max(1)));
+    let stage = Stage::load(
+        &spec.model_path,
+        LayerRange::new(spec.layer_start, spec.layer_end),
+        pool,
+    )?;
+    let tokenizer = if stage.is_last() {
+        Some(Tokenizer::from_gguf_path(&spec.model_path)?)
+    } else {
+        None
+    };
+    Ok((stage, tokenizer))
+}
+
+fn model_name(spec: &LoadSpec) -> String {
+    spec.model_path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// The handshake this rank accepts on its incoming edge: the previous rank of the same instance and model.
+fn expected_prev(spec: &LoadSpec, model: &str) -> Handshake {
+    Handshake {
+        instance: spec.instance.clone(),
+        rank: (spec.rank + spec.world_size - 1) % spec.world_size.max(1),
+        world_size: spec.world_size,
+        model: model.to_string(),
+    }
+}
+
+fn spawn_control_reader(stream: UnixStream, tx: Sender<Input>) {
+    std::thread::spawn(move || {
+        let mut r = BufReader::new(stream);
+        loop {
+            match read_frame::<ToRunner>(&mut r) {
+                Ok(Some(msg)) => {
+                    if tx.send(Input::Control(msg)).is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => {
+                    let _ = tx.send(Input::ControlClosed(None));
+                    return;
+                }
+                Err(e) => {
+                    let _ = tx.send(Input::ControlClosed(Some(e)));
+                    return;
+                }
+            }
+        }
+    });
+}
+
+/// Accepts the previous rank's edge: the first connection whose handshake matches; others are closed.
+fn spawn_acceptor(listener: TcpListener, expected: Handshake, tx: Sender<Input>) {
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { continue };
+            let _ = conn.set_nodelay(true);
+            let mut r = BufReader::with_capacity(1 << 20, conn);
+            match read_frame::<DataFrame>(&mut r) {
+                Ok(Some(DataFrame::Handshake(h))) if h == expected => {}
+                other => {
+                    tracing::warn!(?other, ?expected, "data-plane handshake mismatch; closing the edge");
+                    continue;
+                }
+            }
+            if tx.send(Input::PrevConnected).is_err() {
+                return;
+            }
+            loop {
+                match read_frame::<DataFrame>(&mut r) {
+                    Ok(Some(f)) => {
+                        if tx.send(Input::Data(f)).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => {
+                        let _ = tx.send(Input::DataClosed("the previous rank closed the connection".into()));
+                        return;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Input::DataClosed(e.to_string()));
+                        return;
+                    }
+                }
+            }
+        }
+    });
+}
+
+fn dial(next: &[SocketAddr], hello: &Handshake) -> Result<BufWriter<TcpStream>, RunnerError> {
+    let deadline = Instant::now() + DIAL_TOTAL;
+    loop {
+        for addr in next {
+            if let Ok(s) = TcpStream::connect_timeout(addr, DIAL_ATTEMPT) {
+                s.set_nodelay(true)?;
+                let mut w = BufWriter::with_capacity(1 << 20, s);
+                write_frame(&mut w, &DataFrame::Handshake(hello.clone()))
+                    .map_err(|e| RunnerError::DataPlane(e.to_string()))?;
+                return Ok(w);
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(RunnerError::DataPlane(format!(
+                "cannot reach the next rank at {next:?}"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Per-task bookkeeping on rank 0.
+struct TaskEntry {
+    slot: SeqSlot,
+    /// Sent with the sequence's first forward frame, then cleared.
+    start: Option<SeqStart>,
+}
+
+struct InFlight {
+    step: ScheduledStep,
+}
+
+struct Rank {
+    spec: LoadSpec,
+    model: String,
+    stage: Stage,
+    worker: Worker,
+    next: Option<BufWriter<TcpStream>>,
+    prev_up: bool,
+    ready: bool,
+    scheduler: Scheduler,
+    /// Rank 0: live tasks and the slot of each.
+    tasks: HashMap<TaskHandle, TaskEntry>,
+    slots: HashMap<SeqSlot, TaskHandle>,
+    free_slots: Vec<SeqSlot>,
+    /// Slots finished while a step holding them was in flight: reusable only after that step comes back.
+    pending_free: Vec<SeqSlot>,
+    next_slot: SeqSlot,
+    in_flight: Option<InFlight>,
+    microbatch: u64,
+}
+
+/// The last rank's state of one sequence.
+struct Sampling<'t> {
+    task: TaskHandle,
+    decoding: Decoding<'t>,
+    seq: u64,
+    prompt_tokens: usize,
+}
+
+impl Rank {
+    fn is_first(&self) -> bool {
+        self.spec.rank == 0
+    }
+
+    fn is_last(&self) -> bool {
+        self.spec.rank + 1 == self.spec.world_size
+    }
+
+    fn single(&self) -> bool {
+        self.spec.world_size <= 1
+    }
+
+    fn serve(&mut self, rx: &Receiver<Input>, tokenizer: Option<&Tokenizer>) -> Result<(), RunnerError> {
+        let mut sampling: HashMap<SeqSlot, Sampling<'_>> = HashMap::new();
+        loop {
+            let Ok(input) = rx.recv() else { return Ok(()) };
+            match input {
+                Input::Control(ToRunner::Shutdown) | Input::ControlClosed(None) => return Ok(()),
+                Input::ControlClosed(Some(e)) => return Err(e.into()),
+                Input::Control(ToRunner::Load(_)) => {
+                    return Err(RunnerError::Protocol("Load received twice".into()));
+                }
+                Input::Control(ToRunner::Connect { next }) => {
+                    if !self.single() {
+                        let hello = Handshake {
+                            instance: self.spec.instance.clone(),
+                            rank: self.spec.rank,
+                            world_size: self.spec.world_size,
+                            model: self.model.clone(),
+                        };
+                        self.next = Some(dial(&next, &hello)?);
+                    }
+                    self.check_ready();
+                }
+                Input::PrevConnected => {
+                    self.prev_up = true;
+                    self.check_ready();
+                }
+                Input::Control(ToRunner::Submit { task, prompt, params }) => self.submit(task, prompt, params),
+                Input::Control(ToRunner::Cancel { task }) => self.cancel(task),
+                Input::DataClosed(reason) => {
+                    self.fail_all(&format!("pipeline edge broken: {reason}"));
+                    return Err(RunnerError::DataPlane(reason));
+                }
+                Input::Data(frame) => self.on_frame(frame, tokenizer, &mut sampling)?,
+            }
+            if self.is_first() && self.ready && self.in_flight.is_none() {
+                self.start_step(tokenizer, &mut sampling)?;
+            }
+        }
+    }
+
+    fn check_ready(&mut self) {
+        let edges_up = self.single() || (self.next.is_some() && self.prev_up);
+        if edges_up && !self.ready {
+            self.ready = true;
+            self.worker.send(&FromRunner::Status(RunnerStatus::Ready));
+        }
+    }
+
+    fn submit(&mut self, task: TaskHandle, prompt: Vec<u32>, params: shoal_engine::GenerateParams) {
+        let refuse = |w: &Worker, why: String| {
+            w.send(&FromRunner::TaskDone {
+                task,
+                outcome: Outcome::Failed(why),
+            })
+        };
+        if !self.is_first() {
+            return refuse(&self.worker, format!("rank {} cannot take tasks", self.spec.rank));
+        }
+        if self.tasks.contains_key(&task) {
+            return refuse(&self.worker, format!("task {task} is already running"));
+        }
+        if let Err(e) = params.validate(prompt.len(), self.stage.hparams().context_length) {
+            return refuse(&self.worker, e.to_string());
+        }
+        if self.scheduler.waiting() >= MAX_WAITING {
+            return refuse(
+                &self.worker,
+                format!("busy: {MAX_WAITING} sequences are already waiting"),
+            );
+        }
+        let slot = self.free_slots.pop().unwrap_or_else(|| {
+            self.next_slot += 1;
+            self.next_slot - 1
+        });
+        self.scheduler.submit(slot, prompt.clone());
+        self.tasks.insert(
+            task,
+            TaskEntry {
+                slot,
+                start: Some(SeqStart { task, prompt, params }),
+            },
+        );
+        self.slots.insert(slot, task);
+        self.worker.send(&FromRunner::Accepted { task });
+    }
+
+    fn cancel(&mut self, task: TaskHandle) {
+        let Some(entry) = self.tasks.get(&task) else { return };
+        let slot = entry.slot;
+        self.finish_slot(slot);
+        self.worker.send(&FromRunner::TaskDone {
+            task,
+            outcome: Outcome::Cancelled,
+        });
+    }
+
+    /// Rank 0: forgets a sequence and tells the rest of the ring to free it.
+    fn finish_slot(&mut self, slot: SeqSlot) {
+        self.scheduler.cancel(slot);
+        self.stage.release(slot);
+        if let Some(task) = self.slots.remove(&slot) {
+            self.tasks.remove(&task);
+            let in_flight = self
+                .in_flight
+                .as_ref()
+                .is_some_and(|f| f.step.chunks.iter().any(|c| c.slot == slot));
+            if in_flight {
+                self.pending_free.push(slot);
+            } else {
+                self.free_slots.push(slot);
+            }
+        }
+        if let Some(next) = &mut self.next
+            && let Err(e) = write_frame(next, &DataFrame::Release { slot })
+        {
+            tracing::warn!(error = %e, "cannot send Release to the next rank");
+        }
+    }
+
+    fn fail_all(&mut self, why: &str) {
+        let tasks: Vec<TaskHandle> = self.tasks.keys().copied().collect();
+        for task in tasks {
+            self.worker.send(&FromRunner::TaskDone {
+                task,
+                outcome: Outcome::Failed(why.to_string()),
+            });
+        }
+        self.tasks.clear();
+    }
+
+    fn start_step<'t>(
+        &mut self,
+        tokenizer: Option<&'t Tokenizer>,
+        sampling: &mut HashMap<SeqSlot, Sampling<'t>>,
+    ) -> Result<(), RunnerError> {
+        let Some(step) = self.scheduler.next_step() else {
+            return Ok(());
+        };
+        let out = match self.stage.forward_batch(&step.chunks, StageInput::Tokens(&step.tokens)) {
+            Ok(out) => out,
+            Err(e) => {
+                self.fail_step(&step, &e.to_string());
+                return Ok(());
+            }
+        };
+        let seqs: Vec<FwdSeq> = step
+            .chunks
+            .iter()
+            .zip(&step.positions)
+            .zip(&step.sample)
+            .map(|((c, &pos_start), &sample)| FwdSeq {
+                slot: c.slot,
+                pos_start,
+                n_tokens: c.n_tokens,
+                sample,
+                start: self
+                    .slots
+                    .get(&c.slot)
+                    .and_then(|t| self.tasks.get_mut(t))
+                    .and_then(|e| e.start.take()),
+            })
+            .collect();
+        self.microbatch += 1;
+        self.in_flight = Some(InFlight { step });
+        match out {
+            StageOutput::Hidden(activations) => {
+                let frame = DataFrame::Forward {
+                    microbatch: self.microbatch,
+                    seqs,
+                    activations,
+                };
+                self.send_next(&frame)?;
+            }
+            StageOutput::Logits(logits) => {
+                // A single-rank pipeline samples right here.
+                let tokens = self.sample(&seqs, logits, tokenizer, sampling)?;
+                self.on_back(tokens);
+            }
+        }
+        Ok(())
+    }
+
+    fn fail_step(&mut self, step: &ScheduledStep, why: &str) {
+        for c in &step.chunks {
+            if let Some(&task) = self.slots.get(&c.slot) {
+                self.worker.send(&FromRunner::TaskDone {
+                    task,
+                    outcome: Outcome::Failed(why.to_string()),
+                });
+            }
+            self.finish_slot(c.slot);
+        }
+    }
+
+    fn send_next(&mut self, frame: &DataFrame) -> Result<(), RunnerError> {
+        let Some(next) = &mut self.next else {
+            return Err(RunnerError::DataPlane("no edge to the next rank".into()));
+        };
+        write_frame(next, frame).map_err(|e| RunnerError::DataPlane(e.to_string()))
+    }
+
+    fn on_frame<'t>(
+        &mut self,
+        frame: DataFrame,
+        tokenizer: Option<&'t Tokenizer>,
+        sampling: &mut HashMap<SeqSlot, Sampling<'t>>,
+    ) -> Result<(), RunnerError> {
+        match frame {
+            DataFrame::Handshake(_) => Err(RunnerError::DataPlane("unexpected second handshake".into())),
+            DataFrame::Back { tokens, .. } if self.is_first() => {
+                self.on_back(tokens);
+                Ok(())
+            }
+            DataFrame::Release { slot } => {
+                self.stage.release(slot);
+                sampling.remove(&slot);
+                if !self.is_last() && !self.is_first() {
+                    self.send_next(&DataFrame::Release { slot })?;
+                }
+                Ok(())
+            }
+            DataFrame::Forward {
+                microbatch,
+                seqs,
+                activations,
+            } if !self.is_first() => {
+                let chunks: Vec<SeqChunk> = seqs
+                    .iter()
+                    .map(|s| SeqChunk {
+                        slot: s.slot,
+                        n_tokens: s.n_tokens,
+                    })
+                    .collect();
+                for s in &seqs {
+                    if self.stage.seq_len(s.slot) != s.pos_start {
+                        // A position this rank did not see: the ring lost a frame. Start the sequence over here.
+                        tracing::warn!(slot = s.slot, "sequence position mismatch; resetting its cache");
+                        self.stage.release(s.slot);
+                    }
+                }
+                let out = self
+                    .stage
+                    .forward_batch(&chunks, StageInput::Hidden(&activations))
+                    .map_err(|e| RunnerError::DataPlane(format!("forward frame {microbatch}: {e}")))?;
+                match out {
+                    StageOutput::Hidden(activations) => self.send_next(&DataFrame::Forward {
+                        microbatch,
+                        seqs,
+                        activations,
+                    }),
+                    StageOutput::Logits(logits) => {
+                        let tokens = self.sample(&seqs, logits, tokenizer, sampling)?;
+                        self.send_next(&DataFrame::Back { microbatch, tokens })
+                    }
+                }
+            }
+            other => Err(RunnerError::DataPlane(format!(
+                "rank {} cannot take {other:?}",
+                self.spec.rank
+            ))),
+        }
+    }
+
+    /// Last rank: samples every sequence that asked for it and reports chunks to the worker.
+    fn sample<'t>(
+        &mut self,
+        seqs: &[FwdSeq],
+        mut logits: Vec<Vec<f32>>,
+        tokenizer: Option<&'t Tokenizer>,
+        sampling: &mut HashMap<SeqSlot, Sampling<'t>>,
+    ) -> Result<Vec<(SeqSlot, u32, bool)>, RunnerError> {
+        let Some(tokenizer) = tokenizer else {
+            return Err(RunnerError::Protocol("sampling needs the last rank's tokenizer".into()));
+        };
+        let limit = self.stage.hparams().context_length;
+        let mut tokens = Vec::new();
+        for (s, logits) in seqs.iter().zip(logits.iter_mut()) {
+            if let Some(start) = &s.start {
+                match Decoding::new(tokenizer, &start.prompt, &start.params, limit) {
+                    Ok(decoding) => {
+                        sampling.insert(
+                            s.slot,
+                            Sampling {
+                                task: start.task,
+                                decoding,
+                                seq: 0,
+                                prompt_tokens: start.prompt.len(),
+                            },
+                        );
+                    }
+                    Err(e) => {
+                        self.worker.send(&FromRunner::TaskDone {
+                            task: start.task,
+                            outcome: Outcome::Failed(e.to_string()),
+                        });
+                        tokens.push((s.slot, 0, true));
+                        continue;
+                    }
+                }
+            }
+            if !s.sample {
+                continue;
+            }
+            let Some(seq) = sampling.get_mut(&s.slot) else {
+                // Released (cancelled) while this step was in flight.
+                tokens.push((s.slot, 0, true));
+                continue;
+            };
+            let step = match seq.decoding.step(logits) {
+                Ok(step) => step,
+                Err(e) => {
+                    let task = seq.task;
+                    self.worker.send(&FromRunner::TaskDone {
+                        task,
+                        outcome: Outcome::Failed(e.to_string()),
+                    });
+                    sampling.remove(&s.slot);
+                    tokens.push((s.slot, 0, true));
+                    continue;
+                }
+            };
+            self.worker.send(&FromRunner::Chunk {
+                task: seq.task,
+                seq: seq.seq,
+                token: step.token,
+                text: step.text,
+            });
+            seq.seq += 1;
+            let done = step.finish.is_some();
+            if let Some(finish) = step.finish {
+                self.worker.send(&FromRunner::TaskDone {
+                    task: seq.task,
+                    outcome: Outcome::Complete {
+                        finish,
+                        prompt_tokens: seq.prompt_tokens,
+                        completion_tokens: seq.decoding.generated().len(),
+                    },
+                });
+                sampling.remove(&s.slot);
+                if !self.single() {
+                    self.stage.release(s.slot);
+                }
+            }
+            tokens.push((s.slot, step.token, done));
+        }
+        Ok(tokens)
+    }
+
+    /// Rank 0: the sampled tokens of the step in flight came back.
+    fn on_back(&mut self, tokens: Vec<(SeqSlot, u32, bool)>) {
+        let Some(InFlight { step }) = self.in_flight.take() else {
+            tracing::warn!("a back frame with no step in flight; ignored");
+            return;
+        };
+        self.scheduler.complete(&step, &tokens);
+        self.free_slots.append(&mut self.pending_free);
+        for (slot, _, done) in tokens {
+            if done {
+                self.finish_slot(slot);
+            }
+        }
+    }
+}

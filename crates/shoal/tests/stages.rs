@@ -1,0 +1,109 @@
+//! A model run as stage processes (`shoal runner` children) over the loopback TCP data plane: the same tokens as
+//! in one process, with several sequences batched through the ring, and a clear error (not a hang) when a stage
+//! dies.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use shoal_engine::{ChatMessage, ChatTemplate, GenerateParams, Pipeline, Pool, SamplingParams, Tokenizer, generate};
+use shoal_runner::LocalPipeline;
+
+fn model_path() -> PathBuf {
+    if let Ok(p) = std::env::var("SHOAL_TEST_MODEL") {
+        return PathBuf::from(p);
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .map(|d| d.join("shared/scripts/fetch-test-model.sh"))
+        .find(|p| p.is_file())
+        .expect("set SHOAL_TEST_MODEL or put shared/ beside the repository");
+    let out = Command::new("bash").arg(script).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim().lines().last().unwrap())
+}
+
+fn prompts(tok: &Tokenizer) -> Vec<Vec<u32>> {
+    let template = ChatTemplate::from_tokenizer(tok).unwrap();
+    [
+        "Name three colors.",
+        "What is 2+2?",
+        "Write a haiku about rain.",
+        "Who wrote Hamlet?",
+        "List two fruits.",
+        "What is the boiling point of water?",
+        "Say hello in Spanish.",
+        "What is the capital of France? Answer in one sentence.",
+    ]
+    .iter()
+    .map(|q| {
+        let text = template.render(&[ChatMessage::new("user", *q)], true).unwrap();
+        tok.encode(&text).unwrap()
+    })
+    .collect()
+}
+
+#[test]
+fn batched_sequences_through_three_stage_processes_match_one_process() {
+    let model = model_path();
+    let tok = Tokenizer::from_gguf_path(&model).unwrap();
+    let prompts = prompts(&tok);
+    let params = GenerateParams {
+        sampling: SamplingParams::greedy(),
+        max_tokens: 10,
+        stop: vec![],
+    };
+    let mut local = Pipeline::load(&model, &[], Arc::new(Pool::new(1))).unwrap();
+    let expected: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|p| generate(&mut local, &tok, 0, p, &params, &mut |_| {}).unwrap().tokens)
+        .collect();
+    drop(local);
+
+    let exe = Path::new(env!("CARGO_BIN_EXE_shoal"));
+    let mut ring = LocalPipeline::start(exe, &model, &[0, 9, 21, 30], 1, 8).unwrap();
+    let requests: Vec<_> = prompts.iter().map(|p| (p.clone(), params.clone())).collect();
+    let mut streamed = vec![String::new(); requests.len()];
+    let out = ring
+        .generate_batch(&requests, &mut |i, s| streamed[i].push_str(s))
+        .unwrap();
+    for (i, g) in out.iter().enumerate() {
+        assert_eq!(g.tokens, expected[i], "request {i}");
+        assert_eq!(g.text, streamed[i]);
+        assert_eq!(g.prompt_tokens, prompts[i].len());
+    }
+    // The ring serves again after a batch: slots were released on every rank.
+    let again = ring.generate(&prompts[7], &params, &mut |_| {}).unwrap();
+    assert_eq!(again.tokens, expected[7]);
+    assert!(again.text.contains("Paris"), "{}", again.text);
+}
+
+#[test]
+fn a_dead_stage_fails_the_generation_quickly() {
+    let model = model_path();
+    let tok = Tokenizer::from_gguf_path(&model).unwrap();
+    let prompt = prompts(&tok).remove(0);
+    let exe = Path::new(env!("CARGO_BIN_EXE_shoal"));
+    let mut ring = LocalPipeline::start(exe, &model, &[0, 15, 30], 1, 8).unwrap();
+    let pid = ring.runners()[1].pid();
+    let params = GenerateParams {
+        sampling: SamplingParams::greedy(),
+        max_tokens: 100_000,
+        stop: vec![],
+    };
+    let killer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
+    });
+    let started = Instant::now();
+    let err = ring.generate(&prompt, &params, &mut |_| {}).unwrap_err();
+    killer.join().unwrap();
+    println!("after {:?}: {err}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+}
