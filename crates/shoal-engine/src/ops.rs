@@ -177,10 +177,66 @@ pub struct AttnShape {
     pub head_dim: usize,
 }
 
+/// Below this many query-key pairs a call stays on one thread: spawning costs tens of microseconds, which only a
+/// prefill chunk's attention repays.
+const PARALLEL_ATTENTION_PAIRS: usize = 1 << 16;
+
 /// Causal grouped-query attention of `n` new queries at positions `past..past + n` over a cache holding positions
 /// `0..past + n`. q: (n, heads, head_dim); returns (n, heads × head_dim). Query head h reads kv head h / group, as
-/// llama.cpp does.
-pub fn causal_attention(q: &[f32], kv: &LayerKv, past: usize, shape: AttnShape, scale: f32, out: &mut [f32]) {
+/// llama.cpp does. A large call (a prefill chunk) is split by query rows over `threads` scoped threads, at row
+/// boundaries that balance the causal work; every row is computed the same way whatever the split.
+pub fn causal_attention(
+    q: &[f32],
+    kv: &LayerKv,
+    past: usize,
+    shape: AttnShape,
+    scale: f32,
+    out: &mut [f32],
+    threads: usize,
+) {
+    let width = shape.heads * shape.head_dim;
+    let n = q.len() / width.max(1);
+    let pairs = n * past + n * (n + 1) / 2;
+    if threads < 2 || n < 2 || pairs < PARALLEL_ATTENTION_PAIRS {
+        return attention_rows(q, kv, past, shape, scale, out);
+    }
+    // Row i costs past + i + 1 keys; cut where the running cost reaches each thread's share.
+    let share = pairs.div_ceil(threads);
+    let mut cuts = vec![0];
+    let mut acc = 0;
+    for i in 0..n {
+        acc += past + i + 1;
+        if acc >= share * cuts.len() && cuts.len() < threads {
+            cuts.push(i + 1);
+        }
+    }
+    cuts.push(n);
+    cuts.dedup();
+    std::thread::scope(|scope| {
+        let mut rest = out;
+        let mut handles = Vec::new();
+        for w in cuts.windows(2) {
+            let (chunk, tail) = rest.split_at_mut((w[1] - w[0]) * width);
+            rest = tail;
+            let q = &q[w[0] * width..w[1] * width];
+            let first = past + w[0];
+            if w[1] == n {
+                attention_rows(q, kv, first, shape, scale, chunk);
+            } else {
+                handles.push(scope.spawn(move || attention_rows(q, kv, first, shape, scale, chunk)));
+            }
+        }
+        for h in handles {
+            // A panic in a worker is a bug in this function; surface it on the caller's thread.
+            if let Err(p) = h.join() {
+                std::panic::resume_unwind(p);
+            }
+        }
+    });
+}
+
+/// [`causal_attention`] on one thread: query row i sits at position `past + i`.
+fn attention_rows(q: &[f32], kv: &LayerKv, past: usize, shape: AttnShape, scale: f32, out: &mut [f32]) {
     let AttnShape {
         heads,
         kv_heads,

@@ -158,6 +158,15 @@ impl Drop for TempDir {
     }
 }
 
+impl Drop for LocalPipeline {
+    fn drop(&mut self) {
+        // Tell every rank before waiting on any, so none mistakes a neighbour's exit for a broken ring.
+        for r in &mut self.runners {
+            let _ = r.send(&ToRunner::Shutdown);
+        }
+    }
+}
+
 /// What one generation through a [`LocalPipeline`] produced, with the timings the parent observed.
 #[derive(Debug, Clone)]
 pub struct LocalGeneration {

@@ -311,7 +311,23 @@ impl Rank {
     fn serve(&mut self, rx: &Receiver<Input>, tokenizer: Option<&Tokenizer>) -> Result<(), RunnerError> {
         let mut sampling: HashMap<SeqSlot, Sampling<'_>> = HashMap::new();
         loop {
-            let Ok(input) = rx.recv() else { return Ok(()) };
+            // With work to start, only peek at the inputs, so a single-rank pipeline keeps stepping; otherwise wait.
+            let input = if self.can_step() {
+                match rx.try_recv() {
+                    Ok(input) => Some(input),
+                    Err(mpsc::TryRecvError::Empty) => None,
+                    Err(mpsc::TryRecvError::Disconnected) => return Ok(()),
+                }
+            } else {
+                match rx.recv() {
+                    Ok(input) => Some(input),
+                    Err(_) => return Ok(()),
+                }
+            };
+            let Some(input) = input else {
+                self.start_step(tokenizer, &mut sampling)?;
+                continue;
+            };
             match input {
                 Input::Control(ToRunner::Shutdown) | Input::ControlClosed(None) => return Ok(()),
                 Input::ControlClosed(Some(e)) => return Err(e.into()),
@@ -337,15 +353,25 @@ impl Rank {
                 Input::Control(ToRunner::Submit { task, prompt, params }) => self.submit(task, prompt, params),
                 Input::Control(ToRunner::Cancel { task }) => self.cancel(task),
                 Input::DataClosed(reason) => {
+                    // When a worker stops a pipeline, the neighbour that exits first closes this edge just before
+                    // our own Shutdown arrives: give it a moment, so an orderly stop is not reported as a failure.
+                    if let Ok(Input::Control(ToRunner::Shutdown)) = rx.recv_timeout(Duration::from_millis(500)) {
+                        return Ok(());
+                    }
                     self.fail_all(&format!("pipeline edge broken: {reason}"));
                     return Err(RunnerError::DataPlane(reason));
                 }
                 Input::Data(frame) => self.on_frame(frame, tokenizer, &mut sampling)?,
             }
-            if self.is_first() && self.ready && self.in_flight.is_none() {
+            if self.can_step() {
                 self.start_step(tokenizer, &mut sampling)?;
             }
         }
+    }
+
+    /// Rank 0 with the ring up, nothing in flight and a sequence to feed.
+    fn can_step(&self) -> bool {
+        self.is_first() && self.ready && self.in_flight.is_none() && !self.scheduler.is_idle()
     }
 
     fn check_ready(&mut self) {

@@ -120,6 +120,7 @@ impl Layer for LlamaBlock {
                 self.shape,
                 scale,
                 &mut attn[rows.start * q_width..rows.end * q_width],
+                pool.threads(),
             );
         }
         add_in_place(x, &self.wo.forward(&attn, n, pool));
