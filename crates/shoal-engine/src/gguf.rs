@@ -1,18 +1,115 @@
-//! Thin, error-mapped access to a GGUF file: metadata getters and loading of single tensors, so that a stage reads
-//! only the tensors of its own layers.
+//! GGUF files: the header (metadata and tensor directory) parsed at open, single tensors read on demand, so a stage
+//! reads only the tensors of its own layers. Also a small writer, which the tests use to build malformed and
+//! unusual files.
+//!
+//! Written here rather than taken from candle: candle's reader was the last use of candle-core, whose build
+//! (gemm, zip, safetensors) was most of the workspace's build time. The format (llama.cpp's `gguf.md`): magic
+//! `GGUF`, version 2 or 3, tensor and key-value counts (u64), key-value pairs, tensor infos, then tensor data at
+//! the next multiple of `general.alignment` (default 32). Everything little-endian.
+//!
+//! Limits: the file is untrusted. No length read from it is used to allocate before it is checked against the
+//! bytes that remain, arrays nest at most 4 deep, a tensor has at most 4 dimensions, and every tensor the kernels
+//! can run is checked at open to end inside the file.
 
+use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::io::{BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-
-use candle_core::quantized::{GgmlDType, gguf_file};
 
 use crate::error::{EngineError, Result};
 use crate::kernels::{QMatrix, WeightType};
 
+const MAGIC: &[u8; 4] = b"GGUF";
+const DEFAULT_ALIGNMENT: u64 = 32;
+const MAX_ARRAY_DEPTH: usize = 4;
+const MAX_DIMS: usize = 4;
+
+/// A metadata value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    U8(u8),
+    I8(i8),
+    U16(u16),
+    I16(i16),
+    U32(u32),
+    I32(i32),
+    F32(f32),
+    Bool(bool),
+    String(String),
+    /// Elements of one type (GGUF arrays are homogeneous; [`write`] checks it).
+    Array(Vec<Value>),
+    U64(u64),
+    I64(i64),
+    F64(f64),
+}
+
+impl Value {
+    fn type_id(&self) -> u32 {
+        match self {
+            Value::U8(_) => 0,
+            Value::I8(_) => 1,
+            Value::U16(_) => 2,
+            Value::I16(_) => 3,
+            Value::U32(_) => 4,
+            Value::I32(_) => 5,
+            Value::F32(_) => 6,
+            Value::Bool(_) => 7,
+            Value::String(_) => 8,
+            Value::Array(_) => 9,
+            Value::U64(_) => 10,
+            Value::I64(_) => 11,
+            Value::F64(_) => 12,
+        }
+    }
+
+    fn type_name(&self) -> &'static str {
+        match self {
+            Value::U8(_) => "u8",
+            Value::I8(_) => "i8",
+            Value::U16(_) => "u16",
+            Value::I16(_) => "i16",
+            Value::U32(_) => "u32",
+            Value::I32(_) => "i32",
+            Value::F32(_) => "f32",
+            Value::Bool(_) => "bool",
+            Value::String(_) => "string",
+            Value::Array(_) => "array",
+            Value::U64(_) => "u64",
+            Value::I64(_) => "i64",
+            Value::F64(_) => "f64",
+        }
+    }
+
+    fn as_i128(&self) -> Option<i128> {
+        Some(match self {
+            Value::U8(v) => (*v).into(),
+            Value::I8(v) => (*v).into(),
+            Value::U16(v) => (*v).into(),
+            Value::I16(v) => (*v).into(),
+            Value::U32(v) => (*v).into(),
+            Value::I32(v) => (*v).into(),
+            Value::U64(v) => (*v).into(),
+            Value::I64(v) => (*v).into(),
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+struct TensorInfo {
+    /// ggml order: `dims[0]` is the contiguous (column) dimension.
+    dims: Vec<u64>,
+    ggml_type: u32,
+    offset: u64,
+}
+
 pub struct GgufFile {
     path: PathBuf,
-    content: gguf_file::Content,
+    metadata: HashMap<String, Value>,
+    /// Keys in file order, so a rewritten file keeps them in order.
+    keys: Vec<String>,
+    tensors: HashMap<String, TensorInfo>,
+    data_offset: u64,
     reader: BufReader<File>,
 }
 
@@ -20,8 +117,90 @@ impl std::fmt::Debug for GgufFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GgufFile")
             .field("path", &self.path)
-            .field("tensors", &self.content.tensor_infos.len())
+            .field("tensors", &self.tensors.len())
             .finish()
+    }
+}
+
+/// Reads header fields, counting what is left of the file so no length from it can over-allocate.
+struct Header<R> {
+    r: R,
+    remaining: u64,
+}
+
+type ParseResult<T> = std::result::Result<T, String>;
+
+impl<R: Read> Header<R> {
+    fn bytes(&mut self, n: u64) -> ParseResult<Vec<u8>> {
+        if n > self.remaining {
+            return Err(format!(
+                "a field of {n} bytes runs past the end of the file (truncated?)"
+            ));
+        }
+        let mut buf = vec![0u8; n as usize];
+        self.r
+            .read_exact(&mut buf)
+            .map_err(|e| format!("reading the header: {e}"))?;
+        self.remaining -= n;
+        Ok(buf)
+    }
+
+    fn array<const N: usize>(&mut self) -> ParseResult<[u8; N]> {
+        let v = self.bytes(N as u64)?;
+        let mut a = [0u8; N];
+        a.copy_from_slice(&v);
+        Ok(a)
+    }
+
+    fn u32(&mut self) -> ParseResult<u32> {
+        Ok(u32::from_le_bytes(self.array()?))
+    }
+
+    fn u64(&mut self) -> ParseResult<u64> {
+        Ok(u64::from_le_bytes(self.array()?))
+    }
+
+    fn string(&mut self) -> ParseResult<String> {
+        let len = self.u64()?;
+        String::from_utf8(self.bytes(len)?).map_err(|_| "a string is not UTF-8".to_string())
+    }
+
+    fn value(&mut self, ty: u32, depth: usize) -> ParseResult<Value> {
+        Ok(match ty {
+            0 => Value::U8(self.array::<1>()?[0]),
+            1 => Value::I8(i8::from_le_bytes(self.array()?)),
+            2 => Value::U16(u16::from_le_bytes(self.array()?)),
+            3 => Value::I16(i16::from_le_bytes(self.array()?)),
+            4 => Value::U32(self.u32()?),
+            5 => Value::I32(i32::from_le_bytes(self.array()?)),
+            6 => Value::F32(f32::from_le_bytes(self.array()?)),
+            7 => match self.array::<1>()?[0] {
+                0 => Value::Bool(false),
+                1 => Value::Bool(true),
+                b => return Err(format!("invalid bool byte {b}")),
+            },
+            8 => Value::String(self.string()?),
+            9 => {
+                if depth >= MAX_ARRAY_DEPTH {
+                    return Err(format!("arrays nested deeper than {MAX_ARRAY_DEPTH}"));
+                }
+                let elem = self.u32()?;
+                let count = self.u64()?;
+                // Every element takes at least one byte, so a count beyond the file is a lie.
+                if count > self.remaining {
+                    return Err(format!("an array of {count} elements is longer than the file"));
+                }
+                let mut items = Vec::with_capacity((count as usize).min(1 << 16));
+                for _ in 0..count {
+                    items.push(self.value(elem, depth + 1)?);
+                }
+                Value::Array(items)
+            }
+            10 => Value::U64(self.u64()?),
+            11 => Value::I64(i64::from_le_bytes(self.array()?)),
+            12 => Value::F64(f64::from_le_bytes(self.array()?)),
+            other => return Err(format!("unknown metadata value type {other}")),
+        })
     }
 }
 
@@ -29,42 +208,103 @@ impl GgufFile {
     /// Reads the header (metadata and tensor directory) only; tensor data is read on demand.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
-        let file = File::open(&path).map_err(|source| EngineError::Io {
+        let io = |source| EngineError::Io {
             path: path.clone(),
             source,
-        })?;
-        let mut reader = BufReader::new(file);
-        let content = gguf_file::Content::read(&mut reader).map_err(|e| EngineError::InvalidGguf {
+        };
+        let file = File::open(&path).map_err(io)?;
+        let file_len = file.metadata().map_err(io)?.len();
+        let mut header = Header {
+            r: BufReader::new(file),
+            remaining: file_len,
+        };
+        let parsed = Self::parse(&mut header, file_len);
+        let (metadata, keys, tensors, data_offset) = parsed.map_err(|reason| EngineError::InvalidGguf {
             path: path.clone(),
-            reason: e.to_string(),
+            reason,
         })?;
-        // candle checks each tensor's bounds only when it is read; checking the directory up front turns a
-        // truncated download into one clear error at open instead of a failure halfway through loading.
-        let file_len = reader
-            .get_ref()
-            .metadata()
-            .map_err(|source| EngineError::Io {
-                path: path.clone(),
-                source,
-            })?
-            .len();
-        for (name, info) in &content.tensor_infos {
-            let block = info.ggml_dtype.block_size();
-            let bytes = (info.shape.elem_count() / block.max(1)) as u64 * info.ggml_dtype.type_size() as u64;
-            let end = content
-                .tensor_data_offset
-                .saturating_add(info.offset)
-                .saturating_add(bytes);
-            if end > file_len {
-                return Err(EngineError::InvalidGguf {
-                    path,
-                    reason: format!(
-                        "tensor `{name}` ends at byte {end} but the file has only {file_len} bytes (truncated?)"
-                    ),
-                });
+        Ok(Self {
+            path,
+            metadata,
+            keys,
+            tensors,
+            data_offset,
+            reader: header.r,
+        })
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn parse(
+        h: &mut Header<BufReader<File>>,
+        file_len: u64,
+    ) -> ParseResult<(HashMap<String, Value>, Vec<String>, HashMap<String, TensorInfo>, u64)> {
+        if &h.array::<4>()? != MAGIC {
+            return Err("no GGUF magic at the start".into());
+        }
+        let version = h.u32()?;
+        if !(2..=3).contains(&version) {
+            return Err(format!("GGUF version {version} (supported: 2 and 3)"));
+        }
+        let n_tensors = h.u64()?;
+        let n_kv = h.u64()?;
+        if n_tensors > h.remaining || n_kv > h.remaining {
+            return Err(format!("{n_tensors} tensors and {n_kv} keys cannot fit in the file"));
+        }
+        let mut metadata = HashMap::new();
+        let mut keys = Vec::new();
+        for _ in 0..n_kv {
+            let key = h.string()?;
+            let ty = h.u32()?;
+            let value = h.value(ty, 0)?;
+            if metadata.insert(key.clone(), value).is_some() {
+                return Err(format!("metadata key `{key}` appears twice"));
+            }
+            keys.push(key);
+        }
+        let mut tensors = HashMap::new();
+        for _ in 0..n_tensors {
+            let name = h.string()?;
+            let n_dims = h.u32()? as usize;
+            if n_dims == 0 || n_dims > MAX_DIMS {
+                return Err(format!("tensor `{name}` has {n_dims} dimensions"));
+            }
+            let dims = (0..n_dims).map(|_| h.u64()).collect::<ParseResult<Vec<_>>>()?;
+            let ggml_type = h.u32()?;
+            let offset = h.u64()?;
+            if tensors
+                .insert(
+                    name.clone(),
+                    TensorInfo {
+                        dims,
+                        ggml_type,
+                        offset,
+                    },
+                )
+                .is_some()
+            {
+                return Err(format!("tensor `{name}` appears twice"));
             }
         }
-        Ok(Self { path, content, reader })
+        let alignment = match metadata.get("general.alignment") {
+            None => DEFAULT_ALIGNMENT,
+            Some(v) => match v.as_i128() {
+                Some(a) if a > 0 && (a as u64).is_power_of_two() => a as u64,
+                _ => return Err(format!("general.alignment {v:?} is not a power of two")),
+            },
+        };
+        let header_end = file_len - h.remaining;
+        let data_offset = header_end.div_ceil(alignment) * alignment;
+        // A truncated download is one clear error at open instead of a failure halfway through loading.
+        for (name, info) in &tensors {
+            let Some(bytes) = tensor_bytes(info) else { continue };
+            let end = data_offset.saturating_add(info.offset).saturating_add(bytes);
+            if end > file_len {
+                return Err(format!(
+                    "tensor `{name}` ends at byte {end} but the file has only {file_len} bytes (truncated?)"
+                ));
+            }
+        }
+        Ok((metadata, keys, tensors, data_offset))
     }
 
     pub fn path(&self) -> &Path {
@@ -72,41 +312,38 @@ impl GgufFile {
     }
 
     pub fn has_tensor(&self, name: &str) -> bool {
-        self.content.tensor_infos.contains_key(name)
+        self.tensors.contains_key(name)
     }
 
-    pub fn tensor_shape(&self, name: &str) -> Option<&[usize]> {
-        self.content.tensor_infos.get(name).map(|i| i.shape.dims())
+    /// Metadata in file order.
+    pub fn metadata(&self) -> impl Iterator<Item = (&str, &Value)> {
+        self.keys
+            .iter()
+            .filter_map(|k| self.metadata.get(k).map(|v| (k.as_str(), v)))
     }
 
     /// Reads one tensor's bytes as a matrix: rows are the outer GGUF dimension, columns the inner (contiguous) one;
     /// a 1-D tensor is one row.
     pub fn read_matrix(&mut self, name: &str) -> Result<QMatrix> {
         let info = self
-            .content
-            .tensor_infos
+            .tensors
             .get(name)
             .ok_or_else(|| EngineError::MissingTensor(name.to_string()))?;
-        let ty = weight_type(info.ggml_dtype).ok_or_else(|| EngineError::UnsupportedQuant {
+        let ty = WeightType::from_ggml_id(info.ggml_type).ok_or_else(|| EngineError::UnsupportedQuant {
             name: name.to_string(),
-            ty: format!("{:?}", info.ggml_dtype),
+            ty: ggml_type_name(info.ggml_type),
         })?;
-        // candle reverses ggml's dims, so the last one is the contiguous (column) dimension.
-        let dims = info.shape.dims();
-        let (rows, cols) = match dims {
-            [cols] => (1, *cols),
-            [rows, cols] => (*rows, *cols),
-            _ => {
-                return Err(EngineError::InvalidTensor {
-                    name: name.to_string(),
-                    reason: format!("shape {dims:?} is not a vector or a matrix"),
-                });
-            }
-        };
         let invalid = |reason: String| EngineError::InvalidTensor {
             name: name.to_string(),
             reason,
         };
+        let dims = &info.dims;
+        if dims.iter().skip(2).any(|&d| d != 1) {
+            return Err(invalid(format!("shape {dims:?} is not a vector or a matrix")));
+        }
+        let cols = usize::try_from(dims[0]).map_err(|_| invalid(format!("shape {dims:?} is too large")))?;
+        let rows = usize::try_from(dims.get(1).copied().unwrap_or(1))
+            .map_err(|_| invalid(format!("shape {dims:?} is too large")))?;
         if !cols.is_multiple_of(ty.block_elems()) {
             return Err(invalid(format!("{cols} columns are not whole {} blocks", ty.name())));
         }
@@ -114,7 +351,7 @@ impl GgufFile {
             .checked_mul(ty.row_bytes(cols))
             .ok_or_else(|| invalid(format!("shape {dims:?} overflows")))?;
         let mut data = vec![0u8; len];
-        let at = self.content.tensor_data_offset.saturating_add(info.offset);
+        let at = self.data_offset.saturating_add(info.offset);
         self.reader
             .seek(SeekFrom::Start(at))
             .and_then(|_| self.reader.read_exact(&mut data))
@@ -132,43 +369,27 @@ impl GgufFile {
         Ok(out)
     }
 
-    fn value(&self, key: &str) -> Result<&gguf_file::Value> {
-        self.content
-            .metadata
+    fn value(&self, key: &str) -> Result<&Value> {
+        self.metadata
             .get(key)
             .ok_or_else(|| EngineError::MissingMetadata(key.to_string()))
     }
 
     pub fn has_key(&self, key: &str) -> bool {
-        self.content.metadata.contains_key(key)
+        self.metadata.contains_key(key)
     }
 
     pub fn get_str(&self, key: &str) -> Result<&str> {
-        self.value(key)?
-            .to_string()
-            .map(String::as_str)
-            .map_err(|e| invalid(key, e))
+        match self.value(key)? {
+            Value::String(s) => Ok(s),
+            other => Err(expected(key, "a string", other)),
+        }
     }
 
     /// Accepts any integer width: converters disagree on whether counts are u32, i32 or u64.
     pub fn get_usize(&self, key: &str) -> Result<usize> {
-        use gguf_file::Value as V;
-        let v: i128 = match self.value(key)? {
-            V::U8(v) => (*v).into(),
-            V::I8(v) => (*v).into(),
-            V::U16(v) => (*v).into(),
-            V::I16(v) => (*v).into(),
-            V::U32(v) => (*v).into(),
-            V::I32(v) => (*v).into(),
-            V::U64(v) => (*v).into(),
-            V::I64(v) => (*v).into(),
-            other => {
-                return Err(EngineError::InvalidMetadata {
-                    key: key.to_string(),
-                    reason: format!("expected an integer, found {:?}", other.value_type()),
-                });
-            }
-        };
+        let value = self.value(key)?;
+        let v = value.as_i128().ok_or_else(|| expected(key, "an integer", value))?;
         usize::try_from(v).map_err(|_| EngineError::InvalidMetadata {
             key: key.to_string(),
             reason: format!("{v} is out of range"),
@@ -176,64 +397,238 @@ impl GgufFile {
     }
 
     pub fn get_f32(&self, key: &str) -> Result<f32> {
-        use gguf_file::Value as V;
         match self.value(key)? {
-            V::F32(v) => Ok(*v),
-            V::F64(v) => Ok(*v as f32),
-            other => Err(EngineError::InvalidMetadata {
-                key: key.to_string(),
-                reason: format!("expected a float, found {:?}", other.value_type()),
-            }),
+            Value::F32(v) => Ok(*v),
+            Value::F64(v) => Ok(*v as f32),
+            other => Err(expected(key, "a float", other)),
         }
     }
 
     pub fn get_bool(&self, key: &str) -> Result<bool> {
-        self.value(key)?.to_bool().map_err(|e| invalid(key, e))
+        match self.value(key)? {
+            Value::Bool(b) => Ok(*b),
+            other => Err(expected(key, "a bool", other)),
+        }
     }
 
     pub fn get_str_array(&self, key: &str) -> Result<Vec<&str>> {
-        let arr = self.value(key)?.to_vec().map_err(|e| invalid(key, e))?;
-        arr.iter()
-            .map(|v| v.to_string().map(String::as_str).map_err(|e| invalid(key, e)))
-            .collect()
+        match self.value(key)? {
+            Value::Array(items) => items
+                .iter()
+                .map(|v| match v {
+                    Value::String(s) => Ok(s.as_str()),
+                    other => Err(expected(key, "strings", other)),
+                })
+                .collect(),
+            other => Err(expected(key, "an array", other)),
+        }
     }
 
     pub fn get_i64_array(&self, key: &str) -> Result<Vec<i64>> {
-        use gguf_file::Value as V;
-        let arr = self.value(key)?.to_vec().map_err(|e| invalid(key, e))?;
-        arr.iter()
-            .map(|v| match v {
-                V::I32(x) => Ok(i64::from(*x)),
-                V::U32(x) => Ok(i64::from(*x)),
-                V::I8(x) => Ok(i64::from(*x)),
-                V::U8(x) => Ok(i64::from(*x)),
-                V::I64(x) => Ok(*x),
-                other => Err(EngineError::InvalidMetadata {
-                    key: key.to_string(),
-                    reason: format!("expected integers, found {:?}", other.value_type()),
-                }),
-            })
-            .collect()
+        match self.value(key)? {
+            Value::Array(items) => items
+                .iter()
+                .map(|v| {
+                    v.as_i128()
+                        .and_then(|x| i64::try_from(x).ok())
+                        .ok_or_else(|| expected(key, "integers", v))
+                })
+                .collect(),
+            other => Err(expected(key, "an array", other)),
+        }
     }
 }
 
-fn invalid(key: &str, e: candle_core::Error) -> EngineError {
+fn expected(key: &str, what: &str, found: &Value) -> EngineError {
     EngineError::InvalidMetadata {
         key: key.to_string(),
-        reason: e.to_string(),
+        reason: format!("expected {what}, found {}", found.type_name()),
     }
 }
 
-/// The GGUF encodings our kernels run; the others are refused at load with the tensor named.
-fn weight_type(t: GgmlDType) -> Option<WeightType> {
-    Some(match t {
-        GgmlDType::F32 => WeightType::F32,
-        GgmlDType::F16 => WeightType::F16,
-        GgmlDType::Q4_0 => WeightType::Q4_0,
-        GgmlDType::Q4_1 => WeightType::Q4_1,
-        GgmlDType::Q8_0 => WeightType::Q8_0,
-        GgmlDType::Q4K => WeightType::Q4K,
-        GgmlDType::Q6K => WeightType::Q6K,
-        _ => return None,
-    })
+/// Bytes of a tensor whose encoding the kernels know; `None` for the others (refused only if a stage loads them).
+fn tensor_bytes(info: &TensorInfo) -> Option<u64> {
+    let ty = WeightType::from_ggml_id(info.ggml_type)?;
+    let elems = info.dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d))?;
+    (elems / ty.block_elems() as u64).checked_mul(ty.block_bytes() as u64)
+}
+
+/// ggml's name for a type id, for error messages.
+fn ggml_type_name(id: u32) -> String {
+    let name = match id {
+        6 => "Q5_0",
+        7 => "Q5_1",
+        9 => "Q8_1",
+        10 => "Q2_K",
+        11 => "Q3_K",
+        13 => "Q5_K",
+        15 => "Q8_K",
+        16..=23 | 29 => "an IQ type",
+        30 => "BF16",
+        _ => return format!("ggml type {id}"),
+    };
+    name.to_string()
+}
+
+/// One tensor for [`write`]: its name, ggml type id, dimensions in ggml order (columns first) and raw bytes.
+pub struct TensorData<'a> {
+    pub name: &'a str,
+    pub ggml_type: u32,
+    pub dims: &'a [u64],
+    pub data: &'a [u8],
+}
+
+/// Writes a GGUF version 3 file (tensor data aligned to 32 bytes). Used by tests to build files; the engine never
+/// writes models.
+pub fn write(w: &mut impl Write, metadata: &[(&str, &Value)], tensors: &[TensorData<'_>]) -> std::io::Result<()> {
+    fn string(out: &mut Vec<u8>, s: &str) {
+        out.extend_from_slice(&(s.len() as u64).to_le_bytes());
+        out.extend_from_slice(s.as_bytes());
+    }
+    fn value(out: &mut Vec<u8>, v: &Value) -> std::io::Result<()> {
+        match v {
+            Value::U8(x) => out.push(*x),
+            Value::I8(x) => out.extend_from_slice(&x.to_le_bytes()),
+            Value::U16(x) => out.extend_from_slice(&x.to_le_bytes()),
+            Value::I16(x) => out.extend_from_slice(&x.to_le_bytes()),
+            Value::U32(x) => out.extend_from_slice(&x.to_le_bytes()),
+            Value::I32(x) => out.extend_from_slice(&x.to_le_bytes()),
+            Value::F32(x) => out.extend_from_slice(&x.to_le_bytes()),
+            Value::Bool(x) => out.push(u8::from(*x)),
+            Value::String(s) => string(out, s),
+            Value::Array(items) => {
+                let elem = items.first().map_or(0, Value::type_id);
+                if items.iter().any(|i| i.type_id() != elem) {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        "GGUF arrays hold one type",
+                    ));
+                }
+                out.extend_from_slice(&elem.to_le_bytes());
+                out.extend_from_slice(&(items.len() as u64).to_le_bytes());
+                for i in items {
+                    value(out, i)?;
+                }
+            }
+            Value::U64(x) => out.extend_from_slice(&x.to_le_bytes()),
+            Value::I64(x) => out.extend_from_slice(&x.to_le_bytes()),
+            Value::F64(x) => out.extend_from_slice(&x.to_le_bytes()),
+        }
+        Ok(())
+    }
+    let align = |n: u64| n.div_ceil(DEFAULT_ALIGNMENT) * DEFAULT_ALIGNMENT;
+    let mut out = Vec::new();
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&3u32.to_le_bytes());
+    out.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
+    out.extend_from_slice(&(metadata.len() as u64).to_le_bytes());
+    for (k, v) in metadata {
+        string(&mut out, k);
+        out.extend_from_slice(&v.type_id().to_le_bytes());
+        value(&mut out, v)?;
+    }
+    let mut offset = 0u64;
+    for t in tensors {
+        string(&mut out, t.name);
+        out.extend_from_slice(&(t.dims.len() as u32).to_le_bytes());
+        for d in t.dims {
+            out.extend_from_slice(&d.to_le_bytes());
+        }
+        out.extend_from_slice(&t.ggml_type.to_le_bytes());
+        out.extend_from_slice(&offset.to_le_bytes());
+        offset = align(offset + t.data.len() as u64);
+    }
+    out.resize(align(out.len() as u64) as usize, 0);
+    for t in tensors {
+        out.extend_from_slice(t.data);
+        out.resize(align(out.len() as u64) as usize, 0);
+    }
+    w.write_all(&out)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn write_then_read_round_trips() {
+        let dir = std::env::temp_dir().join(format!("shoal-gguf-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.gguf");
+        let md = [
+            ("a.str", Value::String("héllo".into())),
+            ("a.u32", Value::U32(7)),
+            ("a.f32", Value::F32(1.5)),
+            ("a.bool", Value::Bool(true)),
+            (
+                "a.arr",
+                Value::Array(vec![Value::String("x".into()), Value::String("y".into())]),
+            ),
+            ("a.ints", Value::Array(vec![Value::I32(-1), Value::I32(2)])),
+        ];
+        let md_refs: Vec<(&str, &Value)> = md.iter().map(|(k, v)| (*k, v)).collect();
+        let data: Vec<u8> = [1.0f32, 2.0, 3.0, 4.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let tensors = [TensorData {
+            name: "w",
+            ggml_type: 0,
+            dims: &[2, 2],
+            data: &data,
+        }];
+        write(&mut std::fs::File::create(&path).unwrap(), &md_refs, &tensors).unwrap();
+        let mut g = GgufFile::open(&path).unwrap();
+        assert_eq!(g.get_str("a.str").unwrap(), "héllo");
+        assert_eq!(g.get_usize("a.u32").unwrap(), 7);
+        assert_eq!(g.get_f32("a.f32").unwrap(), 1.5);
+        assert!(g.get_bool("a.bool").unwrap());
+        assert_eq!(g.get_str_array("a.arr").unwrap(), ["x", "y"]);
+        assert_eq!(g.get_i64_array("a.ints").unwrap(), [-1, 2]);
+        assert!(matches!(g.get_str("a.u32"), Err(EngineError::InvalidMetadata { .. })));
+        assert!(matches!(g.get_str("nope"), Err(EngineError::MissingMetadata(_))));
+        assert_eq!(g.metadata().map(|(k, _)| k).collect::<Vec<_>>(), md.map(|(k, _)| k));
+        let m = g.read_matrix("w").unwrap();
+        assert_eq!((m.rows(), m.cols()), (2, 2));
+        let mut row = [0.0; 2];
+        m.dequantize_row(1, &mut row);
+        assert_eq!(row, [3.0, 4.0]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn hostile_headers_are_errors_without_huge_allocations() {
+        let dir = std::env::temp_dir().join(format!("shoal-gguf-hostile-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("h.gguf");
+        let head = |n_tensors: u64, n_kv: u64| {
+            let mut v = b"GGUF".to_vec();
+            v.extend_from_slice(&3u32.to_le_bytes());
+            v.extend_from_slice(&n_tensors.to_le_bytes());
+            v.extend_from_slice(&n_kv.to_le_bytes());
+            v
+        };
+        let mut huge_string = head(0, 1);
+        huge_string.extend_from_slice(&u64::MAX.to_le_bytes());
+        let mut huge_array = head(0, 1);
+        huge_array.extend_from_slice(&1u64.to_le_bytes());
+        huge_array.push(b'k');
+        huge_array.extend_from_slice(&9u32.to_le_bytes());
+        huge_array.extend_from_slice(&0u32.to_le_bytes());
+        huge_array.extend_from_slice(&(u64::MAX / 2).to_le_bytes());
+        let mut bad_version = b"GGUF".to_vec();
+        bad_version.extend_from_slice(&1u32.to_le_bytes());
+        let cases = [
+            huge_string,
+            huge_array,
+            head(u64::MAX, 0),
+            head(0, u64::MAX),
+            bad_version,
+            b"GGUF".to_vec(),
+        ];
+        for (i, bytes) in cases.iter().enumerate() {
+            std::fs::write(&path, bytes).unwrap();
+            let err = GgufFile::open(&path).unwrap_err();
+            assert!(matches!(err, EngineError::InvalidGguf { .. }), "case {i}: {err}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

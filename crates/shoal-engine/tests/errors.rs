@@ -5,8 +5,7 @@ mod common;
 
 use std::fs;
 
-use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
-use candle_core::{Device, Tensor};
+use shoal_engine::gguf::{self, GgufFile, TensorData, Value};
 use shoal_engine::{EngineError, LayerRange, Pipeline, Stage, Tokenizer};
 
 fn load(path: &std::path::Path) -> EngineError {
@@ -50,26 +49,34 @@ fn truncated_gguf() {
     }
 }
 
-fn write_gguf(name: &str, metadata: &[(&str, gguf_file::Value)], with_tensor: bool) -> std::path::PathBuf {
+fn write_gguf(name: &str, metadata: &[(&str, &Value)], tensors: &[TensorData<'_>]) -> std::path::PathBuf {
     let p = common::temp_path(name);
-    let mut f = fs::File::create(&p).unwrap();
-    let md: Vec<(&str, &gguf_file::Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
-    let t = QTensor::quantize(
-        &Tensor::zeros(32, candle_core::DType::F32, &Device::Cpu).unwrap(),
-        GgmlDType::F32,
-    )
-    .unwrap();
-    let tensors: Vec<(&str, &QTensor)> = if with_tensor { vec![("dummy", &t)] } else { vec![] };
-    gguf_file::write(&mut f, &md, &tensors).unwrap();
+    gguf::write(&mut fs::File::create(&p).unwrap(), metadata, tensors).unwrap();
     p
+}
+
+/// A 32-float F32 tensor.
+fn dummy() -> Vec<u8> {
+    vec![0u8; 32 * 4]
+}
+
+fn real_metadata() -> Vec<(String, Value)> {
+    let g = GgufFile::open(common::model_path()).unwrap();
+    g.metadata().map(|(k, v)| (k.to_string(), v.clone())).collect()
 }
 
 #[test]
 fn unsupported_architecture() {
+    let data = dummy();
     let p = write_gguf(
         "mamba.gguf",
-        &[("general.architecture", gguf_file::Value::String("mamba".into()))],
-        true,
+        &[("general.architecture", &Value::String("mamba".into()))],
+        &[TensorData {
+            name: "dummy",
+            ggml_type: 0,
+            dims: &[32],
+            data: &data,
+        }],
     );
     let err = load(&p);
     assert!(
@@ -81,14 +88,20 @@ fn unsupported_architecture() {
 
 #[test]
 fn missing_metadata_and_tensors() {
-    let p = write_gguf("empty.gguf", &[], true);
+    let data = dummy();
+    let tensor = TensorData {
+        name: "dummy",
+        ggml_type: 0,
+        dims: &[32],
+        data: &data,
+    };
+    let p = write_gguf("empty.gguf", &[], &[tensor]);
     assert!(matches!(load(&p), EngineError::MissingMetadata(k) if k == "general.architecture"));
 
     // The real model's metadata with no tensors: hyper-parameters parse, the first tensor is missing.
-    let mut r = fs::File::open(common::model_path()).unwrap();
-    let content = gguf_file::Content::read(&mut r).unwrap();
-    let md: Vec<(&str, gguf_file::Value)> = content.metadata.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
-    let p = write_gguf("no-tensors.gguf", &md, false);
+    let md = real_metadata();
+    let refs: Vec<(&str, &Value)> = md.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let p = write_gguf("no-tensors.gguf", &refs, &[]);
     let err = load(&p);
     assert!(
         matches!(&err, EngineError::MissingTensor(t) if t == "token_embd.weight"),
@@ -100,21 +113,23 @@ fn missing_metadata_and_tensors() {
 
 #[test]
 fn unsupported_quant_type_names_the_tensor() {
-    let mut r = fs::File::open(common::model_path()).unwrap();
-    let content = gguf_file::Content::read(&mut r).unwrap();
-    let md: Vec<(&str, &gguf_file::Value)> = content.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let t = QTensor::quantize(
-        &Tensor::zeros((4, 64), candle_core::DType::F32, &Device::Cpu).unwrap(),
-        GgmlDType::Q5_0,
-    )
-    .unwrap();
-    let p = common::temp_path("q5_0.gguf");
-    let mut f = fs::File::create(&p).unwrap();
-    gguf_file::write(&mut f, &md, &[("token_embd.weight", &t)]).unwrap();
-    drop(f);
+    let md = real_metadata();
+    let refs: Vec<(&str, &Value)> = md.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    // Q5_0 (ggml type 6): 22 bytes per block of 32.
+    let data = vec![0u8; 4 * 2 * 22];
+    let p = write_gguf(
+        "q5_0.gguf",
+        &refs,
+        &[TensorData {
+            name: "token_embd.weight",
+            ggml_type: 6,
+            dims: &[64, 4],
+            data: &data,
+        }],
+    );
     let err = load(&p);
     assert!(
-        matches!(&err, EngineError::UnsupportedQuant { name, .. } if name == "token_embd.weight"),
+        matches!(&err, EngineError::UnsupportedQuant { name, ty } if name == "token_embd.weight" && ty == "Q5_0"),
         "{err}"
     );
     println!("{err}");
