@@ -99,6 +99,7 @@ pub fn run(args: &GenerateArgs, data_dir: Option<&Path>) -> anyhow::Result<()> {
             let load_time = started.elapsed();
             let out = generate(&mut pipeline, &tokenizer, 0, &prompt, &params, &mut print)?;
             Stats {
+                stage_rss: None,
                 load_time,
                 prompt_tokens: out.prompt_tokens,
                 prefill: out.prefill_tok_per_s(),
@@ -112,7 +113,13 @@ pub fn run(args: &GenerateArgs, data_dir: Option<&Path>) -> anyhow::Result<()> {
             let mut pipeline = LocalPipeline::start(&exe, &model, &bounds, threads, 8)?;
             let load_time = started.elapsed();
             let out = pipeline.generate(&prompt, &params, &mut print)?;
+            let stage_rss: Option<Vec<u64>> = pipeline
+                .runners()
+                .iter()
+                .map(|r| peak_rss_of(&r.pid().to_string()))
+                .collect();
             Stats {
+                stage_rss,
                 load_time,
                 prompt_tokens: out.prompt_tokens,
                 prefill: out.prefill_tok_per_s(),
@@ -126,23 +133,23 @@ pub fn run(args: &GenerateArgs, data_dir: Option<&Path>) -> anyhow::Result<()> {
     if args.stats {
         eprintln!(
             "stats: load {:.2} s; prompt {} tokens, prefill {:.1} tok/s; generated {} tokens ({:?}), decode {:.1} tok/s; \
-             peak RSS {}; stages {}{}; {} threads; kernels {}",
+             peak RSS {}{}; stages {}; {} threads; kernels {}",
             stats.load_time.as_secs_f64(),
             stats.prompt_tokens,
             stats.prefill,
             stats.generated,
             stats.finish,
             stats.decode,
-            peak_rss().map_or_else(
-                || "unknown".to_owned(),
-                |b| format!("{:.1} MiB", b as f64 / (1 << 20) as f64)
-            ),
-            bounds.len() - 1,
-            if args.stages.is_some() {
-                " (processes; RSS of this parent only)"
-            } else {
-                ""
+            peak_rss_of("self").map_or_else(|| "unknown".to_owned(), mib),
+            match &stats.stage_rss {
+                Some(each) => format!(
+                    " (this process; stage processes {} = {} in all)",
+                    each.iter().map(|&b| mib(b)).collect::<Vec<_>>().join(" + "),
+                    mib(each.iter().sum())
+                ),
+                None => String::new(),
             },
+            bounds.len() - 1,
             threads,
             shoal_engine::kernels::isa(),
         );
@@ -151,6 +158,8 @@ pub fn run(args: &GenerateArgs, data_dir: Option<&Path>) -> anyhow::Result<()> {
 }
 
 struct Stats {
+    /// Peak RSS of each stage process (`--stages`).
+    stage_rss: Option<Vec<u64>>,
     load_time: std::time::Duration,
     prompt_tokens: usize,
     prefill: f64,
@@ -262,9 +271,13 @@ fn model_file(card: &ModelCard, data_dir: &Path) -> anyhow::Result<PathBuf> {
     Ok(data_dir.join("models").join(card.id.file_name()).join(file))
 }
 
-/// Peak resident set size of this process (Linux `VmHWM`), in bytes.
-fn peak_rss() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
+}
+
+/// Peak resident set size of a process (`self` or a pid; Linux `VmHWM`), in bytes.
+fn peak_rss_of(pid: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
