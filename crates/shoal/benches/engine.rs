@@ -7,7 +7,10 @@
 //! model (default: the test model, fetched once).
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
-use std::path::{Path, PathBuf};
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Instant;
@@ -17,19 +20,6 @@ use shoal_engine::{ChatMessage, ChatTemplate, GenerateParams, Pipeline, Pool, Sa
 use shoal_runner::LocalPipeline;
 
 const REPS: usize = 3;
-
-fn model_path() -> PathBuf {
-    if let Ok(p) = std::env::var("SHOAL_TEST_MODEL") {
-        return PathBuf::from(p);
-    }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .ancestors()
-        .map(|d| d.join("shared/scripts/fetch-test-model.sh"))
-        .find(|p| p.is_file())
-        .expect("set SHOAL_TEST_MODEL or put shared/ beside the repository");
-    let out = Command::new("bash").arg(script).output().unwrap();
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim().lines().last().unwrap())
-}
 
 /// Deterministic pseudo-random token ids, as llama-bench feeds random tokens.
 fn tokens(n: usize, seed: u64, vocab: usize) -> Vec<u32> {
@@ -166,7 +156,7 @@ fn main() {
         .ok()
         .and_then(|t| t.parse().ok())
         .unwrap_or(2);
-    let model = model_path();
+    let model = common::model_path();
     let exe = Path::new(env!("CARGO_BIN_EXE_shoal"));
     let gguf_mib = std::fs::metadata(&model).unwrap().len() as f64 / (1 << 20) as f64;
     println!(

@@ -1,23 +1,9 @@
 //! `shoal generate` as a real child process on the real test model.
 #![allow(clippy::unwrap_used)]
 
-use std::path::PathBuf;
-use std::process::Command;
+mod common;
 
-/// The test model, fetched once through `shared/scripts/fetch-test-model.sh` (found beside the repository).
-fn model_path() -> PathBuf {
-    if let Ok(p) = std::env::var("SHOAL_TEST_MODEL") {
-        return PathBuf::from(p);
-    }
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .ancestors()
-        .map(|d| d.join("shared/scripts/fetch-test-model.sh"))
-        .find(|p| p.is_file())
-        .expect("set SHOAL_TEST_MODEL or put shared/ beside the repository");
-    let out = Command::new("bash").arg(script).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim().lines().last().unwrap())
-}
+use std::process::Command;
 
 fn shoal() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_shoal"));
@@ -27,7 +13,7 @@ fn shoal() -> Command {
 
 #[test]
 fn generate_answers_and_reports_stats_split_or_not() {
-    let model = model_path();
+    let model = common::model_path();
     let mut outputs = Vec::new();
     let layouts: [&[&str]; 4] = [
         &[],

@@ -3,27 +3,15 @@
 //! dies.
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shoal_engine::{ChatMessage, ChatTemplate, GenerateParams, Pipeline, Pool, SamplingParams, Tokenizer, generate};
 use shoal_runner::LocalPipeline;
-
-fn model_path() -> PathBuf {
-    if let Ok(p) = std::env::var("SHOAL_TEST_MODEL") {
-        return PathBuf::from(p);
-    }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .ancestors()
-        .map(|d| d.join("shared/scripts/fetch-test-model.sh"))
-        .find(|p| p.is_file())
-        .expect("set SHOAL_TEST_MODEL or put shared/ beside the repository");
-    let out = Command::new("bash").arg(script).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim().lines().last().unwrap())
-}
 
 fn prompts(tok: &Tokenizer) -> Vec<Vec<u32>> {
     let template = ChatTemplate::from_tokenizer(tok).unwrap();
@@ -47,7 +35,7 @@ fn prompts(tok: &Tokenizer) -> Vec<Vec<u32>> {
 
 #[test]
 fn batched_sequences_through_three_stage_processes_match_one_process() {
-    let model = model_path();
+    let model = common::model_path();
     let tok = Tokenizer::from_gguf_path(&model).unwrap();
     let prompts = prompts(&tok);
     let params = GenerateParams {
@@ -82,7 +70,7 @@ fn batched_sequences_through_three_stage_processes_match_one_process() {
 
 #[test]
 fn a_dead_stage_fails_the_generation_quickly() {
-    let model = model_path();
+    let model = common::model_path();
     let tok = Tokenizer::from_gguf_path(&model).unwrap();
     let prompt = prompts(&tok).remove(0);
     let exe = Path::new(env!("CARGO_BIN_EXE_shoal"));
