@@ -296,6 +296,28 @@ impl LocalPipeline {
         }
     }
 
+    /// Starts a task on rank 0 and returns its handle; its chunks and end arrive through [`Self::next_event`].
+    pub fn submit(&mut self, prompt: &[u32], params: &GenerateParams) -> Result<TaskHandle, LocalError> {
+        let task = self.next_task;
+        self.next_task += 1;
+        self.runners[0].send(&ToRunner::Submit {
+            task,
+            prompt: prompt.to_vec(),
+            params: params.clone(),
+        })?;
+        Ok(task)
+    }
+
+    /// Asks rank 0 to cancel a task; it answers with `TaskDone { outcome: Cancelled }`.
+    pub fn cancel(&mut self, task: TaskHandle) -> Result<(), LocalError> {
+        self.runners[0].send(&ToRunner::Cancel { task })
+    }
+
+    /// The next message from any runner (heartbeats included), tagged with its rank; an error after `timeout`.
+    pub fn next_event(&self, timeout: Duration) -> Result<(u32, FromRunner), LocalError> {
+        self.recv_until(Instant::now() + timeout)
+    }
+
     /// Runs one generation to completion, streaming text through `on_text`.
     pub fn generate(
         &mut self,

@@ -95,3 +95,59 @@ fn a_dead_stage_fails_the_generation_quickly() {
         started.elapsed()
     );
 }
+
+/// Cancelling one sequence mid-generation (while others share its forward passes) ends it with `Cancelled`, leaves
+/// the other sequence's tokens unchanged, and frees its slot on every rank: the ring serves a new task afterwards.
+#[test]
+fn cancel_mid_generation_frees_the_sequence_on_every_rank() {
+    use shoal_runner::proto::{FromRunner, Outcome};
+
+    let model = common::model_path();
+    let tok = Tokenizer::from_gguf_path(&model).unwrap();
+    let prompts = prompts(&tok);
+    let exe = Path::new(env!("CARGO_BIN_EXE_shoal"));
+    let mut ring = LocalPipeline::start(exe, &model, &[0, 10, 30], 1, 8).unwrap();
+    let short = GenerateParams {
+        sampling: SamplingParams::greedy(),
+        max_tokens: 16,
+        stop: vec![],
+    };
+    let alone = ring.generate(&prompts[1], &short, &mut |_| {}).unwrap().tokens;
+    let long = GenerateParams {
+        max_tokens: 5_000,
+        ..short.clone()
+    };
+    let doomed = ring.submit(&prompts[0], &long).unwrap();
+    let kept = ring.submit(&prompts[1], &short).unwrap();
+    let (mut kept_tokens, mut doomed_chunks) = (Vec::new(), 0);
+    let (mut doomed_done, mut kept_done) = (None, false);
+    while doomed_done.is_none() || !kept_done {
+        let (_, msg) = ring.next_event(Duration::from_secs(10)).unwrap();
+        match msg {
+            FromRunner::Chunk { task, token, .. } if task == kept => kept_tokens.push(token),
+            FromRunner::Chunk { task, .. } if task == doomed => {
+                doomed_chunks += 1;
+                if doomed_chunks == 3 {
+                    ring.cancel(doomed).unwrap();
+                }
+            }
+            FromRunner::TaskDone { task, outcome } if task == doomed => doomed_done = Some(outcome),
+            FromRunner::TaskDone { task, outcome } if task == kept => {
+                assert!(matches!(outcome, Outcome::Complete { .. }), "{outcome:?}");
+                kept_done = true;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(doomed_done, Some(Outcome::Cancelled));
+    assert!(
+        doomed_chunks < 100,
+        "cancellation took effect late: {doomed_chunks} chunks"
+    );
+    assert_eq!(
+        kept_tokens, alone,
+        "a neighbour's cancellation does not change a sequence's tokens"
+    );
+    let again = ring.generate(&prompts[7], &short, &mut |_| {}).unwrap();
+    assert!(again.text.contains("Paris"), "{}", again.text);
+}
