@@ -67,8 +67,9 @@ pub struct Generation {
     pub text: String,
     pub finish_reason: FinishReason,
     pub prompt_tokens: usize,
+    /// Until the first token could be sampled (in a batch: since the batch started, queueing included).
     pub prefill_time: Duration,
-    /// Time spent in single-token forward passes after prefill.
+    /// Time spent in single-token forward passes after prefill (in a batch: first to last token, shared passes).
     pub decode_time: Duration,
     pub decode_steps: usize,
 }
@@ -407,6 +408,9 @@ pub fn generate_batch(
     }
     let mut texts = vec![String::new(); requests.len()];
     let mut finish = vec![None; requests.len()];
+    // When each request sampled its first and its latest token: its prefill and decode times, as a client sees them.
+    let mut first_token: Vec<Option<Instant>> = vec![None; requests.len()];
+    let mut last_token: Vec<Option<Instant>> = vec![None; requests.len()];
     let started = Instant::now();
     let result = (|| {
         while let Some(step) = scheduler.next_step() {
@@ -418,6 +422,9 @@ pub fn generate_batch(
                 }
                 let i = chunk.slot as usize;
                 let out = decodings[i].step(logits)?;
+                let now = Instant::now();
+                first_token[i].get_or_insert(now);
+                last_token[i] = Some(now);
                 if !out.text.is_empty() {
                     on_text(i, &out.text);
                     texts[i].push_str(&out.text);
@@ -436,19 +443,20 @@ pub fn generate_batch(
         pipeline.release(s);
     }
     result?;
-    let elapsed = started.elapsed();
     Ok(decodings
         .iter()
-        .zip(texts)
-        .zip(finish)
-        .map(|((d, text), finish)| Generation {
-            tokens: d.generated().to_vec(),
-            text,
-            finish_reason: finish.unwrap_or(FinishReason::Length),
-            prompt_tokens: d.prompt_tokens,
-            prefill_time: Duration::ZERO,
-            decode_time: elapsed,
-            decode_steps: d.generated().len().saturating_sub(1),
+        .enumerate()
+        .map(|(i, d)| {
+            let first = first_token[i].unwrap_or(started);
+            Generation {
+                tokens: d.generated().to_vec(),
+                text: std::mem::take(&mut texts[i]),
+                finish_reason: finish[i].unwrap_or(FinishReason::Length),
+                prompt_tokens: d.prompt_tokens,
+                prefill_time: first - started,
+                decode_time: last_token[i].unwrap_or(first) - first,
+                decode_steps: d.generated().len().saturating_sub(1),
+            }
         })
         .collect())
 }
