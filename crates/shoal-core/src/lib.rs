@@ -9,6 +9,7 @@ pub mod follower;
 pub mod indexer;
 pub mod invariants;
 pub mod outbox;
+pub mod placement;
 pub mod snapshot;
 #[cfg(feature = "testing")]
 pub mod testing;
