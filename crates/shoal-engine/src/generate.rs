@@ -132,6 +132,10 @@ impl<'t> Decoding<'t> {
         })
     }
 
+    pub fn prompt_tokens(&self) -> usize {
+        self.prompt_tokens
+    }
+
     pub fn generated(&self) -> &[u32] {
         &self.history[self.prompt_tokens..]
     }

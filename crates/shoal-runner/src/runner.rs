@@ -117,6 +117,7 @@ pub fn run(socket: &Path) -> Result<(), RunnerError> {
     worker.send(&FromRunner::Status(RunnerStatus::Loaded));
 
     let mut rank = Rank {
+        scheduler: Scheduler::new(spec.max_seqs, PREFILL_CHUNK),
         spec,
         model,
         stage,
@@ -124,7 +125,6 @@ pub fn run(socket: &Path) -> Result<(), RunnerError> {
         next: None,
         prev_up: false,
         ready: false,
-        scheduler: Scheduler::new(1, PREFILL_CHUNK),
         tasks: HashMap::new(),
         slots: HashMap::new(),
         free_slots: Vec::new(),
@@ -133,7 +133,6 @@ pub fn run(socket: &Path) -> Result<(), RunnerError> {
         in_flight: None,
         microbatch: 0,
     };
-    rank.scheduler = Scheduler::new(rank.spec.max_seqs, PREFILL_CHUNK);
     let result = rank.serve(&rx, tokenizer.as_ref());
     if let Err(e) = &result {
         rank.worker
@@ -292,7 +291,6 @@ struct Sampling<'t> {
     task: TaskHandle,
     decoding: Decoding<'t>,
     seq: u64,
-    prompt_tokens: usize,
 }
 
 impl Rank {
@@ -620,7 +618,6 @@ impl Rank {
                                 task: start.task,
                                 decoding,
                                 seq: 0,
-                                prompt_tokens: start.prompt.len(),
                             },
                         );
                     }
@@ -668,7 +665,7 @@ impl Rank {
                     task: seq.task,
                     outcome: Outcome::Complete {
                         finish,
-                        prompt_tokens: seq.prompt_tokens,
+                        prompt_tokens: seq.decoding.prompt_tokens(),
                         completion_tokens: seq.decoding.generated().len(),
                     },
                 });
