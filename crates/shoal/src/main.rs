@@ -108,8 +108,12 @@ fn run(args: &RunArgs) -> anyhow::Result<()> {
     let (mut store, _recovery) = Store::open(&store_path, StoreConfig::default())
         .with_context(|| format!("cannot open the store {}", store_path.display()))?;
     // The cluster, worker and API arrive with their issues; until then the node holds its store and waits.
+    // The signal handlers are installed before "node ready" is logged: a SIGTERM sent by whoever waited for that
+    // line must reach our handler, not the default action.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let shutdown = runtime.block_on(async { shutdown_signal() })?;
     info!(elapsed_ms = started.elapsed().as_millis() as u64, "node ready");
-    wait_for_shutdown_signal()?;
+    runtime.block_on(shutdown);
     info!("shutting down");
     if let Err(e) = store.checkpoint_now() {
         warn!(error = %e, "final checkpoint failed; the log still holds every event");
@@ -129,15 +133,15 @@ fn reset_id(arg: &DataDirArg) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Blocks until SIGINT or SIGTERM.
-fn wait_for_shutdown_signal() -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+/// Installs the SIGINT and SIGTERM handlers now; the returned future completes when either arrives.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
         tokio::select! {
-            r = tokio::signal::ctrl_c() => r,
-            _ = term.recv() => Ok(()),
+            _ = term.recv() => {}
+            _ = int.recv() => {}
         }
-    })?;
-    Ok(())
+    })
 }
