@@ -10,14 +10,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use shoal_core::election::{Election, ElectionConfig, ElectionInput, ElectionOutput};
-use shoal_core::follower::{Follower, FollowerInput, FollowerOutput};
-use shoal_core::indexer::{Indexer, IndexerOutput, serve_range};
-use shoal_core::outbox::Outbox;
+use shoal_core::indexer::serve_range;
+use shoal_core::node::{NodeConfig, NodeCore, NodeInput, NodeOutput, Outgoing, RoleChange, Tokens};
 use shoal_core::testing::Rng;
 use shoal_types::model::{Memory, NodeFact};
 use shoal_types::wire::{DownMsg, ElectionMsg, RangeReply, RangeRequest, UpMsg};
-use shoal_types::{Event, IndexedEvent, NodeId, Origin, Pos, SessionId, State};
+use shoal_types::{IndexedEvent, NodeId, Origin, Pos, SessionId, State};
 
 const SEEDS: u64 = 200;
 const TICK_MS: u64 = 10;
@@ -28,11 +26,8 @@ const FAULTS_UNTIL_MS: u64 = 8_000;
 const SETTLE_MS: u64 = 45_000;
 /// A crashed node's liveliness tokens vanish after this long.
 const TOKEN_LINGER_MS: u64 = 20;
-const HEAD_EVERY_MS: u64 = 500;
 /// The simulated shell's snapshot query timeout (the real one is 10 s; shorter keeps runs short).
 const SNAPSHOT_TIMEOUT_MS: u64 = 1_000;
-/// The worker's fact re-assertion period (§10.2: at most once per 2 s per fact).
-const REASSERT_EVERY_MS: u64 = 2_000;
 
 // Messages live briefly in the simulated network queue; boxing the large ones would only add noise.
 #[allow(clippy::large_enum_variant)]
@@ -77,25 +72,14 @@ struct Disk {
     max_term: u64,
 }
 
-#[derive(Clone, Copy, Default, PartialEq, Eq)]
-struct Tokens {
-    master: Option<SessionId>,
-    follows: Option<SessionId>,
-}
-
-/// What a crash loses.
+/// What a crash loses: the node's whole control plane, and the shell's bookkeeping around it.
 struct Live {
-    origin: Origin,
-    election: Election,
-    follower: Follower,
-    indexer: Option<Indexer>,
-    outbox: Outbox,
+    core: NodeCore,
     seen_masters: BTreeSet<SessionId>,
     seen_members: BTreeSet<(SessionId, NodeId)>,
-    last_published_ms: u64,
+    seen_nodes: BTreeSet<NodeId>,
     snapshot_sent_ms: Option<u64>,
     next_fact_ms: u64,
-    next_reassert_ms: u64,
 }
 
 struct SimNode {
@@ -110,24 +94,19 @@ struct SimNode {
 
 impl SimNode {
     fn start(&mut self, boot: u64, now: u64) {
-        let origin = Origin { node: self.id, boot };
+        let core = NodeCore::new(
+            NodeConfig::new(self.id, boot),
+            self.disk.state.clone(),
+            self.disk.max_term,
+            now,
+        );
         self.live = Some(Live {
-            origin,
-            election: Election::new(
-                ElectionConfig::new(self.id),
-                self.disk.max_term,
-                self.disk.state.pos,
-                now,
-            ),
-            follower: Follower::default(),
-            indexer: None,
-            outbox: Outbox::new(origin, boot),
+            core,
             seen_masters: BTreeSet::new(),
             seen_members: BTreeSet::new(),
-            last_published_ms: now,
+            seen_nodes: BTreeSet::new(),
             snapshot_sent_ms: None,
             next_fact_ms: now + boot % 500,
-            next_reassert_ms: now + REASSERT_EVERY_MS,
         });
         self.tokens = Tokens::default();
     }
@@ -136,161 +115,78 @@ impl SimNode {
         self.live.as_mut().unwrap()
     }
 
-    fn election(&mut self, input: ElectionInput, now: u64, fx: &mut Effects) {
-        let outputs = self.live().election.step(input, now);
-        for output in outputs {
-            self.on_election_output(output, now, fx);
-        }
-    }
-
-    fn on_election_output(&mut self, output: ElectionOutput, now: u64, fx: &mut Effects) {
-        match output {
-            ElectionOutput::PersistMaxTerm(term) => self.disk.max_term = term,
-            ElectionOutput::Publish(msg) => fx.sends.push((Dest::All, Payload::Campaign(msg))),
-            ElectionOutput::FreezeIndexing => {
-                if let Some(ix) = self.live().indexer.as_mut() {
-                    ix.freeze();
-                }
-            }
-            ElectionOutput::Unfreeze => {
-                if let Some(mut ix) = self.live().indexer.take() {
-                    let outputs = ix.unfreeze(&mut self.disk.state, now);
-                    self.live().indexer = Some(ix);
-                    self.on_indexer_outputs(outputs, now, fx);
-                }
-            }
-            ElectionOutput::OpenSession(session) => {
-                fx.opened.push(session);
-                self.tokens = Tokens {
-                    master: Some(session),
-                    follows: Some(session),
-                };
-                let mut ix = Indexer::new(session);
-                let opened = ix.open_session(&mut self.disk.state, now).unwrap();
-                let live = self.live();
-                live.indexer = Some(ix);
-                live.follower = Follower::default();
-                self.publish(opened, now, fx);
-                let ups = self.live().outbox.set_session(session, now);
-                self.route_ups(ups, now, fx);
-            }
-            ElectionOutput::StepDown(_) => {
-                fx.step_downs += 1;
-                self.tokens.master = None;
-                self.live().indexer = None;
-            }
-            ElectionOutput::Follow(session) => {
-                self.tokens.follows = Some(session);
-                self.live().indexer = None;
-                self.follower(FollowerInput::Follow(session), now, fx);
-                let ups = self.live().outbox.set_session(session, now);
-                self.route_ups(ups, now, fx);
-            }
-        }
-    }
-
-    fn follower(&mut self, input: FollowerInput, now: u64, fx: &mut Effects) {
-        let live = self.live.as_mut().unwrap();
-        let outputs = live.follower.step(&mut self.disk.state, input, now);
-        let session = live.follower.session();
+    /// One input through the node core; its outputs become the simulated shell's effects.
+    fn step(&mut self, input: NodeInput, now: u64, fx: &mut Effects) {
+        let outputs = self.live().core.step(input, now);
         for output in outputs {
             match output {
-                FollowerOutput::Applied(event) => {
+                NodeOutput::PersistMaxTerm(term) => self.disk.max_term = term,
+                NodeOutput::Send(Outgoing::Campaign(msg)) => fx.sends.push((Dest::All, Payload::Campaign(msg))),
+                NodeOutput::Send(Outgoing::Up(session, up)) => {
+                    fx.sends.push((Dest::MasterOf(session), Payload::Up(session, *up)))
+                }
+                NodeOutput::Send(Outgoing::Down(session, msg)) => {
+                    fx.sends.push((Dest::All, Payload::Down(session, msg)))
+                }
+                NodeOutput::Send(Outgoing::Acked {
+                    to,
+                    session,
+                    origin,
+                    through_seq,
+                }) => fx
+                    .sends
+                    .push((Dest::Id(to), Payload::Acked(session, origin, through_seq))),
+                // The simulated disk commits at once, so the event is published right away.
+                NodeOutput::Indexed(event) => {
                     self.disk.log.push((*event).clone());
-                    self.live().outbox.on_applied(&event);
+                    fx.sends
+                        .push((Dest::All, Payload::Down(event.session, DownMsg::Event(event.clone()))));
+                    fx.indexed.push(*event);
+                }
+                NodeOutput::Applied(event) => {
+                    self.disk.log.push((*event).clone());
                     fx.applied.push(*event);
                 }
-                FollowerOutput::Installed(pos) => {
+                NodeOutput::Installed(state) => {
                     fx.installs += 1;
                     self.disk.log.clear();
-                    self.disk.base = pos;
+                    self.disk.base = state.pos;
                 }
-                FollowerOutput::FetchRange(request) => {
+                NodeOutput::FetchRange { session, request } => {
                     fx.range_fetches += 1;
-                    if let Some(s) = session {
-                        fx.sends.push((Dest::MasterOf(s), Payload::RangeQuery(s, request)));
-                    }
+                    fx.sends
+                        .push((Dest::MasterOf(session), Payload::RangeQuery(session, request)));
                 }
-                FollowerOutput::RequestSnapshot => {
-                    if let Some(s) = session {
-                        self.live().snapshot_sent_ms = Some(now);
-                        fx.sends.push((Dest::MasterOf(s), Payload::SnapshotQuery(s)));
-                    }
+                NodeOutput::RequestSnapshot { session } => {
+                    self.live().snapshot_sent_ms = Some(now);
+                    fx.sends
+                        .push((Dest::MasterOf(session), Payload::SnapshotQuery(session)));
                 }
-                FollowerOutput::NotMaster(s) => self.election(ElectionInput::RangeNotMaster { session: s }, now, fx),
+                NodeOutput::Role(RoleChange::Opened(session)) => fx.opened.push(session),
+                NodeOutput::Role(RoleChange::SteppedDown(_)) => fx.step_downs += 1,
+                NodeOutput::Role(RoleChange::Following(_)) => {}
             }
         }
-        let pos = self.disk.state.pos;
-        self.live().election.step(ElectionInput::SelfPos(pos), now);
-    }
-
-    fn publish(&mut self, event: IndexedEvent, now: u64, fx: &mut Effects) {
-        let live = self.live.as_mut().unwrap();
-        live.outbox.on_applied(&event);
-        live.last_published_ms = now;
-        live.election.step(ElectionInput::SelfPos(self.disk.state.pos), now);
-        self.disk.log.push(event.clone());
-        fx.sends.push((
-            Dest::All,
-            Payload::Down(event.session, DownMsg::Event(Box::new(event.clone()))),
-        ));
-        fx.indexed.push(event);
-    }
-
-    fn on_indexer_outputs(&mut self, outputs: Vec<IndexerOutput>, now: u64, fx: &mut Effects) {
-        for output in outputs {
-            match output {
-                IndexerOutput::Indexed(event) => self.publish(*event, now, fx),
-                IndexerOutput::Ack { origin, through_seq } => {
-                    let session = self.live().indexer.as_ref().map(Indexer::session).unwrap();
-                    let own = self.live().origin;
-                    if origin == own {
-                        self.live().outbox.on_acked(session, origin, through_seq);
-                    } else {
-                        fx.sends
-                            .push((Dest::Id(origin.node), Payload::Acked(session, origin, through_seq)));
-                    }
-                }
-            }
-        }
-    }
-
-    /// Producer messages: in-process to the own indexer when this node serves the session, else over the network.
-    fn route_ups(&mut self, ups: Vec<UpMsg>, now: u64, fx: &mut Effects) {
-        let Some(session) = self.live().outbox.session() else {
-            return;
-        };
-        for up in ups {
-            self.deliver_up(session, up, now, fx);
-        }
-    }
-
-    fn deliver_up(&mut self, session: SessionId, up: UpMsg, now: u64, fx: &mut Effects) {
-        let live = self.live.as_mut().unwrap();
-        match live.indexer.as_mut().filter(|ix| ix.session() == session) {
-            Some(ix) => {
-                let outputs = ix.on_up(&mut self.disk.state, up, now);
-                self.on_indexer_outputs(outputs, now, fx);
-            }
-            None if session.master == self.id => {} // a session this node no longer serves: producers resend
-            None => fx.sends.push((Dest::MasterOf(session), Payload::Up(session, up))),
-        }
+        let live = self.live.as_ref().unwrap();
+        self.tokens = live.core.tokens();
+        self.disk.state = live.core.state().clone();
     }
 
     fn receive(&mut self, from: usize, payload: Payload, now: u64, fx: &mut Effects) {
-        let master_of = self.live().election.master_of();
-        let following = self.live().election.following();
+        let master_of = self.live().core.master_of();
         match payload {
-            Payload::Campaign(ElectionMsg::Campaign { term, candidate }) => {
-                self.election(ElectionInput::Campaign { term, candidate }, now, fx)
-            }
-            Payload::Up(session, up) => self.deliver_up(session, up, now, fx),
-            Payload::Down(session, msg) => {
-                if following == Some(session) {
-                    self.follower(FollowerInput::Down(msg), now, fx);
-                }
-            }
-            Payload::Acked(session, origin, through) => self.live().outbox.on_acked(session, origin, through),
+            Payload::Campaign(msg) => self.step(NodeInput::Campaign(msg), now, fx),
+            Payload::Up(session, msg) => self.step(NodeInput::Up { session, msg }, now, fx),
+            Payload::Down(session, msg) => self.step(NodeInput::Down { session, msg }, now, fx),
+            Payload::Acked(session, origin, through_seq) => self.step(
+                NodeInput::Acked {
+                    session,
+                    origin,
+                    through_seq,
+                },
+                now,
+                fx,
+            ),
             Payload::RangeQuery(session, request) => {
                 let replies = if master_of == Some(session) {
                     serve_range(&self.disk.log, self.disk.base, self.disk.state.pos, request)
@@ -301,10 +197,8 @@ impl SimNode {
                     .push((Dest::Node(from), Payload::RangeAnswer(session, request.after, replies)));
             }
             Payload::RangeAnswer(session, after, replies) => {
-                if following == Some(session) {
-                    for reply in replies {
-                        self.follower(FollowerInput::Range { after, reply }, now, fx);
-                    }
+                for reply in replies {
+                    self.step(NodeInput::Range { session, after, reply }, now, fx);
                 }
             }
             Payload::SnapshotQuery(session) => {
@@ -312,44 +206,27 @@ impl SimNode {
                 fx.sends
                     .push((Dest::Node(from), Payload::SnapshotAnswer(session, answer)));
             }
-            Payload::SnapshotAnswer(session, answer) => {
-                if following == Some(session) && self.live().snapshot_sent_ms.take().is_some() {
-                    let input = match answer {
-                        Some(state) => FollowerInput::Snapshot(state),
-                        None => FollowerInput::SnapshotFailed,
-                    };
-                    self.follower(input, now, fx);
+            Payload::SnapshotAnswer(session, state) => {
+                if self.live().snapshot_sent_ms.take().is_some() {
+                    self.step(NodeInput::Snapshot { session, state }, now, fx);
                 }
             }
         }
     }
 
     fn tick(&mut self, now: u64, produce: bool, rng: &mut Rng, fx: &mut Effects) {
-        self.election(ElectionInput::Tick, now, fx);
-        if self.live().election.following().is_some() {
-            if self
-                .live()
-                .snapshot_sent_ms
-                .is_some_and(|t| now >= t + SNAPSHOT_TIMEOUT_MS)
-            {
-                self.live().snapshot_sent_ms = None;
-                self.follower(FollowerInput::SnapshotFailed, now, fx);
-            }
-            self.follower(FollowerInput::Tick, now, fx);
-        }
-        let ups = self.live().outbox.poll(now);
-        self.route_ups(ups, now, fx);
-        if let Some(session) = self.live().election.master_of()
-            && now >= self.live().last_published_ms + HEAD_EVERY_MS
+        if self
+            .live()
+            .snapshot_sent_ms
+            .is_some_and(|t| now >= t + SNAPSHOT_TIMEOUT_MS)
         {
-            self.live().last_published_ms = now;
-            let head = DownMsg::Head {
-                idx: self.disk.state.pos.idx,
-            };
-            fx.sends.push((Dest::All, Payload::Down(session, head)));
+            self.live().snapshot_sent_ms = None;
+            if let Some(session) = self.live().core.following() {
+                self.step(NodeInput::Snapshot { session, state: None }, now, fx);
+            }
         }
-        // The worker: new facts while the test produces, and re-assertion of a fact State lost (§10.2).
-        let mut assert_fact = None;
+        self.step(NodeInput::Tick, now, fx);
+        // The worker: new facts while the test produces; the core re-asserts whatever State lost (§10.2).
         if produce && now >= self.live().next_fact_ms {
             self.live().next_fact_ms = now + 50 + rng.below(400);
             let fact = Memory {
@@ -357,31 +234,12 @@ impl SimNode {
                 available: rng.below(1 << 40),
             };
             self.fact = Some(fact);
-            assert_fact = Some(fact);
-        } else if now >= self.live().next_reassert_ms {
-            self.live().next_reassert_ms = now + REASSERT_EVERY_MS;
-            let in_state = self.disk.state.nodes.get(&self.id).and_then(|n| n.memory);
-            if self.fact.is_some() && self.fact != in_state && self.live().outbox.is_empty() {
-                assert_fact = self.fact;
-            }
-        }
-        if let Some(fact) = assert_fact {
-            let event = Event::NodeGatheredInfo {
-                node: self.id,
-                info: NodeFact::Memory(fact),
-            };
-            if let Some(up) = self.live().outbox.push(event, now) {
-                self.route_ups(vec![up], now, fx);
-            }
+            self.step(NodeInput::Facts(vec![NodeFact::Memory(fact)]), now, fx);
         }
     }
 
-    fn visible_tokens(&self, now: u64) -> Tokens {
-        if self.live.is_some() || now < self.crashed_at_ms + TOKEN_LINGER_MS {
-            self.tokens
-        } else {
-            Tokens::default()
-        }
+    fn visible_tokens(&self, now: u64) -> Option<Tokens> {
+        (self.live.is_some() || now < self.crashed_at_ms + TOKEN_LINGER_MS).then_some(self.tokens)
     }
 }
 
@@ -409,6 +267,7 @@ struct Stats {
     installs: u64,
     step_downs: u64,
     range_fetches: u64,
+    timed_out: u64,
     worst_settle_ms: u64,
 }
 
@@ -494,6 +353,9 @@ impl Sim {
             self.log.push(format!("{} n{from} opens {session}", self.now));
         }
         for event in fx.indexed {
+            if matches!(event.event, shoal_types::Event::NodeTimedOut { .. }) {
+                self.stats.timed_out += 1;
+            }
             assert_eq!(event.session.master, node, "only a session's master indexes in it");
             let key = (event.session, event.idx);
             assert!(self.indexed.insert(key, event).is_none(), "{key:?} indexed twice");
@@ -544,17 +406,21 @@ impl Sim {
     /// Feeds each live node the changes in the liveliness tokens it can see.
     fn update_tokens(&mut self) {
         let n = self.nodes.len();
-        let tokens: Vec<(NodeId, Tokens)> = self.nodes.iter().map(|x| (x.id, x.visible_tokens(self.now))).collect();
+        let tokens: Vec<(NodeId, Option<Tokens>)> =
+            self.nodes.iter().map(|x| (x.id, x.visible_tokens(self.now))).collect();
         for i in 0..n {
             if self.nodes[i].live.is_none() {
                 continue;
             }
             let mut masters = BTreeSet::new();
             let mut members = BTreeSet::new();
+            let mut nodes = BTreeSet::new();
             for (j, (id, t)) in tokens.iter().enumerate() {
                 if self.group[j] != self.group[i] {
                     continue;
                 }
+                let Some(t) = t else { continue };
+                nodes.insert(*id);
                 masters.extend(t.master);
                 members.extend(t.follows.map(|s| (s, *id)));
             }
@@ -566,19 +432,29 @@ impl Sim {
             let gone_members: Vec<_> = live.seen_members.difference(&members).copied().collect();
             let gone_masters: Vec<_> = live.seen_masters.difference(&masters).copied().collect();
             let appeared_masters: Vec<_> = masters.difference(&live.seen_masters).copied().collect();
+            let appeared_nodes: Vec<_> = nodes.difference(&live.seen_nodes).copied().collect();
+            let gone_nodes: Vec<_> = live.seen_nodes.difference(&nodes).copied().collect();
             live.seen_members = members;
             live.seen_masters = masters;
-            for (session, node_id) in appeared_members {
-                node.election(ElectionInput::MemberAppeared { session, node: node_id }, now, &mut fx);
-            }
-            for (session, node_id) in gone_members {
-                node.election(ElectionInput::MemberGone { session, node: node_id }, now, &mut fx);
-            }
-            for session in gone_masters {
-                node.election(ElectionInput::MasterTokenGone { session }, now, &mut fx);
-            }
-            for session in appeared_masters {
-                node.election(ElectionInput::MasterTokenAppeared { session }, now, &mut fx);
+            live.seen_nodes = nodes;
+            let inputs = appeared_nodes
+                .into_iter()
+                .map(NodeInput::NodeTokenAppeared)
+                .chain(gone_nodes.into_iter().map(NodeInput::NodeTokenGone))
+                .chain(
+                    appeared_members
+                        .into_iter()
+                        .map(|(session, node)| NodeInput::MemberAppeared { session, node }),
+                )
+                .chain(
+                    gone_members
+                        .into_iter()
+                        .map(|(session, node)| NodeInput::MemberGone { session, node }),
+                )
+                .chain(gone_masters.into_iter().map(NodeInput::MasterTokenGone))
+                .chain(appeared_masters.into_iter().map(NodeInput::MasterTokenAppeared));
+            for input in inputs {
+                node.step(input, now, &mut fx);
             }
             self.apply_effects(i, fx);
         }
@@ -618,7 +494,7 @@ impl Sim {
             .nodes
             .iter()
             .enumerate()
-            .filter_map(|(i, n)| n.live.as_ref()?.election.master_of().map(|s| (i, s)))
+            .filter_map(|(i, n)| n.live.as_ref()?.core.master_of().map(|s| (i, s)))
             .collect();
         let [(m, session)] = masters[..] else {
             return Err(format!("masters: {masters:?}"));
@@ -626,8 +502,8 @@ impl Sim {
         let reference = &self.nodes[m].disk.state;
         for (i, node) in self.nodes.iter().enumerate() {
             let live = node.live.as_ref().ok_or(format!("n{i} down"))?;
-            if i != m && live.election.following() != Some(session) {
-                return Err(format!("n{i} role {:?}", live.election.role()));
+            if i != m && live.core.following() != Some(session) {
+                return Err(format!("n{i} role {:?}", live.core.election().role()));
             }
             if node.disk.state != *reference {
                 return Err(format!(
@@ -635,8 +511,8 @@ impl Sim {
                     node.disk.state.pos, reference.pos
                 ));
             }
-            if !live.outbox.is_empty() {
-                return Err(format!("n{i} outbox holds {}", live.outbox.len()));
+            if !live.core.outbox().is_empty() {
+                return Err(format!("n{i} outbox holds {}", live.core.outbox().len()));
             }
             let fact = reference.nodes.get(&node.id).and_then(|n| n.memory);
             if node.fact.is_some() && fact != node.fact {
@@ -713,13 +589,14 @@ fn cluster_converges_under_faults() {
         total.installs += stats.installs;
         total.step_downs += stats.step_downs;
         total.range_fetches += stats.range_fetches;
+        total.timed_out += stats.timed_out;
         total.worst_settle_ms = total.worst_settle_ms.max(stats.worst_settle_ms);
     }
     eprintln!("{seeds} seeds: {total:?}");
     // The faults must have driven the cores through elections, two-master resolutions, gaps and re-syncs.
     assert!(total.sessions > 2 * SEEDS, "{total:?}");
     assert!(
-        total.step_downs > 0 && total.installs > 0 && total.range_fetches > SEEDS,
+        total.step_downs > 0 && total.installs > 0 && total.range_fetches > SEEDS && total.timed_out > 0,
         "{total:?}"
     );
 }

@@ -1,14 +1,22 @@
 //! The `shoal` binary: one process per device (SYSTEM.md §1).
 
+mod facts;
 mod generate;
+mod http;
 mod node_id;
+mod watchdog;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use shoal_cluster::{Cluster, ClusterConfig, ClusterHandle, Faults};
+use shoal_core::node::NodeConfig;
+use shoal_net::NetConfig;
+use shoal_net::cluster_key::ClusterKey;
 use shoal_store::{Store, StoreConfig};
+use shoal_types::model::NodeFact;
 use tracing::{info, warn};
 
 #[derive(Parser, Debug)]
@@ -30,6 +38,13 @@ enum Cmd {
     Run(RunArgs),
     /// Delete the persisted node id, so the next start creates a new one (for cloned disks).
     ResetId(DataDirArg),
+    /// Create a cluster key (a CA certificate and its private key in one file; §12). Give the same file to every
+    /// node with `--cluster-key`.
+    Keygen {
+        /// Where to write the key; refuses to overwrite.
+        #[arg(long, value_name = "FILE", default_value = "cluster.key")]
+        out: PathBuf,
+    },
     /// Generate a reply on this machine alone, without a cluster: the way to try a model.
     Generate {
         #[command(flatten)]
@@ -57,6 +72,51 @@ struct DataDirArg {
 struct RunArgs {
     #[command(flatten)]
     data: DataDirArg,
+    /// Nodes of different namespaces on one network never see each other.
+    #[arg(long, default_value = "default", value_parser = parse_namespace)]
+    namespace: String,
+    /// The HTTP API port (0: any free port; the log says which).
+    #[arg(long, default_value_t = 52415)]
+    api_port: u16,
+    /// The zenoh port this node listens on.
+    #[arg(long, default_value_t = shoal_net::ZENOH_PORT)]
+    zenoh_port: u16,
+    /// Listen on these zenoh endpoints instead of `tcp/[::]:<zenoh-port>` (repeatable; e.g. tcp/127.0.0.1:7000).
+    #[arg(long, value_name = "ENDPOINT")]
+    listen: Vec<String>,
+    /// The UDP port of multicast scouting (group 224.0.0.224).
+    #[arg(long, default_value_t = shoal_net::SCOUT_PORT)]
+    scout_port: u16,
+    /// `auto`, or a comma list of interfaces to scout on.
+    #[arg(long, default_value = "auto")]
+    scout_iface: String,
+    /// Turn multicast scouting off (use --connect).
+    #[arg(long)]
+    no_multicast: bool,
+    /// A peer to connect to, e.g. tcp/192.168.1.5:52414 (repeatable), for networks that block multicast.
+    #[arg(long, value_name = "ENDPOINT")]
+    connect: Vec<String>,
+    /// Prefer this node in elections between equally up-to-date candidates.
+    #[arg(long)]
+    force_master: bool,
+    /// Run no inference on this node (it reports no backends, so it is never given a model's layers).
+    #[arg(long)]
+    no_worker: bool,
+    /// Serve no HTTP API.
+    #[arg(long)]
+    no_api: bool,
+    /// The cluster key made by `shoal keygen`: only nodes holding it can join, and traffic is encrypted.
+    #[arg(long, value_name = "FILE")]
+    cluster_key: Option<PathBuf>,
+}
+
+fn parse_namespace(text: &str) -> Result<String, String> {
+    let valid = !text.is_empty() && text.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if valid {
+        Ok(text.to_owned())
+    } else {
+        Err("letters, digits, '-' and '_' only".to_owned())
+    }
 }
 
 fn main() -> std::process::ExitCode {
@@ -72,6 +132,7 @@ fn main() -> std::process::ExitCode {
         Some(Cmd::Run(args)) => run(&args),
         None => run(&cli.run),
         Some(Cmd::ResetId(args)) => reset_id(&args),
+        Some(Cmd::Keygen { out }) => keygen(&out),
         Some(Cmd::Generate { args, data }) => generate::run(&args, data_dir(&data).ok().as_deref()),
         Some(Cmd::Runner { socket }) => shoal_runner::run(&socket).map_err(anyhow::Error::from),
     };
@@ -105,19 +166,137 @@ fn run(args: &RunArgs) -> anyhow::Result<()> {
     info!(%node, created, data_dir = %dir.display(), "node identity");
     let store_path = dir.join("store.redb");
     // The store logs what it recovered (and any repair) itself.
-    let (mut store, _recovery) = Store::open(&store_path, StoreConfig::default())
+    let (store, _recovery) = Store::open(&store_path, StoreConfig::default())
         .with_context(|| format!("cannot open the store {}", store_path.display()))?;
-    // The cluster, worker and API arrive with their issues; until then the node holds its store and waits.
+
+    let mut net = NetConfig::lan(args.namespace.clone(), node);
+    net.listen = if args.listen.is_empty() {
+        vec![format!("tcp/[::]:{}", args.zenoh_port)]
+    } else {
+        args.listen.clone()
+    };
+    net.connect = args.connect.clone();
+    net.multicast = !args.no_multicast;
+    net.scout_iface = args.scout_iface.clone();
+    net.scout_port = args.scout_port;
+    match &args.cluster_key {
+        Some(path) => {
+            let key = ClusterKey::load(path)?;
+            net.tls = Some(key.issue_node_cert(node)?);
+            info!(fingerprint = %key.fingerprint(), "cluster key loaded: zenoh runs over mutual TLS");
+        }
+        None => warn!(
+            "no --cluster-key: this node joins an open cluster; anyone on the network can join it and read its \
+             traffic (create a key with `shoal keygen`)"
+        ),
+    }
+    let boot = u64::from_le_bytes(random_bytes()?);
+    let mut node_config = NodeConfig::new(node, boot);
+    node_config.priority = u8::from(args.force_master);
+    let config = ClusterConfig {
+        net,
+        node: node_config,
+        faults: Faults::from_env(boot),
+        data_dir: dir.clone(),
+    };
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     // The signal handlers are installed before "node ready" is logged: a SIGTERM sent by whoever waited for that
     // line must reach our handler, not the default action.
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let shutdown = runtime.block_on(async { shutdown_signal() })?;
+    let cluster = Cluster::start(config, store)?;
+    let handle = cluster.handle();
+
+    let watchdog = watchdog::start(watchdog::STALL_LIMIT)?;
+    let beats = handle.clone();
+    watchdog::spawn_bumper(watchdog, runtime.handle(), move || beats.loop_beats());
+    spawn_fact_reporter(handle.clone(), dir.clone(), !args.no_worker, runtime.handle());
+
+    if !args.no_api {
+        let listener = runtime.block_on(http::bind(args.api_port))?;
+        let addr = listener.local_addr()?;
+        info!(%addr, "api listening");
+        let router = http::router(handle.clone());
+        runtime.spawn(async move {
+            if let Err(e) = axum::serve(listener, router).await {
+                tracing::error!(error = %e, "the HTTP server stopped");
+            }
+        });
+    }
     info!(elapsed_ms = started.elapsed().as_millis() as u64, "node ready");
     runtime.block_on(shutdown);
     info!("shutting down");
-    if let Err(e) = store.checkpoint_now() {
-        warn!(error = %e, "final checkpoint failed; the log still holds every event");
-    }
+    cluster.shutdown();
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    Ok(())
+}
+
+fn random_bytes() -> anyhow::Result<[u8; 8]> {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness from the OS: {e}"))?;
+    Ok(bytes)
+}
+
+/// §10.2 rule 9 and §13: facts at start, then memory sampled every second and reported when it moved enough, and
+/// the interfaces every 10 s (a DHCP lease or a new NIC).
+fn spawn_fact_reporter(cluster: ClusterHandle, dir: PathBuf, worker: bool, runtime: &tokio::runtime::Handle) {
+    runtime.spawn(async move {
+        let mut facts = facts::gather(&dir, worker);
+        let mut reported_memory = facts.iter().find_map(|f| match f {
+            NodeFact::Memory(m) => Some(*m),
+            _ => None,
+        });
+        if cluster.set_facts(facts.clone()).is_err() {
+            return;
+        }
+        let mut ticker = tokio::time::interval(std::time::Duration::from_secs(1));
+        for second in 1u64.. {
+            ticker.tick().await;
+            let mut changed = false;
+            if let Ok(memory) = facts::memory()
+                && reported_memory.is_none_or(|old| facts::memory_changed_enough(&old, &memory))
+            {
+                reported_memory = Some(memory);
+                changed = true;
+                for fact in &mut facts {
+                    if let NodeFact::Memory(m) = fact {
+                        *m = memory;
+                    }
+                }
+            }
+            if second % 10 == 0 {
+                let interfaces = facts::interfaces();
+                for fact in &mut facts {
+                    if let NodeFact::Interfaces(old) = fact
+                        && *old != interfaces
+                    {
+                        *old = interfaces.clone();
+                        changed = true;
+                    }
+                }
+            }
+            if !changed {
+                continue;
+            }
+            if cluster.set_facts(facts.clone()).is_err() {
+                return;
+            }
+        }
+    });
+}
+
+fn keygen(out: &Path) -> anyhow::Result<()> {
+    let key = ClusterKey::generate()?;
+    key.write_new(out)?;
+    println!(
+        "wrote cluster key {} (fingerprint {}); start every node with --cluster-key {}",
+        out.display(),
+        key.fingerprint(),
+        out.display()
+    );
     Ok(())
 }
 

@@ -1,0 +1,241 @@
+//! The cluster shell (SYSTEM.md §5–§8): one node loop that owns the node's [`NodeCore`] and its [`Store`], fed by
+//! zenoh callbacks through one bounded channel, and carrying out what the core decides.
+//!
+//! Threads: the node loop is one dedicated OS thread, so ordering is by construction and the store's blocking calls
+//! (fsync, checkpoints) never stall an async runtime. zenoh's callbacks only decode and `try_send`; snapshot encoding
+//! and snapshot fetching run on short-lived threads of their own. Everything else (HTTP, the worker) talks to the
+//! loop through [`ClusterHandle`]: State and status through a `watch`, every State change through a `broadcast`
+//! (§6), requests through the same channel as the network.
+
+mod faults;
+mod range;
+mod shell;
+mod snapshot;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::mpsc::SyncSender;
+use std::thread::JoinHandle;
+
+use shoal_core::node::NodeConfig;
+use shoal_net::{Counters, CountersSnapshot, NetConfig};
+use shoal_store::Store;
+use shoal_types::model::NodeFact;
+use shoal_types::{Event, IndexedEvent, NodeId, Pos, SessionId, State};
+use tokio::sync::{broadcast, oneshot, watch};
+
+pub use faults::Faults;
+
+/// Capacity of the State-change broadcast (§6, §13).
+pub const STATE_CHANGES: usize = 4_096;
+/// At most this many events per `GET /events` call (§13).
+pub const EVENTS_MAX: usize = 10_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error(transparent)]
+    Net(#[from] shoal_net::NetError),
+    #[error("zenoh: {0}")]
+    Zenoh(String),
+    #[error(
+        "node id {0} is already in use by a live node; run `shoal reset-id` on one of the two (cloned data directory?)"
+    )]
+    DuplicateId(NodeId),
+    #[error("the node loop has stopped")]
+    Stopped,
+    #[error("store: {0}")]
+    Store(#[from] shoal_store::StoreError),
+    #[error("cannot start the node loop: {0}")]
+    Thread(#[from] std::io::Error),
+}
+
+impl From<shoal_net::zenoh::Error> for ClusterError {
+    fn from(e: shoal_net::zenoh::Error) -> Self {
+        ClusterError::Zenoh(e.to_string())
+    }
+}
+
+/// How to run the node's control plane.
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    pub net: NetConfig,
+    pub node: NodeConfig,
+    /// Fault injection for tests (drops and duplicates of outgoing events); off by default.
+    pub faults: Faults,
+    /// Where the node writes nothing but which it names in logs.
+    pub data_dir: PathBuf,
+}
+
+/// What the node is doing, for `/state`, logs and tests.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct NodeStatus {
+    pub node: NodeId,
+    /// `starting`, `campaigning`, `master`, `follower`.
+    pub role: &'static str,
+    /// The session this node serves or follows.
+    pub session: Option<SessionId>,
+    /// §6 step 6.
+    pub ready: bool,
+    pub pos: Pos,
+}
+
+/// The latest State with the status it was seen under.
+#[derive(Clone, Debug)]
+pub struct View {
+    pub state: Arc<State>,
+    pub status: NodeStatus,
+}
+
+/// What every consumer of State reacts to (§6): the State after an applied event or an installed snapshot.
+#[derive(Clone, Debug)]
+pub struct StateChange {
+    pub state: Arc<State>,
+    pub cause: ChangeCause,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChangeCause {
+    Applied(i64),
+    Installed(Pos),
+}
+
+/// Per-key counters of what the node did not take from the network.
+#[derive(Debug, Default)]
+pub struct NetCounters {
+    pub election: Counters,
+    pub up: Counters,
+    pub down: Counters,
+    pub ctl: Counters,
+    pub range: Counters,
+    pub snapshot: Counters,
+    pub tokens: Counters,
+}
+
+impl NetCounters {
+    pub fn snapshot(&self) -> Vec<(&'static str, CountersSnapshot)> {
+        vec![
+            ("election", self.election.snapshot()),
+            ("up", self.up.snapshot()),
+            ("down", self.down.snapshot()),
+            ("ctl", self.ctl.snapshot()),
+            ("range", self.range.snapshot()),
+            ("snapshot", self.snapshot.snapshot()),
+            ("tokens", self.tokens.snapshot()),
+        ]
+    }
+}
+
+/// Requests from the rest of the node to the loop.
+pub(crate) enum Request {
+    Produce(Box<Event>),
+    Facts(Vec<NodeFact>),
+    Events {
+        after: i64,
+        max: usize,
+        reply: oneshot::Sender<Result<Vec<IndexedEvent>, String>>,
+    },
+    Shutdown,
+}
+
+/// A cheap, cloneable way into the node loop.
+#[derive(Clone)]
+pub struct ClusterHandle {
+    inputs: SyncSender<shell::LoopInput>,
+    view: watch::Receiver<View>,
+    changes: broadcast::Sender<StateChange>,
+    counters: Arc<NetCounters>,
+    beats: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl ClusterHandle {
+    /// Bumped by every turn of the node loop (at least every 20 ms): the watchdog's proof that the loop runs.
+    pub fn loop_beats(&self) -> u64 {
+        self.beats.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The newest State and status.
+    pub fn view(&self) -> View {
+        self.view.borrow().clone()
+    }
+
+    /// A receiver that sees every later State change.
+    pub fn watch(&self) -> watch::Receiver<View> {
+        self.view.clone()
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<StateChange> {
+        self.changes.subscribe()
+    }
+
+    pub fn counters(&self) -> &NetCounters {
+        &self.counters
+    }
+
+    /// Hands an event this node produces to its outbox.
+    pub fn produce(&self, event: Event) -> Result<(), ClusterError> {
+        self.send(Request::Produce(Box::new(event)))
+    }
+
+    /// The facts this node holds true about itself; the loop asserts what State lacks.
+    pub fn set_facts(&self, facts: Vec<NodeFact>) -> Result<(), ClusterError> {
+        self.send(Request::Facts(facts))
+    }
+
+    /// Up to `max` (≤ [`EVENTS_MAX`]) events after `after` from this node's replica log.
+    pub async fn events(&self, after: i64, max: usize) -> Result<Result<Vec<IndexedEvent>, String>, ClusterError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Request::Events {
+            after,
+            max: max.min(EVENTS_MAX),
+            reply,
+        })?;
+        rx.await.map_err(|_| ClusterError::Stopped)
+    }
+
+    fn send(&self, request: Request) -> Result<(), ClusterError> {
+        // Requests wait for room rather than being dropped: they come from this node, not the network.
+        self.inputs
+            .send(shell::LoopInput::Request(request))
+            .map_err(|_| ClusterError::Stopped)
+    }
+}
+
+/// A running node control plane.
+pub struct Cluster {
+    handle: ClusterHandle,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Cluster {
+    /// Opens the zenoh session, checks that no live node holds this node's id, declares the node token and starts
+    /// the node loop around `store`.
+    pub fn start(config: ClusterConfig, store: Store) -> Result<Cluster, ClusterError> {
+        let (handle, thread) = shell::start(config, store)?;
+        Ok(Cluster {
+            handle,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn handle(&self) -> ClusterHandle {
+        self.handle.clone()
+    }
+
+    /// Stops the loop (a final checkpoint is written) and closes the session.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        let _ = self.handle.inputs.send(shell::LoopInput::Request(Request::Shutdown));
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

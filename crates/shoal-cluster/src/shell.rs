@@ -1,0 +1,740 @@
+//! The node loop: zenoh in, [`NodeCore`] in the middle, store and zenoh out.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use shoal_core::election::Role;
+use shoal_core::node::{NodeCore, NodeInput, NodeOutput, Outgoing, RoleChange, Tokens};
+use shoal_net::keys::{self, Token};
+use shoal_net::zenoh::liveliness::LivelinessToken;
+use shoal_net::zenoh::pubsub::Subscriber;
+use shoal_net::zenoh::qos::{CongestionControl, Priority};
+use shoal_net::zenoh::query::{ConsolidationMode, Query, Queryable};
+use shoal_net::zenoh::sample::{Locality, Sample, SampleKind};
+use shoal_net::zenoh::{Session, Wait};
+use shoal_net::{Counters, SUBSCRIBER_CHANNEL, decode_counted};
+use shoal_store::{Commit, Store};
+use shoal_types::codec;
+use shoal_types::wire::{DownMsg, ElectionMsg, RangeReply, RangeRequest, Transient, TransientEnvelope, UpMsg};
+use shoal_types::{IndexedEvent, SessionId, State};
+use tokio::sync::{broadcast, watch};
+
+use crate::faults::Faults;
+use crate::snapshot::SnapshotServer;
+use crate::{
+    ChangeCause, ClusterConfig, ClusterError, ClusterHandle, NetCounters, NodeStatus, Request, StateChange, View,
+};
+
+/// The loop ticks the core at least this often.
+const TICK: Duration = Duration::from_millis(20);
+/// Followers commit their replica log without fsync in batches of ≤ 1,000 events or 50 ms (§5.3).
+const FOLLOWER_COMMIT_EVENTS: usize = 1_000;
+const FOLLOWER_COMMIT_AFTER: Duration = Duration::from_millis(50);
+/// Inputs handled before the loop commits and sends (the master's group commit, §5.2 step 5).
+const BATCH_INPUTS: usize = 1_000;
+/// How long a start-up waits for an answer to the duplicate-id query (§2.2).
+const DUPLICATE_CHECK: Duration = Duration::from_millis(300);
+const RANGE_QUERY_TIMEOUT: Duration = Duration::from_millis(shoal_core::follower::RANGE_QUERY_TIMEOUT_MS);
+const CHECKPOINT_CHECK_EVERY: Duration = Duration::from_secs(1);
+
+pub(crate) enum LoopInput {
+    /// Boxed: an input with an event is large, and the channel holds thousands.
+    Node(Box<NodeInput>),
+    /// A range query on `s/<session>/range` addressed to this node as master.
+    RangeQuery(SessionId, Query),
+    /// A snapshot query on `s/<session>/snapshot`.
+    SnapshotQuery(SessionId, Query),
+    Request(Request),
+}
+
+impl LoopInput {
+    pub(crate) fn node(input: NodeInput) -> LoopInput {
+        LoopInput::Node(Box::new(input))
+    }
+}
+
+/// Subscribers and queryables of one session, re-declared on every session change (§12).
+#[derive(Default)]
+struct SessionDecls {
+    down: Option<(SessionId, Subscriber<()>)>,
+    master: Option<MasterDecls>,
+}
+
+/// What only the master of a session declares: the `up` subscriber and the range and snapshot queryables.
+struct MasterDecls {
+    _up: Subscriber<()>,
+    _queryables: Vec<Queryable<()>>,
+}
+
+struct DeclaredTokens {
+    master: Option<(SessionId, LivelinessToken)>,
+    follows: Option<(SessionId, LivelinessToken)>,
+}
+
+struct Shell {
+    ns: String,
+    session: Session,
+    core: NodeCore,
+    store: Store,
+    inputs: SyncSender<LoopInput>,
+    counters: Arc<NetCounters>,
+    faults: Faults,
+    decls: SessionDecls,
+    tokens: DeclaredTokens,
+    /// The master's indexed events awaiting their fsync'd commit, then their publication.
+    to_commit: Vec<IndexedEvent>,
+    /// A follower's applied events awaiting their lazy commit.
+    to_log: Vec<IndexedEvent>,
+    to_log_since: Option<Instant>,
+    /// Sends held until the commit of what was indexed before them.
+    to_send: Vec<Outgoing>,
+    view: watch::Sender<View>,
+    changes: broadcast::Sender<StateChange>,
+    last_view: Option<(shoal_types::Pos, &'static str, Option<SessionId>, bool)>,
+    snapshots: SnapshotServer,
+    started: Instant,
+    last_checkpoint_check: Instant,
+    stop: bool,
+    beats: Arc<AtomicU64>,
+}
+
+pub(crate) fn start(config: ClusterConfig, store: Store) -> Result<(ClusterHandle, JoinHandle<()>), ClusterError> {
+    let zenoh_config = config.net.zenoh_config()?;
+    let session = shoal_net::zenoh::open(zenoh_config).wait()?;
+    let ns = config.net.namespace.clone();
+    let node = config.node.node;
+
+    // §2.2: a cloned data directory must not make two live nodes with one id.
+    let replies = session
+        .liveliness()
+        .get(keys::node_token(&ns, node))
+        .timeout(DUPLICATE_CHECK)
+        .wait()?;
+    while let Ok(reply) = replies.recv() {
+        if reply.result().is_ok() {
+            let _ = session.close().wait();
+            return Err(ClusterError::DuplicateId(node));
+        }
+    }
+
+    let (inputs, rx) = sync_channel(SUBSCRIBER_CHANNEL);
+    let counters = Arc::new(NetCounters::default());
+    let now = unix_ms();
+    let state = store.state().clone();
+    let core = NodeCore::new(config.node, state.clone(), store.max_term_seen(), now);
+    let status = status_of(&core);
+    let (view_tx, view_rx) = watch::channel(View {
+        state: Arc::new(state),
+        status,
+    });
+    let (changes, _) = broadcast::channel(crate::STATE_CHANGES);
+
+    let mut shell = Shell {
+        ns: ns.clone(),
+        session: session.clone(),
+        core,
+        store,
+        inputs: inputs.clone(),
+        counters: counters.clone(),
+        faults: config.faults,
+        decls: SessionDecls::default(),
+        tokens: DeclaredTokens {
+            master: None,
+            follows: None,
+        },
+        to_commit: Vec::new(),
+        to_log: Vec::new(),
+        to_log_since: None,
+        to_send: Vec::new(),
+        view: view_tx,
+        changes: changes.clone(),
+        last_view: None,
+        snapshots: SnapshotServer::default(),
+        started: Instant::now(),
+        last_checkpoint_check: Instant::now(),
+        stop: false,
+        beats: Arc::new(AtomicU64::new(0)),
+    };
+    let static_decls = shell.declare_static()?;
+    let node_token = session.liveliness().declare_token(keys::node_token(&ns, node)).wait()?;
+    tracing::info!(%node, namespace = %ns, "joined the zenoh network");
+
+    let handle = ClusterHandle {
+        inputs,
+        view: view_rx,
+        changes,
+        counters,
+        beats: shell.beats.clone(),
+    };
+    let thread = std::thread::Builder::new().name("shoal-node".into()).spawn(move || {
+        shell.run(rx);
+        drop(static_decls);
+        drop(node_token);
+        shell.finish();
+    })?;
+    Ok((handle, thread))
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+fn status_of(core: &NodeCore) -> NodeStatus {
+    let (role, session) = match core.election().role() {
+        Role::Master { session } => ("master", Some(*session)),
+        Role::Following { session, .. } => ("follower", Some(*session)),
+        Role::Campaigning { .. } | Role::AwaitingWinner { .. } => ("campaigning", None),
+        Role::Starting { .. } => ("starting", None),
+    };
+    NodeStatus {
+        node: core.node(),
+        role,
+        session,
+        ready: core.ready(),
+        pos: core.state().pos,
+    }
+}
+
+/// Forwards from a zenoh callback into the loop; never blocks, counts what it drops.
+fn hand_over(inputs: &SyncSender<LoopInput>, input: LoopInput, counters: &Counters) {
+    match inputs.try_send(input) {
+        Ok(()) => {}
+        Err(TrySendError::Full(_)) => Counters::bump(&counters.dropped_full),
+        Err(TrySendError::Disconnected(_)) => {}
+    }
+}
+
+impl Shell {
+    /// Declarations that live as long as the node: election, liveliness, this node's control key.
+    fn declare_static(&self) -> Result<(Vec<Subscriber<()>>, Subscriber<()>), ClusterError> {
+        let mut subscribers = Vec::new();
+        let inputs = self.inputs.clone();
+        let counters = self.counters.clone();
+        let key = keys::election(&self.ns);
+        subscribers.push(
+            self.session
+                .declare_subscriber(key.clone())
+                .allowed_origin(Locality::Remote)
+                .callback(move |sample: Sample| {
+                    let bytes = sample.payload().to_bytes();
+                    if let Some(msg) = decode_counted::<ElectionMsg>(&bytes, &key, &counters.election) {
+                        hand_over(&inputs, LoopInput::node(NodeInput::Campaign(msg)), &counters.election);
+                    }
+                })
+                .wait()?,
+        );
+        let inputs = self.inputs.clone();
+        let counters = self.counters.clone();
+        let key = keys::ctl(&self.ns, self.core.node());
+        subscribers.push(
+            self.session
+                .declare_subscriber(key.clone())
+                .allowed_origin(Locality::Remote)
+                .callback(move |sample: Sample| {
+                    let bytes = sample.payload().to_bytes();
+                    let Some(envelope) = decode_counted::<TransientEnvelope>(&bytes, &key, &counters.ctl) else {
+                        return;
+                    };
+                    if let Transient::Acked { origin, through_seq } = envelope.body {
+                        let input = NodeInput::Acked {
+                            session: envelope.session,
+                            origin,
+                            through_seq,
+                        };
+                        hand_over(&inputs, LoopInput::node(input), &counters.ctl);
+                    }
+                })
+                .wait()?,
+        );
+        let inputs = self.inputs.clone();
+        let counters = self.counters.clone();
+        let ns = self.ns.clone();
+        // History: tokens declared before this node started are reported too (§7 step 1).
+        let tokens = self
+            .session
+            .liveliness()
+            .declare_subscriber(keys::all_tokens(&self.ns))
+            .history(true)
+            .callback(move |sample: Sample| {
+                Counters::bump(&counters.tokens.received);
+                let Some(token) = keys::parse_token(&ns, sample.key_expr().as_str()) else {
+                    Counters::bump(&counters.tokens.malformed);
+                    return;
+                };
+                let put = sample.kind() == SampleKind::Put;
+                let input = match (token, put) {
+                    (Token::Node(node), true) => NodeInput::NodeTokenAppeared(node),
+                    (Token::Node(node), false) => NodeInput::NodeTokenGone(node),
+                    (Token::Master(session), true) => NodeInput::MasterTokenAppeared(session),
+                    (Token::Master(session), false) => NodeInput::MasterTokenGone(session),
+                    (Token::Follows(session, node), true) => NodeInput::MemberAppeared { session, node },
+                    (Token::Follows(session, node), false) => NodeInput::MemberGone { session, node },
+                };
+                hand_over(&inputs, LoopInput::node(input), &counters.tokens);
+            })
+            .wait()?;
+        Ok((subscribers, tokens))
+    }
+
+    fn run(&mut self, rx: Receiver<LoopInput>) {
+        let mut next_tick = Instant::now();
+        while !self.stop {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(wait) {
+                Ok(input) => self.handle(input),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            for _ in 0..BATCH_INPUTS {
+                match rx.try_recv() {
+                    Ok(input) => self.handle(input),
+                    Err(_) => break,
+                }
+            }
+            if Instant::now() >= next_tick {
+                self.step(NodeInput::Tick);
+                next_tick = Instant::now() + TICK;
+                if let Some(deadline) = self.core.next_deadline_ms() {
+                    let until = Duration::from_millis(deadline.saturating_sub(unix_ms()));
+                    next_tick = next_tick.min(Instant::now() + until);
+                }
+            }
+            self.flush();
+            self.beats.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn handle(&mut self, input: LoopInput) {
+        match input {
+            LoopInput::Node(input) => self.step(*input),
+            LoopInput::RangeQuery(session, query) => self.serve_range(session, query),
+            LoopInput::SnapshotQuery(session, query) => self.serve_snapshot(session, query),
+            LoopInput::Request(Request::Produce(event)) => self.step(NodeInput::Produce(*event)),
+            LoopInput::Request(Request::Facts(facts)) => self.step(NodeInput::Facts(facts)),
+            LoopInput::Request(Request::Events { after, max, reply }) => {
+                // What the log holds is what is committed: commit first so a reader sees its own node's events.
+                self.commit();
+                let events = self.store.events_after(after, max).map_err(|e| e.to_string());
+                let _ = reply.send(events);
+            }
+            LoopInput::Request(Request::Shutdown) => self.stop = true,
+        }
+    }
+
+    fn step(&mut self, input: NodeInput) {
+        let outputs = self.core.step(input, unix_ms());
+        for output in outputs {
+            match output {
+                NodeOutput::PersistMaxTerm(term) => {
+                    if let Err(error) = self.store.set_max_term_seen(term) {
+                        self.fatal(&format!("cannot persist max_term_seen: {error}"));
+                    }
+                }
+                NodeOutput::Send(outgoing) => self.to_send.push(outgoing),
+                NodeOutput::Indexed(event) => self.to_commit.push(*event),
+                NodeOutput::Applied(event) => {
+                    self.to_log_since.get_or_insert_with(Instant::now);
+                    self.to_log.push(*event);
+                }
+                NodeOutput::Installed(state) => self.install(*state),
+                NodeOutput::FetchRange { session, request } => self.fetch_range(session, request),
+                NodeOutput::RequestSnapshot { session } => {
+                    crate::snapshot::fetch(
+                        self.session.clone(),
+                        &self.ns,
+                        session,
+                        self.core.node(),
+                        self.inputs.clone(),
+                        self.counters.clone(),
+                    );
+                }
+                NodeOutput::Role(change) => self.on_role(change),
+            }
+        }
+    }
+
+    fn on_role(&mut self, change: RoleChange) {
+        match change {
+            RoleChange::Opened(session) => {
+                tracing::info!(%session, pos = ?self.core.state().pos, "elected: serving as master");
+            }
+            RoleChange::SteppedDown(session) => tracing::info!(%session, "stepped down"),
+            RoleChange::Following(session) => tracing::info!(%session, "following"),
+        }
+    }
+
+    fn install(&mut self, state: State) {
+        let pos = state.pos;
+        self.to_log.clear();
+        self.to_log_since = None;
+        match self.store.install_snapshot(state.clone()) {
+            Ok(()) => tracing::info!(?pos, "installed a snapshot"),
+            Err(error) => self.fatal(&format!("cannot install the snapshot: {error}")),
+        }
+        let _ = self.changes.send(StateChange {
+            state: Arc::new(state),
+            cause: ChangeCause::Installed(pos),
+        });
+    }
+
+    /// Commits the master's batch with fsync, then the follower's lazily when due; publishes after the commit.
+    fn commit(&mut self) {
+        if !self.to_log.is_empty() {
+            let events = std::mem::take(&mut self.to_log);
+            self.to_log_since = None;
+            if let Err(error) = self.store.append(&events, Commit::Lazy) {
+                // The replica log lags; the node re-fetches (its State in memory is right).
+                tracing::warn!(%error, "replica log append failed");
+            }
+            self.broadcast_applied(&events);
+        }
+        if !self.to_commit.is_empty() {
+            let events = std::mem::take(&mut self.to_commit);
+            if let Err(error) = self.store.append(&events, Commit::Fsync) {
+                // Publishing what is not durable would let followers hold what a crash loses (§5.2).
+                self.fatal(&format!("master commit failed: {error}"));
+                return;
+            }
+            self.broadcast_applied(&events);
+            for event in events {
+                let session = event.session;
+                let msg = DownMsg::Event(Box::new(event));
+                self.publish_down(session, &msg);
+            }
+        }
+    }
+
+    fn broadcast_applied(&self, events: &[IndexedEvent]) {
+        if self.changes.receiver_count() == 0 {
+            return;
+        }
+        // One change per batch: consumers reconcile against the newest State (§6).
+        if let Some(last) = events.last() {
+            let _ = self.changes.send(StateChange {
+                state: Arc::new(self.store.state().clone()),
+                cause: ChangeCause::Applied(last.idx as i64),
+            });
+        }
+    }
+
+    fn flush(&mut self) {
+        let log_due = self.to_log.len() >= FOLLOWER_COMMIT_EVENTS
+            || self.to_log_since.is_some_and(|t| t.elapsed() >= FOLLOWER_COMMIT_AFTER)
+            || !self.to_commit.is_empty();
+        if log_due || !self.to_commit.is_empty() {
+            self.commit();
+        }
+        for outgoing in std::mem::take(&mut self.to_send) {
+            self.send(outgoing);
+        }
+        self.reconcile_declarations();
+        self.publish_view();
+        if self.last_checkpoint_check.elapsed() >= CHECKPOINT_CHECK_EVERY {
+            self.last_checkpoint_check = Instant::now();
+            if self.to_log.is_empty()
+                && let Err(error) = self.store.checkpoint_if_due()
+            {
+                tracing::warn!(%error, "checkpoint failed");
+            }
+        }
+    }
+
+    fn publish_view(&mut self) {
+        let status = status_of(&self.core);
+        let key = (status.pos, status.role, status.session, status.ready);
+        if self.last_view == Some(key) {
+            return;
+        }
+        if status.ready && !self.last_view.is_some_and(|v| v.3) {
+            tracing::info!(
+                elapsed_ms = self.started.elapsed().as_millis() as u64,
+                pos = ?status.pos,
+                role = status.role,
+                "cluster ready"
+            );
+        }
+        self.last_view = Some(key);
+        self.view.send_replace(View {
+            state: Arc::new(self.core.state().clone()),
+            status,
+        });
+    }
+
+    fn send(&mut self, outgoing: Outgoing) {
+        match outgoing {
+            Outgoing::Campaign(msg) => {
+                self.put(keys::election(&self.ns), &msg, Priority::InteractiveHigh, true);
+            }
+            Outgoing::Up(session, up) => {
+                let key = keys::up(&self.ns, session);
+                for _ in 0..self.faults.copies() {
+                    self.put(key.clone(), &*up, Priority::Data, false);
+                }
+            }
+            Outgoing::Down(session, msg) => self.publish_down(session, &msg),
+            Outgoing::Acked {
+                to,
+                session,
+                origin,
+                through_seq,
+            } => {
+                let envelope = TransientEnvelope {
+                    from: self.core.node(),
+                    session,
+                    body: Transient::Acked { origin, through_seq },
+                };
+                self.put(keys::ctl(&self.ns, to), &envelope, Priority::InteractiveLow, false);
+            }
+        }
+    }
+
+    fn publish_down(&mut self, session: SessionId, msg: &DownMsg) {
+        let key = keys::down(&self.ns, session);
+        let copies = match msg {
+            DownMsg::Event(_) => self.faults.copies(),
+            DownMsg::Head { .. } => 1,
+        };
+        for _ in 0..copies {
+            self.put(key.clone(), msg, Priority::Data, false);
+        }
+    }
+
+    fn put<T: serde::Serialize>(&self, key: String, value: &T, priority: Priority, express: bool) {
+        let bytes = match codec::encode(value) {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                tracing::error!(%error, key, "cannot encode an outgoing message");
+                return;
+            }
+        };
+        let result = self
+            .session
+            .put(key.clone(), bytes)
+            .priority(priority)
+            .congestion_control(CongestionControl::Block)
+            .express(express)
+            .wait();
+        if let Err(error) = result {
+            tracing::warn!(%error, key, "publish failed");
+        }
+    }
+
+    fn fetch_range(&mut self, session: SessionId, request: RangeRequest) {
+        let bytes = match codec::encode(&request) {
+            Ok(bytes) => bytes,
+            Err(_) => return,
+        };
+        let inputs = self.inputs.clone();
+        let counters = self.counters.clone();
+        let after = request.after;
+        let key = keys::range_queryable(&self.ns, session);
+        let result = self
+            .session
+            .get(key.clone())
+            .payload(bytes)
+            .consolidation(ConsolidationMode::None)
+            .timeout(RANGE_QUERY_TIMEOUT)
+            .callback(move |reply| {
+                let Ok(sample) = reply.result() else {
+                    return;
+                };
+                let bytes = sample.payload().to_bytes();
+                if let Some(reply) = decode_counted::<RangeReply>(&bytes, &key, &counters.range) {
+                    let input = NodeInput::Range { session, after, reply };
+                    hand_over(&inputs, LoopInput::node(input), &counters.range);
+                }
+            })
+            .wait();
+        if let Err(error) = result {
+            tracing::warn!(%error, "range query failed");
+        }
+    }
+
+    /// §5.4: answered only to the requester, from the replica log, after the chain check of `after`.
+    fn serve_range(&mut self, session: SessionId, query: Query) {
+        self.commit();
+        let key_base = keys::range(&self.ns, session);
+        let Some(bytes) = query.payload().map(|p| p.to_bytes().into_owned()) else {
+            Counters::bump(&self.counters.range.malformed);
+            return;
+        };
+        let Some(request) = decode_counted::<RangeRequest>(&bytes, &key_base, &self.counters.range) else {
+            return;
+        };
+        let replies = if self.core.master_of() == Some(session) {
+            crate::range::answer(&self.store, request)
+        } else {
+            vec![RangeReply::NotMaster]
+        };
+        for (n, reply) in replies.iter().enumerate() {
+            let Ok(bytes) = codec::encode(reply) else { continue };
+            let key = keys::range_reply(&self.ns, session, n as u32);
+            if let Err(error) = query.reply(key, bytes).wait() {
+                tracing::debug!(%error, "range reply failed");
+                return;
+            }
+        }
+    }
+
+    fn serve_snapshot(&mut self, session: SessionId, query: Query) {
+        if self.core.master_of() != Some(session) {
+            return; // the requester times out and follows whoever is master now
+        }
+        self.commit();
+        let key_base = keys::snapshot(&self.ns, session);
+        if let Some(bytes) = query.payload().map(|p| p.to_bytes().into_owned())
+            && decode_counted::<shoal_types::wire::SnapshotRequest>(&bytes, &key_base, &self.counters.snapshot)
+                .is_none()
+        {
+            return;
+        }
+        self.snapshots
+            .serve(self.ns.clone(), session, self.store.state().clone(), query);
+    }
+
+    /// Declares and undeclares the per-session subscribers, queryables and tokens to match the core.
+    fn reconcile_declarations(&mut self) {
+        let Tokens { master, follows } = self.core.tokens();
+        if self.tokens.master.as_ref().map(|(s, _)| *s) != master {
+            self.tokens.master = None; // dropping undeclares
+            if let Some(session) = master {
+                self.declare_master(session);
+                match self
+                    .session
+                    .liveliness()
+                    .declare_token(keys::master_token(&self.ns, session))
+                    .wait()
+                {
+                    Ok(token) => self.tokens.master = Some((session, token)),
+                    Err(error) => tracing::error!(%error, "cannot declare the master token"),
+                }
+            } else {
+                self.decls.master = None;
+            }
+        }
+        if self.tokens.follows.as_ref().map(|(s, _)| *s) != follows {
+            self.tokens.follows = None;
+            if let Some(session) = follows {
+                let key = keys::follows_token(&self.ns, session, self.core.node());
+                match self.session.liveliness().declare_token(key).wait() {
+                    Ok(token) => self.tokens.follows = Some((session, token)),
+                    Err(error) => tracing::error!(%error, "cannot declare the follows token"),
+                }
+            }
+        }
+        let down_wanted = self.core.following();
+        if self.decls.down.as_ref().map(|(s, _)| *s) != down_wanted {
+            self.decls.down = None;
+            if let Some(session) = down_wanted {
+                match self.declare_down(session) {
+                    Ok(sub) => self.decls.down = Some((session, sub)),
+                    Err(error) => tracing::error!(%error, "cannot subscribe to the master's events"),
+                }
+            }
+        }
+        if master.is_none() {
+            self.decls.master = None;
+        }
+    }
+
+    fn declare_down(&self, session: SessionId) -> Result<Subscriber<()>, ClusterError> {
+        let inputs = self.inputs.clone();
+        let counters = self.counters.clone();
+        let faults = self.faults.clone();
+        let key = keys::down(&self.ns, session);
+        Ok(self
+            .session
+            .declare_subscriber(key.clone())
+            .allowed_origin(Locality::Remote)
+            .callback(move |sample: Sample| {
+                if faults.drop_incoming() {
+                    return;
+                }
+                let bytes = sample.payload().to_bytes();
+                if let Some(msg) = decode_counted::<DownMsg>(&bytes, &key, &counters.down) {
+                    hand_over(
+                        &inputs,
+                        LoopInput::node(NodeInput::Down { session, msg }),
+                        &counters.down,
+                    );
+                }
+            })
+            .wait()?)
+    }
+
+    fn declare_master(&mut self, session: SessionId) {
+        match self.master_decls(session) {
+            Ok(decls) => self.decls.master = Some(decls),
+            Err(error) => tracing::error!(%error, %session, "cannot declare the master's subscribers"),
+        }
+    }
+
+    fn master_decls(&self, session: SessionId) -> Result<MasterDecls, ClusterError> {
+        let inputs = self.inputs.clone();
+        let counters = self.counters.clone();
+        let faults = self.faults.clone();
+        let key = keys::up(&self.ns, session);
+        let up = self
+            .session
+            .declare_subscriber(key.clone())
+            .allowed_origin(Locality::Remote)
+            .callback(move |sample: Sample| {
+                if faults.drop_incoming() {
+                    return;
+                }
+                let bytes = sample.payload().to_bytes();
+                if let Some(msg) = decode_counted::<UpMsg>(&bytes, &key, &counters.up) {
+                    hand_over(&inputs, LoopInput::node(NodeInput::Up { session, msg }), &counters.up);
+                }
+            })
+            .wait()?;
+        let inputs = self.inputs.clone();
+        let counters = self.counters.clone();
+        let range = self
+            .session
+            .declare_queryable(keys::range_queryable(&self.ns, session))
+            .allowed_origin(Locality::Remote)
+            .callback(move |query: Query| {
+                hand_over(&inputs, LoopInput::RangeQuery(session, query), &counters.range);
+            })
+            .wait()?;
+        let inputs = self.inputs.clone();
+        let counters = self.counters.clone();
+        let snapshot = self
+            .session
+            .declare_queryable(keys::snapshot_queryable(&self.ns, session))
+            .allowed_origin(Locality::Remote)
+            .callback(move |query: Query| {
+                hand_over(&inputs, LoopInput::SnapshotQuery(session, query), &counters.snapshot);
+            })
+            .wait()?;
+        Ok(MasterDecls {
+            _up: up,
+            _queryables: vec![range, snapshot],
+        })
+    }
+
+    /// A node that cannot write its store must not go on: it would serve or publish what it could lose.
+    fn fatal(&mut self, message: &str) {
+        tracing::error!("{message}; stopping the node");
+        eprintln!("shoal: {message}");
+        std::process::exit(70);
+    }
+
+    fn finish(mut self) {
+        self.commit();
+        if let Err(error) = self.store.checkpoint_now() {
+            tracing::warn!(%error, "final checkpoint failed; the log still holds every event");
+        }
+        self.decls = SessionDecls::default();
+        self.tokens.master = None;
+        self.tokens.follows = None;
+        let _ = self.session.close().wait();
+    }
+}

@@ -1,0 +1,146 @@
+//! The node's HTTP endpoints that belong to the cluster (§11.1): `GET /node_id`, `/state`, `/status`, `/events`,
+//! `/metrics`. The OpenAI API joins this router with its own issue.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+
+use axum::extract::{Query, State as AxumState};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use shoal_cluster::{ClusterHandle, EVENTS_MAX};
+
+/// The OpenAI error shape (§2.1): `{"error":{"message","type","code"}}`.
+pub fn error(status: StatusCode, kind: &str, message: impl Into<String>) -> Response {
+    let body = serde_json::json!({
+        "error": { "message": message.into(), "type": kind, "code": status.as_u16() }
+    });
+    (status, Json(body)).into_response()
+}
+
+fn not_ready() -> Response {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "not_ready",
+        "this node has not caught up with the cluster yet",
+    )
+}
+
+pub fn router(cluster: ClusterHandle) -> Router {
+    Router::new()
+        .route("/node_id", get(node_id))
+        .route("/state", get(state))
+        .route("/status", get(status))
+        .route("/events", get(events))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
+        .with_state(cluster)
+}
+
+/// Binds the API port; the caller logs the bound address (tests start nodes on port 0 and read it).
+pub async fn bind(port: u16) -> anyhow::Result<tokio::net::TcpListener> {
+    let addr = SocketAddr::from(([0, 0, 0, 0], port));
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("--api-port {port}: cannot listen on {addr}: {e}"))
+}
+
+async fn node_id(AxumState(cluster): AxumState<ClusterHandle>) -> Response {
+    Json(cluster.view().status.node.to_string()).into_response()
+}
+
+async fn state(AxumState(cluster): AxumState<ClusterHandle>) -> Response {
+    let view = cluster.view();
+    if !view.status.ready {
+        return not_ready();
+    }
+    Json(&*view.state).into_response()
+}
+
+async fn status(AxumState(cluster): AxumState<ClusterHandle>) -> Response {
+    Json(cluster.view().status).into_response()
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    /// Events with idx > after; default -1 (from the start of the retained log).
+    #[serde(default = "minus_one")]
+    after: i64,
+    #[serde(default = "events_max")]
+    max: usize,
+}
+
+fn minus_one() -> i64 {
+    -1
+}
+
+fn events_max() -> usize {
+    EVENTS_MAX
+}
+
+async fn events(
+    AxumState(cluster): AxumState<ClusterHandle>,
+    query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Query(query) = match query {
+        Ok(q) => q,
+        Err(rejection) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                format!("after/max: {}", rejection.body_text()),
+            );
+        }
+    };
+    if !cluster.view().status.ready {
+        return not_ready();
+    }
+    if query.after < -1 {
+        return error(StatusCode::BAD_REQUEST, "invalid_request_error", "after: must be ≥ -1");
+    }
+    match cluster.events(query.after, query.max.min(EVENTS_MAX)).await {
+        Ok(Ok(events)) => Json(events).into_response(),
+        Ok(Err(message)) => error(StatusCode::GONE, "pruned", message),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "stopping", e.to_string()),
+    }
+}
+
+/// Prometheus text exposition.
+async fn metrics(AxumState(cluster): AxumState<ClusterHandle>) -> Response {
+    let view = cluster.view();
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# TYPE shoal_state_idx gauge\nshoal_state_idx {}",
+        view.status.pos.idx
+    );
+    let _ = writeln!(
+        out,
+        "# TYPE shoal_ready gauge\nshoal_ready {}",
+        u8::from(view.status.ready)
+    );
+    let _ = writeln!(
+        out,
+        "# TYPE shoal_is_master gauge\nshoal_is_master {}",
+        u8::from(view.status.role == "master")
+    );
+    let _ = writeln!(out, "# TYPE shoal_net_messages_total counter");
+    for (key, c) in cluster.counters().snapshot() {
+        for (outcome, value) in [
+            ("received", c.received),
+            ("dropped_full", c.dropped_full),
+            ("malformed", c.malformed),
+            ("incompatible", c.incompatible),
+            ("oversized", c.oversized),
+            ("wrong_session", c.wrong_session),
+        ] {
+            let _ = writeln!(
+                out,
+                "shoal_net_messages_total{{key=\"{key}\",outcome=\"{outcome}\"}} {value}"
+            );
+        }
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
