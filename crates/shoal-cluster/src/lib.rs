@@ -130,7 +130,7 @@ pub(crate) enum Request {
     Produce(Box<Event>),
     Facts(Vec<NodeFact>),
     Events {
-        after: i64,
+        after: Option<i64>,
         max: usize,
         reply: oneshot::Sender<Result<Vec<IndexedEvent>, String>>,
     },
@@ -181,8 +181,13 @@ impl ClusterHandle {
         self.send(Request::Facts(facts))
     }
 
-    /// Up to `max` (≤ [`EVENTS_MAX`]) events after `after` from this node's replica log.
-    pub async fn events(&self, after: i64, max: usize) -> Result<Result<Vec<IndexedEvent>, String>, ClusterError> {
+    /// Up to `max` (≤ [`EVENTS_MAX`]) events after `after` (default: from the start of the retained log) from this
+    /// node's replica log.
+    pub async fn events(
+        &self,
+        after: Option<i64>,
+        max: usize,
+    ) -> Result<Result<Vec<IndexedEvent>, String>, ClusterError> {
         let (reply, rx) = oneshot::channel();
         self.send(Request::Events {
             after,

@@ -320,6 +320,7 @@ impl Shell {
             LoopInput::Request(Request::Events { after, max, reply }) => {
                 // What the log holds is what is committed: commit first so a reader sees its own node's events.
                 self.commit();
+                let after = after.unwrap_or(self.store.log_start_idx() as i64 - 1);
                 let events = self.store.events_after(after, max).map_err(|e| e.to_string());
                 let _ = reply.send(events);
             }

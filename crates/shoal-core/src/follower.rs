@@ -34,6 +34,9 @@ pub const SNAPSHOT_RETRY_MAX_MS: u64 = 2_000;
 pub struct FollowerLimits {
     pub max_events: usize,
     pub max_bytes: usize,
+    /// A node with the empty State bootstraps from a snapshot (§6) rather than replaying the master's retained log
+    /// by range queries. Real nodes set it ([`FollowerLimits::node`]); the unit tests of the range path do not.
+    pub snapshot_when_empty: bool,
 }
 
 impl Default for FollowerLimits {
@@ -41,6 +44,17 @@ impl Default for FollowerLimits {
         FollowerLimits {
             max_events: BUFFER_MAX_EVENTS,
             max_bytes: BUFFER_MAX_BYTES,
+            snapshot_when_empty: false,
+        }
+    }
+}
+
+impl FollowerLimits {
+    /// What a node runs with.
+    pub fn node() -> Self {
+        FollowerLimits {
+            snapshot_when_empty: true,
+            ..FollowerLimits::default()
         }
     }
 }
@@ -210,6 +224,10 @@ impl Follower {
                 *in_flight = true;
                 *not_before_ms = now_ms;
                 out.push(FollowerOutput::RequestSnapshot);
+            }
+            // A fresh node bootstraps from a snapshot (§6) instead of replaying the master's whole retained log.
+            SnapshotWait::NotNeeded if self.limits.snapshot_when_empty && state.pos == Pos::EMPTY => {
+                self.need_snapshot(now_ms, out)
             }
             SnapshotWait::NotNeeded => self.send_range(state, now_ms, out),
         }

@@ -14,7 +14,7 @@ use shoal_types::wire::{DownMsg, ElectionMsg, RangeReply, RangeRequest, UpMsg};
 use shoal_types::{Event, IndexedEvent, NodeId, Origin, Pos, SessionId, State, TaskProgress};
 
 use crate::election::{Election, ElectionConfig, ElectionInput, ElectionOutput};
-use crate::follower::{Follower, FollowerInput, FollowerOutput};
+use crate::follower::{Follower, FollowerInput, FollowerLimits, FollowerOutput};
 use crate::indexer::{Indexer, IndexerOutput};
 use crate::outbox::Outbox;
 
@@ -205,7 +205,7 @@ impl NodeCore {
             origin,
             election: Election::new(election_config, max_term_seen, state.pos, now_ms),
             state,
-            follower: Follower::default(),
+            follower: Follower::new(FollowerLimits::node()),
             indexer: None,
             outbox: Outbox::new(origin, config.boot),
             tokens: Tokens::default(),
@@ -489,7 +489,7 @@ impl NodeCore {
                 match indexer.open_session(&mut self.state, now_ms) {
                     Ok(opened) => {
                         self.indexer = Some(indexer);
-                        self.follower = Follower::default();
+                        self.follower = Follower::new(FollowerLimits::node());
                         self.publish(opened, now_ms, out);
                         let ups = self.outbox.set_session(session, now_ms);
                         self.route_ups(ups, now_ms, out);

@@ -197,6 +197,7 @@ fn overflow_drops_the_buffer_and_resyncs() {
     let limits = FollowerLimits {
         max_events: 5,
         max_bytes: usize::MAX,
+        snapshot_when_empty: false,
     };
     let mut f = Follower::new(limits);
     let mut state = State::empty();
@@ -445,4 +446,16 @@ fn producer_to_master_round_trip() {
             .map(|m| m.available),
         Some(49)
     );
+}
+
+#[test]
+fn a_fresh_node_bootstraps_from_a_snapshot() {
+    let mut f = Follower::new(FollowerLimits::node());
+    let mut state = State::empty();
+    let session = SessionId {
+        term: 1,
+        master: NodeId::from_bytes([0x31; 16]),
+    };
+    let out = f.step(&mut state, FollowerInput::Follow(session), 0);
+    assert_eq!(out, vec![FollowerOutput::RequestSnapshot]);
 }

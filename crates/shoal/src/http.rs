@@ -65,15 +65,11 @@ async fn status(AxumState(cluster): AxumState<ClusterHandle>) -> Response {
 
 #[derive(Deserialize)]
 struct EventsQuery {
-    /// Events with idx > after; default -1 (from the start of the retained log).
-    #[serde(default = "minus_one")]
-    after: i64,
+    /// Events with idx > after; default: from the start of this node's retained log (a node that bootstrapped
+    /// from a snapshot holds only what followed it).
+    after: Option<i64>,
     #[serde(default = "events_max")]
     max: usize,
-}
-
-fn minus_one() -> i64 {
-    -1
 }
 
 fn events_max() -> usize {
@@ -97,7 +93,7 @@ async fn events(
     if !cluster.view().status.ready {
         return not_ready();
     }
-    if query.after < -1 {
+    if query.after.is_some_and(|a| a < -1) {
         return error(StatusCode::BAD_REQUEST, "invalid_request_error", "after: must be ≥ -1");
     }
     match cluster.events(query.after, query.max.min(EVENTS_MAX)).await {

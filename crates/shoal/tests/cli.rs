@@ -17,8 +17,17 @@ fn shoal() -> Command {
 
 /// Starts `shoal run` and waits for its "node ready" log line; returns the child and the lines seen so far.
 fn start_node(data_dir: &std::path::Path) -> (Child, Vec<String>) {
+    // Loopback only, no multicast, any free API port: a test never scouts on a real NIC (§12).
     let mut child = shoal()
-        .args(["run", "--data-dir"])
+        .args([
+            "run",
+            "--no-multicast",
+            "--listen",
+            "tcp/127.0.0.1:0",
+            "--api-port",
+            "0",
+            "--data-dir",
+        ])
         .arg(data_dir)
         .stderr(Stdio::piped())
         .stdout(Stdio::null())

@@ -1,0 +1,482 @@
+//! Real `shoal run` processes forming a cluster over real zenoh on loopback (SYSTEM.md §5–§8, §12).
+//!
+//! Every node listens on `tcp/127.0.0.1:<free port>`, has multicast scouting off and is given the other nodes'
+//! loopback endpoints with `--connect`, so no test sends a packet off the machine and parallel tests never merge.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct Node {
+    child: Option<Child>,
+    dir: PathBuf,
+    zenoh: u16,
+    api: u16,
+    peers: Vec<u16>,
+    extra: Vec<String>,
+    env: Vec<(String, String)>,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Node {
+    fn new(dir: &Path, peers: &[u16], zenoh: u16) -> Node {
+        Node {
+            child: None,
+            dir: dir.to_path_buf(),
+            zenoh,
+            api: free_port(),
+            peers: peers.to_vec(),
+            extra: Vec::new(),
+            env: Vec::new(),
+            log: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+
+    fn start(&mut self) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_shoal"));
+        cmd.args(["run", "--no-multicast", "--data-dir"])
+            .arg(&self.dir)
+            .args(["--listen", &format!("tcp/127.0.0.1:{}", self.zenoh)])
+            .args(["--api-port", &self.api.to_string()])
+            .env_remove("SHOAL_HOME")
+            .env("SHOAL_LOG", "info,zenoh=warn")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for peer in &self.peers {
+            cmd.args(["--connect", &format!("tcp/127.0.0.1:{peer}")]);
+        }
+        cmd.args(&self.extra);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let log = self.log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                log.lock().unwrap().push(line);
+            }
+        });
+        self.child = Some(child);
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn alive(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| c.try_wait().unwrap().is_none())
+    }
+
+    fn logged(&self, needle: &str) -> bool {
+        self.log.lock().unwrap().iter().any(|l| l.contains(needle))
+    }
+
+    fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    fn get(&self, path: &str) -> Option<(u16, String)> {
+        http_get(self.api, path)
+    }
+
+    fn status(&self) -> Option<Value> {
+        let (code, body) = self.get("/status")?;
+        (code == 200).then(|| serde_json::from_str(&body).ok())?
+    }
+
+    fn state(&self) -> Option<Value> {
+        let (code, body) = self.get("/state")?;
+        (code == 200).then(|| serde_json::from_str(&body).ok())?
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let code = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n")?.1.to_owned();
+    Some((code, body))
+}
+
+/// A cluster of `n` nodes that all know each other's endpoints.
+fn cluster(root: &Path, n: usize) -> Vec<Node> {
+    let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+    (0..n)
+        .map(|i| Node::new(&root.join(format!("n{i}")), &ports, ports[i]))
+        .collect()
+}
+
+fn wait_for<T>(within: Duration, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn session_of(status: &Value) -> Value {
+    status["session"].clone()
+}
+
+/// All live nodes ready, in one session, with one master, at one position: returns (session, master api index).
+fn agreement(nodes: &[&Node]) -> Option<(Value, usize)> {
+    let statuses: Vec<Value> = nodes.iter().map(|n| n.status()).collect::<Option<_>>()?;
+    let session = session_of(&statuses[0]);
+    if session.is_null() || statuses.iter().any(|s| session_of(s) != session || s["ready"] != true) {
+        return None;
+    }
+    let masters: Vec<usize> = (0..statuses.len())
+        .filter(|&i| statuses[i]["role"] == "master")
+        .collect();
+    let [master] = masters[..] else { return None };
+    let pos = &statuses[0]["pos"];
+    statuses.iter().all(|s| &s["pos"] == pos).then_some((session, master))
+}
+
+/// Every node's `/state` is the same JSON and holds `nodes` nodes.
+fn same_state(nodes: &[&Node], count: usize) -> Option<Value> {
+    let states: Vec<Value> = nodes.iter().map(|n| n.state()).collect::<Option<_>>()?;
+    let first = &states[0];
+    let all_known = first["nodes"].as_object()?.len() == count;
+    (all_known && states.iter().all(|s| s == first)).then(|| first.clone())
+}
+
+#[test]
+fn three_nodes_started_in_any_order_agree_on_one_master_and_one_state() {
+    let root = tempfile::tempdir().unwrap();
+    let mut nodes = cluster(root.path(), 3);
+    let started = Instant::now();
+    for i in [2, 0, 1] {
+        nodes[i].start();
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    let all: Vec<&Node> = nodes.iter().collect();
+    let (session, _) = wait_for(Duration::from_secs(10), "one master and one session", || {
+        agreement(&all)
+    });
+    let agreed = started.elapsed();
+    eprintln!("3 nodes agreed on session {session} {agreed:?} after the first start");
+    assert!(
+        agreed < Duration::from_secs(2) + Duration::from_millis(300),
+        "agreement took {agreed:?} (spec: 2 s after start)"
+    );
+    let state = wait_for(
+        Duration::from_secs(10),
+        "the same State with every node's facts",
+        || same_state(&all, 3),
+    );
+    for info in state["nodes"].as_object().unwrap().values() {
+        assert!(info["identity"]["version"].is_string(), "identity fact missing: {info}");
+        assert!(info["memory"]["total"].as_u64().unwrap() > 0);
+        assert!(info["interfaces"].as_array().unwrap().iter().any(|i| i["name"] == "lo"));
+    }
+    // Every node's replica log is gap-free from where it starts (0, or after its snapshot), and the events they
+    // have in common are the same.
+    let logs: Vec<Vec<Value>> = nodes.iter().map(replica_log).collect();
+    let common_from = logs.iter().map(|l| l[0]["idx"].as_u64().unwrap()).max().unwrap();
+    let common = |log: &Vec<Value>| -> Vec<Value> {
+        log.iter()
+            .filter(|e| e["idx"].as_u64().unwrap() >= common_from)
+            .cloned()
+            .collect()
+    };
+    assert!(logs.iter().all(|l| common(l) == common(&logs[0])));
+    assert!(
+        logs.iter().any(|l| l[0]["idx"] == 0),
+        "the first master holds the log from 0"
+    );
+}
+
+/// A node's retained replica log, checked gap-free.
+fn replica_log(node: &Node) -> Vec<Value> {
+    let (code, body) = node.get("/events").unwrap();
+    assert_eq!(code, 200, "{body}");
+    let events: Vec<Value> = serde_json::from_str(&body).unwrap();
+    assert!(!events.is_empty());
+    let first = events[0]["idx"].as_u64().unwrap();
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e["idx"].as_u64(), Some(first + i as u64), "gap-free");
+    }
+    events
+}
+
+#[test]
+fn a_killed_master_is_replaced_within_a_second_and_the_state_continues() {
+    let root = tempfile::tempdir().unwrap();
+    let mut nodes = cluster(root.path(), 3);
+    for node in &mut nodes {
+        node.start();
+    }
+    let (old_session, master) = {
+        let all: Vec<&Node> = nodes.iter().collect();
+        wait_for(Duration::from_secs(10), "agreement", || agreement(&all));
+        wait_for(Duration::from_secs(10), "every fact", || same_state(&all, 3));
+        wait_for(Duration::from_secs(10), "agreement", || agreement(&all))
+    };
+    let before = nodes[master].state().unwrap();
+    let idx_before = before["pos"]["idx"].as_i64().unwrap();
+
+    let killed = Instant::now();
+    nodes[master].kill9();
+    let survivors: Vec<&Node> = nodes
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != master)
+        .map(|(_, n)| n)
+        .collect();
+    let (new_session, _) = wait_for(Duration::from_secs(5), "a new master", || {
+        agreement(&survivors).filter(|(s, _)| *s != old_session)
+    });
+    let failover = killed.elapsed();
+    eprintln!("new master serving {failover:?} after SIGKILL");
+    assert!(
+        failover < Duration::from_millis(1_500),
+        "failover took {failover:?} (spec: ≈ 0.5 s, < 1 s)"
+    );
+    assert!(new_session["term"].as_u64() > old_session["term"].as_u64());
+
+    // The State is the old one continued: same history, growing idx, and the dead node is timed out (§8).
+    let after = wait_for(Duration::from_secs(10), "the dead master timed out", || {
+        let state = survivors[0].state()?;
+        (state["nodes"].as_object()?.len() == 2).then_some(state)
+    });
+    assert!(after["pos"]["idx"].as_i64().unwrap() > idx_before);
+    // Not wiped: every survivor's facts are the very entries recorded under the old session.
+    for node in &survivors {
+        let id = node.status().unwrap()["node"].as_str().unwrap().to_owned();
+        assert_eq!(
+            after["nodes"][&id]["first_seen_ms"], before["nodes"][&id]["first_seen_ms"],
+            "node {id} was re-created, not kept"
+        );
+    }
+    assert_eq!(after["session"], new_session);
+
+    // The old master comes back as a follower of the new session; it does not take over.
+    nodes[master].start();
+    let all: Vec<&Node> = nodes.iter().collect();
+    let (session, new_master) = wait_for(Duration::from_secs(10), "the old master following", || agreement(&all));
+    assert_eq!(session, new_session);
+    assert_ne!(new_master, master);
+    wait_for(Duration::from_secs(10), "the old master's facts back in State", || {
+        same_state(&all, 3)
+    });
+}
+
+#[test]
+fn a_late_node_installs_a_snapshot_then_follows_the_tail() {
+    let root = tempfile::tempdir().unwrap();
+    let mut nodes = cluster(root.path(), 3);
+    nodes[0].start();
+    nodes[1].start();
+    {
+        let first: Vec<&Node> = nodes[..2].iter().collect();
+        wait_for(Duration::from_secs(10), "two nodes with their facts", || {
+            same_state(&first, 2)
+        });
+    }
+    let started = Instant::now();
+    nodes[2].start();
+    let all: Vec<&Node> = nodes.iter().collect();
+    wait_for(Duration::from_secs(10), "the late node ready", || agreement(&all));
+    eprintln!("late node ready {:?} after its start", started.elapsed());
+    assert!(nodes[2].logged("installed a snapshot"), "{}", nodes[2].log_text());
+    // Its own facts arrive after the snapshot: it follows the tail.
+    wait_for(Duration::from_secs(10), "one State with all three nodes", || {
+        same_state(&all, 3)
+    });
+}
+
+#[test]
+fn lost_and_duplicated_events_still_converge_with_nothing_applied_twice() {
+    let root = tempfile::tempdir().unwrap();
+    let mut nodes = cluster(root.path(), 3);
+    for node in &mut nodes {
+        // Fault injection (a named mock of a lossy network): a quarter of the event messages each node sends or
+        // receives are dropped, and a quarter of those it sends are sent twice.
+        node.env.push(("SHOAL_FAULT_DROP_PERMILLE".into(), "250".into()));
+        node.env.push(("SHOAL_FAULT_DUP_PERMILLE".into(), "250".into()));
+        node.start();
+    }
+    let all: Vec<&Node> = nodes.iter().collect();
+    wait_for(Duration::from_secs(30), "convergence despite the faults", || {
+        agreement(&all)?;
+        same_state(&all, 3)
+    });
+    assert!(nodes[0].logged("fault injection is on"));
+    for node in &nodes {
+        let mut seen = std::collections::BTreeSet::new();
+        for e in replica_log(node) {
+            if !e["origin"].is_null() {
+                let key = e["origin"].to_string();
+                assert!(seen.insert(key.clone()), "{key} indexed twice");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_node_without_the_cluster_key_cannot_join_a_keyed_cluster() {
+    let root = tempfile::tempdir().unwrap();
+    let key = root.path().join("cluster.key");
+    let out = Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .args(["keygen", "--out"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut nodes = cluster(root.path(), 3);
+    for node in &mut nodes[..2] {
+        node.extra = vec!["--cluster-key".into(), key.display().to_string()];
+        node.start();
+    }
+    nodes[2].start(); // no key: dials the same endpoints over plain tcp
+    let keyed: Vec<&Node> = nodes[..2].iter().collect();
+    wait_for(Duration::from_secs(10), "the keyed pair", || same_state(&keyed, 2));
+    assert!(nodes[0].logged("cluster key loaded"));
+    assert!(nodes[2].logged("no --cluster-key"));
+    // The keyless node ends up alone: master of its own session, seeing only itself.
+    let alone = wait_for(Duration::from_secs(10), "the keyless node alone", || {
+        let state = nodes[2].state()?;
+        (state["nodes"].as_object()?.len() == 1).then_some(state)
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let keyed_state = nodes[0].state().unwrap();
+    assert_eq!(
+        keyed_state["nodes"].as_object().unwrap().len(),
+        2,
+        "the keyless node got in: {keyed_state}"
+    );
+    assert_ne!(alone["session"], keyed_state["session"]);
+    let stranger = nodes[2].status().unwrap()["node"].clone();
+    assert!(
+        !keyed_state["nodes"]
+            .as_object()
+            .unwrap()
+            .contains_key(stranger.as_str().unwrap())
+    );
+}
+
+#[test]
+fn malformed_wrong_version_and_oversized_messages_are_dropped_and_counted() {
+    use shoal_net::zenoh::Wait;
+    let root = tempfile::tempdir().unwrap();
+    let mut nodes = cluster(root.path(), 2);
+    for node in &mut nodes {
+        node.start();
+    }
+    let all: Vec<&Node> = nodes.iter().collect();
+    wait_for(Duration::from_secs(10), "two nodes", || same_state(&all, 2));
+    let status = nodes[0].status().unwrap();
+    let session = format!(
+        "{}.{}",
+        status["session"]["term"],
+        status["session"]["master"].as_str().unwrap()
+    );
+    let follower = nodes
+        .iter()
+        .find_map(|n| n.status().filter(|s| s["role"] == "follower"))
+        .unwrap()["node"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // A hostile peer on loopback (same namespace, no key: the cluster is open in this test).
+    let mut config = shoal_net::NetConfig::loopback_test(
+        "default",
+        shoal_types::NodeId::from_bytes([0x7e; 16]),
+        free_port(),
+        &[nodes[0].zenoh, nodes[1].zenoh],
+    );
+    config.lease_ms = 2_000;
+    let session_z = shoal_net::zenoh::open(config.zenoh_config().unwrap()).wait().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let keys = [
+        "shoal/default/election".to_owned(),
+        format!("shoal/default/s/{session}/up"),
+        format!("shoal/default/s/{session}/down"),
+        format!("shoal/default/t/{follower}/ctl"),
+    ];
+    let garbage: Vec<Vec<u8>> = vec![
+        vec![],                          // empty
+        vec![1, 0xff, 0xff, 0xff, 0xff], // right version, garbage body
+        vec![2, 0, 0, 0],                // another wire version
+        vec![1; 10 << 20],               // oversized
+        b"{\"json\": true}".to_vec(),    // not our codec at all
+    ];
+    for key in &keys {
+        for payload in &garbage {
+            session_z.put(key.as_str(), payload.clone()).wait().unwrap();
+        }
+    }
+    for leaf in ["range", "snapshot"] {
+        for payload in &garbage[..3] {
+            let replies = session_z
+                .get(format!("shoal/default/s/{session}/{leaf}/**"))
+                .payload(payload.clone())
+                .timeout(Duration::from_secs(1))
+                .wait()
+                .unwrap();
+            while replies.recv().is_ok() {}
+        }
+    }
+    // A bogus liveliness token in our namespace.
+    let _token = session_z
+        .liveliness()
+        .declare_token("shoal/default/master/notanumber/zz")
+        .wait()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+
+    drop(all);
+    for node in &mut nodes {
+        assert!(node.alive(), "a node crashed:\n{}", node.log_text());
+    }
+    let all: Vec<&Node> = nodes.iter().collect();
+    wait_for(Duration::from_secs(5), "the cluster still agreeing", || agreement(&all));
+    let metrics: String = nodes.iter().map(|n| n.get("/metrics").unwrap().1).collect();
+    let count = |outcome: &str| -> u64 {
+        metrics
+            .lines()
+            .filter(|l| l.contains(&format!("outcome=\"{outcome}\"")))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    assert!(count("malformed") >= 8, "{metrics}");
+    assert!(count("incompatible") >= 4, "{metrics}");
+    assert!(count("oversized") >= 3, "{metrics}");
+    let _ = session_z.close().wait();
+}
