@@ -118,6 +118,46 @@ fn shoal_home_selects_the_data_dir() {
     assert!(String::from_utf8_lossy(&out.stdout).contains(&dir.path().display().to_string()));
 }
 
+/// Bad cluster flags fail before the node touches the network, with the flag named.
+#[test]
+fn bad_cluster_flags_name_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |extra: &[&str]| {
+        let out = shoal()
+            .args(["run", "--no-multicast", "--api-port", "0", "--data-dir"])
+            .arg(dir.path())
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{extra:?} was accepted");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let missing = dir.path().join("no-such.key");
+    let stderr = run(&["--cluster-key", missing.to_str().unwrap()]);
+    assert!(stderr.contains("--cluster-key"), "{stderr}");
+    let garbage = dir.path().join("garbage.key");
+    std::fs::write(&garbage, "not a key").unwrap();
+    let stderr = run(&["--cluster-key", garbage.to_str().unwrap()]);
+    assert!(
+        stderr.contains("--cluster-key") && stderr.contains("garbage.key"),
+        "{stderr}"
+    );
+    let stderr = run(&["--connect", "192.168.1.5"]);
+    assert!(stderr.contains("--connect"), "{stderr}");
+    let stderr = run(&["--namespace", "a/b"]);
+    assert!(stderr.contains("--namespace"), "{stderr}");
+
+    // keygen writes a key once and refuses to overwrite it.
+    let key = dir.path().join("cluster.key");
+    let out = shoal().args(["keygen", "--out"]).arg(&key).output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--cluster-key"));
+    let first = std::fs::read_to_string(&key).unwrap();
+    let out = shoal().args(["keygen", "--out"]).arg(&key).output().unwrap();
+    assert!(!out.status.success());
+    assert_eq!(std::fs::read_to_string(&key).unwrap(), first, "the key was overwritten");
+}
+
 #[test]
 fn bad_input_is_a_clear_error() {
     let out = shoal().args(["run", "--no-such-flag"]).output().unwrap();
