@@ -452,19 +452,23 @@ impl Shell {
         if self.last_view == Some(key) {
             return;
         }
-        if status.ready && !self.last_view.is_some_and(|v| v.3) {
-            tracing::info!(
-                elapsed_ms = self.started.elapsed().as_millis() as u64,
-                pos = ?status.pos,
-                role = status.role,
-                "cluster ready"
-            );
-        }
+        let was_ready = self.last_view.is_some_and(|v| v.3);
         self.last_view = Some(key);
+        let became_ready = status.ready && !was_ready;
+        let (pos, role) = (status.pos, status.role);
         self.view.send_replace(View {
             state: Arc::new(self.core.state().clone()),
             status,
         });
+        // Logged after the view is published, so whoever reacts to the line sees the ready status.
+        if became_ready {
+            tracing::info!(
+                elapsed_ms = self.started.elapsed().as_millis() as u64,
+                ?pos,
+                role,
+                "cluster ready"
+            );
+        }
     }
 
     fn send(&mut self, outgoing: Outgoing) {

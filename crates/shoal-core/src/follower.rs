@@ -163,9 +163,15 @@ impl Follower {
         matches!(self.snapshot, SnapshotWait::Needed { .. })
     }
 
-    /// Ready in the sense of §6 step 6: on the master's chain and at or past every idx seen.
+    /// Ready in the sense of §6 step 6: on the master's chain (the chain check answered, or a snapshot installed)
+    /// and at or past every idx seen.
     pub fn caught_up(&self, state: &State) -> bool {
-        self.session.is_some() && !self.needs_snapshot() && state.pos.idx >= self.head
+        self.session.is_some() && !self.needs_snapshot() && !self.chain_unverified && state.pos.idx >= self.head
+    }
+
+    /// On the followed master's chain as far as the follower knows, whether or not it has seen the newest idx yet.
+    pub fn on_chain(&self) -> bool {
+        self.session.is_some() && !self.needs_snapshot() && !self.chain_unverified
     }
 
     pub fn step(&mut self, state: &mut State, input: FollowerInput, now_ms: u64) -> Vec<FollowerOutput> {
@@ -360,6 +366,8 @@ impl Follower {
             .sum();
         self.range_retry_delay_ms = RANGE_RETRY_MIN_MS;
         self.range_not_before_ms = 0;
+        // A gap between the snapshot and the buffered tail is certain, not reordering: no grace (§6 step 5).
+        self.gap_since_ms = Some(0);
         out.push(FollowerOutput::Installed(state.pos));
     }
 

@@ -24,6 +24,8 @@ pub const HEAD_EVERY_MS: u64 = 500;
 pub const NODE_LOSS_DEBOUNCE_MS: u64 = 500;
 /// A new master waits this long before timing nodes out, so its view of the tokens is complete (§8, §13).
 pub const MASTER_LIVENESS_GRACE_MS: u64 = 2_000;
+/// At most this many liveness decisions are indexed per tick.
+pub const LIVENESS_DECISIONS_PER_TICK: usize = 1_000;
 /// A fact is re-asserted at most this often (§10.2 rule 9, §13).
 pub const REASSERT_EVERY_MS: u64 = 2_000;
 
@@ -186,6 +188,8 @@ pub struct NodeCore {
     facts: BTreeMap<u8, (NodeFact, Option<u64>)>,
     /// The snapshot being handed to the follower, so that `Installed` can carry the State itself.
     installing: Option<Box<State>>,
+    /// The followed session in which this node was last caught up (ready is sticky within it).
+    ready_in: Option<SessionId>,
 }
 
 impl NodeCore {
@@ -216,6 +220,7 @@ impl NodeCore {
             absent_since: BTreeMap::new(),
             facts: BTreeMap::new(),
             installing: None,
+            ready_in: None,
         }
     }
 
@@ -255,9 +260,18 @@ impl NodeCore {
     }
 
     /// §6 step 6: the master is ready; a follower once it is on its master's chain and at or past every idx seen.
+    /// Then it stays ready while it stays on that chain: a newer idx announced by the master is the normal tail, not a
+    /// reason to answer 503 for the 50 ms it takes to arrive.
     pub fn ready(&self) -> bool {
-        self.master_of().is_some()
-            || (self.following().is_some() && self.follower.caught_up(&self.state) && self.snapshot_from.is_none())
+        if self.master_of().is_some() {
+            return true;
+        }
+        let Some(session) = self.following() else {
+            return false;
+        };
+        self.follower.on_chain()
+            && self.snapshot_from.is_none()
+            && (self.ready_in == Some(session) || self.follower.caught_up(&self.state))
     }
 
     /// The next time a `Tick` has work, if sooner than the shell's regular tick.
@@ -346,6 +360,14 @@ impl NodeCore {
                 }
             }
         }
+        match self.following() {
+            Some(session) if self.follower.on_chain() => {
+                if self.follower.caught_up(&self.state) {
+                    self.ready_in = Some(session);
+                }
+            }
+            _ => self.ready_in = None,
+        }
         out
     }
 
@@ -404,6 +426,9 @@ impl NodeCore {
                 });
             }
         }
+        // Bounded per tick so one sweep cannot hold the node loop (a master that inherits thousands of dead tasks);
+        // the rest follow on the next ticks.
+        decisions.truncate(LIVENESS_DECISIONS_PER_TICK);
         for event in decisions {
             self.index_own(event, now_ms, out);
         }

@@ -459,3 +459,21 @@ fn a_fresh_node_bootstraps_from_a_snapshot() {
     let out = f.step(&mut state, FollowerInput::Follow(session), 0);
     assert_eq!(out, vec![FollowerOutput::RequestSnapshot]);
 }
+
+#[test]
+fn a_restarted_node_is_not_caught_up_before_its_chain_check_is_answered() {
+    let log = events(3, 8);
+    let mut state = fold(&State::empty(), &log).unwrap();
+    let session = state.pos.session;
+    let mut f = Follower::new(FollowerLimits::node());
+    let out = f.step(&mut state, FollowerInput::Follow(session), 0);
+    assert!(matches!(out.as_slice(), [FollowerOutput::FetchRange(_)]), "{out:?}");
+    assert!(
+        !f.caught_up(&state),
+        "its position is not yet known to be on the master's chain"
+    );
+    let reply = RangeReply::End { head: state.pos.idx };
+    let after = state.pos;
+    f.step(&mut state, FollowerInput::Range { after, reply }, 5);
+    assert!(f.caught_up(&state));
+}

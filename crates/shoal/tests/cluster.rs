@@ -13,6 +13,14 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+/// The tests of this file run one at a time: two of them measure failover and agreement times, which a 2-core
+/// machine running four other clusters at once would distort.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -177,6 +185,7 @@ fn same_state(nodes: &[&Node], count: usize) -> Option<Value> {
 
 #[test]
 fn three_nodes_started_in_any_order_agree_on_one_master_and_one_state() {
+    let _serial = serial();
     let root = tempfile::tempdir().unwrap();
     let mut nodes = cluster(root.path(), 3);
     let started = Instant::now();
@@ -207,7 +216,7 @@ fn three_nodes_started_in_any_order_agree_on_one_master_and_one_state() {
     // Every node's replica log is gap-free from where it starts (0, or after its snapshot), and the events they
     // have in common are the same.
     let logs: Vec<Vec<Value>> = nodes.iter().map(replica_log).collect();
-    let common_from = logs.iter().map(|l| l[0]["idx"].as_u64().unwrap()).max().unwrap();
+    let common_from = logs.iter().filter_map(|l| l.first()?["idx"].as_u64()).max().unwrap();
     let common = |log: &Vec<Value>| -> Vec<Value> {
         log.iter()
             .filter(|e| e["idx"].as_u64().unwrap() >= common_from)
@@ -225,9 +234,11 @@ fn three_nodes_started_in_any_order_agree_on_one_master_and_one_state() {
 fn replica_log(node: &Node) -> Vec<Value> {
     let (code, body) = node.get("/events").unwrap();
     assert_eq!(code, 200, "{body}");
+    // Empty when the node installed a snapshot and nothing followed it.
     let events: Vec<Value> = serde_json::from_str(&body).unwrap();
-    assert!(!events.is_empty());
-    let first = events[0]["idx"].as_u64().unwrap();
+    let Some(first) = events.first().map(|e| e["idx"].as_u64().unwrap()) else {
+        return events;
+    };
     for (i, e) in events.iter().enumerate() {
         assert_eq!(e["idx"].as_u64(), Some(first + i as u64), "gap-free");
     }
@@ -236,6 +247,7 @@ fn replica_log(node: &Node) -> Vec<Value> {
 
 #[test]
 fn a_killed_master_is_replaced_within_a_second_and_the_state_continues() {
+    let _serial = serial();
     let root = tempfile::tempdir().unwrap();
     let mut nodes = cluster(root.path(), 3);
     for node in &mut nodes {
@@ -298,6 +310,7 @@ fn a_killed_master_is_replaced_within_a_second_and_the_state_continues() {
 
 #[test]
 fn a_late_node_installs_a_snapshot_then_follows_the_tail() {
+    let _serial = serial();
     let root = tempfile::tempdir().unwrap();
     let mut nodes = cluster(root.path(), 3);
     nodes[0].start();
@@ -322,6 +335,7 @@ fn a_late_node_installs_a_snapshot_then_follows_the_tail() {
 
 #[test]
 fn lost_and_duplicated_events_still_converge_with_nothing_applied_twice() {
+    let _serial = serial();
     let root = tempfile::tempdir().unwrap();
     let mut nodes = cluster(root.path(), 3);
     for node in &mut nodes {
@@ -350,6 +364,7 @@ fn lost_and_duplicated_events_still_converge_with_nothing_applied_twice() {
 
 #[test]
 fn a_node_without_the_cluster_key_cannot_join_a_keyed_cluster() {
+    let _serial = serial();
     let root = tempfile::tempdir().unwrap();
     let key = root.path().join("cluster.key");
     let out = Command::new(env!("CARGO_BIN_EXE_shoal"))
@@ -392,6 +407,7 @@ fn a_node_without_the_cluster_key_cannot_join_a_keyed_cluster() {
 
 #[test]
 fn malformed_wrong_version_and_oversized_messages_are_dropped_and_counted() {
+    let _serial = serial();
     use shoal_net::zenoh::Wait;
     let root = tempfile::tempdir().unwrap();
     let mut nodes = cluster(root.path(), 2);
