@@ -36,7 +36,9 @@ const FOLLOWER_COMMIT_AFTER: Duration = Duration::from_millis(50);
 /// Inputs handled before the loop commits and sends (the master's group commit, §5.2 step 5).
 const BATCH_INPUTS: usize = 1_000;
 /// How long a start-up waits for an answer to the duplicate-id query (§2.2).
-const DUPLICATE_CHECK: Duration = Duration::from_millis(300);
+const DUPLICATE_CHECK: Duration = Duration::from_millis(500);
+/// How long the duplicate-id check waits for a first peer.
+const PEER_WAIT: Duration = Duration::from_secs(1);
 const RANGE_QUERY_TIMEOUT: Duration = Duration::from_millis(shoal_core::follower::RANGE_QUERY_TIMEOUT_MS);
 const CHECKPOINT_CHECK_EVERY: Duration = Duration::from_secs(1);
 
@@ -107,19 +109,6 @@ pub(crate) fn start(config: ClusterConfig, store: Store) -> Result<(ClusterHandl
     let ns = config.net.namespace.clone();
     let node = config.node.node;
 
-    // §2.2: a cloned data directory must not make two live nodes with one id.
-    let replies = session
-        .liveliness()
-        .get(keys::node_token(&ns, node))
-        .timeout(DUPLICATE_CHECK)
-        .wait()?;
-    while let Ok(reply) = replies.recv() {
-        if reply.result().is_ok() {
-            let _ = session.close().wait();
-            return Err(ClusterError::DuplicateId(node));
-        }
-    }
-
     let (inputs, rx) = sync_channel(SUBSCRIBER_CHANNEL);
     let counters = Arc::new(NetCounters::default());
     let now = unix_ms();
@@ -159,7 +148,10 @@ pub(crate) fn start(config: ClusterConfig, store: Store) -> Result<(ClusterHandl
         beats: Arc::new(AtomicU64::new(0)),
     };
     let static_decls = shell.declare_static()?;
-    let node_token = session.liveliness().declare_token(keys::node_token(&ns, node)).wait()?;
+    // The node token is declared once the duplicate-id check has passed (§2.2), off the start-up path: the check
+    // waits for the first peers to connect.
+    let node_token = Arc::new(std::sync::Mutex::new(None));
+    spawn_identity_check(session.clone(), ns.clone(), node, node_token.clone())?;
     tracing::info!(%node, namespace = %ns, "joined the zenoh network");
 
     let handle = ClusterHandle {
@@ -176,6 +168,46 @@ pub(crate) fn start(config: ClusterConfig, store: Store) -> Result<(ClusterHandl
         shell.finish();
     })?;
     Ok((handle, thread))
+}
+
+/// §2.2: a cloned data directory must not make two live nodes with one id. Waits up to [`PEER_WAIT`] for a first
+/// peer (a lone node has nobody to collide with), asks for `node/<own id>`, and exits the process if a live node
+/// holds it; otherwise declares the token. zenoh ids are random per process, so the clone's transport to the
+/// original is not refused as a "connection to itself" and the query can reach it.
+fn spawn_identity_check(
+    session: Session,
+    ns: String,
+    node: shoal_types::NodeId,
+    slot: Arc<std::sync::Mutex<Option<LivelinessToken>>>,
+) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("shoal-idcheck".into())
+        .spawn(move || {
+            let deadline = Instant::now() + PEER_WAIT;
+            while Instant::now() < deadline && session.info().peers_zid().wait().next().is_none() {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let key = keys::node_token(&ns, node);
+            if let Ok(replies) = session.liveliness().get(key.clone()).timeout(DUPLICATE_CHECK).wait() {
+                while let Ok(reply) = replies.recv() {
+                    if reply.result().is_ok() {
+                        let error = crate::ClusterError::DuplicateId(node);
+                        tracing::error!("{error}");
+                        eprintln!("shoal: {error}");
+                        std::process::exit(1);
+                    }
+                }
+            }
+            match session.liveliness().declare_token(key).wait() {
+                Ok(token) => {
+                    if let Ok(mut slot) = slot.lock() {
+                        *slot = Some(token);
+                    }
+                }
+                Err(error) => tracing::error!(%error, "cannot declare the node token"),
+            }
+        })?;
+    Ok(())
 }
 
 fn unix_ms() -> u64 {

@@ -122,7 +122,9 @@ impl NetConfig {
                 .insert_json5(key, &value.to_string())
                 .map_err(|e| NetError::Config(format!("{key}: {e}")))
         };
-        set("id", serde_json::json!(self.node.to_string()))?;
+        // The zenoh id stays random per process (not the node id, unlike §2.2): zenoh refuses a transport between
+        // two sessions with one id as a "connection to itself", which would hide a cloned data directory from the
+        // duplicate-id check instead of stopping it.
         set("mode", serde_json::json!("peer"))?;
         let listen = match &self.tls {
             Some(_) => self.listen.iter().map(|e| to_tls(e)).collect::<Vec<_>>(),
@@ -200,7 +202,6 @@ pub struct Counters {
     pub malformed: AtomicU64,
     pub incompatible: AtomicU64,
     pub oversized: AtomicU64,
-    pub wrong_session: AtomicU64,
     pub received: AtomicU64,
 }
 
@@ -211,7 +212,6 @@ impl Counters {
             malformed: self.malformed.load(Ordering::Relaxed),
             incompatible: self.incompatible.load(Ordering::Relaxed),
             oversized: self.oversized.load(Ordering::Relaxed),
-            wrong_session: self.wrong_session.load(Ordering::Relaxed),
             received: self.received.load(Ordering::Relaxed),
         }
     }
@@ -227,7 +227,6 @@ pub struct CountersSnapshot {
     pub malformed: u64,
     pub incompatible: u64,
     pub oversized: u64,
-    pub wrong_session: u64,
     pub received: u64,
 }
 

@@ -130,7 +130,6 @@ async fn metrics(AxumState(cluster): AxumState<ClusterHandle>) -> Response {
             ("malformed", c.malformed),
             ("incompatible", c.incompatible),
             ("oversized", c.oversized),
-            ("wrong_session", c.wrong_session),
         ] {
             let _ = writeln!(
                 out,

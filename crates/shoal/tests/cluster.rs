@@ -496,3 +496,27 @@ fn malformed_wrong_version_and_oversized_messages_are_dropped_and_counted() {
     assert!(count("oversized") >= 3, "{metrics}");
     let _ = session_z.close().wait();
 }
+
+#[test]
+fn a_second_live_node_with_the_same_id_refuses_to_start() {
+    let _serial = serial();
+    let root = tempfile::tempdir().unwrap();
+    let mut nodes = cluster(root.path(), 2);
+    nodes[0].start();
+    let first: Vec<&Node> = nodes[..1].iter().collect();
+    wait_for(Duration::from_secs(10), "the first node", || agreement(&first));
+    // A cloned data directory: the same node_id file.
+    std::fs::create_dir_all(&nodes[1].dir).unwrap();
+    std::fs::copy(nodes[0].dir.join("node_id"), nodes[1].dir.join("node_id")).unwrap();
+    nodes[1].start();
+    let status = wait_for(Duration::from_secs(10), "the clone to exit", || {
+        nodes[1].child.as_mut().unwrap().try_wait().unwrap()
+    });
+    assert!(!status.success());
+    assert!(
+        nodes[1].logged("already in use") && nodes[1].logged("reset-id"),
+        "{}",
+        nodes[1].log_text()
+    );
+    assert!(nodes[0].alive());
+}
