@@ -1,6 +1,6 @@
 //! The master's answer to a range query (§5.4), from its replica log.
 
-use shoal_core::indexer::{RANGE_EVENTS_PER_REPLY, RANGE_MAX_EVENTS};
+use shoal_core::indexer::{RANGE_MAX_EVENTS, range_replies};
 use shoal_store::{Store, StoreError};
 use shoal_types::wire::{RangeReply, RangeRequest};
 
@@ -28,10 +28,5 @@ pub(crate) fn answer(store: &Store, request: RangeRequest) -> Vec<RangeReply> {
             return Vec::new();
         }
     };
-    let mut replies: Vec<RangeReply> = events
-        .chunks(RANGE_EVENTS_PER_REPLY)
-        .map(|chunk| RangeReply::Events { events: chunk.to_vec() })
-        .collect();
-    replies.push(RangeReply::End { head: head.idx });
-    replies
+    range_replies(&events, head.idx)
 }

@@ -265,11 +265,17 @@ pub fn serve_range(retained: &[IndexedEvent], base: Pos, head: Pos, request: Ran
     let start = usize::try_from(after.idx - base.idx).unwrap_or(usize::MAX);
     let events = retained.get(start..).unwrap_or_default();
     let events = &events[..events.len().min(max)];
+    range_replies(events, head.idx)
+}
+
+/// The replies that carry `events` (already checked against the requester's position): `Events` of at most
+/// [`RANGE_EVENTS_PER_REPLY`] each, then `End { head }`.
+pub fn range_replies(events: &[IndexedEvent], head: i64) -> Vec<RangeReply> {
     let mut replies: Vec<RangeReply> = events
         .chunks(RANGE_EVENTS_PER_REPLY)
         .map(|chunk| RangeReply::Events { events: chunk.to_vec() })
         .collect();
-    replies.push(RangeReply::End { head: head.idx });
+    replies.push(RangeReply::End { head });
     replies
 }
 

@@ -4,6 +4,8 @@
 //! loopback endpoints with `--connect`, so no test sends a packet off the machine and parallel tests never merge.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -11,6 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::wait_for;
 use serde_json::Value;
 
 /// The tests of this file run one at a time: two of them measure failover and agreement times, which a 2-core
@@ -140,20 +143,6 @@ fn cluster(root: &Path, n: usize) -> Vec<Node> {
     (0..n)
         .map(|i| Node::new(&root.join(format!("n{i}")), &ports, ports[i]))
         .collect()
-}
-
-fn wait_for<T>(within: Duration, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(value) = probe() {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {within:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn session_of(status: &Value) -> Value {

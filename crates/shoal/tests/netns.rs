@@ -7,13 +7,16 @@
 //! Needs root and iproute2 (`ip netns`), as CI machines have.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::wait_for;
 use serde_json::Value;
 
 const API_PORT: u16 = 18_080;
@@ -191,20 +194,6 @@ impl Drop for Node {
             let _ = child.kill();
             let _ = child.wait();
         }
-    }
-}
-
-fn wait_for<T>(within: Duration, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(value) = probe() {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {within:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
