@@ -206,9 +206,12 @@ fn three_nodes_started_in_any_order_agree_on_one_master_and_one_state() {
     // have in common are the same.
     let logs: Vec<Vec<Value>> = nodes.iter().map(replica_log).collect();
     let common_from = logs.iter().filter_map(|l| l.first()?["idx"].as_u64()).max().unwrap();
+    // The logs are read one after the other, so a later one may already hold a newer event: compare up to the
+    // shortest.
+    let common_to = logs.iter().filter_map(|l| l.last()?["idx"].as_u64()).min().unwrap();
     let common = |log: &Vec<Value>| -> Vec<Value> {
         log.iter()
-            .filter(|e| e["idx"].as_u64().unwrap() >= common_from)
+            .filter(|e| (common_from..=common_to).contains(&e["idx"].as_u64().unwrap()))
             .cloned()
             .collect()
     };
