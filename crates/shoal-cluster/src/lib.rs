@@ -20,6 +20,8 @@ use std::thread::JoinHandle;
 use shoal_core::node::NodeConfig;
 use shoal_net::{Counters, CountersSnapshot, NetConfig};
 use shoal_store::Store;
+use shoal_types::command::{Command, RejectReason};
+use shoal_types::ids::CommandId;
 use shoal_types::model::NodeFact;
 use shoal_types::{Event, IndexedEvent, NodeId, Pos, SessionId, State};
 use tokio::sync::{broadcast, oneshot, watch};
@@ -30,6 +32,8 @@ pub use faults::Faults;
 pub const STATE_CHANGES: usize = 4_096;
 /// At most this many events per `GET /events` call (§13).
 pub const EVENTS_MAX: usize = 10_000;
+/// Capacity of the broadcast of command rejections addressed to this node.
+pub const REJECTIONS: usize = 1_024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -106,6 +110,7 @@ pub struct NetCounters {
     pub up: Counters,
     pub down: Counters,
     pub ctl: Counters,
+    pub cmd: Counters,
     pub range: Counters,
     pub snapshot: Counters,
     pub tokens: Counters,
@@ -118,6 +123,7 @@ impl NetCounters {
             ("up", self.up.snapshot()),
             ("down", self.down.snapshot()),
             ("ctl", self.ctl.snapshot()),
+            ("cmd", self.cmd.snapshot()),
             ("range", self.range.snapshot()),
             ("snapshot", self.snapshot.snapshot()),
             ("tokens", self.tokens.snapshot()),
@@ -125,10 +131,21 @@ impl NetCounters {
     }
 }
 
+/// The master refused a command this node sent (§5.2 step 6).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rejection {
+    pub command_id: CommandId,
+    pub reason: RejectReason,
+}
+
 /// Requests from the rest of the node to the loop.
 pub(crate) enum Request {
     Produce(Box<Event>),
     Facts(Vec<NodeFact>),
+    Command {
+        command_id: CommandId,
+        command: Box<Command>,
+    },
     Events {
         after: Option<i64>,
         max: usize,
@@ -143,6 +160,7 @@ pub struct ClusterHandle {
     inputs: SyncSender<shell::LoopInput>,
     view: watch::Receiver<View>,
     changes: broadcast::Sender<StateChange>,
+    rejections: broadcast::Sender<Rejection>,
     counters: Arc<NetCounters>,
     beats: Arc<std::sync::atomic::AtomicU64>,
 }
@@ -174,6 +192,21 @@ impl ClusterHandle {
     /// Hands an event this node produces to its outbox.
     pub fn produce(&self, event: Event) -> Result<(), ClusterError> {
         self.send(Request::Produce(Box::new(event)))
+    }
+
+    /// Sends `command` to the master of the session this node follows (in-process when it is the master). Fire and
+    /// forget: the effect shows in State, a refusal on [`Self::rejections`]; a caller that sees neither resends the
+    /// same `command_id` (commands are idempotent by id, §2.4).
+    pub fn command(&self, command_id: CommandId, command: Command) -> Result<(), ClusterError> {
+        self.send(Request::Command {
+            command_id,
+            command: Box::new(command),
+        })
+    }
+
+    /// Every later rejection of a command this node sent. Subscribe before sending so none is missed.
+    pub fn rejections(&self) -> broadcast::Receiver<Rejection> {
+        self.rejections.subscribe()
     }
 
     /// The facts this node holds true about itself; the loop asserts what State lacks.

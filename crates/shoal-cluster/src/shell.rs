@@ -18,6 +18,8 @@ use shoal_net::zenoh::{Session, Wait};
 use shoal_net::{Counters, SUBSCRIBER_CHANNEL, decode_counted};
 use shoal_store::{Commit, Store};
 use shoal_types::codec;
+use shoal_types::command::{Command, CommandEnvelope};
+use shoal_types::ids::CommandId;
 use shoal_types::wire::{DownMsg, ElectionMsg, RangeReply, RangeRequest, Transient, TransientEnvelope, UpMsg};
 use shoal_types::{IndexedEvent, SessionId, State};
 use tokio::sync::{broadcast, watch};
@@ -25,7 +27,8 @@ use tokio::sync::{broadcast, watch};
 use crate::faults::Faults;
 use crate::snapshot::SnapshotServer;
 use crate::{
-    ChangeCause, ClusterConfig, ClusterError, ClusterHandle, NetCounters, NodeStatus, Request, StateChange, View,
+    ChangeCause, ClusterConfig, ClusterError, ClusterHandle, NetCounters, NodeStatus, Rejection, Request, StateChange,
+    View,
 };
 
 /// The loop ticks the core at least this often.
@@ -68,6 +71,7 @@ struct SessionDecls {
 /// What only the master of a session declares: the `up` subscriber and the range and snapshot queryables.
 struct MasterDecls {
     _up: Subscriber<()>,
+    _cmd: Subscriber<()>,
     _queryables: Vec<Queryable<()>>,
 }
 
@@ -97,6 +101,7 @@ struct Shell {
     changes: broadcast::Sender<StateChange>,
     last_view: Option<(shoal_types::Pos, &'static str, Option<SessionId>, bool)>,
     snapshots: SnapshotServer,
+    rejections: broadcast::Sender<Rejection>,
     started: Instant,
     last_checkpoint_check: Instant,
     stop: bool,
@@ -120,6 +125,7 @@ pub(crate) fn start(config: ClusterConfig, store: Store) -> Result<(ClusterHandl
         status,
     });
     let (changes, _) = broadcast::channel(crate::STATE_CHANGES);
+    let (rejections, _) = broadcast::channel(crate::REJECTIONS);
 
     let mut shell = Shell {
         ns: ns.clone(),
@@ -142,6 +148,7 @@ pub(crate) fn start(config: ClusterConfig, store: Store) -> Result<(ClusterHandl
         changes: changes.clone(),
         last_view: None,
         snapshots: SnapshotServer::default(),
+        rejections: rejections.clone(),
         started: Instant::now(),
         last_checkpoint_check: Instant::now(),
         stop: false,
@@ -158,6 +165,7 @@ pub(crate) fn start(config: ClusterConfig, store: Store) -> Result<(ClusterHandl
         inputs,
         view: view_rx,
         changes,
+        rejections,
         counters,
         beats: shell.beats.clone(),
     };
@@ -263,6 +271,7 @@ impl Shell {
         );
         let inputs = self.inputs.clone();
         let counters = self.counters.clone();
+        let rejections = self.rejections.clone();
         let key = keys::ctl(&self.ns, self.core.node());
         subscribers.push(
             self.session
@@ -273,13 +282,20 @@ impl Shell {
                     let Some(envelope) = decode_counted::<TransientEnvelope>(&bytes, &key, &counters.ctl) else {
                         return;
                     };
-                    if let Transient::Acked { origin, through_seq } = envelope.body {
-                        let input = NodeInput::Acked {
-                            session: envelope.session,
-                            origin,
-                            through_seq,
-                        };
-                        hand_over(&inputs, LoopInput::node(input), &counters.ctl);
+                    match envelope.body {
+                        Transient::Acked { origin, through_seq } => {
+                            let input = NodeInput::Acked {
+                                session: envelope.session,
+                                origin,
+                                through_seq,
+                            };
+                            hand_over(&inputs, LoopInput::node(input), &counters.ctl);
+                        }
+                        // Matched by command id by whoever waits for it; never blocks.
+                        Transient::CommandRejected { command_id, reason } => {
+                            let _ = rejections.send(Rejection { command_id, reason });
+                        }
+                        Transient::Chunk { .. } | Transient::Trace { .. } => {}
                     }
                 })
                 .wait()?,
@@ -349,6 +365,7 @@ impl Shell {
             LoopInput::SnapshotQuery(session, query) => self.serve_snapshot(session, query),
             LoopInput::Request(Request::Produce(event)) => self.step(NodeInput::Produce(*event)),
             LoopInput::Request(Request::Facts(facts)) => self.step(NodeInput::Facts(facts)),
+            LoopInput::Request(Request::Command { command_id, command }) => self.submit_command(command_id, *command),
             LoopInput::Request(Request::Events { after, max, reply }) => {
                 // What the log holds is what is committed: commit first so a reader sees its own node's events.
                 self.commit();
@@ -528,6 +545,48 @@ impl Shell {
                 };
                 self.put(keys::ctl(&self.ns, to), &envelope, Priority::InteractiveLow, false);
             }
+            Outgoing::Rejected {
+                to,
+                session,
+                command_id,
+                reason,
+            } => {
+                if to == self.core.node() {
+                    let _ = self.rejections.send(Rejection { command_id, reason });
+                    return;
+                }
+                let envelope = TransientEnvelope {
+                    from: self.core.node(),
+                    session,
+                    body: Transient::CommandRejected { command_id, reason },
+                };
+                self.put(keys::ctl(&self.ns, to), &envelope, Priority::InteractiveHigh, false);
+            }
+        }
+    }
+
+    /// A command from this node's API: decided in-process when this node is the master, else published to the
+    /// master of the session this node follows. Without a session it is dropped; the sender resends.
+    fn submit_command(&mut self, command_id: CommandId, command: Command) {
+        let Some(session) = self.core.master_of().or(self.core.following()) else {
+            return;
+        };
+        let envelope = CommandEnvelope {
+            session,
+            origin: self.core.node(),
+            command_id,
+            sent_ms: unix_ms(),
+            command,
+        };
+        if self.core.master_of() == Some(session) {
+            self.step(NodeInput::Command(Box::new(envelope)));
+        } else {
+            self.put(
+                keys::cmd(&self.ns, session),
+                &envelope,
+                Priority::InteractiveHigh,
+                false,
+            );
         }
     }
 
@@ -733,6 +792,21 @@ impl Shell {
             .wait()?;
         let inputs = self.inputs.clone();
         let counters = self.counters.clone();
+        let key = keys::cmd(&self.ns, session);
+        let cmd = self
+            .session
+            .declare_subscriber(key.clone())
+            .allowed_origin(Locality::Remote)
+            .callback(move |sample: Sample| {
+                let bytes = sample.payload().to_bytes();
+                if let Some(envelope) = decode_counted::<CommandEnvelope>(&bytes, &key, &counters.cmd) {
+                    let input = NodeInput::Command(Box::new(envelope));
+                    hand_over(&inputs, LoopInput::node(input), &counters.cmd);
+                }
+            })
+            .wait()?;
+        let inputs = self.inputs.clone();
+        let counters = self.counters.clone();
         let range = self
             .session
             .declare_queryable(keys::range_queryable(&self.ns, session))
@@ -753,6 +827,7 @@ impl Shell {
             .wait()?;
         Ok(MasterDecls {
             _up: up,
+            _cmd: cmd,
             _queryables: vec![range, snapshot],
         })
     }

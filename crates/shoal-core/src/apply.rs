@@ -73,7 +73,7 @@ fn expected_idx(s: &State) -> i64 {
 }
 
 /// The reducer of each durable event. Never fails, never panics.
-fn reduce(s: &mut State, event: &Event, time_ms: u64) {
+pub(crate) fn reduce(s: &mut State, event: &Event, time_ms: u64) {
     match event {
         Event::SessionOpened { session, .. } => s.session = *session,
         Event::NodeGatheredInfo { node, info } => {

@@ -8,6 +8,7 @@ pub mod election;
 pub mod follower;
 pub mod indexer;
 pub mod invariants;
+pub mod master;
 pub mod node;
 pub mod outbox;
 pub mod placement;

@@ -9,6 +9,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use shoal_types::command::{Command, CommandEnvelope, RejectReason};
+use shoal_types::ids::CommandId;
 use shoal_types::model::NodeFact;
 use shoal_types::wire::{DownMsg, ElectionMsg, RangeReply, RangeRequest, UpMsg};
 use shoal_types::{Event, IndexedEvent, NodeId, Origin, Pos, SessionId, State, TaskProgress};
@@ -16,7 +18,9 @@ use shoal_types::{Event, IndexedEvent, NodeId, Origin, Pos, SessionId, State, Ta
 use crate::election::{Election, ElectionConfig, ElectionInput, ElectionOutput};
 use crate::follower::{Follower, FollowerInput, FollowerLimits, FollowerOutput};
 use crate::indexer::{Indexer, IndexerOutput};
+use crate::master::{CommandLru, DecideCtx, SeededIds, decide_command, deduplicated_by_state, plan};
 use crate::outbox::Outbox;
+use crate::placement::PlacementConfig;
 
 /// The master publishes `Head` when it has published nothing else for this long (§5.4).
 pub const HEAD_EVERY_MS: u64 = 500;
@@ -104,6 +108,9 @@ pub enum NodeInput {
     Facts(Vec<NodeFact>),
     /// Any other event this node produces (the worker's runner statuses, task updates, ...).
     Produce(Event),
+    /// From `s/<session>/cmd` (or in-process when this node is the master): decided if this node serves
+    /// `envelope.session`, dropped otherwise (the sender resends to whoever is master).
+    Command(Box<CommandEnvelope>),
 }
 
 /// A message for the network.
@@ -121,6 +128,13 @@ pub enum Outgoing {
         session: SessionId,
         origin: Origin,
         through_seq: u64,
+    },
+    /// `Transient::CommandRejected` on `t/<to>/ctl` (in-process when `to` is this node).
+    Rejected {
+        to: NodeId,
+        session: SessionId,
+        command_id: CommandId,
+        reason: RejectReason,
     },
 }
 
@@ -190,6 +204,11 @@ pub struct NodeCore {
     installing: Option<Box<State>>,
     /// The followed session in which this node was last caught up (ready is sticky within it).
     ready_in: Option<SessionId>,
+    /// Fresh ids for what the master creates.
+    ids: SeededIds,
+    /// Recent command ids and how each was answered, for commands State does not deduplicate (§5.2 step 6).
+    commands_seen: CommandLru,
+    placement: PlacementConfig,
 }
 
 impl NodeCore {
@@ -221,7 +240,15 @@ impl NodeCore {
             facts: BTreeMap::new(),
             installing: None,
             ready_in: None,
+            ids: SeededIds::new(config.boot ^ u64::from_le_bytes(id_prefix(config.node))),
+            commands_seen: CommandLru::default(),
+            placement: PlacementConfig::default(),
         }
+    }
+
+    /// How placement budgets memory (tests shrink the per-layer KV budget to fit small machines).
+    pub fn set_placement(&mut self, placement: PlacementConfig) {
+        self.placement = placement;
     }
 
     pub fn node(&self) -> NodeId {
@@ -359,6 +386,7 @@ impl NodeCore {
                     self.route_ups(vec![up], now_ms, &mut out);
                 }
             }
+            NodeInput::Command(envelope) => self.on_command(*envelope, now_ms, &mut out),
         }
         match self.following() {
             Some(session) if self.follower.on_chain() => {
@@ -380,6 +408,7 @@ impl NodeCore {
         self.route_ups(ups, now_ms, out);
         if let Some(session) = self.master_of() {
             self.liveness(now_ms, out);
+            self.plan(now_ms, out);
             if now_ms >= self.last_published_ms.saturating_add(HEAD_EVERY_MS) {
                 self.last_published_ms = now_ms;
                 let head = DownMsg::Head {
@@ -429,6 +458,91 @@ impl NodeCore {
         // Bounded per tick so one sweep cannot hold the node loop (a master that inherits thousands of dead tasks);
         // the rest follow on the next ticks.
         decisions.truncate(LIVENESS_DECISIONS_PER_TICK);
+        for event in decisions {
+            self.index_own(event, now_ms, out);
+        }
+    }
+
+    /// The visible node tokens, this node's own included.
+    fn live_nodes(&self) -> BTreeSet<NodeId> {
+        let mut live = self.live.clone();
+        live.insert(self.config.node);
+        live
+    }
+
+    /// §5.2 step 6: a command for the session this node serves, decided on its current State.
+    fn on_command(&mut self, envelope: CommandEnvelope, now_ms: u64, out: &mut Vec<NodeOutput>) {
+        let CommandEnvelope {
+            session,
+            origin,
+            command_id,
+            command,
+            ..
+        } = envelope;
+        if self.master_of() != Some(session) || self.indexer.as_ref().is_none_or(Indexer::is_frozen) {
+            return; // not ours to decide (or not now): the sender resends to whoever is master
+        }
+        let by_state = deduplicated_by_state(&command);
+        if let Some(answer) = self.commands_seen.answer(&command_id) {
+            // A repeat, answered as the first copy was (or a generation whose task was already finished).
+            if let Some(reason) = answer.clone() {
+                out.push(NodeOutput::Send(Outgoing::Rejected {
+                    to: origin,
+                    session,
+                    command_id,
+                    reason,
+                }));
+            }
+            return;
+        }
+        let live = self.live_nodes();
+        let ctx = DecideCtx {
+            now_ms,
+            live: &live,
+            placement: &self.placement,
+        };
+        let decided = decide_command(&self.state, command_id, origin, &command, &ctx, &mut self.ids);
+        match decided {
+            Ok(events) => {
+                if !by_state {
+                    self.commands_seen.insert(command_id, None);
+                }
+                if let Command::TaskFinished { target } = &command {
+                    // A generation command that arrives after its own TaskFinished must not start a task.
+                    self.commands_seen.insert(*target, None);
+                }
+                for event in events {
+                    self.index_own(event, now_ms, out);
+                }
+            }
+            Err(reason) => {
+                tracing::info!(%command_id, %reason, "command rejected");
+                if !by_state {
+                    self.commands_seen.insert(command_id, Some(reason.clone()));
+                }
+                out.push(NodeOutput::Send(Outgoing::Rejected {
+                    to: origin,
+                    session,
+                    command_id,
+                    reason,
+                }));
+            }
+        }
+    }
+
+    /// §8: the plan loop (deployments, failing runners, finished tasks), after the same grace as liveness so a
+    /// placement sees every live node.
+    fn plan(&mut self, now_ms: u64, out: &mut Vec<NodeOutput>) {
+        if now_ms < self.master_since_ms.saturating_add(MASTER_LIVENESS_GRACE_MS) {
+            return;
+        }
+        let live = self.live_nodes();
+        let ctx = DecideCtx {
+            now_ms,
+            live: &live,
+            placement: &self.placement,
+        };
+        let decisions = plan(&self.state, &ctx, &mut self.ids);
         for event in decisions {
             self.index_own(event, now_ms, out);
         }
@@ -623,6 +737,13 @@ impl NodeCore {
             None => {}
         }
     }
+}
+
+fn id_prefix(node: NodeId) -> [u8; 8] {
+    let bytes = node.as_bytes();
+    let mut prefix = [0u8; 8];
+    prefix.copy_from_slice(&bytes[..8]);
+    prefix
 }
 
 /// Facts are last-writer-wins per kind; the kind is the variant.

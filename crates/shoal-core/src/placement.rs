@@ -3,7 +3,7 @@
 //! layers in proportion to capacity (or memory bandwidth) with largest remainders. Ids and time are arguments.
 
 use imbl::OrdMap;
-use shoal_types::card::{ModelCard, builtin_cards};
+use shoal_types::card::{ModelCard, builtin_cards, find_card};
 use shoal_types::command::PlacementError;
 use shoal_types::ids::{DeploymentId, InstanceId, ModelId, NodeId, RunnerId};
 use shoal_types::model::{
@@ -112,17 +112,8 @@ pub fn place(
     if req.sharding != Sharding::Pipeline {
         return Err(PlacementError::UnsupportedSharding);
     }
-    let builtins;
-    let card: &ModelCard = match state.model_cards.get(&req.model_id) {
-        Some(c) => c,
-        None => {
-            builtins = builtin_cards();
-            builtins
-                .iter()
-                .find(|c| c.id == req.model_id)
-                .ok_or_else(|| PlacementError::UnknownModel(req.model_id.clone()))?
-        }
-    };
+    let card = resolve_card(state, &req.model_id).ok_or_else(|| PlacementError::UnknownModel(req.model_id.clone()))?;
+    let card = &card;
     if let Some(named) = &req.nodes
         && let Some(unknown) = named.iter().find(|n| !state.nodes.contains_key(*n))
     {
@@ -136,28 +127,15 @@ pub fn place(
     for (id, info) in &state.nodes {
         let verdict = if req.nodes.as_ref().is_some_and(|named| !named.contains(id)) {
             Err(Ineligible::NotRequested)
-        } else if !info.backends.iter().any(|b| card.backends.contains(b)) {
-            Err(Ineligible::NoBackend)
         } else {
-            match info.memory {
-                None => Err(Ineligible::NoMemoryInfo),
-                Some(mem) => {
-                    let avail = (mem.available as f64 * cfg.memory_fraction) as u64;
-                    let avail = avail.saturating_sub(reserved(state, id, cfg));
-                    let cap = avail.saturating_sub(cfg.runner_overhead) / cost;
-                    match u32::try_from(cap.min(u64::from(u32::MAX))) {
-                        Ok(0) | Err(_) => Err(Ineligible::NoCapacity),
-                        Ok(cap) => Ok(cap),
-                    }
-                }
-            }
+            node_capacity(state, id, info, card, cfg)
         };
         match verdict {
             Ok(cap) => eligible.push(Candidate {
                 id: *id,
                 info,
                 cap,
-                downloaded: download_fraction(info.downloads.get(&req.model_id)),
+                downloaded: download_fraction(info.downloads.get(&card.id)),
             }),
             Err(why) => ineligible.push((*id, why)),
         }
@@ -243,6 +221,41 @@ pub fn place(
         shares,
         ineligible,
     })
+}
+
+/// The card `name` (an id or an alias) names: a custom card in State first, then a built-in.
+pub fn resolve_card(state: &State, name: &ModelId) -> Option<ModelCard> {
+    if let Some(card) = state.model_cards.get(name) {
+        return Some(card.as_ref().clone());
+    }
+    if let Some(card) = find_card(state.model_cards.values().map(|c| c.as_ref()), &name.0) {
+        return Some(card.clone());
+    }
+    find_card(&builtin_cards(), &name.0).cloned()
+}
+
+/// How many layers of `card` node `id` can take now (§9 step 4), or why it can take none.
+pub fn node_capacity(
+    state: &State,
+    id: &NodeId,
+    info: &NodeInfo,
+    card: &ModelCard,
+    cfg: &PlacementConfig,
+) -> Result<u32, Ineligible> {
+    if !info.backends.iter().any(|b| card.backends.contains(b)) {
+        return Err(Ineligible::NoBackend);
+    }
+    let Some(mem) = info.memory else {
+        return Err(Ineligible::NoMemoryInfo);
+    };
+    let cost = layer_cost(card, cfg).max(1);
+    let avail = (mem.available as f64 * cfg.memory_fraction) as u64;
+    let avail = avail.saturating_sub(reserved(state, id, cfg));
+    let cap = avail.saturating_sub(cfg.runner_overhead) / cost;
+    match u32::try_from(cap.min(u64::from(u32::MAX))) {
+        Ok(0) | Err(_) => Err(Ineligible::NoCapacity),
+        Ok(cap) => Ok(cap),
+    }
 }
 
 /// Memory promised to runners on `node` that have not loaded yet (their use is not yet visible in `available`).

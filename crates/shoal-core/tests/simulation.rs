@@ -136,6 +136,8 @@ impl SimNode {
                 }) => fx
                     .sends
                     .push((Dest::Id(to), Payload::Acked(session, origin, through_seq))),
+                // The simulated nodes send no commands, so nothing is ever rejected.
+                NodeOutput::Send(Outgoing::Rejected { .. }) => {}
                 // The simulated disk commits at once, so the event is published right away.
                 NodeOutput::Indexed(event) => {
                     self.disk.log.push((*event).clone());

@@ -1,5 +1,6 @@
 //! The node's HTTP endpoints that belong to the cluster (§11.1): `GET /node_id`, `/state`, `/status`, `/events`,
-//! `/metrics`. The OpenAI API joins this router with its own issue.
+//! `/metrics`, and the placement endpoints of [`crate::instances`]. The OpenAI API joins this router with its own
+//! issue.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -7,10 +8,12 @@ use std::net::SocketAddr;
 use axum::extract::{Query, State as AxumState};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use shoal_cluster::{ClusterHandle, EVENTS_MAX};
+
+use crate::instances;
 
 /// The OpenAI error shape (§2.1): `{"error":{"message","type","code"}}`.
 pub fn error(status: StatusCode, kind: &str, message: impl Into<String>) -> Response {
@@ -35,6 +38,14 @@ pub fn router(cluster: ClusterHandle) -> Router {
         .route("/status", get(status))
         .route("/events", get(events))
         .route("/metrics", get(metrics))
+        .route("/place_instance", post(instances::place_instance))
+        .route("/instance", post(instances::create_instance))
+        .route("/instance/previews", get(instances::previews))
+        .route("/instance/await", get(instances::await_instance))
+        .route(
+            "/instance/{id}",
+            get(instances::get_instance).delete(instances::delete_instance),
+        )
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         .with_state(cluster)
 }
@@ -56,7 +67,11 @@ async fn state(AxumState(cluster): AxumState<ClusterHandle>) -> Response {
     if !view.status.ready {
         return not_ready();
     }
-    Json(&*view.state).into_response()
+    let headers = [
+        ("x-shoal-idx", view.state.pos.idx.to_string()),
+        ("x-shoal-session", view.state.session.to_string()),
+    ];
+    (headers, Json(&*view.state)).into_response()
 }
 
 async fn status(AxumState(cluster): AxumState<ClusterHandle>) -> Response {
@@ -66,9 +81,10 @@ async fn status(AxumState(cluster): AxumState<ClusterHandle>) -> Response {
 #[derive(Deserialize)]
 struct EventsQuery {
     /// Events with idx > after; default: from the start of this node's retained log (a node that bootstrapped
-    /// from a snapshot holds only what followed it).
+    /// from a snapshot holds only what followed it). `since` is §11.1's name for it.
+    #[serde(alias = "since")]
     after: Option<i64>,
-    #[serde(default = "events_max")]
+    #[serde(default = "events_max", alias = "limit")]
     max: usize,
 }
 

@@ -3,6 +3,7 @@
 mod facts;
 mod generate;
 mod http;
+mod instances;
 mod node_id;
 mod watchdog;
 

@@ -123,11 +123,19 @@ impl Drop for Node {
 }
 
 fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    http(port, "GET", path, None)
+}
+
+fn http(port: u16, method: &str, path: &str, body: Option<&Value>) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    // Placement commands wait for the master's answer (≤ 10 s).
+    stream.set_read_timeout(Some(Duration::from_secs(15))).ok()?;
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
     )
     .ok()?;
     let mut response = String::new();
@@ -137,7 +145,6 @@ fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     Some((code, body))
 }
 
-/// A cluster of `n` nodes that all know each other's endpoints.
 fn cluster(root: &Path, n: usize) -> Vec<Node> {
     let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
     (0..n)
@@ -518,4 +525,167 @@ fn a_second_live_node_with_the_same_id_refuses_to_start() {
         nodes[1].log_text()
     );
     assert!(nodes[0].alive());
+}
+
+/// The placement endpoints end to end over real nodes (§8, §9): place over every node, previews, refusals that
+/// store nothing, delete, and a deployment re-placed on the survivors after a node holding a stage is killed.
+#[test]
+fn placement_endpoints_place_delete_and_re_place_after_a_node_loss() {
+    let _serial = serial();
+    let root = tempfile::tempdir().unwrap();
+    let mut nodes = cluster(root.path(), 3);
+    for node in &mut nodes {
+        node.start();
+    }
+    {
+        let all: Vec<&Node> = nodes.iter().collect();
+        wait_for(Duration::from_secs(10), "agreement", || agreement(&all));
+        wait_for(Duration::from_secs(10), "every fact", || same_state(&all, 3));
+    }
+    let agreed = Instant::now();
+    let api = nodes[1].api;
+    let post = |path: &str, body: Value| http(api, "POST", path, Some(&body)).unwrap();
+    let json = |body: &str| -> Value { serde_json::from_str(body).unwrap() };
+
+    // Refusals: each a 4xx in the OpenAI error shape, nothing stored.
+    let (code, body) = post("/place_instance", serde_json::json!({"model_id": "no-such-model"}));
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        json(&body)["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no-such-model")
+    );
+    let (code, body) = post(
+        "/place_instance",
+        serde_json::json!({"model_id": "smollm2-135m", "min_nodes": 4}),
+    );
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        json(&body)["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("4 nodes requested"),
+        "{body}"
+    );
+    let (code, body) = post(
+        "/place_instance",
+        serde_json::json!({"model_id": "smollm2-135m", "min_nodes": 0}),
+    );
+    assert_eq!(code, 400, "{body}");
+    let (code, body) = post("/place_instance", serde_json::json!({"modle_id": "smollm2-135m"}));
+    assert_eq!(code, 400, "{body}");
+    let (code, _) = http(api, "POST", "/place_instance", None).unwrap();
+    assert_eq!(code, 400, "an empty body");
+    let state = nodes[1].state().unwrap();
+    assert!(state["deployments"].as_object().unwrap().is_empty());
+
+    // Previews for 1..=3 nodes.
+    let (code, body) = http_get(api, "/instance/previews?model_id=smollm2-135m").unwrap();
+    assert_eq!(code, 200, "{body}");
+    let previews = json(&body)["previews"].as_array().unwrap().clone();
+    assert_eq!(previews.len(), 3);
+    assert!(previews.iter().all(|p| p["shares"].is_array()), "{previews:?}");
+
+    // Await: no runner serves the model yet (the worker is another milestone), so the stream says timeout.
+    let (code, body) = http_get(api, "/instance/await?model_id=smollm2-135m&timeout_seconds=1").unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains(r#"data: {"type":"timeout"}"#), "{body}");
+    let (code, _) = http_get(api, "/instance/await?model_id=smollm2-135m&timeout_seconds=301").unwrap();
+    assert_eq!(code, 400);
+    let (code, _) = http_get(api, "/instance/await?model_id=no-such-model").unwrap();
+    assert_eq!(code, 404);
+
+    // Place over all three nodes; every node sees the same instance.
+    let started = Instant::now();
+    let (code, body) = post(
+        "/place_instance",
+        serde_json::json!({"model_id": "smollm2-135m", "min_nodes": 3}),
+    );
+    assert_eq!(code, 201, "{body}");
+    eprintln!("placed in {:?}", started.elapsed());
+    let placed = json(&body);
+    let instance_id = placed["instance_id"].as_str().unwrap().to_owned();
+    let shards = placed["instance"]["assignments"]["shards"].as_object().unwrap();
+    assert_eq!(shards.len(), 3);
+    let mut ranges: Vec<(u64, u64)> = shards
+        .values()
+        .map(|s| {
+            let p = &s["Pipeline"];
+            (p["start_layer"].as_u64().unwrap(), p["end_layer"].as_u64().unwrap())
+        })
+        .collect();
+    ranges.sort();
+    assert_eq!(ranges.first().unwrap().0, 0);
+    assert_eq!(ranges.last().unwrap().1, 30);
+    assert!(ranges.windows(2).all(|w| w[0].1 == w[1].0), "contiguous: {ranges:?}");
+    for node in &nodes {
+        wait_for(Duration::from_secs(5), "the instance on every node", || {
+            let (code, _) = node.get(&format!("/instance/{instance_id}"))?;
+            (code == 200).then_some(())
+        });
+    }
+
+    // A malformed explicit instance is refused with the reason.
+    let mut gap = placed["instance"].clone();
+    gap["id"] = Value::String("6f1d5a4e-0000-4000-8000-000000000001".into());
+    gap["deployment"] = Value::Null;
+    for shard in gap["assignments"]["shards"].as_object_mut().unwrap().values_mut() {
+        if shard["Pipeline"]["start_layer"] == 0 {
+            shard["Pipeline"]["start_layer"] = 1.into();
+        }
+    }
+    let (code, body) = post("/instance", serde_json::json!({ "instance": gap }));
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("contiguous"), "{body}");
+
+    // Delete: the instance and its deployment are gone everywhere.
+    let (code, body) = http(api, "DELETE", &format!("/instance/{instance_id}"), None).unwrap();
+    assert_eq!(code, 200, "{body}");
+    let (code, _) = http(api, "DELETE", &format!("/instance/{instance_id}"), None).unwrap();
+    assert_eq!(code, 404);
+    for node in &nodes {
+        wait_for(Duration::from_secs(5), "the instance gone everywhere", || {
+            let state = node.state()?;
+            (state["instances"].as_object()?.is_empty() && state["deployments"].as_object()?.is_empty()).then_some(())
+        });
+    }
+
+    // Place on two nodes, then SIGKILL one of them: the deployment is re-placed on the survivors by itself.
+    let (code, body) = post(
+        "/place_instance",
+        serde_json::json!({"model_id": "smollm2-135m", "min_nodes": 2}),
+    );
+    assert_eq!(code, 201, "{body}");
+    let placed = json(&body);
+    let deployment_id = placed["deployment_id"].as_str().unwrap().to_owned();
+    let holders: Vec<String> = placed["instance"]["assignments"]["node_runner"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    assert_eq!(holders.len(), 2);
+    let victim = nodes
+        .iter()
+        .position(|n| n.status().unwrap()["node"].as_str().unwrap() == holders[0])
+        .unwrap();
+    let victim_role = nodes[victim].status().unwrap()["role"].clone();
+    // A new master times nodes out only after 2 s in office (§8); measure the steady state.
+    std::thread::sleep(Duration::from_millis(2_200).saturating_sub(agreed.elapsed()));
+    let killed = Instant::now();
+    nodes[victim].kill9();
+    let survivor = &nodes[(victim + 1) % 3];
+    let replaced = wait_for(Duration::from_secs(10), "the deployment re-placed", || {
+        let state = survivor.state()?;
+        let deployment = &state["deployments"][&deployment_id];
+        let instance = &state["instances"][deployment["instance"].as_str()?];
+        let on = instance["assignments"]["node_runner"].as_object()?;
+        (!on.contains_key(&holders[0])).then(|| on.keys().cloned().collect::<Vec<_>>())
+    });
+    eprintln!(
+        "re-placed on {replaced:?} {:?} after SIGKILL of the {victim_role}",
+        killed.elapsed()
+    );
+    assert_eq!(replaced.len(), 2, "two survivors hold it");
 }
