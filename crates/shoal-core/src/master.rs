@@ -145,14 +145,21 @@ pub fn decide_command(
             if state.deployments.values().any(|d| d.command_id == command_id) {
                 return Ok(Vec::new());
             }
-            if state.deployments.contains_key(deployment_id) {
-                return Err(RejectReason::Invalid {
-                    message: format!("deployment {deployment_id} already exists"),
-                });
-            }
             let card = resolve_card(state, model_id).ok_or_else(|| RejectReason::UnknownModel {
                 model: model_id.clone(),
             })?;
+            if let Some(existing) = state.deployments.get(deployment_id) {
+                // The same desired state asked for twice (nodes started with the same `--model` share an id).
+                if existing.model_id == card.id {
+                    return Ok(Vec::new());
+                }
+                return Err(RejectReason::Invalid {
+                    message: format!(
+                        "deployment {deployment_id} already exists for model {}",
+                        existing.model_id
+                    ),
+                });
+            }
             let deployment = Deployment {
                 id: *deployment_id,
                 command_id,

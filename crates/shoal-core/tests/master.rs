@@ -643,3 +643,29 @@ fn the_node_core_decides_commands_of_its_own_session_and_answers_refusals() {
         );
     }
 }
+
+#[test]
+fn a_known_deployment_id_is_already_placed_for_its_model_and_refused_for_another() {
+    let mut m = Master::new(&[30]);
+    let deployment_id = DeploymentId::new_random();
+    let place = |model: &str| Command::PlaceInstance {
+        deployment_id,
+        model_id: ModelId(model.into()),
+        sharding: Sharding::Pipeline,
+        min_nodes: 1,
+        max_nodes: None,
+        nodes: None,
+    };
+    assert_eq!(m.decide(CommandId::new_random(), place("smollm2-135m")).unwrap().len(), 2);
+    // Another command id, same deployment (two nodes started with the same `--model`): nothing new.
+    assert_eq!(m.decide(CommandId::new_random(), place(&card().id.0)).unwrap(), vec![]);
+    let mut other = card();
+    other.id = ModelId("custom/other".into());
+    other.aliases = vec![];
+    m.decide(CommandId::new_random(), Command::AddModelCard { card: other }).unwrap();
+    assert!(matches!(
+        m.decide(CommandId::new_random(), place("custom/other")),
+        Err(RejectReason::Invalid { .. })
+    ));
+    assert_eq!(m.state.deployments.len(), 1);
+}

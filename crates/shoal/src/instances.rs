@@ -38,31 +38,60 @@ fn not_found(message: impl Into<String>) -> Response {
     error(StatusCode::NOT_FOUND, "not_found", message)
 }
 
+/// Why a command did not take effect, as an HTTP answer.
+#[derive(Debug)]
+pub struct Refusal {
+    pub status: StatusCode,
+    pub kind: &'static str,
+    pub message: String,
+}
+
+impl Refusal {
+    fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
+        Refusal {
+            status,
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        error(self.status, self.kind, self.message)
+    }
+}
+
 /// The HTTP answer to a master's refusal: 404 for what does not exist, 400 with the reason otherwise (§11.1).
-fn rejected(reason: &RejectReason) -> Response {
+fn rejected(reason: &RejectReason) -> Refusal {
     let message = reason.to_string();
     match reason {
-        RejectReason::NotFound | RejectReason::NoInstance { .. } => not_found(message),
-        RejectReason::Placement(_) | RejectReason::UnknownModel { .. } => {
-            error(StatusCode::BAD_REQUEST, "placement_error", message)
+        RejectReason::NotFound | RejectReason::NoInstance { .. } => {
+            Refusal::new(StatusCode::NOT_FOUND, "not_found", message)
         }
-        RejectReason::InvalidInstance { .. } | RejectReason::Invalid { .. } => invalid(message),
+        RejectReason::Placement(_) | RejectReason::UnknownModel { .. } => {
+            Refusal::new(StatusCode::BAD_REQUEST, "placement_error", message)
+        }
+        RejectReason::InvalidInstance { .. } | RejectReason::Invalid { .. } => {
+            Refusal::new(StatusCode::BAD_REQUEST, "invalid_request_error", message)
+        }
     }
 }
 
 /// Sends `command` and waits until `effect` finds its result in State, the master refuses it, or
 /// [`ANSWER_TIMEOUT`] passes.
-async fn command_and_wait<T>(
+pub async fn command_and_wait<T>(
     cluster: &ClusterHandle,
     command_id: CommandId,
     command: Command,
     effect: impl Fn(&State) -> Option<T>,
-) -> Result<T, Response> {
+) -> Result<T, Refusal> {
     // Subscribe before sending, so neither the effect nor a refusal can slip past.
     let mut rejections = cluster.rejections();
     let mut views = cluster.watch();
     let deadline = tokio::time::Instant::now() + ANSWER_TIMEOUT;
     let mut resend = tokio::time::interval(RESEND_EVERY);
+    let stopping = || Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "stopping", "the node is stopping");
     loop {
         if let Some(found) = effect(&views.borrow_and_update().state) {
             return Ok(found);
@@ -72,13 +101,11 @@ async fn command_and_wait<T>(
                 if cluster.view().status.session.is_none() {
                     continue; // no master known yet: wait for one
                 }
-                cluster.command(command_id, command.clone()).map_err(|e| {
-                    error(StatusCode::SERVICE_UNAVAILABLE, "stopping", e.to_string())
-                })?;
+                cluster.command(command_id, command.clone()).map_err(|_| stopping())?;
             }
             changed = views.changed() => {
                 if changed.is_err() {
-                    return Err(error(StatusCode::SERVICE_UNAVAILABLE, "stopping", "the node is stopping"));
+                    return Err(stopping());
                 }
             }
             rejection = rejections.recv() => {
@@ -89,7 +116,7 @@ async fn command_and_wait<T>(
                 }
             }
             _ = tokio::time::sleep_until(deadline) => {
-                return Err(error(
+                return Err(Refusal::new(
                     StatusCode::GATEWAY_TIMEOUT,
                     "timeout",
                     format!("the master did not answer within {} s", ANSWER_TIMEOUT.as_secs()),
@@ -164,7 +191,7 @@ pub async fn place_instance(
     .await;
     match placed {
         Ok(body) => (StatusCode::CREATED, Json(body)).into_response(),
-        Err(response) => response,
+        Err(refusal) => refusal.into_response(),
     }
 }
 
@@ -197,7 +224,7 @@ pub async fn create_instance(
     });
     match answer.await {
         Ok(instance) => (StatusCode::CREATED, Json(&*instance)).into_response(),
-        Err(response) => response,
+        Err(refusal) => refusal.into_response(),
     }
 }
 
@@ -239,7 +266,7 @@ pub async fn delete_instance(AxumState(cluster): AxumState<ClusterHandle>, Path(
     });
     match answer.await {
         Ok(()) => Json(serde_json::json!({ "deleted": id })).into_response(),
-        Err(response) => response,
+        Err(refusal) => refusal.into_response(),
     }
 }
 
@@ -392,4 +419,69 @@ pub async fn await_instance(
     });
     let sse = Sse::new(verdicts).keep_alive(KeepAlive::new().interval(Duration::from_secs(10)).text("keep-alive"));
     ([("x-accel-buffering", "no")], sse).into_response()
+}
+
+/// The deployment id `shoal run --model` uses for `model`: the same on every node, so nodes started with the same
+/// `--model` keep one deployment between them (the master treats a known deployment id as already placed).
+pub fn deployment_for_model(model: &ModelId) -> DeploymentId {
+    let name = format!("shoal:deployment:{}", model.0);
+    DeploymentId(uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, name.as_bytes()))
+}
+
+/// `shoal run --model`: once this node is ready (and, with a worker, its facts are in State), keeps asking the
+/// master to place `card` until State holds a deployment of it. Reconciled from State: after a restart, a
+/// deployment already in State means there is nothing to do, and a deployment deleted later by a user stays deleted.
+pub async fn place_at_start(cluster: ClusterHandle, card: shoal_types::ModelCard, worker: bool) {
+    let deployment_id = deployment_for_model(&card.id);
+    let mut views = cluster.watch();
+    let mut last_refusal = String::new();
+    loop {
+        let ready = {
+            let view = views.borrow_and_update();
+            let me = view.status.node;
+            let facts_in = !worker
+                || view
+                    .state
+                    .nodes
+                    .get(&me)
+                    .is_some_and(|n| n.memory.is_some() && !n.backends.is_empty());
+            if view.state.deployments.values().any(|d| d.model_id == card.id) {
+                tracing::info!(model = %card.id, "the model is already deployed");
+                return;
+            }
+            view.status.ready && facts_in
+        };
+        if !ready {
+            if views.changed().await.is_err() {
+                return;
+            }
+            continue;
+        }
+        let command = Command::PlaceInstance {
+            deployment_id,
+            model_id: card.id.clone(),
+            sharding: Sharding::Pipeline,
+            min_nodes: 1,
+            max_nodes: None,
+            nodes: None,
+        };
+        let placed = command_and_wait(&cluster, CommandId::new_random(), command, |state| {
+            let deployment = state.deployments.get(&deployment_id)?;
+            Some(deployment.instance)
+        })
+        .await;
+        match placed {
+            Ok(instance) => {
+                tracing::info!(model = %card.id, %deployment_id, ?instance, "model placed");
+                return;
+            }
+            Err(refusal) => {
+                if refusal.message != last_refusal {
+                    tracing::warn!(model = %card.id, reason = %refusal.message, "cannot place the model yet; retrying");
+                    last_refusal = refusal.message;
+                }
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+    }
 }

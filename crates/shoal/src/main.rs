@@ -109,6 +109,9 @@ struct RunArgs {
     /// The cluster key made by `shoal keygen`: only nodes holding it can join, and traffic is encrypted.
     #[arg(long, value_name = "FILE")]
     cluster_key: Option<PathBuf>,
+    /// Place this model once the cluster is up, unless it is deployed already (e.g. smollm2-135m; repeatable).
+    #[arg(long, value_name = "MODEL")]
+    model: Vec<String>,
 }
 
 fn parse_namespace(text: &str) -> Result<String, String> {
@@ -159,8 +162,26 @@ fn prepare_data_dir(dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("--data-dir {}: cannot create it", dir.display()))
 }
 
+/// The built-in cards `--model` names, or an error naming the flag.
+fn models_to_place(names: &[String]) -> anyhow::Result<Vec<shoal_types::ModelCard>> {
+    let builtins = shoal_types::card::builtin_cards();
+    names
+        .iter()
+        .map(|name| {
+            shoal_types::card::find_card(&builtins, name).cloned().ok_or_else(|| {
+                let known: Vec<String> = builtins
+                    .iter()
+                    .flat_map(|c| c.aliases.iter().cloned().chain([c.id.0.clone()]))
+                    .collect();
+                anyhow::anyhow!("--model {name}: unknown model (built in: {})", known.join(", "))
+            })
+        })
+        .collect()
+}
+
 fn run(args: &RunArgs) -> anyhow::Result<()> {
     let started = Instant::now();
+    let models = models_to_place(&args.model)?;
     let dir = data_dir(&args.data)?;
     prepare_data_dir(&dir)?;
     let (node, created) = node_id::load_or_create(&dir)?;
@@ -215,6 +236,9 @@ fn run(args: &RunArgs) -> anyhow::Result<()> {
     let beats = handle.clone();
     watchdog::spawn_bumper(watchdog, runtime.handle(), move || beats.loop_beats());
     spawn_fact_reporter(handle.clone(), dir.clone(), !args.no_worker, runtime.handle());
+    for card in models {
+        runtime.spawn(instances::place_at_start(handle.clone(), card, !args.no_worker));
+    }
 
     if !args.no_api {
         let listener = runtime.block_on(http::bind(args.api_port))?;

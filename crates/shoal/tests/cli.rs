@@ -146,6 +146,11 @@ fn bad_cluster_flags_name_the_flag() {
     assert!(stderr.contains("--connect"), "{stderr}");
     let stderr = run(&["--namespace", "a/b"]);
     assert!(stderr.contains("--namespace"), "{stderr}");
+    let stderr = run(&["--model", "no-such-model"]);
+    assert!(
+        stderr.contains("--model no-such-model") && stderr.contains("smollm2-135m"),
+        "{stderr}"
+    );
 
     // keygen writes a key once and refuses to overwrite it.
     let key = dir.path().join("cluster.key");

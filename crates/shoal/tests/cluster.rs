@@ -689,3 +689,40 @@ fn placement_endpoints_place_delete_and_re_place_after_a_node_loss() {
     );
     assert_eq!(replaced.len(), 2, "two survivors hold it");
 }
+
+/// `shoal run --model`: the model is placed once the node is up, and a restart (or a second node with the same
+/// flag) finds the deployment in State and adds none.
+#[test]
+fn run_with_model_places_it_once() {
+    let _serial = serial();
+    let root = tempfile::tempdir().unwrap();
+    let mut nodes = cluster(root.path(), 2);
+    for node in &mut nodes {
+        node.extra = vec!["--model".into(), "smollm2-135m".into()];
+    }
+    nodes[0].start();
+    let deployed = |node: &Node| -> Option<(usize, String)> {
+        let state = node.state()?;
+        let deployments = state["deployments"].as_object()?;
+        let (_, deployment) = deployments.iter().next()?;
+        assert_eq!(deployment["model_id"], "HuggingFaceTB/SmolLM2-135M-Instruct");
+        let instance = deployment["instance"].as_str()?.to_owned();
+        Some((deployments.len(), instance))
+    };
+    let (count, _) = wait_for(Duration::from_secs(10), "the model placed", || deployed(&nodes[0]));
+    assert_eq!(count, 1);
+    assert!(nodes[0].logged("model placed"), "{}", nodes[0].log_text());
+
+    nodes[1].start();
+    wait_for(Duration::from_secs(10), "the second node's notice", || {
+        nodes[1].logged("already deployed").then_some(())
+    });
+    nodes[0].kill9();
+    nodes[0].start();
+    wait_for(Duration::from_secs(10), "the restarted node's notice", || {
+        nodes[0].logged("already deployed").then_some(())
+    });
+    let (count, _) = wait_for(Duration::from_secs(10), "State", || deployed(&nodes[1]));
+    // (Its instance may have moved to node 1 if node 0 was timed out while it restarted; one deployment either way.)
+    assert_eq!(count, 1, "one deployment for the model, whoever asked");
+}
