@@ -15,5 +15,6 @@ pub mod placement;
 pub mod snapshot;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod worker;
 
 pub use apply::{ApplyError, apply, apply_in_place};

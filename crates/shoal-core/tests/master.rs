@@ -656,13 +656,17 @@ fn a_known_deployment_id_is_already_placed_for_its_model_and_refused_for_another
         max_nodes: None,
         nodes: None,
     };
-    assert_eq!(m.decide(CommandId::new_random(), place("smollm2-135m")).unwrap().len(), 2);
+    assert_eq!(
+        m.decide(CommandId::new_random(), place("smollm2-135m")).unwrap().len(),
+        2
+    );
     // Another command id, same deployment (two nodes started with the same `--model`): nothing new.
     assert_eq!(m.decide(CommandId::new_random(), place(&card().id.0)).unwrap(), vec![]);
     let mut other = card();
     other.id = ModelId("custom/other".into());
     other.aliases = vec![];
-    m.decide(CommandId::new_random(), Command::AddModelCard { card: other }).unwrap();
+    m.decide(CommandId::new_random(), Command::AddModelCard { card: other })
+        .unwrap();
     assert!(matches!(
         m.decide(CommandId::new_random(), place("custom/other")),
         Err(RejectReason::Invalid { .. })

@@ -1,0 +1,21 @@
+//! shoal's per-node model store (SYSTEM.md §2.6, §10.2): finds the files a model card names, verifies them (size,
+//! sha256) and fetches them from the card's sources when they are missing.
+//!
+//! * [`ModelStore::locate`] looks in the operator's read-only models directories (`--models-dir`) first, then in the
+//!   store's own `<data_dir>/models/<model dir>/`; it never writes. Digests are cached in memory per (path, size,
+//!   mtime), so asking again every worker tick reads an unchanged file once per process.
+//! * [`ModelStore::fetch`] tries the card's sources in order (`path`, `pip`; `hf` and `peer` are not supported yet
+//!   and are skipped), reporting [`shoal_types::DownloadProgress`]. Files are produced in a scratch directory and
+//!   reach their final names only by an atomic rename after verification.
+//!
+//! Pure rules (which files, what they must hash to, directory names, accepted pip requirements) are in [`plan`],
+//! apart from the IO, so they are unit-tested without a filesystem.
+
+mod error;
+mod pip;
+pub mod plan;
+mod store;
+mod verify;
+
+pub use error::{ModelError, SourceError, SourceFailure};
+pub use store::{ModelFile, ModelFiles, ModelStore};
