@@ -181,6 +181,11 @@ pub async fn place_instance(
     let placed = command_and_wait(&cluster, command_id, command, |state| {
         let deployment = state.deployments.get(&deployment_id)?;
         let instance = deployment.instance.and_then(|id| state.instances.get(&id));
+        // The master indexes the deployment and its instance together, but a follower may show the first before
+        // the second arrives: answer with both (an instance only goes missing when the deployment is waiting).
+        if instance.is_none() && matches!(deployment.status, DeploymentStatus::Placing | DeploymentStatus::Running) {
+            return None;
+        }
         Some(serde_json::json!({
             "command_id": command_id,
             "deployment_id": deployment_id,

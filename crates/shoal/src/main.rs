@@ -112,6 +112,12 @@ struct RunArgs {
     /// Place this model once the cluster is up, unless it is deployed already (e.g. smollm2-135m; repeatable).
     #[arg(long, value_name = "MODEL")]
     model: Vec<String>,
+    /// A read-only directory that already holds model files, searched before `<data-dir>/models` (repeatable).
+    #[arg(long, value_name = "DIR")]
+    models_dir: Vec<PathBuf>,
+    /// Sequences a runner of this node admits at once (continuous batching).
+    #[arg(long, default_value_t = shoal_core::worker::DEFAULT_MAX_SEQS, value_parser = clap::value_parser!(u32).range(1..=256))]
+    max_seqs: u32,
 }
 
 fn parse_namespace(text: &str) -> Result<String, String> {
@@ -182,6 +188,11 @@ fn models_to_place(names: &[String]) -> anyhow::Result<Vec<shoal_types::ModelCar
 fn run(args: &RunArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let models = models_to_place(&args.model)?;
+    for dir in &args.models_dir {
+        if !dir.is_dir() {
+            anyhow::bail!("--models-dir {}: not a directory", dir.display());
+        }
+    }
     let dir = data_dir(&args.data)?;
     prepare_data_dir(&dir)?;
     let (node, created) = node_id::load_or_create(&dir)?;
@@ -236,6 +247,17 @@ fn run(args: &RunArgs) -> anyhow::Result<()> {
     let beats = handle.clone();
     watchdog::spawn_bumper(watchdog, runtime.handle(), move || beats.loop_beats());
     spawn_fact_reporter(handle.clone(), dir.clone(), !args.no_worker, runtime.handle());
+    let worker = if args.no_worker {
+        None
+    } else {
+        let store = shoal_models::ModelStore::new(dir.join("models"), args.models_dir.clone());
+        let config = shoal_worker::WorkerConfig {
+            exe: std::env::current_exe().context("cannot find the shoal binary to start runners")?,
+            max_seqs: args.max_seqs,
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
+        Some(shoal_worker::Worker::start(handle.clone(), store, config)?)
+    };
     for card in models {
         runtime.spawn(instances::place_at_start(handle.clone(), card, !args.no_worker));
     }
@@ -254,6 +276,7 @@ fn run(args: &RunArgs) -> anyhow::Result<()> {
     info!(elapsed_ms = started.elapsed().as_millis() as u64, "node ready");
     runtime.block_on(shutdown);
     info!("shutting down");
+    drop(worker);
     cluster.shutdown();
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     Ok(())

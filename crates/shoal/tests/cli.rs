@@ -146,6 +146,10 @@ fn bad_cluster_flags_name_the_flag() {
     assert!(stderr.contains("--connect"), "{stderr}");
     let stderr = run(&["--namespace", "a/b"]);
     assert!(stderr.contains("--namespace"), "{stderr}");
+    let stderr = run(&["--max-seqs", "0"]);
+    assert!(stderr.contains("--max-seqs"), "{stderr}");
+    let stderr = run(&["--models-dir", "/no/such/dir"]);
+    assert!(stderr.contains("--models-dir /no/such/dir"), "{stderr}");
     let stderr = run(&["--model", "no-such-model"]);
     assert!(
         stderr.contains("--model no-such-model") && stderr.contains("smollm2-135m"),

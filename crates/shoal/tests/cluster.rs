@@ -533,8 +533,11 @@ fn a_second_live_node_with_the_same_id_refuses_to_start() {
 fn placement_endpoints_place_delete_and_re_place_after_a_node_loss() {
     let _serial = serial();
     let root = tempfile::tempdir().unwrap();
+    let models = common::model_path().parent().unwrap().to_path_buf();
     let mut nodes = cluster(root.path(), 3);
     for node in &mut nodes {
+        // The workers start runners for what is placed; they find the model here instead of downloading it.
+        node.extra = vec!["--models-dir".into(), models.display().to_string()];
         node.start();
     }
     {
@@ -627,14 +630,28 @@ fn placement_endpoints_place_delete_and_re_place_after_a_node_loss() {
     }
 
     // A malformed explicit instance is refused with the reason.
+    // (Fresh runner ids: the placed instance's runners exist in State by now.)
     let mut gap = placed["instance"].clone();
     gap["id"] = Value::String("6f1d5a4e-0000-4000-8000-000000000001".into());
     gap["deployment"] = Value::Null;
-    for shard in gap["assignments"]["shards"].as_object_mut().unwrap().values_mut() {
+    let mut shards = serde_json::Map::new();
+    let mut node_runner = serde_json::Map::new();
+    for (i, (node, runner)) in placed["instance"]["assignments"]["node_runner"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .enumerate()
+    {
+        let fresh = format!("6f1d5a4e-0000-4000-8000-00000000010{i}");
+        let mut shard = placed["instance"]["assignments"]["shards"][runner.as_str().unwrap()].clone();
         if shard["Pipeline"]["start_layer"] == 0 {
             shard["Pipeline"]["start_layer"] = 1.into();
         }
+        shards.insert(fresh.clone(), shard);
+        node_runner.insert(node.clone(), Value::String(fresh));
     }
+    gap["assignments"]["shards"] = Value::Object(shards);
+    gap["assignments"]["node_runner"] = Value::Object(node_runner);
     let (code, body) = post("/instance", serde_json::json!({ "instance": gap }));
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("contiguous"), "{body}");
@@ -688,6 +705,12 @@ fn placement_endpoints_place_delete_and_re_place_after_a_node_loss() {
         killed.elapsed()
     );
     assert_eq!(replaced.len(), 2, "two survivors hold it");
+    // The survivors' workers start, load and wire the new instance's runners with no user action.
+    wait_for(Duration::from_secs(60), "the re-placed runners Ready", || {
+        let statuses = runner_statuses(&survivor.state()?);
+        (statuses.len() == 2 && statuses.iter().all(|(node, s)| s == "Ready" && replaced.contains(node))).then_some(())
+    });
+    eprintln!("re-placed runners Ready {:?} after SIGKILL", killed.elapsed());
 }
 
 /// `shoal run --model`: the model is placed once the node is up, and a restart (or a second node with the same
@@ -697,8 +720,14 @@ fn run_with_model_places_it_once() {
     let _serial = serial();
     let root = tempfile::tempdir().unwrap();
     let mut nodes = cluster(root.path(), 2);
+    let models = common::model_path().parent().unwrap().to_path_buf();
     for node in &mut nodes {
-        node.extra = vec!["--model".into(), "smollm2-135m".into()];
+        node.extra = vec![
+            "--model".into(),
+            "smollm2-135m".into(),
+            "--models-dir".into(),
+            models.display().to_string(),
+        ];
     }
     nodes[0].start();
     let deployed = |node: &Node| -> Option<(usize, String)> {
@@ -725,4 +754,136 @@ fn run_with_model_places_it_once() {
     let (count, _) = wait_for(Duration::from_secs(10), "State", || deployed(&nodes[1]));
     // (Its instance may have moved to node 1 if node 0 was timed out while it restarted; one deployment either way.)
     assert_eq!(count, 1, "one deployment for the model, whoever asked");
+}
+
+/// The `shoal runner` children of process `pid` (read from /proc, so nothing but Linux is needed).
+fn runner_children(pid: u32) -> Vec<u32> {
+    let mut children = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // Fields after the command's closing parenthesis: state, ppid, ...
+        let Some(ppid) = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+        else {
+            continue;
+        };
+        let cmdline = std::fs::read_to_string(entry.path().join("cmdline")).unwrap_or_default();
+        if ppid == pid.to_string() && cmdline.split('\0').any(|arg| arg == "runner") {
+            children.push(child);
+        }
+    }
+    children
+}
+
+/// The runners of State, as (node, status name).
+fn runner_statuses(state: &Value) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = state["runners"]
+        .as_object()
+        .map(|runners| {
+            runners
+                .values()
+                .map(|r| {
+                    let status = match &r["status"] {
+                        Value::String(s) => s.clone(),
+                        Value::Object(o) => o.keys().next().cloned().unwrap_or_default(),
+                        other => other.to_string(),
+                    };
+                    (r["node"].as_str().unwrap_or_default().to_owned(), status)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+/// The worker end to end (§10.1–§10.2) on three real nodes: a model placed over all three gets one runner process
+/// per node, loaded with its layer range and wired into a ring until every runner is Ready in State; a SIGKILLed
+/// runner is reported Failed, respawned and the ring is Ready again; deleting the instance stops every runner.
+#[test]
+fn runners_follow_state_from_placement_to_ready_through_a_crash_to_deletion() {
+    let _serial = serial();
+    let models = common::model_path().parent().unwrap().to_path_buf();
+    let root = tempfile::tempdir().unwrap();
+    let mut nodes = cluster(root.path(), 3);
+    for node in &mut nodes {
+        node.extra = vec![
+            "--models-dir".into(),
+            models.display().to_string(),
+            "--max-seqs".into(),
+            "2".into(),
+        ];
+        node.start();
+    }
+    {
+        let all: Vec<&Node> = nodes.iter().collect();
+        wait_for(Duration::from_secs(10), "agreement", || agreement(&all));
+        wait_for(Duration::from_secs(10), "every fact", || same_state(&all, 3));
+    }
+    let api = nodes[0].api;
+    let placed_at = Instant::now();
+    let (code, body) = http(
+        api,
+        "POST",
+        "/place_instance",
+        Some(&serde_json::json!({"model_id": "smollm2-135m", "min_nodes": 3})),
+    )
+    .unwrap();
+    assert_eq!(code, 201, "{body}");
+    let instance_id = serde_json::from_str::<Value>(&body).unwrap()["instance_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let all_ready = |node: &Node| -> Option<()> {
+        let statuses = runner_statuses(&node.state()?);
+        (statuses.len() == 3 && statuses.iter().all(|(_, s)| s == "Ready")).then_some(())
+    };
+    wait_for(Duration::from_secs(60), "three Ready runners", || all_ready(&nodes[1]));
+    eprintln!("place_instance → 3 runners Ready: {:?}", placed_at.elapsed());
+    let pids: Vec<u32> = nodes.iter().map(|n| n.child.as_ref().unwrap().id()).collect();
+    for pid in &pids {
+        assert_eq!(runner_children(*pid).len(), 1, "one runner process per node");
+    }
+
+    // SIGKILL one runner: it is reported Failed, respawned, and the ring comes back.
+    let victim = runner_children(pids[2])[0];
+    let killed = Instant::now();
+    std::process::Command::new("kill")
+        .args(["-9", &victim.to_string()])
+        .status()
+        .unwrap();
+    wait_for(Duration::from_secs(10), "the runner reported Failed", || {
+        runner_statuses(&nodes[0].state()?)
+            .iter()
+            .any(|(_, s)| s == "Failed")
+            .then_some(())
+    });
+    wait_for(Duration::from_secs(60), "the ring Ready again", || all_ready(&nodes[0]));
+    eprintln!("runner SIGKILL → ring Ready again: {:?}", killed.elapsed());
+    assert!(!runner_children(pids[2]).contains(&victim));
+    assert_eq!(runner_children(pids[2]).len(), 1, "respawned");
+    // The killed runner's failure is counted (its ring neighbours may count one too: a broken edge fails them).
+    let state = nodes[0].state().unwrap();
+    assert!(
+        !state["instances"][&instance_id]["runner_failures"]
+            .as_object()
+            .unwrap()
+            .is_empty()
+    );
+
+    // Delete: no runner left in State or as a process.
+    let (code, body) = http(api, "DELETE", &format!("/instance/{instance_id}"), None).unwrap();
+    assert_eq!(code, 200, "{body}");
+    for (node, pid) in nodes.iter().zip(&pids) {
+        wait_for(Duration::from_secs(10), "the runners gone", || {
+            let state = node.state()?;
+            (runner_statuses(&state).is_empty() && runner_children(*pid).is_empty()).then_some(())
+        });
+    }
 }
