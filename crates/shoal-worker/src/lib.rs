@@ -135,6 +135,22 @@ impl Shell {
                 }
             })
             .ok();
+        // Runners are forked by one thread that lives as long as the worker: a runner's PR_SET_PDEATHSIG fires when
+        // the *thread* that forked it exits, so a short-lived spawning thread would kill its runner at once.
+        let (spawner, spawns) = channel::<(RunnerId, u32)>();
+        let exe = self.config.exe.clone();
+        let spawned = self.inputs.clone();
+        std::thread::Builder::new()
+            .name("shoal-worker-spawn".into())
+            .spawn(move || {
+                while let Ok((runner, tag)) = spawns.recv() {
+                    let result = RunnerProcess::spawn(&exe, tag, runner_tx.clone()).map_err(|e| e.to_string());
+                    if spawned.send(Input::Spawned { runner, tag, result }).is_err() {
+                        return;
+                    }
+                }
+            })
+            .ok();
         // Every State change wakes the plan (§10.2), not only the 250 ms tick.
         let mut changes = self.cluster.subscribe();
         let wake = self.inputs.clone();
@@ -168,7 +184,7 @@ impl Shell {
                 self.handle(input);
             }
             let state = self.cluster.view().state;
-            self.step(&state, &runner_tx);
+            self.step(&state, &spawner);
         }
         self.stop_all();
     }
@@ -179,15 +195,15 @@ impl Shell {
         }
     }
 
-    fn step(&mut self, state: &State, runner_tx: &Sender<(u32, FromRunner)>) {
+    fn step(&mut self, state: &State, spawner: &Sender<(RunnerId, u32)>) {
         let now = unix_ms();
         for action in plan(state, &self.local, now) {
             self.local.start(&action, now);
-            self.carry_out(action, state, runner_tx);
+            self.carry_out(action, state, spawner);
         }
     }
 
-    fn carry_out(&mut self, action: Action, state: &State, runner_tx: &Sender<(u32, FromRunner)>) {
+    fn carry_out(&mut self, action: Action, state: &State, spawner: &Sender<(RunnerId, u32)>) {
         match action {
             Action::Spawn { runner, instance } => {
                 let Some(instance) = state.instances.get(&instance) else {
@@ -203,14 +219,10 @@ impl Shell {
                 let tag = self.next_tag;
                 self.next_tag = self.next_tag.wrapping_add(1);
                 self.tags.insert(tag, runner);
-                let exe = self.config.exe.clone();
-                let events = runner_tx.clone();
-                let inputs = self.inputs.clone();
                 tracing::info!(%runner, instance = %instance.id, "spawning a runner");
-                std::thread::spawn(move || {
-                    let result = RunnerProcess::spawn(&exe, tag, events).map_err(|e| e.to_string());
-                    let _ = inputs.send(Input::Spawned { runner, tag, result });
-                });
+                if spawner.send((runner, tag)).is_err() {
+                    self.local.finish(&ActionKey::Spawn(runner));
+                }
             }
             Action::Shutdown { runner } => {
                 tracing::info!(%runner, "stopping a runner whose instance is gone");

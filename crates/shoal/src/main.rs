@@ -144,7 +144,7 @@ fn main() -> std::process::ExitCode {
         Some(Cmd::ResetId(args)) => reset_id(&args),
         Some(Cmd::Keygen { out }) => keygen(&out),
         Some(Cmd::Generate { args, data }) => generate::run(&args, data_dir(&data).ok().as_deref()),
-        Some(Cmd::Runner { socket }) => shoal_runner::run(&socket).map_err(anyhow::Error::from),
+        Some(Cmd::Runner { socket }) => runner(&socket),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -153,6 +153,23 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// `shoal runner`: a pipeline rank, a child of its node's worker (§10.3). On Linux it asks the kernel for SIGKILL
+/// when its parent dies, so a runner busy in a long forward pass does not outlive a SIGKILLed node until it next
+/// reads its socket; elsewhere (and as a second line) it exits on EOF of that socket.
+fn runner(socket: &Path) -> anyhow::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        let parent = rustix::process::getppid();
+        rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
+            .context("cannot set PR_SET_PDEATHSIG")?;
+        // The parent may have died before the request took effect: then this process was already re-parented.
+        if rustix::process::getppid() != parent {
+            anyhow::bail!("the node that started this runner is gone");
+        }
+    }
+    shoal_runner::run(socket).map_err(anyhow::Error::from)
 }
 
 fn data_dir(arg: &DataDirArg) -> anyhow::Result<PathBuf> {

@@ -688,6 +688,10 @@ fn placement_endpoints_place_delete_and_re_place_after_a_node_loss() {
         .position(|n| n.status().unwrap()["node"].as_str().unwrap() == holders[0])
         .unwrap();
     let victim_role = nodes[victim].status().unwrap()["role"].clone();
+    let victim_runners = wait_for(Duration::from_secs(30), "the victim's runner", || {
+        let pids = runner_children(nodes[victim].child.as_ref()?.id());
+        (!pids.is_empty()).then_some(pids)
+    });
     // A new master times nodes out only after 2 s in office (§8); measure the steady state.
     std::thread::sleep(Duration::from_millis(2_200).saturating_sub(agreed.elapsed()));
     let killed = Instant::now();
@@ -705,6 +709,10 @@ fn placement_endpoints_place_delete_and_re_place_after_a_node_loss() {
         killed.elapsed()
     );
     assert_eq!(replaced.len(), 2, "two survivors hold it");
+    // The dead node's runner did not outlive it (PR_SET_PDEATHSIG, and EOF of its socket).
+    wait_for(Duration::from_secs(2), "the dead node's runner gone", || {
+        victim_runners.iter().all(|pid| !process_alive(*pid)).then_some(())
+    });
     // The survivors' workers start, load and wire the new instance's runners with no user action.
     wait_for(Duration::from_secs(60), "the re-placed runners Ready", || {
         let statuses = runner_statuses(&survivor.state()?);
@@ -779,6 +787,14 @@ fn runner_children(pid: u32) -> Vec<u32> {
         }
     }
     children
+}
+
+/// Whether `pid` is a live process (a zombie is not).
+fn process_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| stat.rsplit_once(')').map(|(_, rest)| rest.trim_start().to_owned()))
+        .is_some_and(|rest| !rest.starts_with('Z') && !rest.starts_with('X'))
 }
 
 /// The runners of State, as (node, status name).
