@@ -30,6 +30,10 @@ pub const NODE_LOSS_DEBOUNCE_MS: u64 = 500;
 pub const MASTER_LIVENESS_GRACE_MS: u64 = 2_000;
 /// At most this many liveness decisions are indexed per tick.
 pub const LIVENESS_DECISIONS_PER_TICK: usize = 1_000;
+/// The master's plan loop runs when State changed since its last run, and at least this often for its timed
+/// conditions (§8's 1 s tick): not on every 20 ms turn of the node loop, where it would rescan every deployment,
+/// instance and task for nothing.
+pub const PLAN_EVERY_MS: u64 = 1_000;
 /// A fact is re-asserted at most this often (§10.2 rule 9, §13).
 pub const REASSERT_EVERY_MS: u64 = 2_000;
 
@@ -209,6 +213,8 @@ pub struct NodeCore {
     /// Recent command ids and how each was answered, for commands State does not deduplicate (§5.2 step 6).
     commands_seen: CommandLru,
     placement: PlacementConfig,
+    /// The State position and time of the plan loop's last run.
+    planned: Option<(Pos, u64)>,
 }
 
 impl NodeCore {
@@ -243,6 +249,7 @@ impl NodeCore {
             ids: SeededIds::new(config.boot ^ u64::from_le_bytes(id_prefix(config.node))),
             commands_seen: CommandLru::default(),
             placement: PlacementConfig::default(),
+            planned: None,
         }
     }
 
@@ -536,6 +543,13 @@ impl NodeCore {
         if now_ms < self.master_since_ms.saturating_add(MASTER_LIVENESS_GRACE_MS) {
             return;
         }
+        let unchanged = self
+            .planned
+            .is_some_and(|(pos, at)| pos == self.state.pos && now_ms < at.saturating_add(PLAN_EVERY_MS));
+        if unchanged {
+            return;
+        }
+        self.planned = Some((self.state.pos, now_ms));
         let live = self.live_nodes();
         let ctx = DecideCtx {
             now_ms,
