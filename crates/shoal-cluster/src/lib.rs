@@ -7,6 +7,7 @@
 //! loop through [`ClusterHandle`]: State and status through a `watch`, every State change through a `broadcast`
 //! (§6), requests through the same channel as the network.
 
+mod chunks;
 mod faults;
 mod range;
 mod shell;
@@ -26,6 +27,7 @@ use shoal_types::model::NodeFact;
 use shoal_types::{Event, IndexedEvent, NodeId, Pos, SessionId, State};
 use tokio::sync::{broadcast, oneshot, watch};
 
+pub use chunks::{ChunkMsg, ChunkSink};
 pub use faults::Faults;
 
 /// Capacity of the State-change broadcast (§6, §13).
@@ -110,6 +112,7 @@ pub struct NetCounters {
     pub up: Counters,
     pub down: Counters,
     pub ctl: Counters,
+    pub chunk: Counters,
     pub cmd: Counters,
     pub range: Counters,
     pub snapshot: Counters,
@@ -123,6 +126,7 @@ impl NetCounters {
             ("up", self.up.snapshot()),
             ("down", self.down.snapshot()),
             ("ctl", self.ctl.snapshot()),
+            ("chunk", self.chunk.snapshot()),
             ("cmd", self.cmd.snapshot()),
             ("range", self.range.snapshot()),
             ("snapshot", self.snapshot.snapshot()),
@@ -163,6 +167,7 @@ pub struct ClusterHandle {
     rejections: broadcast::Sender<Rejection>,
     counters: Arc<NetCounters>,
     beats: Arc<std::sync::atomic::AtomicU64>,
+    chunks: chunks::ChunkRoute,
 }
 
 impl ClusterHandle {
@@ -207,6 +212,23 @@ impl ClusterHandle {
     /// Every later rejection of a command this node sent. Subscribe before sending so none is missed.
     pub fn rejections(&self) -> broadcast::Receiver<Rejection> {
         self.rejections.subscribe()
+    }
+
+    /// Sends a chunk of a generation to the API node `to` (in-process when that is this node). Never blocks on the
+    /// node loop; never retried.
+    pub fn send_chunk(&self, to: NodeId, chunk: ChunkMsg) {
+        self.chunks.send(to, chunk);
+    }
+
+    /// Installs where this node's incoming chunks go (the API's stream registry). Called from zenoh's callback
+    /// thread or the sender's thread: the sink must not block.
+    pub fn set_chunk_sink(&self, sink: ChunkSink) {
+        *self.chunks.sink.write().unwrap_or_else(|e| e.into_inner()) = Some(sink);
+    }
+
+    /// Chunks that arrived while no sink was installed.
+    pub fn chunks_unrouted(&self) -> u64 {
+        self.chunks.unrouted.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The facts this node holds true about itself; the loop asserts what State lacks.

@@ -161,6 +161,15 @@ pub(crate) fn start(config: ClusterConfig, store: Store) -> Result<(ClusterHandl
     spawn_identity_check(session.clone(), ns.clone(), node, node_token.clone())?;
     tracing::info!(%node, namespace = %ns, "joined the zenoh network");
 
+    let chunks = crate::chunks::ChunkRoute {
+        session: session.clone(),
+        ns: ns.clone(),
+        node,
+        sink: Default::default(),
+        unrouted: Default::default(),
+        view: view_rx.clone(),
+    };
+    let chunk_subscriber = declare_chunks(&session, chunks.clone(), counters.clone())?;
     let handle = ClusterHandle {
         inputs,
         view: view_rx,
@@ -168,9 +177,11 @@ pub(crate) fn start(config: ClusterConfig, store: Store) -> Result<(ClusterHandl
         rejections,
         counters,
         beats: shell.beats.clone(),
+        chunks,
     };
     let thread = std::thread::Builder::new().name("shoal-node".into()).spawn(move || {
         shell.run(rx);
+        drop(chunk_subscriber);
         drop(static_decls);
         drop(node_token);
         shell.finish();
@@ -239,6 +250,29 @@ fn status_of(core: &NodeCore) -> NodeStatus {
         ready: core.ready(),
         pos: core.state().pos,
     }
+}
+
+/// `t/<this node>/chunk`: decoded in zenoh's callback and handed straight to the API's sink (§4).
+fn declare_chunks(
+    session: &Session,
+    route: crate::chunks::ChunkRoute,
+    counters: Arc<NetCounters>,
+) -> Result<Subscriber<()>, ClusterError> {
+    let key = keys::chunk(&route.ns, route.node);
+    Ok(session
+        .declare_subscriber(key.clone())
+        .allowed_origin(Locality::Remote)
+        .callback(move |sample: Sample| {
+            let bytes = sample.payload().to_bytes();
+            let Some(envelope) = decode_counted::<TransientEnvelope>(&bytes, &key, &counters.chunk) else {
+                return;
+            };
+            match crate::chunks::from_envelope(envelope) {
+                Some(msg) => route.deliver(msg),
+                None => Counters::bump(&counters.chunk.malformed),
+            }
+        })
+        .wait()?)
 }
 
 /// Forwards from a zenoh callback into the loop; never blocks, counts what it drops.

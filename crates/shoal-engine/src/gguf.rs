@@ -111,6 +111,8 @@ pub struct GgufFile {
     tensors: HashMap<String, TensorInfo>,
     data_offset: u64,
     reader: BufReader<File>,
+    /// Tensor bytes read so far: what a stage really holds of the file (checked by the cluster's shard tests).
+    tensor_bytes_read: u64,
 }
 
 impl std::fmt::Debug for GgufFile {
@@ -230,6 +232,7 @@ impl GgufFile {
             tensors,
             data_offset,
             reader: header.r,
+            tensor_bytes_read: 0,
         })
     }
 
@@ -311,6 +314,11 @@ impl GgufFile {
         &self.path
     }
 
+    /// Bytes of tensor data read from the file since it was opened.
+    pub fn tensor_bytes_read(&self) -> u64 {
+        self.tensor_bytes_read
+    }
+
     pub fn has_tensor(&self, name: &str) -> bool {
         self.tensors.contains_key(name)
     }
@@ -356,6 +364,7 @@ impl GgufFile {
             .seek(SeekFrom::Start(at))
             .and_then(|_| self.reader.read_exact(&mut data))
             .map_err(|e| invalid(format!("reading {len} bytes at offset {at}: {e}")))?;
+        self.tensor_bytes_read = self.tensor_bytes_read.saturating_add(len as u64);
         QMatrix::new(ty, rows, cols, data).map_err(|e| invalid(e.to_string()))
     }
 

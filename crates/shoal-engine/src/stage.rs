@@ -80,6 +80,8 @@ pub struct Stage {
     rope: Rope,
     pool: Arc<Pool>,
     seqs: HashMap<SeqSlot, SeqCache>,
+    /// Bytes of weights read from the file for this stage (its layers, plus the embedding and head it needs).
+    weight_bytes: u64,
 }
 
 impl Stage {
@@ -90,6 +92,7 @@ impl Stage {
 
     /// Loads from an already opened file, so several stages of one process share the header parse.
     pub fn load_from(gguf: &mut GgufFile, range: LayerRange, pool: Arc<Pool>) -> Result<Self> {
+        let read_before = gguf.tensor_bytes_read();
         let arch = arch::from_gguf(gguf)?;
         let hp = arch.hparams().clone();
         if range.start >= range.end || range.end > hp.n_layers {
@@ -148,7 +151,14 @@ impl Stage {
             head,
             pool,
             seqs: HashMap::new(),
+            weight_bytes: gguf.tensor_bytes_read() - read_before,
         })
+    }
+
+    /// Bytes of weights this stage read from the model file: only its own layer range (plus the embedding on the
+    /// first stage and the norm and head on the last).
+    pub fn weight_bytes(&self) -> u64 {
+        self.weight_bytes
     }
 
     pub fn hparams(&self) -> &HParams {

@@ -76,7 +76,7 @@ impl fmt::Display for FailureList<'_> {
 /// Why one source could not provide the files.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
-    /// A source kind this build cannot fetch from (`hf`, `peer`): skipped, the next source is tried.
+    /// A source kind this build cannot fetch from (`peer`): skipped, the next source is tried.
     #[error("not supported yet")]
     Unsupported,
     /// The card's source lacks a field its kind needs, or the field's value is refused.
@@ -90,6 +90,15 @@ pub enum SourceError {
         path: PathBuf,
         #[source]
         source: std::io::Error,
+    },
+    /// An HTTP request of the `hf` source failed: no connection, a timeout (10 s to connect, 30 s without data), an
+    /// error status (`status`), or a body cut short. A partly downloaded file is kept and resumed by the next fetch.
+    #[error("GET {url}: {reason}")]
+    Http {
+        url: String,
+        /// The response's status, when one came.
+        status: Option<u16>,
+        reason: String,
     },
     /// The produced file's size is not the card's `storage_size` (single-file cards only); the file was deleted.
     #[error("{file}: size {actual} bytes, the card says {expected}")]

@@ -4,14 +4,16 @@
 //! * [`ModelStore::locate`] looks in the operator's read-only models directories (`--models-dir`) first, then in the
 //!   store's own `<data_dir>/models/<model dir>/`; it never writes. Digests are cached in memory per (path, size,
 //!   mtime), so asking again every worker tick reads an unchanged file once per process.
-//! * [`ModelStore::fetch`] tries the card's sources in order (`path`, `pip`; `hf` and `peer` are not supported yet
-//!   and are skipped), reporting [`shoal_types::DownloadProgress`]. Files are produced in a scratch directory and
-//!   reach their final names only by an atomic rename after verification.
+//! * [`ModelStore::fetch`] tries the card's sources in order (`path`, `pip`, `hf`; `peer` is not supported yet and
+//!   is skipped), reporting [`shoal_types::DownloadProgress`]. Files are produced in a scratch directory (the `hf`
+//!   source's in partial files that a later fetch resumes) and reach their final names only by an atomic rename
+//!   after verification.
 //!
-//! Pure rules (which files, what they must hash to, directory names, accepted pip requirements) are in [`plan`],
-//! apart from the IO, so they are unit-tested without a filesystem.
+//! Pure rules (which files, what they must hash to, directory names, accepted pip requirements and hf repositories,
+//! the Hub's URLs) are in [`plan`], apart from the IO, so they are unit-tested without a filesystem.
 
 mod error;
+mod hf;
 mod pip;
 pub mod plan;
 mod store;

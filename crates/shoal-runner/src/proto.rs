@@ -4,7 +4,9 @@
 //! (the spec's `Init` + `Load`), `Connect` carries the next rank's addresses (the spec's `Warmup { next }`), and a
 //! task is identified by a `u64` handle the worker chooses (the cluster's task ids map onto it in the worker).
 //! A forward frame says per sequence whether the last rank samples after it (`sample`), which the spec leaves
-//! implicit, and carries the prompt in `SeqStart` so the last rank can apply repetition penalties.
+//! implicit, and carries the prompt in `SeqStart` so the last rank can apply repetition penalties. `SeqStart` also
+//! carries the task's `route` (opaque bytes: the cluster's task id, command id and API node), which the last rank hands
+//! its own worker in `Started`, so the worker on the last rank's node can address chunks without waiting for State.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use shoal_engine::{FinishReason, GenerateParams, SeqSlot};
 
 /// Protocol revision exchanged in `Hello`; a worker refuses a runner of another revision.
-pub const PROTOCOL: u32 = 1;
+pub const PROTOCOL: u32 = 2;
 
 /// A task handle chosen by the worker, unique among the runner's live tasks.
 pub type TaskHandle = u64;
@@ -46,6 +48,8 @@ pub enum ToRunner {
         task: TaskHandle,
         prompt: Vec<u32>,
         params: GenerateParams,
+        /// Opaque to the runner: travels to the last rank in `SeqStart` and comes back in `Started`.
+        route: Vec<u8>,
     },
     Cancel {
         task: TaskHandle,
@@ -59,6 +63,14 @@ pub enum RunnerStatus {
     Loaded,
     Ready,
     Failed(String),
+}
+
+/// How a sequence ended, on its last chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ChunkEnd {
+    pub finish: FinishReason,
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -81,17 +93,28 @@ pub enum FromRunner {
     Listening {
         port: u16,
     },
+    /// Bytes of weights the loaded stage holds (sent before `Status(Loaded)`).
+    Weights {
+        bytes: u64,
+    },
     Status(RunnerStatus),
     /// Rank 0 admitted the task.
     Accepted {
         task: TaskHandle,
     },
-    /// Last rank: one sampled token and the text it made safe to show; `seq` counts from 0 per task.
+    /// Last rank: a sequence reached it for the first time, with the route rank 0's worker gave it.
+    Started {
+        task: TaskHandle,
+        route: Vec<u8>,
+    },
+    /// Last rank: one sampled token and the text it made safe to show; `seq` counts from 0 per task. The last chunk
+    /// of a finished sequence carries `end` (a `TaskDone` follows it).
     Chunk {
         task: TaskHandle,
         seq: u64,
         token: u32,
         text: String,
+        end: Option<ChunkEnd>,
     },
     TaskDone {
         task: TaskHandle,
@@ -115,6 +138,7 @@ pub struct SeqStart {
     pub task: TaskHandle,
     pub prompt: Vec<u32>,
     pub params: GenerateParams,
+    pub route: Vec<u8>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

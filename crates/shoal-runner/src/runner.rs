@@ -22,7 +22,8 @@ use shoal_engine::{
 
 use crate::frame::{FrameError, read_frame, write_frame};
 use crate::proto::{
-    DataFrame, FromRunner, FwdSeq, Handshake, LoadSpec, Outcome, PROTOCOL, RunnerStatus, SeqStart, TaskHandle, ToRunner,
+    ChunkEnd, DataFrame, FromRunner, FwdSeq, Handshake, LoadSpec, Outcome, PROTOCOL, RunnerStatus, SeqStart,
+    TaskHandle, ToRunner,
 };
 
 /// How often the runner tells its worker it is alive, from a thread independent of compute.
@@ -114,6 +115,9 @@ pub fn run(socket: &Path) -> Result<(), RunnerError> {
     let model = model_name(&spec);
     spawn_acceptor(listener, expected_prev(&spec, &model), tx.clone());
     worker.send(&FromRunner::Listening { port });
+    worker.send(&FromRunner::Weights {
+        bytes: stage.weight_bytes(),
+    });
     worker.send(&FromRunner::Status(RunnerStatus::Loaded));
 
     let mut rank = Rank {
@@ -348,15 +352,30 @@ impl Rank {
                     self.prev_up = true;
                     self.check_ready();
                 }
-                Input::Control(ToRunner::Submit { task, prompt, params }) => self.submit(task, prompt, params),
+                Input::Control(ToRunner::Submit {
+                    task,
+                    prompt,
+                    params,
+                    route,
+                }) => self.submit(task, prompt, params, route),
                 Input::Control(ToRunner::Cancel { task }) => self.cancel(task),
                 Input::DataClosed(reason) => {
+                    // The sequences in flight cannot go on either way: fail them at once, so their clients hear of it
+                    // now (after an orderly stop State has failed them already, and a repeat is harmless).
+                    let why = format!("pipeline edge broken: {reason}");
+                    self.fail_all(&why);
+                    // The last rank knows its sequences too (rank 0 may be the one that died).
+                    for (_, seq) in sampling.drain() {
+                        self.worker.send(&FromRunner::TaskDone {
+                            task: seq.task,
+                            outcome: Outcome::Failed(why.clone()),
+                        });
+                    }
                     // When a worker stops a pipeline, the neighbour that exits first closes this edge just before
                     // our own Shutdown arrives: give it a moment, so an orderly stop is not reported as a failure.
                     if let Ok(Input::Control(ToRunner::Shutdown)) = rx.recv_timeout(Duration::from_millis(500)) {
                         return Ok(());
                     }
-                    self.fail_all(&format!("pipeline edge broken: {reason}"));
                     return Err(RunnerError::DataPlane(reason));
                 }
                 Input::Data(frame) => self.on_frame(frame, tokenizer, &mut sampling)?,
@@ -380,7 +399,7 @@ impl Rank {
         }
     }
 
-    fn submit(&mut self, task: TaskHandle, prompt: Vec<u32>, params: shoal_engine::GenerateParams) {
+    fn submit(&mut self, task: TaskHandle, prompt: Vec<u32>, params: shoal_engine::GenerateParams, route: Vec<u8>) {
         let refuse = |w: &Worker, why: String| {
             w.send(&FromRunner::TaskDone {
                 task,
@@ -411,7 +430,12 @@ impl Rank {
             task,
             TaskEntry {
                 slot,
-                start: Some(SeqStart { task, prompt, params }),
+                start: Some(SeqStart {
+                    task,
+                    prompt,
+                    params,
+                    route,
+                }),
             },
         );
         self.slots.insert(slot, task);
@@ -610,6 +634,10 @@ impl Rank {
         let mut tokens = Vec::new();
         for (s, logits) in seqs.iter().zip(logits.iter_mut()) {
             if let Some(start) = &s.start {
+                self.worker.send(&FromRunner::Started {
+                    task: start.task,
+                    route: start.route.clone(),
+                });
                 match Decoding::new(tokenizer, &start.prompt, &start.params, limit) {
                     Ok(decoding) => {
                         sampling.insert(
@@ -657,6 +685,11 @@ impl Rank {
                 seq: seq.seq,
                 token: step.token,
                 text: step.text,
+                end: step.finish.map(|finish| ChunkEnd {
+                    finish,
+                    prompt_tokens: seq.decoding.prompt_tokens(),
+                    completion_tokens: seq.decoding.generated().len(),
+                }),
             });
             seq.seq += 1;
             let done = step.finish.is_some();

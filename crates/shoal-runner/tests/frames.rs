@@ -54,6 +54,7 @@ fn sample_forward() -> DataFrame {
                     max_tokens: 5,
                     stop: vec!["</s>".into()],
                 },
+                route: vec![0xAB; 48],
             }),
         }],
         activations: vec![0.5; 2 * 16],

@@ -7,8 +7,19 @@
 //! plan never waits on a runner. Runner statuses reach State only through rule 9 of the plan (`Emit`), so a status
 //! that was lost on its way is asserted again.
 //!
-//! Not yet carried out (the API issue brings the chunks' consumer): `Submit` and `Cancel`. The runner protocol has
-//! no `Reset`, so a reset is a restart of the runner process that does not count as a failure.
+//! Generation (§10.3–§10.4): on rank 0's node `Submit` renders the task's messages with the chat template, tokenizes
+//! them and hands the runner the task with its route (task id, command id, API node); the last rank's runner gives the
+//! route back to its own worker (`Started`), whose node sends every chunk straight to the API node. Runner messages
+//! become durable events: `Accepted` → `TaskStatusUpdated(Running)` (rank 0), the last chunk's `TaskDone(Complete)` →
+//! `TaskStatusUpdated(Complete)` (last rank), `TaskDone(Failed)` → `TaskFailed` plus an out-of-band `Error` chunk. A
+//! runner that dies or is reset fails the tasks it had and every `Running` task of its instance the same way, so a
+//! client hears of it at once rather than when State catches up. `Cancel` goes to rank 0, which releases the sequence
+//! on every rank. The runner protocol has no `Reset`, so a reset is a restart of the runner process that does not
+//! count as a failure.
+
+mod prompt;
+
+pub use prompt::{DEFAULT_MAX_TOKENS, Prompter, engine_params};
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -18,20 +29,25 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use shoal_cluster::ClusterHandle;
+use serde::{Deserialize, Serialize};
+use shoal_cluster::{ChunkMsg, ClusterHandle};
 use shoal_core::worker::{Action, ActionKey, LocalRunner, LocalView, plan};
 use shoal_models::ModelStore;
 use shoal_runner::local::RunnerProcess;
-use shoal_runner::proto::{self, FromRunner, LoadSpec, ToRunner};
-use shoal_types::ids::{ModelId, RunnerId};
-use shoal_types::model::{DownloadProgress, RunnerStatus, ShardMetadata};
-use shoal_types::{ModelCard, State};
+use shoal_runner::proto::{self, ChunkEnd, FromRunner, LoadSpec, Outcome, TaskHandle, ToRunner};
+use shoal_types::chunk::{Chunk, FinishReason, Usage};
+use shoal_types::ids::{CommandId, InstanceId, ModelId, RunnerId, TaskId};
+use shoal_types::model::{
+    DownloadProgress, ErrorKind, RunnerStatus, ShardMetadata, TaskError, TaskProgress, TaskStatus,
+};
+use shoal_types::wire::SEQ_OOB;
+use shoal_types::{Event, ModelCard, NodeId, State, codec};
 
 /// The plan runs at least this often (§10.2).
 const TICK: Duration = Duration::from_millis(250);
 
 /// How this node runs its runners.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct WorkerConfig {
     /// The `shoal` binary, started as `shoal runner --socket ...`.
     pub exe: PathBuf,
@@ -39,7 +55,12 @@ pub struct WorkerConfig {
     pub max_seqs: u32,
     /// Compute threads per runner.
     pub threads: usize,
+    /// Told every download report of this node (the CLI's progress bar); State gets them throttled (§10.2).
+    pub on_progress: Option<ProgressHook>,
 }
+
+/// A watcher of this node's downloads.
+pub type ProgressHook = Arc<dyn Fn(&ModelId, &DownloadProgress) + Send + Sync>;
 
 /// What reaches the worker thread.
 enum Input {
@@ -57,10 +78,66 @@ enum Input {
     Stop,
 }
 
+/// Where a task's chunks and events go; travels with the sequence from rank 0 to the last rank (opaque to runners).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Route {
+    task_id: TaskId,
+    command_id: CommandId,
+    origin: NodeId,
+    instance: InstanceId,
+}
+
+/// The tasks one runner holds, by the handle the runner knows them by.
+#[derive(Default)]
+struct RunnerTasks {
+    routes: HashMap<TaskHandle, Route>,
+    handles: HashMap<TaskId, TaskHandle>,
+}
+
+impl RunnerTasks {
+    fn insert(&mut self, handle: TaskHandle, route: Route) {
+        self.handles.insert(route.task_id, handle);
+        self.routes.insert(handle, route);
+    }
+
+    fn remove(&mut self, handle: TaskHandle) -> Option<Route> {
+        let route = self.routes.remove(&handle)?;
+        self.handles.remove(&route.task_id);
+        Some(route)
+    }
+}
+
+/// What this node's runners report about themselves beyond State (for `/metrics` and the shard tests).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RunnerReport {
+    pub runner: RunnerId,
+    pub instance: InstanceId,
+    pub layer_start: u32,
+    pub layer_end: u32,
+    pub pid: u32,
+    /// Bytes of weights the runner's stage loaded.
+    pub weight_bytes: u64,
+}
+
+/// Counts of what this node's runners produced, for `/metrics` and the cancellation tests.
+#[derive(Debug, Default)]
+pub struct WorkerCounters {
+    /// Chunks forwarded to API nodes.
+    pub chunks: std::sync::atomic::AtomicU64,
+    /// Chunks produced for a task that State already shows cancelled, failed or gone: what a cancellation cost
+    /// beyond the step in flight.
+    pub chunks_after_cancel: std::sync::atomic::AtomicU64,
+}
+
+/// The live reports of this node's runners, shared with the HTTP layer.
+pub type RunnerReports = Arc<std::sync::Mutex<BTreeMap<RunnerId, RunnerReport>>>;
+
 /// A running worker; dropping it stops the thread (its runners are stopped with it).
 pub struct Worker {
     inputs: Sender<Input>,
     thread: Option<JoinHandle<()>>,
+    reports: RunnerReports,
+    counters: Arc<WorkerCounters>,
 }
 
 impl Worker {
@@ -69,7 +146,15 @@ impl Worker {
         let node = cluster.view().status.node;
         let mut local = LocalView::new(node);
         local.max_seqs = config.max_seqs;
+        let reports = RunnerReports::default();
+        let counters = Arc::new(WorkerCounters::default());
         let mut shell = Shell {
+            counters: counters.clone(),
+            node,
+            tasks: BTreeMap::new(),
+            next_handle: 1,
+            prompters: BTreeMap::new(),
+            reports: reports.clone(),
             cluster,
             models: Arc::new(models),
             config,
@@ -86,7 +171,18 @@ impl Worker {
         Ok(Worker {
             inputs,
             thread: Some(thread),
+            reports,
+            counters,
         })
+    }
+
+    /// What this node's runners report (weights loaded, pids), shared and kept current.
+    pub fn reports(&self) -> RunnerReports {
+        self.reports.clone()
+    }
+
+    pub fn counters(&self) -> Arc<WorkerCounters> {
+        self.counters.clone()
     }
 }
 
@@ -100,6 +196,14 @@ impl Drop for Worker {
 }
 
 struct Shell {
+    node: NodeId,
+    /// Tasks each local runner holds (rank 0: submitted; last rank: started).
+    tasks: BTreeMap<RunnerId, RunnerTasks>,
+    next_handle: TaskHandle,
+    /// Rank 0's tokenizer and chat template per model.
+    prompters: BTreeMap<ModelId, Arc<Prompter>>,
+    reports: RunnerReports,
+    counters: Arc<WorkerCounters>,
     cluster: ClusterHandle,
     models: Arc<ModelStore>,
     config: WorkerConfig,
@@ -190,6 +294,7 @@ impl Shell {
     }
 
     fn stop_all(&mut self) {
+        self.lock_reports().clear();
         for (_, process) in std::mem::take(&mut self.processes) {
             stop_in_background(process);
         }
@@ -231,13 +336,23 @@ impl Shell {
                 }
                 self.local.runners.remove(&runner);
                 self.tags.retain(|_, r| *r != runner);
+                self.tasks.remove(&runner);
+                self.lock_reports().remove(&runner);
                 self.local.finish(&ActionKey::Shutdown(runner));
             }
             Action::Reset { runner } => {
-                // No Reset in the runner protocol: restart the process (not a failure, so no backoff).
+                // No Reset in the runner protocol: restart the process (not a failure, so no backoff). Its sequences die
+                // with it (§10.1: a reset fails its in-flight sequences).
                 if let Some(process) = self.processes.remove(&runner) {
                     stop_in_background(process);
                 }
+                self.fail_tasks_of(
+                    runner,
+                    state,
+                    ErrorKind::Pipeline,
+                    "the pipeline was reset: a sibling runner failed",
+                );
+                self.lock_reports().remove(&runner);
                 if let Some(r) = self.local.runners.get_mut(&runner) {
                     r.alive = false;
                     r.status = None;
@@ -268,9 +383,256 @@ impl Shell {
                     tracing::warn!(%error, "cannot hand an event to the outbox");
                 }
             }
-            // Generation is wired with the API's stream registry (issue 5).
-            Action::Submit { runner, task } => self.local.finish(&ActionKey::Submit(runner, task)),
-            Action::Cancel { runner, task } => self.local.finish(&ActionKey::Cancel(runner, task)),
+            Action::Submit { runner, task } => {
+                self.submit(runner, task, state);
+                self.local.finish(&ActionKey::Submit(runner, task));
+            }
+            Action::Cancel { runner, task } => {
+                self.cancel(runner, task);
+                self.local.finish(&ActionKey::Cancel(runner, task));
+            }
+        }
+    }
+
+    fn lock_reports(&self) -> std::sync::MutexGuard<'_, BTreeMap<RunnerId, RunnerReport>> {
+        self.reports.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Rule 8: renders and tokenizes the task on this (rank 0) node and hands it to the runner. A request the model
+    /// cannot take (the template refuses it, the prompt is too long) fails here with `Invalid`.
+    fn submit(&mut self, runner: RunnerId, task_id: TaskId, state: &State) {
+        let Some(task) = state.tasks.get(&task_id).cloned() else {
+            return;
+        };
+        let Some(instance) = state.instances.get(&task.instance) else {
+            return;
+        };
+        let route = Route {
+            task_id,
+            command_id: task.command_id,
+            origin: task.origin,
+            instance: task.instance,
+        };
+        if let Some(r) = self.local.runners.get_mut(&runner) {
+            r.submitted.insert(task_id);
+        }
+        let prepared = self.prompter(&instance.model).and_then(|p| p.prepare(&task.params));
+        let (prompt, params) = match prepared {
+            Ok(x) => x,
+            Err(message) => {
+                tracing::info!(task = %task_id, %message, "request refused at rank 0");
+                self.fail_task(route, ErrorKind::Invalid, message);
+                return;
+            }
+        };
+        let route_bytes = match codec::encode(&route) {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                self.fail_task(
+                    route,
+                    ErrorKind::Internal,
+                    format!("cannot encode the task's route: {error}"),
+                );
+                return;
+            }
+        };
+        let handle = self.next_handle;
+        self.next_handle += 1;
+        let sent = self.processes.get_mut(&runner).map(|p| {
+            p.send(&ToRunner::Submit {
+                task: handle,
+                prompt,
+                params,
+                route: route_bytes,
+            })
+        });
+        if !matches!(sent, Some(Ok(()))) {
+            self.fail_task(route, ErrorKind::Runner, "the runner is gone".into());
+            return;
+        }
+        self.tasks.entry(runner).or_default().insert(handle, route);
+        if let Some(r) = self.local.runners.get_mut(&runner) {
+            r.open_tasks.insert(task_id);
+        }
+    }
+
+    /// Rule 3: rank 0 stops feeding the sequence and releases it on every rank; another rank only forgets it.
+    fn cancel(&mut self, runner: RunnerId, task_id: TaskId) {
+        if let Some(r) = self.local.runners.get_mut(&runner) {
+            r.open_tasks.remove(&task_id);
+        }
+        let Some(tasks) = self.tasks.get_mut(&runner) else {
+            return;
+        };
+        let Some(handle) = tasks.handles.get(&task_id).copied() else {
+            return;
+        };
+        tasks.remove(handle);
+        if let Some(process) = self.processes.get_mut(&runner)
+            && let Err(error) = process.send(&ToRunner::Cancel { task: handle })
+        {
+            tracing::debug!(%runner, %error, "cannot send Cancel (the runner is going away)");
+        }
+    }
+
+    fn prompter(&mut self, card: &ModelCard) -> Result<Arc<Prompter>, String> {
+        if let Some(p) = self.prompters.get(&card.id) {
+            return Ok(p.clone());
+        }
+        let gguf = self
+            .gguf
+            .get(&card.id)
+            .ok_or_else(|| format!("model {} is not on this node", card.id))?;
+        let prompter = Arc::new(Prompter::load(gguf, card)?);
+        self.prompters.insert(card.id.clone(), prompter.clone());
+        Ok(prompter)
+    }
+
+    /// The client hears of a failure at once (an out-of-band `Error` chunk to its API node), and State records it
+    /// (`TaskFailed`), which also closes the stream should the chunk be lost.
+    fn fail_task(&self, route: Route, kind: ErrorKind, message: String) {
+        self.cluster.send_chunk(
+            route.origin,
+            ChunkMsg {
+                from: self.node,
+                command_id: route.command_id,
+                task_id: route.task_id,
+                seq: SEQ_OOB,
+                chunk: Chunk::Error {
+                    kind,
+                    message: message.clone(),
+                },
+            },
+        );
+        let event = Event::TaskFailed {
+            task_id: route.task_id,
+            error: TaskError { kind, message },
+        };
+        if let Err(error) = self.cluster.produce(event) {
+            tracing::warn!(%error, "cannot hand TaskFailed to the outbox");
+        }
+    }
+
+    /// A runner died or was reset: fails what it held and every task of its instance that State says is running.
+    fn fail_tasks_of(&mut self, runner: RunnerId, state: &State, kind: ErrorKind, message: &str) {
+        let held = self.tasks.remove(&runner).unwrap_or_default();
+        let instance = self.local.runners.get(&runner).map(|r| r.instance);
+        let mut routes: BTreeMap<TaskId, Route> = held.routes.into_values().map(|r| (r.task_id, r)).collect();
+        if let Some(instance) = instance {
+            for task in state.tasks.values() {
+                if task.instance == instance && task.status == TaskStatus::Running {
+                    routes.entry(task.id).or_insert(Route {
+                        task_id: task.id,
+                        command_id: task.command_id,
+                        origin: task.origin,
+                        instance,
+                    });
+                }
+            }
+        }
+        for route in routes.into_values() {
+            let terminal = state.tasks.get(&route.task_id).is_some_and(|t| {
+                matches!(
+                    t.status,
+                    TaskStatus::Complete | TaskStatus::Failed | TaskStatus::Cancelled
+                )
+            });
+            if !terminal {
+                self.fail_task(route, kind, message.to_string());
+            }
+        }
+    }
+
+    fn on_task_message(&mut self, runner: RunnerId, msg: FromRunner) {
+        match msg {
+            FromRunner::Accepted { task } => {
+                let Some(route) = self.tasks.get(&runner).and_then(|t| t.routes.get(&task)).copied() else {
+                    return;
+                };
+                self.produce(Event::TaskStatusUpdated {
+                    task_id: route.task_id,
+                    status: TaskProgress::Running,
+                });
+            }
+            FromRunner::Started { task, route } => match codec::decode::<Route>(&route) {
+                Ok(route) => {
+                    if let Some(r) = self.local.runners.get_mut(&runner) {
+                        r.open_tasks.insert(route.task_id);
+                    }
+                    self.tasks.entry(runner).or_default().insert(task, route);
+                }
+                Err(error) => tracing::warn!(%runner, %error, "a task's route does not decode; its chunks are dropped"),
+            },
+            FromRunner::Chunk {
+                task,
+                seq,
+                token,
+                text,
+                end,
+            } => {
+                let Some(route) = self.tasks.get(&runner).and_then(|t| t.routes.get(&task)).copied() else {
+                    return; // cancelled since
+                };
+                use std::sync::atomic::Ordering::Relaxed;
+                self.counters.chunks.fetch_add(1, Relaxed);
+                let stopped = self
+                    .cluster
+                    .view()
+                    .state
+                    .tasks
+                    .get(&route.task_id)
+                    .is_none_or(|t| matches!(t.status, TaskStatus::Cancelled | TaskStatus::Failed));
+                if stopped {
+                    self.counters.chunks_after_cancel.fetch_add(1, Relaxed);
+                }
+                let (finish, usage) = match end {
+                    Some(end) => (Some(finish_reason(end)), Some(usage(end))),
+                    None => (None, None),
+                };
+                self.cluster.send_chunk(
+                    route.origin,
+                    ChunkMsg {
+                        from: self.node,
+                        command_id: route.command_id,
+                        task_id: route.task_id,
+                        seq: u32::try_from(seq).unwrap_or(SEQ_OOB - 1),
+                        chunk: Chunk::Token {
+                            text,
+                            token_id: token,
+                            is_thinking: false,
+                            logprob: None,
+                            top_logprobs: Vec::new(),
+                            finish,
+                            usage,
+                            stats: None,
+                        },
+                    },
+                );
+            }
+            FromRunner::TaskDone { task, outcome } => {
+                let Some(route) = self.tasks.get_mut(&runner).and_then(|t| t.remove(task)) else {
+                    return;
+                };
+                if let Some(r) = self.local.runners.get_mut(&runner) {
+                    r.open_tasks.remove(&route.task_id);
+                }
+                match outcome {
+                    Outcome::Complete { .. } => self.produce(Event::TaskStatusUpdated {
+                        task_id: route.task_id,
+                        status: TaskProgress::Complete,
+                    }),
+                    Outcome::Failed(message) => self.fail_task(route, ErrorKind::Runner, message),
+                    // State already says so (that is why it was cancelled).
+                    Outcome::Cancelled => {}
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn produce(&self, event: Event) {
+        if let Err(error) = self.cluster.produce(event) {
+            tracing::warn!(%error, "cannot hand an event to the outbox");
         }
     }
 
@@ -385,6 +747,9 @@ impl Shell {
                 self.on_runner(runner, tag, msg, now);
             }
             Input::Progress(model, progress) => {
+                if let Some(hook) = &self.config.on_progress {
+                    hook(&model, &progress);
+                }
                 let entry = self.local.models.entry(model).or_default();
                 entry.progress = Some(progress);
             }
@@ -411,6 +776,26 @@ impl Shell {
     }
 
     fn on_runner(&mut self, runner: RunnerId, tag: u32, msg: FromRunner, now: u64) {
+        if matches!(
+            msg,
+            FromRunner::Accepted { .. }
+                | FromRunner::Started { .. }
+                | FromRunner::Chunk { .. }
+                | FromRunner::TaskDone { .. }
+        ) {
+            self.on_task_message(runner, msg);
+            return;
+        }
+        if let FromRunner::Status(proto::RunnerStatus::Failed(error)) = &msg {
+            let state = self.cluster.view().state;
+            let message = format!("runner failed: {error}");
+            self.fail_tasks_of(runner, &state, ErrorKind::Runner, &message);
+            self.lock_reports().remove(&runner);
+        }
+        if let FromRunner::Weights { bytes } = msg {
+            self.report_weights(runner, bytes);
+            return;
+        }
         let Some(r) = self.local.runners.get_mut(&runner) else {
             return;
         };
@@ -440,10 +825,37 @@ impl Shell {
             }
             FromRunner::Hello { .. }
             | FromRunner::Heartbeat
+            | FromRunner::Weights { .. }
             | FromRunner::Accepted { .. }
+            | FromRunner::Started { .. }
             | FromRunner::Chunk { .. }
             | FromRunner::TaskDone { .. } => {}
         }
+    }
+
+    fn report_weights(&mut self, runner: RunnerId, bytes: u64) {
+        let state = self.cluster.view().state;
+        let Some(r) = self.local.runners.get(&runner) else {
+            return;
+        };
+        let shard = state
+            .instances
+            .get(&r.instance)
+            .and_then(|i| i.assignments.shards.get(&runner));
+        let (layer_start, layer_end) = match shard {
+            Some(ShardMetadata::Pipeline(p)) => (p.start_layer, p.end_layer),
+            _ => (0, 0),
+        };
+        let pid = self.processes.get(&runner).map_or(0, |p| p.pid());
+        let report = RunnerReport {
+            runner,
+            instance: r.instance,
+            layer_start,
+            layer_end,
+            pid,
+            weight_bytes: bytes,
+        };
+        self.lock_reports().insert(runner, report);
     }
 
     fn failed(r: &mut LocalRunner, now: u64, error: String) {
@@ -462,4 +874,22 @@ impl Shell {
 /// Stops a runner off the worker thread: `Shutdown`, then SIGKILL after its grace (the process's `Drop`).
 fn stop_in_background(process: RunnerProcess) {
     std::thread::spawn(move || drop(process));
+}
+
+fn finish_reason(end: ChunkEnd) -> FinishReason {
+    match end.finish {
+        shoal_engine::FinishReason::Stop => FinishReason::Stop,
+        shoal_engine::FinishReason::Length | shoal_engine::FinishReason::ContextLength => FinishReason::Length,
+    }
+}
+
+fn usage(end: ChunkEnd) -> Usage {
+    let prompt = u32::try_from(end.prompt_tokens).unwrap_or(u32::MAX);
+    let completion = u32::try_from(end.completion_tokens).unwrap_or(u32::MAX);
+    Usage {
+        prompt_tokens: prompt,
+        completion_tokens: completion,
+        total_tokens: prompt.saturating_add(completion),
+        ..Usage::default()
+    }
 }

@@ -15,13 +15,7 @@ use shoal_cluster::{ClusterHandle, EVENTS_MAX};
 
 use crate::instances;
 
-/// The OpenAI error shape (§2.1): `{"error":{"message","type","code"}}`.
-pub fn error(status: StatusCode, kind: &str, message: impl Into<String>) -> Response {
-    let body = serde_json::json!({
-        "error": { "message": message.into(), "type": kind, "code": status.as_u16() }
-    });
-    (status, Json(body)).into_response()
-}
+pub use shoal_api::error;
 
 fn not_ready() -> Response {
     error(
@@ -31,13 +25,28 @@ fn not_ready() -> Response {
     )
 }
 
-pub fn router(cluster: ClusterHandle) -> Router {
-    Router::new()
+/// What `/metrics` reports beyond the cluster's own counters.
+#[derive(Clone, Default)]
+pub struct MetricsSources {
+    pub api: Option<shoal_api::Api>,
+    pub runners: Option<shoal_worker::RunnerReports>,
+    pub worker: Option<std::sync::Arc<shoal_worker::WorkerCounters>>,
+}
+
+/// The node's whole HTTP surface: the cluster's endpoints, the placement endpoints and (unless `--no-api`) the
+/// OpenAI API.
+pub fn router(cluster: ClusterHandle, sources: MetricsSources) -> Router {
+    let metrics_cluster = cluster.clone();
+    let api = sources.api.clone();
+    let mut router = Router::new()
         .route("/node_id", get(node_id))
         .route("/state", get(state))
         .route("/status", get(status))
         .route("/events", get(events))
-        .route("/metrics", get(metrics))
+        .route(
+            "/metrics",
+            get(move || metrics(metrics_cluster.clone(), sources.clone())),
+        )
         .route("/place_instance", post(instances::place_instance))
         .route("/instance", post(instances::create_instance))
         .route("/instance/previews", get(instances::previews))
@@ -47,7 +56,11 @@ pub fn router(cluster: ClusterHandle) -> Router {
             get(instances::get_instance).delete(instances::delete_instance),
         )
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
-        .with_state(cluster)
+        .with_state(cluster.clone());
+    if let Some(api) = api {
+        router = router.merge(shoal_api::router(api));
+    }
+    router
 }
 
 /// Binds the API port; the caller logs the bound address (tests start nodes on port 0 and read it).
@@ -120,7 +133,7 @@ async fn events(
 }
 
 /// Prometheus text exposition.
-async fn metrics(AxumState(cluster): AxumState<ClusterHandle>) -> Response {
+async fn metrics(cluster: ClusterHandle, sources: MetricsSources) -> Response {
     let view = cluster.view();
     let mut out = String::new();
     let _ = writeln!(
@@ -153,5 +166,37 @@ async fn metrics(AxumState(cluster): AxumState<ClusterHandle>) -> Response {
             );
         }
     }
+    if let Some(api) = &sources.api {
+        out.push_str(&api.metrics());
+    }
+    if let Some(runners) = &sources.runners {
+        let runners = runners.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let _ = writeln!(out, "# TYPE shoal_runner_weight_bytes gauge");
+        for r in runners.values() {
+            let _ = writeln!(
+                out,
+                "shoal_runner_weight_bytes{{runner=\"{}\",instance=\"{}\",layers=\"{}-{}\",pid=\"{}\"}} {}",
+                r.runner, r.instance, r.layer_start, r.layer_end, r.pid, r.weight_bytes
+            );
+        }
+    }
+    if let Some(worker) = &sources.worker {
+        use std::sync::atomic::Ordering::Relaxed;
+        let _ = writeln!(
+            out,
+            "# TYPE shoal_worker_chunks_total counter\nshoal_worker_chunks_total {}",
+            worker.chunks.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE shoal_worker_chunks_after_cancel_total counter\nshoal_worker_chunks_after_cancel_total {}",
+            worker.chunks_after_cancel.load(Relaxed)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# TYPE shoal_chunks_unrouted_total counter\nshoal_chunks_unrouted_total {}",
+        cluster.chunks_unrouted()
+    );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

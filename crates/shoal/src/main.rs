@@ -5,6 +5,7 @@ mod generate;
 mod http;
 mod instances;
 mod node_id;
+mod progress;
 mod watchdog;
 
 use std::path::{Path, PathBuf};
@@ -118,6 +119,9 @@ struct RunArgs {
     /// Sequences a runner of this node admits at once (continuous batching).
     #[arg(long, default_value_t = shoal_core::worker::DEFAULT_MAX_SEQS, value_parser = clap::value_parser!(u32).range(1..=256))]
     max_seqs: u32,
+    /// Seconds a request waits for its task to appear in State before it fails with 504 (§11.3's ttl).
+    #[arg(long, default_value_t = 10, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=3600))]
+    stream_ttl: u64,
 }
 
 fn parse_namespace(text: &str) -> Result<String, String> {
@@ -272,6 +276,7 @@ fn run(args: &RunArgs) -> anyhow::Result<()> {
             exe: std::env::current_exe().context("cannot find the shoal binary to start runners")?,
             max_seqs: args.max_seqs,
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            on_progress: progress::bars(),
         };
         Some(shoal_worker::Worker::start(handle.clone(), store, config)?)
     };
@@ -283,7 +288,13 @@ fn run(args: &RunArgs) -> anyhow::Result<()> {
         let listener = runtime.block_on(http::bind(args.api_port))?;
         let addr = listener.local_addr()?;
         info!(%addr, "api listening");
-        let router = http::router(handle.clone());
+        let api = runtime.block_on(async { shoal_api::Api::start(handle.clone(), args.stream_ttl * 1000) });
+        let sources = http::MetricsSources {
+            api: Some(api),
+            runners: worker.as_ref().map(|w| w.reports()),
+            worker: worker.as_ref().map(|w| w.counters()),
+        };
+        let router = http::router(handle.clone(), sources);
         runtime.spawn(async move {
             if let Err(e) = axum::serve(listener, router).await {
                 tracing::error!(error = %e, "the HTTP server stopped");

@@ -1,0 +1,178 @@
+//! The OpenAI-compatible API of every node (SYSTEM.md §11): `POST /v1/chat/completions` (streaming and not),
+//! `GET /v1/models` and `/models`, `POST /v1/cancel/{command_id}`, over the stream registry of [`streams`].
+//!
+//! A request becomes [`GenerationParams`](shoal_types::params::GenerationParams) ([`request`]), is registered, and
+//! its `TextGeneration` command goes to the master. Chunks arrive from the pipeline's last rank straight into the
+//! registry; the registry closes the stream when State says its task or instance is gone, whichever way this node
+//! learned it.
+
+mod chat;
+pub mod request;
+pub mod streams;
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, Path, State as AxumState};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use shoal_cluster::ClusterHandle;
+use shoal_types::ids::CommandId;
+use shoal_types::{ModelCard, State};
+
+pub use streams::{StreamStats, Streams};
+
+/// The OpenAI error shape (§11.1): `{"error":{"message","type","code"}}`.
+pub fn error(status: StatusCode, kind: &str, message: impl Into<String>) -> Response {
+    error_with_code(status, kind, serde_json::Value::from(status.as_u16()), message)
+}
+
+pub fn error_with_code(
+    status: StatusCode,
+    kind: &str,
+    code: serde_json::Value,
+    message: impl Into<String>,
+) -> Response {
+    let body = serde_json::json!({
+        "error": { "message": message.into(), "type": kind, "code": code }
+    });
+    (status, Json(body)).into_response()
+}
+
+/// What the API's handlers share.
+#[derive(Clone)]
+pub struct Api {
+    pub cluster: ClusterHandle,
+    pub streams: Arc<Streams>,
+}
+
+impl Api {
+    /// Starts the registry (on the current tokio runtime) and installs its chunk sink.
+    pub fn start(cluster: ClusterHandle, stream_ttl_ms: u64) -> Api {
+        let streams = Streams::start(cluster.clone(), stream_ttl_ms);
+        Api { cluster, streams }
+    }
+
+    /// Lines for `/metrics` (Prometheus text).
+    pub fn metrics(&self) -> String {
+        let stats = self.streams.stats();
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# TYPE shoal_streams_open gauge\nshoal_streams_open {}",
+            stats.open
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE shoal_streams_finished_total counter\nshoal_streams_finished_total {}",
+            stats.finished
+        );
+        let _ = writeln!(out, "# TYPE shoal_stream_closes_total counter");
+        for (reason, n) in &stats.closes {
+            let _ = writeln!(out, "shoal_stream_closes_total{{reason=\"{reason}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "# TYPE shoal_chunks_unknown_total counter\nshoal_chunks_unknown_total {}",
+            stats.chunks_unknown
+        );
+        out
+    }
+}
+
+pub fn router(api: Api) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(chat::completions))
+        .route("/ollama/v1/chat/completions", post(chat::completions))
+        .route("/v1/models", get(models_openai))
+        .route("/models", get(models))
+        .route("/v1/cancel/{command_id}", post(cancel))
+        // The handler reads the body with its own limit, so an oversized body is a 413 in the OpenAI shape.
+        .layer(DefaultBodyLimit::disable())
+        .with_state(api)
+}
+
+/// Every card this node knows: built-ins, then custom cards from State.
+pub fn all_cards(state: &State) -> Vec<ModelCard> {
+    let mut cards = shoal_types::card::builtin_cards();
+    for card in state.model_cards.values() {
+        if !cards.iter().any(|c| c.id == card.id) {
+            cards.push(card.as_ref().clone());
+        }
+    }
+    cards
+}
+
+/// Whether an instance of the model has every runner serving.
+fn ready(state: &State, card: &ModelCard) -> bool {
+    state.instances.values().any(|i| {
+        i.model.id == card.id
+            && i.assignments
+                .shards
+                .keys()
+                .all(|r| state.runners.get(r).is_some_and(|rec| rec.status.is_serving()))
+    })
+}
+
+async fn models_openai(AxumState(api): AxumState<Api>) -> Response {
+    let state = api.cluster.view().state;
+    let data: Vec<serde_json::Value> = all_cards(&state)
+        .iter()
+        .map(|c| {
+            serde_json::json!({
+                "id": c.id.as_str(),
+                "object": "model",
+                "created": 0,
+                "owned_by": "shoal",
+                "aliases": c.aliases,
+                "n_layers": c.n_layers,
+                "storage_size": c.storage_size,
+                "context_length": c.context_length,
+                "ready": ready(&state, c),
+            })
+        })
+        .collect();
+    Json(serde_json::json!({ "object": "list", "data": data })).into_response()
+}
+
+async fn models(AxumState(api): AxumState<Api>) -> Response {
+    Json(all_cards(&api.cluster.view().state)).into_response()
+}
+
+/// `POST /v1/cancel/{command_id}` (§11.1): a stream open here is cancelled and closed (its client sees
+/// `cancelled`); a task known only to State is cancelled; anything else is 404. Accepts the completion's `id`
+/// (`chatcmpl-<command id>`) too.
+async fn cancel(AxumState(api): AxumState<Api>, Path(raw): Path<String>) -> Response {
+    let text = raw.strip_prefix("chatcmpl-").unwrap_or(&raw);
+    let Ok(uuid) = uuid::Uuid::parse_str(text) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            format!("`command_id`: `{raw}` is not a command id"),
+        );
+    };
+    let command_id = CommandId(uuid);
+    let body = |message: &str| {
+        Json(serde_json::json!({ "message": message, "command_id": command_id.to_string() })).into_response()
+    };
+    if api.streams.cancel(command_id) {
+        return body("cancelled");
+    }
+    let known = api
+        .cluster
+        .view()
+        .state
+        .task_for_command(&command_id)
+        .is_some_and(|t| !t.status.is_terminal());
+    if known {
+        api.streams.cancel_task(command_id);
+        return body("cancel requested");
+    }
+    error(
+        StatusCode::NOT_FOUND,
+        "not_found_error",
+        format!("no running generation has command id {command_id}"),
+    )
+}

@@ -1,0 +1,178 @@
+//! The cluster benchmark (issues 4 and 5): real `shoal run` nodes on loopback, the test model placed on 1, 2 and 3
+//! of them, measured through the OpenAI API with streaming requests, side by side in one run.
+//!
+//! `cargo bench -p shoal --bench cluster` prints one table: per pipeline size, the time from `POST /place_instance`
+//! to every runner `Ready`, time to first token and decode tokens/s as the client sees them (p50 of `REPS` greedy
+//! requests of `DECODE_TOKENS` tokens), and the ratio to one node. A last row runs the same request on the engine
+//! alone (one runner process driven directly, no cluster, no HTTP) for the control plane's added time to first token.
+#![allow(clippy::unwrap_used, clippy::print_stdout)]
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use shoal_engine::{ChatMessage, ChatTemplate, GenerateParams, SamplingParams, Tokenizer};
+use shoal_runner::LocalPipeline;
+use support::*;
+
+const REPS: usize = 5;
+const DECODE_TOKENS: u32 = 128;
+const PROMPT: &str = "Count from 1 to 500, one number per line.";
+
+struct Row {
+    nodes: usize,
+    ready: Duration,
+    ttft: Duration,
+    decode: f64,
+}
+
+fn median<T: PartialOrd + Copy>(mut v: Vec<T>) -> T {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// One streaming request: (time to first content, decode tokens/s from the first to the last content delta).
+fn stream_once(port: u16) -> (Duration, f64, usize) {
+    let body = json!({
+        "model": "smollm2-135m",
+        "messages": [{"role": "user", "content": PROMPT}],
+        "max_tokens": DECODE_TOKENS,
+        "temperature": 0,
+        "stream": true,
+    });
+    let sent = Instant::now();
+    let mut sse = SseClient::open(port, &body);
+    assert_eq!(sse.status, 200);
+    let mut first = None;
+    let mut last = sent;
+    let mut deltas = 0usize;
+    while let Some(data) = sse.next_data() {
+        if data == "[DONE]" {
+            break;
+        }
+        let event = json_of(&data);
+        assert!(event.get("error").is_none(), "{event}");
+        if event["choices"][0]["delta"]["content"]
+            .as_str()
+            .is_some_and(|c| !c.is_empty())
+        {
+            let now = Instant::now();
+            first.get_or_insert(now);
+            last = now;
+            deltas += 1;
+        }
+    }
+    let first = first.unwrap();
+    let decode = (deltas.saturating_sub(1)) as f64 / (last - first).as_secs_f64().max(1e-9);
+    (first - sent, decode, deltas)
+}
+
+fn main() {
+    let models = common::model_path().parent().unwrap().to_path_buf();
+    let root = tempfile::tempdir().unwrap();
+    let mut nodes = cluster(root.path(), 3);
+    for node in &mut nodes {
+        node.extra = vec!["--models-dir".into(), models.display().to_string()];
+        node.env.push(("SHOAL_LOG".into(), "warn".into()));
+        node.start();
+    }
+    {
+        let all: Vec<&Node> = nodes.iter().collect();
+        common::wait_for(Duration::from_secs(30), "agreement", || agreement(&all));
+        common::wait_for(Duration::from_secs(30), "every fact", || same_state(&all, 3));
+    }
+    let api = nodes[0].api;
+    let mut rows = Vec::new();
+    for k in 1..=3usize {
+        let placed_at = Instant::now();
+        let (code, body) = http(
+            api,
+            "POST",
+            "/place_instance",
+            Some(&json!({"model_id": "smollm2-135m", "min_nodes": k})),
+        )
+        .unwrap();
+        assert_eq!(code, 201, "{body}");
+        let instance = json_of(&body)["instance_id"].as_str().unwrap().to_owned();
+        common::wait_for(Duration::from_secs(60), "runners Ready", || {
+            let statuses = runner_statuses(&nodes[0].state()?);
+            (statuses.len() == k && statuses.iter().all(|(_, s)| s == "Ready")).then_some(())
+        });
+        let ready = placed_at.elapsed();
+        stream_once(api); // warm-up
+        let runs: Vec<(Duration, f64, usize)> = (0..REPS).map(|_| stream_once(api)).collect();
+        for (_, _, n) in &runs {
+            assert!(*n > 16, "a reply long enough to time ({n} deltas)");
+        }
+        rows.push(Row {
+            nodes: k,
+            ready,
+            ttft: median(runs.iter().map(|r| r.0).collect()),
+            decode: median(runs.iter().map(|r| r.1).collect()),
+        });
+        let (code, body) = http(api, "DELETE", &format!("/instance/{instance}"), None).unwrap();
+        assert_eq!(code, 200, "{body}");
+        common::wait_for(Duration::from_secs(30), "runners gone", || {
+            runner_statuses(&nodes[0].state()?).is_empty().then_some(())
+        });
+    }
+    drop(nodes);
+
+    // The engine alone: one runner process, the same prompt and budget, no cluster and no HTTP.
+    let model = common::model_path();
+    let tokenizer = Tokenizer::from_gguf_path(&model).unwrap();
+    let text = ChatTemplate::from_tokenizer(&tokenizer)
+        .unwrap()
+        .render(&[ChatMessage::new("user", PROMPT)], true)
+        .unwrap();
+    let prompt = tokenizer.encode(&text).unwrap();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut pipeline = LocalPipeline::start(
+        std::path::Path::new(env!("CARGO_BIN_EXE_shoal")),
+        &model,
+        &[0, 30],
+        threads,
+        8,
+    )
+    .unwrap();
+    let params = GenerateParams {
+        sampling: SamplingParams::greedy(),
+        max_tokens: DECODE_TOKENS as usize,
+        stop: Vec::new(),
+    };
+    pipeline.generate(&prompt, &params, &mut |_| {}).unwrap();
+    let alone: Vec<_> = (0..REPS)
+        .map(|_| pipeline.generate(&prompt, &params, &mut |_| {}).unwrap())
+        .collect();
+    let alone_ttft = median(alone.iter().map(|g| g.time_to_first_token).collect());
+    let alone_decode = median(alone.iter().map(|g| g.decode_tok_per_s()).collect());
+
+    let one = rows[0].decode;
+    println!("\n| pipeline | place → Ready | TTFT p50 (API) | decode tok/s p50 | vs 1 node |\n|---|---|---|---|---|");
+    for r in &rows {
+        println!(
+            "| {} node{} | {:.0} ms | {:.1} ms | {:.1} | {:.2}× |",
+            r.nodes,
+            if r.nodes == 1 { "" } else { "s" },
+            r.ready.as_secs_f64() * 1e3,
+            r.ttft.as_secs_f64() * 1e3,
+            r.decode,
+            r.decode / one
+        );
+    }
+    println!(
+        "| engine alone (1 runner, no cluster) | – | {:.1} ms | {:.1} | {:.2}× |",
+        alone_ttft.as_secs_f64() * 1e3,
+        alone_decode,
+        alone_decode / one
+    );
+    println!(
+        "\ncontrol plane's added time to first token at p50 (1 node vs the engine alone): {:.1} ms",
+        (rows[0].ttft.as_secs_f64() - alone_ttft.as_secs_f64()) * 1e3
+    );
+    println!("({REPS} requests of {DECODE_TOKENS} tokens per row, greedy, {threads} threads per runner)");
+}
