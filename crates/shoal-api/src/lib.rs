@@ -78,6 +78,13 @@ impl Api {
             "# TYPE shoal_chunks_unknown_total counter\nshoal_chunks_unknown_total {}",
             stats.chunks_unknown
         );
+        let _ = writeln!(
+            out,
+            "# TYPE shoal_stream_tokens_total counter\nshoal_stream_tokens_total {}",
+            stats.tokens
+        );
+        stats.ttft.render("shoal_time_to_first_token_seconds", &mut out);
+        stats.inter_token.render("shoal_inter_token_seconds", &mut out);
         out
     }
 }

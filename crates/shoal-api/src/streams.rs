@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use shoal_cluster::{ChunkMsg, ClusterHandle};
 use shoal_core::registry::{ChunkVerdict, CloseReason, Registry, StreamAction};
@@ -47,8 +47,60 @@ pub fn unix_ms() -> u64 {
         .unwrap_or_default()
 }
 
+/// A Prometheus histogram of durations (seconds), with fixed buckets.
+#[derive(Debug, Clone)]
+pub struct Histogram {
+    /// Upper bounds in seconds; the `+Inf` bucket is implied.
+    pub bounds: &'static [f64],
+    /// Per bucket (not cumulative), plus one for `+Inf`.
+    pub counts: Vec<u64>,
+    pub sum: f64,
+    pub count: u64,
+}
+
+const LATENCY_BOUNDS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+impl Histogram {
+    fn latency() -> Histogram {
+        Histogram {
+            bounds: LATENCY_BOUNDS,
+            counts: vec![0; LATENCY_BOUNDS.len() + 1],
+            sum: 0.0,
+            count: 0,
+        }
+    }
+
+    fn observe(&mut self, d: Duration) {
+        let s = d.as_secs_f64();
+        let i = self.bounds.iter().position(|b| s <= *b).unwrap_or(self.bounds.len());
+        self.counts[i] += 1;
+        self.sum += s;
+        self.count += 1;
+    }
+
+    /// Prometheus text lines for `name`.
+    pub fn render(&self, name: &str, out: &mut String) {
+        use std::fmt::Write as _;
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (bound, n) in self.bounds.iter().zip(&self.counts) {
+            cumulative += n;
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", self.count);
+        let _ = writeln!(out, "{name}_sum {}\n{name}_count {}", self.sum, self.count);
+    }
+}
+
 struct Inner {
     registry: Registry,
+    /// When each stream opened and when its last chunk came, for the latency histograms.
+    timing: HashMap<CommandId, (Instant, Option<Instant>)>,
+    ttft: Histogram,
+    inter_token: Histogram,
+    tokens: u64,
     outs: HashMap<CommandId, mpsc::UnboundedSender<StreamEvent>>,
     /// The command of each stream not yet observed, for resending.
     unobserved: HashMap<CommandId, Command>,
@@ -69,9 +121,15 @@ pub struct Streams {
 }
 
 /// Counters for `/metrics`.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct StreamStats {
     pub open: usize,
+    /// Chunks delivered to clients.
+    pub tokens: u64,
+    /// From registration (the request) to the first chunk.
+    pub ttft: Histogram,
+    /// Between consecutive chunks of a stream.
+    pub inter_token: Histogram,
     pub finished: u64,
     pub closes: BTreeMap<&'static str, u64>,
     pub chunks_unknown: u64,
@@ -83,6 +141,10 @@ impl Streams {
         let streams = Arc::new(Streams {
             inner: Mutex::new(Inner {
                 registry: Registry::new(),
+                timing: HashMap::new(),
+                ttft: Histogram::latency(),
+                inter_token: Histogram::latency(),
+                tokens: 0,
                 outs: HashMap::new(),
                 unobserved: HashMap::new(),
                 closes: BTreeMap::new(),
@@ -119,10 +181,12 @@ impl Streams {
         {
             let mut inner = self.lock();
             inner.registry.register(command_id, unix_ms());
+            inner.timing.insert(command_id, (Instant::now(), None));
             inner.outs.insert(command_id, tx);
             inner.unobserved.insert(command_id, command.clone());
         }
         self.wake.notify_one();
+        tracing::debug!(%command_id, "stream registered; sending its command");
         self.send_command(command_id, command);
         StreamHandle {
             command_id,
@@ -150,6 +214,9 @@ impl Streams {
         let inner = self.lock();
         StreamStats {
             open: inner.registry.len(),
+            tokens: inner.tokens,
+            ttft: inner.ttft.clone(),
+            inter_token: inner.inter_token.clone(),
             finished: inner.finished,
             closes: inner.closes.clone(),
             chunks_unknown: inner.chunks_unknown,
@@ -166,6 +233,19 @@ impl Streams {
         match verdict {
             ChunkVerdict::Deliver { is_final } => {
                 inner.registry.delivered(&msg.command_id);
+                let now = Instant::now();
+                let state = &mut *inner;
+                if let Some((opened, last)) = state.timing.get_mut(&msg.command_id) {
+                    match last {
+                        None => {
+                            tracing::debug!(command_id = %msg.command_id, "first chunk delivered");
+                            state.ttft.observe(now - *opened)
+                        }
+                        Some(last) => state.inter_token.observe(now - *last),
+                    }
+                    *last = Some(now);
+                }
+                state.tokens += 1;
                 if let Some(out) = inner.outs.get(&msg.command_id) {
                     let _ = out.send(StreamEvent::Chunk(msg.chunk));
                 }
@@ -187,6 +267,7 @@ impl Streams {
         for action in actions {
             match &action {
                 StreamAction::MarkObserved { command_id, .. } => {
+                    tracing::debug!(%command_id, "stream observed in State");
                     inner.registry.apply(&action);
                     inner.unobserved.remove(command_id);
                     if let Some(out) = inner.outs.get(command_id) {
@@ -245,6 +326,7 @@ impl Streams {
             return;
         }
         inner.unobserved.remove(&command_id);
+        inner.timing.remove(&command_id);
         let finished = match &end {
             End::Finished => {
                 inner.finished += 1;

@@ -42,6 +42,8 @@ pub(crate) struct ChunkRoute {
     /// Chunks that found no sink.
     pub(crate) unrouted: Arc<AtomicU64>,
     pub(crate) view: watch::Receiver<View>,
+    /// Fault injection (tests only): chunks with this `seq` are lost.
+    pub(crate) drop_seq: Option<u32>,
 }
 
 impl ChunkRoute {
@@ -59,6 +61,10 @@ impl ChunkRoute {
     /// Sends a chunk to `to` (in-process when it is this node). Never retried (§4): a lost chunk shows up at the
     /// receiver as a gap in `seq`, which closes the stream with an error rather than garbling it.
     pub(crate) fn send(&self, to: NodeId, msg: ChunkMsg) {
+        if self.drop_seq == Some(msg.seq) {
+            tracing::warn!(seq = msg.seq, "fault injection: a chunk is dropped");
+            return;
+        }
         if to == self.node {
             self.deliver(msg);
             return;

@@ -1,7 +1,13 @@
 //! Fault injection for tests (a named mock of a lossy network): drop or duplicate a fraction of the event messages
 //! this node sends (`up`, `down`) and receives. Nothing else can make zenoh's reliable transport lose a message on
 //! loopback, and the transport layer of §5 exists precisely to survive that.
+//!
+//! Two targeted faults serve the stream registry's tests (§11.3): a *blackout* of incoming `down` messages while a
+//! named file exists (the node then misses events it can only recover by range fetch, or by snapshot when the master
+//! has pruned them: "learned only through a snapshot install"), and the loss of one chunk (`seq` = N), which the
+//! registry must turn into `stream_incomplete`, never into silently garbled text.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -11,6 +17,10 @@ pub struct Faults {
     pub drop_permille: u32,
     /// Per mille of sent event messages sent twice.
     pub dup_permille: u32,
+    /// While this file exists, every incoming `down` message is dropped.
+    pub down_blackout: Option<PathBuf>,
+    /// Chunks with this `seq` are not sent.
+    pub drop_chunk_seq: Option<u32>,
     rng: Arc<AtomicU64>,
 }
 
@@ -19,6 +29,8 @@ impl Faults {
         Faults {
             drop_permille: drop_permille.min(1_000),
             dup_permille: dup_permille.min(1_000),
+            down_blackout: None,
+            drop_chunk_seq: None,
             rng: Arc::new(AtomicU64::new(seed | 1)),
         }
     }
@@ -31,16 +43,22 @@ impl Faults {
                 .and_then(|v| v.parse::<u32>().ok())
                 .unwrap_or(0)
         };
-        let faults = Faults::new(
+        let mut faults = Faults::new(
             read("SHOAL_FAULT_DROP_PERMILLE"),
             read("SHOAL_FAULT_DUP_PERMILLE"),
             seed,
         );
-        if faults.active() {
+        faults.down_blackout = std::env::var_os("SHOAL_FAULT_DOWN_BLACKOUT_FILE").map(PathBuf::from);
+        faults.drop_chunk_seq = std::env::var("SHOAL_FAULT_DROP_CHUNK_SEQ")
+            .ok()
+            .and_then(|v| v.parse().ok());
+        if faults.active() || faults.down_blackout.is_some() || faults.drop_chunk_seq.is_some() {
             tracing::warn!(
                 drop_permille = faults.drop_permille,
                 dup_permille = faults.dup_permille,
-                "fault injection is on: event messages are dropped and duplicated on purpose"
+                down_blackout = ?faults.down_blackout,
+                drop_chunk_seq = ?faults.drop_chunk_seq,
+                "fault injection is on: messages are dropped and duplicated on purpose"
             );
         }
         faults
@@ -72,6 +90,11 @@ impl Faults {
         } else {
             1
         }
+    }
+
+    /// Whether incoming `down` messages are blacked out right now.
+    pub fn blacked_out(&self) -> bool {
+        self.down_blackout.as_ref().is_some_and(|f| f.exists())
     }
 
     /// Whether to drop an incoming event message.

@@ -97,6 +97,11 @@ struct Shell {
     to_log_since: Option<Instant>,
     /// Sends held until the commit of what was indexed before them.
     to_send: Vec<Outgoing>,
+    /// Events applied (a follower's at once, the master's once committed) not yet announced to the node's consumers.
+    to_broadcast: Vec<IndexedEvent>,
+    /// The State as last announced: each announced event is applied to it, so every consumer sees the State after
+    /// *each* event (§11.3 case 15: a `TaskCreated` and its `TaskDeleted` in one batch must both be seen).
+    announced: State,
     view: watch::Sender<View>,
     changes: broadcast::Sender<StateChange>,
     last_view: Option<(shoal_types::Pos, &'static str, Option<SessionId>, bool)>,
@@ -113,12 +118,14 @@ pub(crate) fn start(config: ClusterConfig, store: Store) -> Result<(ClusterHandl
     let session = shoal_net::zenoh::open(zenoh_config).wait()?;
     let ns = config.net.namespace.clone();
     let node = config.node.node;
+    let drop_chunk_seq = config.faults.drop_chunk_seq;
 
     let (inputs, rx) = sync_channel(SUBSCRIBER_CHANNEL);
     let counters = Arc::new(NetCounters::default());
     let now = unix_ms();
     let state = store.state().clone();
     let core = NodeCore::new(config.node, state.clone(), store.max_term_seen(), now);
+    let initial = state.clone();
     let status = status_of(&core);
     let (view_tx, view_rx) = watch::channel(View {
         state: Arc::new(state),
@@ -144,6 +151,8 @@ pub(crate) fn start(config: ClusterConfig, store: Store) -> Result<(ClusterHandl
         to_log: Vec::new(),
         to_log_since: None,
         to_send: Vec::new(),
+        to_broadcast: Vec::new(),
+        announced: initial,
         view: view_tx,
         changes: changes.clone(),
         last_view: None,
@@ -168,6 +177,7 @@ pub(crate) fn start(config: ClusterConfig, store: Store) -> Result<(ClusterHandl
         sink: Default::default(),
         unrouted: Default::default(),
         view: view_rx.clone(),
+        drop_seq: drop_chunk_seq,
     };
     let chunk_subscriber = declare_chunks(&session, chunks.clone(), counters.clone())?;
     let handle = ClusterHandle {
@@ -424,6 +434,8 @@ impl Shell {
                 NodeOutput::Indexed(event) => self.to_commit.push(*event),
                 NodeOutput::Applied(event) => {
                     self.to_log_since.get_or_insert_with(Instant::now);
+                    // A follower acts on what it applied now; only its own log is written lazily.
+                    self.to_broadcast.push((*event).clone());
                     self.to_log.push(*event);
                 }
                 NodeOutput::Installed(state) => self.install(*state),
@@ -454,6 +466,8 @@ impl Shell {
     }
 
     fn install(&mut self, state: State) {
+        // What was applied before the snapshot is announced before it.
+        self.announce();
         let pos = state.pos;
         self.to_log.clear();
         self.to_log_since = None;
@@ -461,6 +475,8 @@ impl Shell {
             Ok(()) => tracing::info!(?pos, "installed a snapshot"),
             Err(error) => self.fatal(&format!("cannot install the snapshot: {error}")),
         }
+        self.announced = state.clone();
+        self.publish_view();
         let _ = self.changes.send(StateChange {
             state: Arc::new(state),
             cause: ChangeCause::Installed(pos),
@@ -476,7 +492,6 @@ impl Shell {
                 // The replica log lags; the node re-fetches (its State in memory is right).
                 tracing::warn!(%error, "replica log append failed");
             }
-            self.broadcast_applied(&events);
         }
         if !self.to_commit.is_empty() {
             let events = std::mem::take(&mut self.to_commit);
@@ -485,7 +500,7 @@ impl Shell {
                 self.fatal(&format!("master commit failed: {error}"));
                 return;
             }
-            self.broadcast_applied(&events);
+            self.to_broadcast.extend(events.iter().cloned());
             for event in events {
                 let session = event.session;
                 let msg = DownMsg::Event(Box::new(event));
@@ -494,16 +509,31 @@ impl Shell {
         }
     }
 
-    fn broadcast_applied(&self, events: &[IndexedEvent]) {
-        if self.changes.receiver_count() == 0 {
+    /// Announces every applied event to the node's consumers (worker, API registry), one State per event, after
+    /// publishing the view, so a consumer woken by a change never reads an older State from the view.
+    fn announce(&mut self) {
+        if self.to_broadcast.is_empty() {
             return;
         }
-        // One change per batch: consumers reconcile against the newest State (§6).
-        if let Some(last) = events.last() {
+        let events = std::mem::take(&mut self.to_broadcast);
+        self.publish_view();
+        if self.changes.receiver_count() == 0 {
+            self.announced = self.core.state().clone();
+            return;
+        }
+        for event in &events {
+            if let Err(error) = shoal_core::apply::apply_in_place(&mut self.announced, event) {
+                // Cannot happen (the core applied the same events in the same order); resynchronise if it does.
+                tracing::warn!(?error, "announced State out of step; resynchronising");
+                self.announced = self.core.state().clone();
+            }
             let _ = self.changes.send(StateChange {
-                state: Arc::new(self.store.state().clone()),
-                cause: ChangeCause::Applied(last.idx as i64),
+                state: Arc::new(self.announced.clone()),
+                cause: ChangeCause::Applied(event.idx as i64),
             });
+        }
+        if self.announced.pos != self.core.state().pos {
+            self.announced = self.core.state().clone();
         }
     }
 
@@ -514,6 +544,7 @@ impl Shell {
         if log_due || !self.to_commit.is_empty() {
             self.commit();
         }
+        self.announce();
         for outgoing in std::mem::take(&mut self.to_send) {
             self.send(outgoing);
         }
@@ -783,7 +814,7 @@ impl Shell {
             .declare_subscriber(key.clone())
             .allowed_origin(Locality::Remote)
             .callback(move |sample: Sample| {
-                if faults.drop_incoming() {
+                if faults.drop_incoming() || faults.blacked_out() {
                     return;
                 }
                 let bytes = sample.payload().to_bytes();

@@ -440,6 +440,7 @@ impl Rank {
         );
         self.slots.insert(slot, task);
         self.worker.send(&FromRunner::Accepted { task });
+        tracing::debug!(task, "admitted");
     }
 
     fn cancel(&mut self, task: TaskHandle) {
@@ -680,6 +681,9 @@ impl Rank {
                     continue;
                 }
             };
+            if seq.seq == 0 {
+                tracing::debug!(task = seq.task, "first token sampled");
+            }
             self.worker.send(&FromRunner::Chunk {
                 task: seq.task,
                 seq: seq.seq,

@@ -401,6 +401,7 @@ impl Shell {
     /// Rule 8: renders and tokenizes the task on this (rank 0) node and hands it to the runner. A request the model
     /// cannot take (the template refuses it, the prompt is too long) fails here with `Invalid`.
     fn submit(&mut self, runner: RunnerId, task_id: TaskId, state: &State) {
+        tracing::debug!(task = %task_id, "submitting");
         let Some(task) = state.tasks.get(&task_id).cloned() else {
             return;
         };
@@ -454,6 +455,7 @@ impl Shell {
         if let Some(r) = self.local.runners.get_mut(&runner) {
             r.open_tasks.insert(task_id);
         }
+        tracing::debug!(task = %task_id, "submitted to the runner");
     }
 
     /// Rule 3: rank 0 stops feeding the sequence and releases it on every rank; another rank only forgets it.
@@ -549,6 +551,7 @@ impl Shell {
                 let Some(route) = self.tasks.get(&runner).and_then(|t| t.routes.get(&task)).copied() else {
                     return;
                 };
+                tracing::debug!(task = %route.task_id, "accepted by the runner");
                 self.produce(Event::TaskStatusUpdated {
                     task_id: route.task_id,
                     status: TaskProgress::Running,
@@ -584,6 +587,9 @@ impl Shell {
                     .is_none_or(|t| matches!(t.status, TaskStatus::Cancelled | TaskStatus::Failed));
                 if stopped {
                     self.counters.chunks_after_cancel.fetch_add(1, Relaxed);
+                }
+                if seq == 0 {
+                    tracing::debug!(task = %route.task_id, "first chunk from the runner");
                 }
                 let (finish, usage) = match end {
                     Some(end) => (Some(finish_reason(end)), Some(usage(end))),

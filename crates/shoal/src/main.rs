@@ -119,6 +119,9 @@ struct RunArgs {
     /// Sequences a runner of this node admits at once (continuous batching).
     #[arg(long, default_value_t = shoal_core::worker::DEFAULT_MAX_SEQS, value_parser = clap::value_parser!(u32).range(1..=256))]
     max_seqs: u32,
+    /// Compute threads per runner [default: the number of CPUs].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=256))]
+    threads: Option<u32>,
     /// Seconds a request waits for its task to appear in State before it fails with 504 (§11.3's ttl).
     #[arg(long, default_value_t = 10, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=3600))]
     stream_ttl: u64,
@@ -208,6 +211,7 @@ fn models_to_place(names: &[String]) -> anyhow::Result<Vec<shoal_types::ModelCar
 
 fn run(args: &RunArgs) -> anyhow::Result<()> {
     let started = Instant::now();
+    raise_open_files_limit();
     let models = models_to_place(&args.model)?;
     for dir in &args.models_dir {
         if !dir.is_dir() {
@@ -220,7 +224,7 @@ fn run(args: &RunArgs) -> anyhow::Result<()> {
     info!(%node, created, data_dir = %dir.display(), "node identity");
     let store_path = dir.join("store.redb");
     // The store logs what it recovered (and any repair) itself.
-    let (store, _recovery) = Store::open(&store_path, StoreConfig::default())
+    let (store, _recovery) = Store::open(&store_path, store_config())
         .with_context(|| format!("cannot open the store {}", store_path.display()))?;
 
     let mut net = NetConfig::lan(args.namespace.clone(), node);
@@ -275,7 +279,10 @@ fn run(args: &RunArgs) -> anyhow::Result<()> {
         let config = shoal_worker::WorkerConfig {
             exe: std::env::current_exe().context("cannot find the shoal binary to start runners")?,
             max_seqs: args.max_seqs,
-            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            threads: args.threads.map_or_else(
+                || std::thread::available_parallelism().map_or(1, |n| n.get()),
+                |t| t as usize,
+            ),
             on_progress: progress::bars(),
         };
         Some(shoal_worker::Worker::start(handle.clone(), store, config)?)
@@ -308,6 +315,33 @@ fn run(args: &RunArgs) -> anyhow::Result<()> {
     cluster.shutdown();
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     Ok(())
+}
+
+/// Every open client stream holds a socket: a node serving a thousand streams needs more than the usual soft limit
+/// of 1,024 descriptors. Raises the soft limit to the hard one (what servers commonly do); a failure only logs.
+fn raise_open_files_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        limit.current = limit.maximum;
+        if let Err(error) = setrlimit(Resource::Nofile, limit) {
+            tracing::warn!(%error, "cannot raise the open files limit");
+        }
+    }
+}
+
+/// §13's store limits. The registry's snapshot test shrinks retention with `SHOAL_TEST_RETAIN_EVENTS` and
+/// `SHOAL_TEST_CHECKPOINT_EVENTS`, so a lagging follower must re-sync by snapshot (never set them in production).
+fn store_config() -> StoreConfig {
+    let mut config = StoreConfig::default();
+    let read = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
+    if let Some(n) = read("SHOAL_TEST_RETAIN_EVENTS") {
+        config.retain_events = n;
+    }
+    if let Some(n) = read("SHOAL_TEST_CHECKPOINT_EVENTS") {
+        config.checkpoint_every_events = n.max(1);
+    }
+    config
 }
 
 fn random_bytes() -> anyhow::Result<[u8; 8]> {

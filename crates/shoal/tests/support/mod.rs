@@ -8,7 +8,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{Value, json};
+
+use crate::common::{self, wait_for};
 
 /// The tests of this file run one at a time: two of them measure failover and agreement times, which a 2-core
 /// machine running four other clusters at once would distort.
@@ -144,6 +146,49 @@ pub fn cluster(root: &Path, n: usize) -> Vec<Node> {
     (0..n)
         .map(|i| Node::new(&root.join(format!("n{i}")), &ports, ports[i]))
         .collect()
+}
+
+/// `n` nodes with the test model's directory as `--models-dir`, started, agreed, and holding every node's fact.
+pub fn start(n: usize) -> (tempfile::TempDir, Vec<Node>) {
+    let models = common::model_path().parent().unwrap().to_path_buf();
+    let root = tempfile::tempdir().unwrap();
+    let mut nodes = cluster(root.path(), n);
+    for node in &mut nodes {
+        node.extra = vec!["--models-dir".into(), models.display().to_string()];
+        node.start();
+    }
+    {
+        let all: Vec<&Node> = nodes.iter().collect();
+        wait_for(Duration::from_secs(15), "agreement", || agreement(&all));
+        wait_for(Duration::from_secs(15), "every fact", || same_state(&all, n));
+    }
+    (root, nodes)
+}
+
+/// Places the test model on `min_nodes` nodes and waits until every runner is Ready; returns the instance.
+pub fn place(nodes: &[Node], min_nodes: usize) -> Value {
+    let (code, body) = http(
+        nodes[0].api,
+        "POST",
+        "/place_instance",
+        Some(&json!({"model_id": "smollm2-135m", "min_nodes": min_nodes})),
+    )
+    .unwrap();
+    assert_eq!(code, 201, "{body}");
+    let placed = json_of(&body);
+    wait_for(Duration::from_secs(60), "every runner Ready", || {
+        nodes
+            .iter()
+            .filter(|n| n.child.is_some())
+            .all(|n| {
+                n.state().is_some_and(|s| {
+                    let statuses = runner_statuses(&s);
+                    statuses.len() == min_nodes && statuses.iter().all(|(_, st)| st == "Ready")
+                })
+            })
+            .then_some(())
+    });
+    placed["instance"].clone()
 }
 
 pub fn session_of(status: &Value) -> Value {
