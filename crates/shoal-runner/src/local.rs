@@ -225,6 +225,7 @@ impl LocalPipeline {
                 world_size,
                 max_seqs,
                 threads,
+                bind: std::net::Ipv4Addr::LOCALHOST.into(),
             }))?;
         }
         let mut pipeline = Self {

@@ -33,6 +33,9 @@ pub struct LoadSpec {
     pub max_seqs: usize,
     /// Kernel threads.
     pub threads: usize,
+    /// The address the data-plane listener binds (port chosen by the OS): the node's own interfaces, or loopback
+    /// for a node that listens on loopback only.
+    pub bind: std::net::IpAddr,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

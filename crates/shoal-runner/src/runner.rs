@@ -110,7 +110,7 @@ pub fn run(socket: &Path) -> Result<(), RunnerError> {
             return Err(e.into());
         }
     };
-    let listener = TcpListener::bind(("127.0.0.1", 0))?;
+    let listener = TcpListener::bind((spec.bind, 0))?;
     let port = listener.local_addr()?.port();
     let model = model_name(&spec);
     spawn_acceptor(listener, expected_prev(&spec, &model), tx.clone());

@@ -22,7 +22,7 @@ mod prompt;
 pub use prompt::{DEFAULT_MAX_TOKENS, Prompter, engine_params};
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
@@ -38,7 +38,7 @@ use shoal_runner::proto::{self, ChunkEnd, FromRunner, LoadSpec, Outcome, TaskHan
 use shoal_types::chunk::{Chunk, FinishReason, Usage};
 use shoal_types::ids::{CommandId, InstanceId, ModelId, RunnerId, TaskId};
 use shoal_types::model::{
-    DownloadProgress, ErrorKind, RunnerStatus, ShardMetadata, TaskError, TaskProgress, TaskStatus,
+    DownloadProgress, ErrorKind, Iface, RunnerStatus, ShardMetadata, TaskError, TaskProgress, TaskStatus,
 };
 use shoal_types::wire::SEQ_OOB;
 use shoal_types::{Event, ModelCard, NodeId, State, codec};
@@ -55,8 +55,51 @@ pub struct WorkerConfig {
     pub max_seqs: u32,
     /// Compute threads per runner.
     pub threads: usize,
+    /// Where runners listen for their ring neighbours, and so which addresses go into `data_addrs`.
+    pub data_plane: DataPlane,
     /// Told every download report of this node (the CLI's progress bar); State gets them throttled (§10.2).
     pub on_progress: Option<ProgressHook>,
+}
+
+/// Where this node's runners accept their previous rank (§10.4).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DataPlane {
+    /// Every interface; `data_addrs` lists the node's IPv4 interface addresses (loopback only if it has no other).
+    AllInterfaces,
+    /// These addresses only (a node whose cluster endpoints are pinned, e.g. to loopback in tests).
+    Only(Vec<IpAddr>),
+}
+
+impl DataPlane {
+    /// The address a runner binds.
+    pub fn bind(&self) -> IpAddr {
+        match self {
+            DataPlane::Only(ips) if ips.len() == 1 => ips[0],
+            _ => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        }
+    }
+
+    /// The addresses a ring neighbour dials, given the node's interfaces: routable ones first, loopback only when
+    /// there is nothing else (a remote node dialing 127.0.0.1 would reach its own machine).
+    pub fn advertised(&self, interfaces: &[Iface], port: u16) -> Vec<SocketAddr> {
+        let ips: Vec<IpAddr> = match self {
+            DataPlane::Only(ips) => ips.clone(),
+            DataPlane::AllInterfaces => {
+                let routable: Vec<IpAddr> = interfaces
+                    .iter()
+                    .flat_map(|i| &i.addrs)
+                    .filter(|ip| matches!(ip, IpAddr::V4(v4) if !v4.is_loopback() && !v4.is_link_local() && !v4.is_unspecified()))
+                    .copied()
+                    .collect();
+                if routable.is_empty() {
+                    vec![IpAddr::V4(Ipv4Addr::LOCALHOST)]
+                } else {
+                    routable
+                }
+            }
+        };
+        ips.into_iter().map(|ip| SocketAddr::new(ip, port)).collect()
+    }
 }
 
 /// A watcher of this node's downloads.
@@ -696,6 +739,7 @@ impl Shell {
                 world_size: shard.world_size,
                 max_seqs: self.config.max_seqs as usize,
                 threads: self.config.threads,
+                bind: self.config.data_plane.bind(),
             })
         })();
         let sent = match (spec, self.processes.get_mut(&runner)) {
@@ -802,14 +846,23 @@ impl Shell {
             self.report_weights(runner, bytes);
             return;
         }
+        if let FromRunner::Listening { port } = msg {
+            let state = self.cluster.view().state;
+            let interfaces = state
+                .nodes
+                .get(&self.node)
+                .map(|n| n.interfaces.clone())
+                .unwrap_or_default();
+            let addrs = self.config.data_plane.advertised(&interfaces, port);
+            if let Some(r) = self.local.runners.get_mut(&runner) {
+                r.data_addrs = addrs;
+            }
+            return;
+        }
         let Some(r) = self.local.runners.get_mut(&runner) else {
             return;
         };
         match msg {
-            FromRunner::Listening { port } => {
-                // The data plane binds loopback today; the addresses of every interface come with its TLS.
-                r.data_addrs = vec![SocketAddr::from((Ipv4Addr::LOCALHOST, port))];
-            }
             FromRunner::Status(proto::RunnerStatus::Loading) => {}
             FromRunner::Status(proto::RunnerStatus::Loaded) => {
                 r.status = Some(RunnerStatus::Loaded);
@@ -832,6 +885,7 @@ impl Shell {
             FromRunner::Hello { .. }
             | FromRunner::Heartbeat
             | FromRunner::Weights { .. }
+            | FromRunner::Listening { .. }
             | FromRunner::Accepted { .. }
             | FromRunner::Started { .. }
             | FromRunner::Chunk { .. }
@@ -897,5 +951,51 @@ fn usage(end: ChunkEnd) -> Usage {
         completion_tokens: completion,
         total_tokens: prompt.saturating_add(completion),
         ..Usage::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn iface(name: &str, addrs: &[&str]) -> Iface {
+        Iface {
+            name: name.into(),
+            addrs: addrs
+                .iter()
+                .map(|a| a.parse().unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn advertised_addresses_are_routable_ipv4_first_and_loopback_only_alone() {
+        let all = DataPlane::AllInterfaces;
+        let ifaces = [
+            iface("lo", &["127.0.0.1", "::1"]),
+            iface("eth0", &["192.168.1.5", "fe80::1"]),
+            iface("wlan0", &["10.0.0.7", "169.254.3.4"]),
+        ];
+        let got = all.advertised(&ifaces, 4000);
+        let want: Vec<SocketAddr> = ["192.168.1.5:4000", "10.0.0.7:4000"]
+            .iter()
+            .filter_map(|a| a.parse().ok())
+            .collect();
+        assert_eq!(got, want);
+        assert_eq!(all.bind(), IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        let lonely = all.advertised(&[iface("lo", &["127.0.0.1"])], 4000);
+        assert_eq!(lonely, vec![SocketAddr::from((Ipv4Addr::LOCALHOST, 4000))]);
+        assert_eq!(all.advertised(&[], 7).len(), 1, "no interfaces known yet: loopback");
+    }
+
+    #[test]
+    fn a_pinned_node_binds_and_advertises_only_its_addresses() {
+        let pinned = DataPlane::Only(vec![IpAddr::V4(Ipv4Addr::LOCALHOST)]);
+        assert_eq!(pinned.bind(), IpAddr::V4(Ipv4Addr::LOCALHOST));
+        let ifaces = [iface("eth0", &["192.168.1.5"])];
+        assert_eq!(
+            pinned.advertised(&ifaces, 9),
+            vec![SocketAddr::from((Ipv4Addr::LOCALHOST, 9))]
+        );
     }
 }

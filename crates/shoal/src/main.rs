@@ -276,6 +276,12 @@ fn run(args: &RunArgs) -> anyhow::Result<()> {
         None
     } else {
         let store = shoal_models::ModelStore::new(dir.join("models"), args.models_dir.clone());
+        if args.cluster_key.is_some() {
+            tracing::warn!(
+                "the cluster key encrypts the control plane; the runners' data plane (activations between pipeline \
+                 ranks, over TCP) is not encrypted yet"
+            );
+        }
         let config = shoal_worker::WorkerConfig {
             exe: std::env::current_exe().context("cannot find the shoal binary to start runners")?,
             max_seqs: args.max_seqs,
@@ -284,6 +290,7 @@ fn run(args: &RunArgs) -> anyhow::Result<()> {
                 |t| t as usize,
             ),
             on_progress: progress::bars(),
+            data_plane: data_plane(&args.listen),
         };
         Some(shoal_worker::Worker::start(handle.clone(), store, config)?)
     };
@@ -315,6 +322,24 @@ fn run(args: &RunArgs) -> anyhow::Result<()> {
     cluster.shutdown();
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     Ok(())
+}
+
+/// The runners' data plane follows the node's cluster endpoints: pinned `--listen` addresses (tests pin loopback)
+/// pin it too; otherwise it listens on every interface and advertises the node's addresses.
+fn data_plane(listen: &[String]) -> shoal_worker::DataPlane {
+    let ips: Option<Vec<std::net::IpAddr>> = listen
+        .iter()
+        .map(|endpoint| {
+            let addr = endpoint.split_once('/')?.1;
+            let addr = addr.split('#').next()?;
+            let ip = addr.parse::<std::net::SocketAddr>().ok()?.ip();
+            (!ip.is_unspecified()).then_some(ip)
+        })
+        .collect();
+    match ips {
+        Some(ips) if !ips.is_empty() => shoal_worker::DataPlane::Only(ips),
+        _ => shoal_worker::DataPlane::AllInterfaces,
+    }
 }
 
 /// Every open client stream holds a socket: a node serving a thousand streams needs more than the usual soft limit
