@@ -664,6 +664,7 @@ impl Rank {
                 continue;
             }
             let Some(seq) = sampling.get_mut(&s.slot) else {
+                tracing::debug!(slot = s.slot, "no sampling state for the slot; ending it");
                 // Released (cancelled) while this step was in flight.
                 tokens.push((s.slot, 0, true));
                 continue;

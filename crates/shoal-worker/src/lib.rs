@@ -503,6 +503,7 @@ impl Shell {
 
     /// Rule 3: rank 0 stops feeding the sequence and releases it on every rank; another rank only forgets it.
     fn cancel(&mut self, runner: RunnerId, task_id: TaskId) {
+        tracing::debug!(%runner, task = %task_id, "cancelling");
         if let Some(r) = self.local.runners.get_mut(&runner) {
             r.open_tasks.remove(&task_id);
         }
@@ -617,6 +618,7 @@ impl Shell {
                 end,
             } => {
                 let Some(route) = self.tasks.get(&runner).and_then(|t| t.routes.get(&task)).copied() else {
+                    tracing::debug!(%runner, task, seq, "a chunk of a task no longer held; dropped");
                     return; // cancelled since
                 };
                 use std::sync::atomic::Ordering::Relaxed;
@@ -659,6 +661,7 @@ impl Shell {
                 );
             }
             FromRunner::TaskDone { task, outcome } => {
+                tracing::debug!(%runner, task, ?outcome, "task done");
                 let Some(route) = self.tasks.get_mut(&runner).and_then(|t| t.remove(task)) else {
                     return;
                 };
