@@ -537,19 +537,11 @@ impl Shell {
     /// The client hears of a failure at once (an out-of-band `Error` chunk to its API node), and State records it
     /// (`TaskFailed`), which also closes the stream should the chunk be lost.
     fn fail_task(&self, route: Route, kind: ErrorKind, message: String) {
-        self.cluster.send_chunk(
-            route.origin,
-            ChunkMsg {
-                from: self.node,
-                command_id: route.command_id,
-                task_id: route.task_id,
-                seq: SEQ_OOB,
-                chunk: Chunk::Error {
-                    kind,
-                    message: message.clone(),
-                },
-            },
-        );
+        let chunk = Chunk::Error {
+            kind,
+            message: message.clone(),
+        };
+        self.send_to_origin(route, SEQ_OOB, chunk);
         let event = Event::TaskFailed {
             task_id: route.task_id,
             error: TaskError { kind, message },
@@ -557,6 +549,18 @@ impl Shell {
         if let Err(error) = self.cluster.produce(event) {
             tracing::warn!(%error, "cannot hand TaskFailed to the outbox");
         }
+    }
+
+    /// A chunk of `route`'s task, straight to its API node (in-process when that is this node).
+    fn send_to_origin(&self, route: Route, seq: u32, chunk: Chunk) {
+        let msg = ChunkMsg {
+            from: self.node,
+            command_id: route.command_id,
+            task_id: route.task_id,
+            seq,
+            chunk,
+        };
+        self.cluster.send_chunk(route.origin, msg);
     }
 
     /// A runner died or was reset: fails what it held and every task of its instance that State says is running.
@@ -640,25 +644,17 @@ impl Shell {
                     Some(end) => (Some(finish_reason(end)), Some(usage(end))),
                     None => (None, None),
                 };
-                self.cluster.send_chunk(
-                    route.origin,
-                    ChunkMsg {
-                        from: self.node,
-                        command_id: route.command_id,
-                        task_id: route.task_id,
-                        seq: u32::try_from(seq).unwrap_or(SEQ_OOB - 1),
-                        chunk: Chunk::Token {
-                            text,
-                            token_id: token,
-                            is_thinking: false,
-                            logprob: None,
-                            top_logprobs: Vec::new(),
-                            finish,
-                            usage,
-                            stats: None,
-                        },
-                    },
-                );
+                let chunk = Chunk::Token {
+                    text,
+                    token_id: token,
+                    is_thinking: false,
+                    logprob: None,
+                    top_logprobs: Vec::new(),
+                    finish,
+                    usage,
+                    stats: None,
+                };
+                self.send_to_origin(route, u32::try_from(seq).unwrap_or(SEQ_OOB - 1), chunk);
             }
             FromRunner::TaskDone { task, outcome } => {
                 tracing::debug!(%runner, task, ?outcome, "task done");
