@@ -148,6 +148,10 @@ fn bad_cluster_flags_name_the_flag() {
     assert!(stderr.contains("--namespace"), "{stderr}");
     let stderr = run(&["--max-seqs", "0"]);
     assert!(stderr.contains("--max-seqs"), "{stderr}");
+    let stderr = run(&["--threads", "0"]);
+    assert!(stderr.contains("--threads"), "{stderr}");
+    let stderr = run(&["--stream-ttl", "0"]);
+    assert!(stderr.contains("--stream-ttl"), "{stderr}");
     let stderr = run(&["--models-dir", "/no/such/dir"]);
     assert!(stderr.contains("--models-dir /no/such/dir"), "{stderr}");
     let stderr = run(&["--model", "no-such-model"]);
