@@ -69,16 +69,12 @@ pub async fn completions(AxumState(api): AxumState<Api>, request: Request) -> Re
             format!("the request is {encoded} bytes once encoded; the limit is {MAX_PARAMS_BYTES}"),
         );
     }
-    let reply = Reply {
-        created: unix_ms() / 1000,
-        model: chat.model_name.clone(),
-        include_usage: chat.include_usage,
-        id: String::new(),
-    };
     let handle = api.streams.open(Command::TextGeneration { params: chat.params });
     let reply = Reply {
         id: format!("chatcmpl-{}", handle.command_id),
-        ..reply
+        created: unix_ms() / 1000,
+        model: chat.model_name,
+        include_usage: chat.include_usage,
     };
     if chat.stream {
         streaming(handle, reply).await

@@ -318,11 +318,7 @@ impl Streams {
 
     /// `EndOnce` of §11.3: removes the stream, tells its handler how it ended, and sends `TaskFinished` once.
     fn end(&self, inner: &mut Inner, command_id: CommandId, end: End) {
-        let open = inner.registry.apply(&StreamAction::Close {
-            command_id,
-            reason: CloseReason::Cancelled,
-        });
-        if !open {
+        if inner.registry.remove(&command_id).is_none() {
             return;
         }
         inner.unobserved.remove(&command_id);

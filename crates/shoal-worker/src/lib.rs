@@ -581,12 +581,7 @@ impl Shell {
             }
         }
         for route in routes.into_values() {
-            let terminal = state.tasks.get(&route.task_id).is_some_and(|t| {
-                matches!(
-                    t.status,
-                    TaskStatus::Complete | TaskStatus::Failed | TaskStatus::Cancelled
-                )
-            });
+            let terminal = state.tasks.get(&route.task_id).is_some_and(|t| t.status.is_terminal());
             if !terminal {
                 self.fail_task(route, kind, message.to_string());
             }
