@@ -1,5 +1,6 @@
-//! GGUF files: the header (metadata and tensor directory) parsed at open, single tensors read on demand, so a stage
-//! reads only the tensors of its own layers. Also a small writer, which the tests use to build malformed and
+//! GGUF files: the header (metadata and tensor directory) parsed at open, the file memory-mapped read-only, and
+//! single tensors handed out as ranges of that map, so a stage touches only the pages of its own layers and never
+//! copies weights into the heap. Also a small writer, which the tests use to build malformed and
 //! unusual files.
 //!
 //! Written here rather than taken from candle: candle's reader was the last use of candle-core, whose build
@@ -13,9 +14,12 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+
+use crate::bytes::{Mapping, SharedBytes};
 use crate::error::{EngineError, Result};
 use crate::kernels::{QMatrix, WeightType};
 
@@ -110,8 +114,9 @@ pub struct GgufFile {
     keys: Vec<String>,
     tensors: HashMap<String, TensorInfo>,
     data_offset: u64,
-    reader: BufReader<File>,
-    /// Tensor bytes read so far: what a stage really holds of the file (checked by the cluster's shard tests).
+    /// The whole file, mapped read-only; tensors are ranges of it.
+    map: Arc<Mapping>,
+    /// Tensor bytes handed out so far: what a stage really holds of the file (checked by the cluster's shard tests).
     tensor_bytes_read: u64,
 }
 
@@ -225,13 +230,22 @@ impl GgufFile {
             path: path.clone(),
             reason,
         })?;
+        let map = Mapping::map(header.r.get_ref()).map_err(io)?;
+        // The directory was checked against the length read before parsing; a file cut short since then is the
+        // same truncation error, not a fault on first use.
+        if (map.len() as u64) < file_len {
+            return Err(EngineError::InvalidGguf {
+                path,
+                reason: format!("the file shrank to {} bytes while it was opened", map.len()),
+            });
+        }
         Ok(Self {
             path,
             metadata,
             keys,
             tensors,
             data_offset,
-            reader: header.r,
+            map: Arc::new(map),
             tensor_bytes_read: 0,
         })
     }
@@ -314,7 +328,7 @@ impl GgufFile {
         &self.path
     }
 
-    /// Bytes of tensor data read from the file since it was opened.
+    /// Bytes of tensor data handed out (mapped for a stage) since the file was opened.
     pub fn tensor_bytes_read(&self) -> u64 {
         self.tensor_bytes_read
     }
@@ -330,8 +344,8 @@ impl GgufFile {
             .filter_map(|k| self.metadata.get(k).map(|v| (k.as_str(), v)))
     }
 
-    /// Reads one tensor's bytes as a matrix: rows are the outer GGUF dimension, columns the inner (contiguous) one;
-    /// a 1-D tensor is one row.
+    /// One tensor as a matrix over its bytes in the mapped file (no copy): rows are the outer GGUF dimension, columns
+    /// the inner (contiguous) one; a 1-D tensor is one row. The kernel is asked to read the range ahead.
     pub fn read_matrix(&mut self, name: &str) -> Result<QMatrix> {
         let info = self
             .tensors
@@ -358,14 +372,13 @@ impl GgufFile {
         let len = rows
             .checked_mul(ty.row_bytes(cols))
             .ok_or_else(|| invalid(format!("shape {dims:?} overflows")))?;
-        let mut data = vec![0u8; len];
         let at = self.data_offset.saturating_add(info.offset);
-        self.reader
-            .seek(SeekFrom::Start(at))
-            .and_then(|_| self.reader.read_exact(&mut data))
-            .map_err(|e| invalid(format!("reading {len} bytes at offset {at}: {e}")))?;
+        let outside = || invalid(format!("{len} bytes at offset {at} lie outside the file"));
+        let start = usize::try_from(at).map_err(|_| outside())?;
+        let data = SharedBytes::mapped(&self.map, start, len).ok_or_else(outside)?;
+        self.map.will_need(start, len);
         self.tensor_bytes_read = self.tensor_bytes_read.saturating_add(len as u64);
-        QMatrix::new(ty, rows, cols, data).map_err(|e| invalid(e.to_string()))
+        QMatrix::from_shared(ty, rows, cols, data).map_err(|e| invalid(e.to_string()))
     }
 
     /// Reads a small tensor (a norm's weight) as f32 values, whatever its encoding.

@@ -2,6 +2,7 @@
 //! quantized kernels, plus the tokenizer, chat template, sampler and batching loops around it.
 
 pub mod arch;
+pub mod bytes;
 pub mod error;
 pub mod gguf;
 pub mod kernels;

@@ -26,6 +26,7 @@ use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
+use crate::bytes::SharedBytes;
 use pool::Job;
 pub use pool::Pool;
 
@@ -177,8 +178,9 @@ pub struct QMatrix {
     rows: usize,
     cols: usize,
     row_bytes: usize,
-    /// Shared so that a product can hand the matrix to the pool's long-lived threads without copying it.
-    data: Arc<Vec<u8>>,
+    /// Shared so that a product can hand the matrix to the pool's long-lived threads without copying it; a model's
+    /// weights are a range of the mapped file.
+    data: SharedBytes,
 }
 
 impl std::fmt::Debug for QMatrix {
@@ -195,6 +197,11 @@ impl QMatrix {
     /// Wraps the bytes of a `rows × cols` matrix, checking that `cols` is a whole number of blocks and that `data`
     /// holds exactly `rows` rows. Nothing in `data` itself can make a later call panic.
     pub fn new(ty: WeightType, rows: usize, cols: usize, data: Vec<u8>) -> Result<Self, KernelError> {
+        Self::from_shared(ty, rows, cols, SharedBytes::owned(data))
+    }
+
+    /// [`QMatrix::new`] over shared bytes (a range of a memory-mapped model file), with the same checks.
+    pub fn from_shared(ty: WeightType, rows: usize, cols: usize, data: SharedBytes) -> Result<Self, KernelError> {
         let block = ty.block_elems();
         if !cols.is_multiple_of(block) {
             return Err(KernelError::ColsNotBlockMultiple { ty, cols, block });
@@ -220,7 +227,7 @@ impl QMatrix {
             rows,
             cols,
             row_bytes,
-            data: Arc::new(data),
+            data,
         })
     }
 
@@ -267,12 +274,12 @@ impl QMatrix {
 
     /// The raw block bytes.
     pub fn data(&self) -> &[u8] {
-        &self.data
+        self.data.as_slice()
     }
 
     /// The block bytes of one row.
     pub fn row_data(&self, row: usize) -> &[u8] {
-        &self.data[row * self.row_bytes..(row + 1) * self.row_bytes]
+        &self.data.as_slice()[row * self.row_bytes..(row + 1) * self.row_bytes]
     }
 
     /// Dequantizes one row into `out` (len == cols). Used for embedding lookup.
