@@ -412,6 +412,25 @@ pub(crate) fn dot_q6k(w: &[u8], act: &[BlockQ8K]) -> f32 {
     acc
 }
 
+/// Weight row `w` · activation row `i`.
+pub(crate) fn dot_row(ty: WeightType, w: &[u8], acts: &Acts, i: usize) -> f32 {
+    match ty {
+        WeightType::F32 => dot_f32(w, acts.x_row(i)),
+        WeightType::F16 => dot_f16(w, acts.x_row(i)),
+        WeightType::BF16 => dot_bf16(w, acts.x_row(i)),
+        WeightType::Q4_0 => dot_q4_0(w, acts.q8_row(i)),
+        WeightType::Q4_1 => dot_q4_1(w, acts.q8_row(i)),
+        WeightType::Q5_0 => dot_q5_0(w, acts.q8_row(i)),
+        WeightType::Q5_1 => dot_q5_1(w, acts.q8_row(i)),
+        WeightType::Q8_0 => dot_q8_0(w, acts.q8_row(i)),
+        WeightType::Q2K => dot_q2k(w, acts.q8k_row(i)),
+        WeightType::Q3K => dot_q3k(w, acts.q8k_row(i)),
+        WeightType::Q4K => dot_q4k(w, acts.q8k_row(i)),
+        WeightType::Q5K => dot_q5k(w, acts.q8k_row(i)),
+        WeightType::Q6K => dot_q6k(w, acts.q8k_row(i)),
+    }
+}
+
 /// The scalar product of weight rows `[r0, r1)` with every activation row:
 /// `out[i · (r1 - r0) + (r - r0)] = W[r] · x[i]`.
 pub(crate) fn rows(m: &QMatrix, acts: &Acts, r0: usize, r1: usize, out: &mut [f32]) {
@@ -419,21 +438,7 @@ pub(crate) fn rows(m: &QMatrix, acts: &Acts, r0: usize, r1: usize, out: &mut [f3
     for r in r0..r1 {
         let w = m.row_data(r);
         for i in 0..acts.n {
-            out[i * len + r - r0] = match m.ty {
-                WeightType::F32 => dot_f32(w, acts.x_row(i)),
-                WeightType::F16 => dot_f16(w, acts.x_row(i)),
-                WeightType::BF16 => dot_bf16(w, acts.x_row(i)),
-                WeightType::Q4_0 => dot_q4_0(w, acts.q8_row(i)),
-                WeightType::Q4_1 => dot_q4_1(w, acts.q8_row(i)),
-                WeightType::Q5_0 => dot_q5_0(w, acts.q8_row(i)),
-                WeightType::Q5_1 => dot_q5_1(w, acts.q8_row(i)),
-                WeightType::Q8_0 => dot_q8_0(w, acts.q8_row(i)),
-                WeightType::Q2K => dot_q2k(w, acts.q8k_row(i)),
-                WeightType::Q3K => dot_q3k(w, acts.q8k_row(i)),
-                WeightType::Q4K => dot_q4k(w, acts.q8k_row(i)),
-                WeightType::Q5K => dot_q5k(w, acts.q8k_row(i)),
-                WeightType::Q6K => dot_q6k(w, acts.q8k_row(i)),
-            };
+            out[i * len + r - r0] = dot_row(m.ty, w, acts, i);
         }
     }
 }
