@@ -1,5 +1,6 @@
 //! Quantized matmul kernels: scalar reference vs the dispatched SIMD path, 1 vs 2 threads, n = 1 (decode), 8
-//! (batched decode) and 64 (prefill), on the shapes of SmolLM2-135M. Throughput is weight bytes streamed per call.
+//! (batched decode) and 64 (prefill), on the shapes of SmolLM2-135M (512 columns where a K-quant needs a multiple of
+//! 256). Throughput is weight bytes streamed per call.
 //!
 //! `cargo bench -p shoal-engine --bench kernels [-- FILTER]`
 
@@ -39,6 +40,12 @@ fn kernels(c: &mut Criterion) {
         ("q8_0_1536x576", WeightType::Q8_0, 1536, 576),
         ("q4_k_1536x512", WeightType::Q4K, 1536, 512),
         ("q6_k_1536x512", WeightType::Q6K, 1536, 512),
+        ("q5_0_1536x576", WeightType::Q5_0, 1536, 576),
+        ("q5_1_1536x576", WeightType::Q5_1, 1536, 576),
+        ("q2_k_1536x512", WeightType::Q2K, 1536, 512),
+        ("q3_k_1536x512", WeightType::Q3K, 1536, 512),
+        ("q5_k_1536x512", WeightType::Q5K, 1536, 512),
+        ("bf16_1536x576", WeightType::BF16, 1536, 576),
     ];
     for (name, ty, rows, cols) in cases {
         let m = matrix(ty, rows, cols);

@@ -37,6 +37,11 @@ fn f16(v: f32) -> [u8; 2] {
     half::f16::from_f32(v).to_le_bytes()
 }
 
+/// The bf16 truncation of `v` (the top half of its bits).
+fn bf16(v: f32) -> [u8; 2] {
+    ((v.to_bits() >> 16) as u16).to_le_bytes()
+}
+
 /// Activations like a transformer's hidden state: mostly N(0, 1), a few outliers an order of magnitude larger,
 /// and now and then an all-zero block.
 fn activations(rng: &mut Rng, n: usize, cols: usize) -> Vec<f32> {
@@ -67,17 +72,47 @@ fn random_matrix(rng: &mut Rng, ty: WeightType, rows: usize, cols: usize) -> QMa
                 c.copy_from_slice(&f16(rng.normal(0.05)));
             }
         }
-        WeightType::Q4_0 | WeightType::Q8_0 => {
-            for b in data.chunks_exact_mut(bb) {
-                let d = rng.uniform(0.001, 0.02) / if ty == WeightType::Q8_0 { 16.0 } else { 1.0 };
-                b[0..2].copy_from_slice(&f16(d));
+        WeightType::BF16 => {
+            for c in data.chunks_exact_mut(2) {
+                c.copy_from_slice(&bf16(rng.normal(0.05)));
             }
         }
-        WeightType::Q4_1 => {
+        WeightType::Q4_0 | WeightType::Q5_0 | WeightType::Q8_0 => {
+            // Divided by the largest |q| over 8, so the weights stay around 0.01–0.1 whatever the bit width.
+            let div = match ty {
+                WeightType::Q8_0 => 16.0,
+                WeightType::Q5_0 => 2.0,
+                _ => 1.0,
+            };
             for b in data.chunks_exact_mut(bb) {
-                let d = rng.uniform(0.001, 0.02);
+                b[0..2].copy_from_slice(&f16(rng.uniform(0.001, 0.02) / div));
+            }
+        }
+        WeightType::Q4_1 | WeightType::Q5_1 => {
+            let levels = if ty == WeightType::Q5_1 { 31.0 } else { 15.0 };
+            for b in data.chunks_exact_mut(bb) {
+                let d = rng.uniform(0.001, 0.02) * 15.0 / levels;
                 b[0..2].copy_from_slice(&f16(d));
-                b[2..4].copy_from_slice(&f16(-d * rng.uniform(6.0, 9.0)));
+                b[2..4].copy_from_slice(&f16(-d * levels * rng.uniform(0.4, 0.6)));
+            }
+        }
+        WeightType::Q2K => {
+            for b in data.chunks_exact_mut(bb) {
+                let d = rng.uniform(0.001, 0.005);
+                b[80..82].copy_from_slice(&f16(d));
+                b[82..84].copy_from_slice(&f16(d * rng.uniform(0.5, 2.0)));
+            }
+        }
+        WeightType::Q3K => {
+            for b in data.chunks_exact_mut(bb) {
+                b[108..110].copy_from_slice(&f16(rng.uniform(0.0002, 0.001)));
+            }
+        }
+        WeightType::Q5K => {
+            for b in data.chunks_exact_mut(bb) {
+                let d = rng.uniform(0.0001, 0.0005);
+                b[0..2].copy_from_slice(&f16(d));
+                b[2..4].copy_from_slice(&f16(d * rng.uniform(4.0, 12.0)));
             }
         }
         WeightType::Q4K => {
@@ -218,6 +253,105 @@ fn known_block(ty: WeightType) -> (Vec<u8>, Vec<f32>) {
             let v = [1.5f32, -2.25, 0.0, 0.125];
             (v.iter().flat_map(|&x| f16(x)).collect(), v.to_vec())
         }
+        WeightType::BF16 => {
+            // The top 16 bits of each f32, little-endian: 1.5 = 0x3FC0, -2.25 = 0xC010, 0.125 = 0x3E00,
+            // -2^-7 = 0xBC00, 3·2^99 = 0x71C0.
+            let b = vec![0xC0, 0x3F, 0x10, 0xC0, 0x00, 0x00, 0x00, 0x3E, 0x00, 0xBC, 0xC0, 0x71];
+            (b, vec![1.5, -2.25, 0.0, 0.125, -0.0078125, 3.0 * 2f32.powi(99)])
+        }
+        WeightType::Q5_0 | WeightType::Q5_1 => {
+            // Element j has the 5-bit value q(j) = (7j + 3) mod 32. Q5_0: d = 0.5, value (q - 16)·d. Q5_1:
+            // d = 0.25, m = -1.0, value q·d + m. After the f16 header: a little-endian u32 whose bit j is q(j)'s
+            // fifth bit, then byte j (0..16) = low 4 bits of q(j) | low 4 bits of q(j + 16) << 4.
+            let q = |j: usize| ((7 * j + 3) % 32) as u32;
+            let mut b = if ty == WeightType::Q5_0 {
+                vec![0x00, 0x38]
+            } else {
+                vec![0x00, 0x34, 0x00, 0xBC]
+            };
+            let qh = (0..32).fold(0u32, |h, j| h | ((q(j) >> 4) << j));
+            b.extend(qh.to_le_bytes());
+            b.extend((0..16).map(|j| ((q(j) & 15) | ((q(j + 16) & 15) << 4)) as u8));
+            let v = (0..32)
+                .map(|j| {
+                    if ty == WeightType::Q5_0 {
+                        (q(j) as f32 - 16.0) * 0.5
+                    } else {
+                        q(j) as f32 * 0.25 - 1.0
+                    }
+                })
+                .collect();
+            (b, v)
+        }
+        WeightType::Q2K => {
+            // Group g (16 elements) has scale sc(g) = (3g + 1) mod 16 and min m(g) = (5g + 2) mod 16 in byte g
+            // (scale low nibble); element e has the 2-bit value q(e) = (3e + e / 7) mod 4; d = 0.5, dmin = 0.25;
+            // value d·sc·q − dmin·m. Element 128h + 32j + l is bits 2j..2j+2 of qs[32h + l].
+            let sc = |g: usize| ((3 * g + 1) % 16) as u8;
+            let mn = |g: usize| ((5 * g + 2) % 16) as u8;
+            let q = |e: usize| ((3 * e + e / 7) % 4) as u8;
+            let mut b: Vec<u8> = (0..16).map(|g| sc(g) | (mn(g) << 4)).collect();
+            let mut qs = [0u8; 64];
+            for e in 0..256 {
+                let (h, j, l) = (e / 128, (e % 128) / 32, e % 32);
+                qs[32 * h + l] |= q(e) << (2 * j);
+            }
+            b.extend_from_slice(&qs);
+            b.extend([0x00, 0x38, 0x00, 0x34]);
+            let v = (0..256)
+                .map(|e| 0.5 * sc(e / 16) as f32 * q(e) as f32 - 0.25 * mn(e / 16) as f32)
+                .collect();
+            (b, v)
+        }
+        WeightType::Q3K => {
+            // Group g has the 6-bit scale s(g) = (7g + 5) mod 64 (used as s − 32); element e has the 3-bit value
+            // u(e) = (5e + e / 9) mod 8 (used as u − 4); d = 0.5; value d·(s − 32)·(u − 4). Element 128h + 32j + l:
+            // bits 2j..2j+2 of qs[32h + l] are u's low 2 bits, bit 4h + j of hmask[l] its third. Scales: low 4 bits of
+            // s(g) in byte g mod 8 (low nibble for g < 8, high for g ≥ 8), top 2 bits in byte 8 + g mod 4 at bit
+            // 2·(g / 4).
+            let s = |g: usize| ((7 * g + 5) % 64) as u8;
+            let u = |e: usize| ((5 * e + e / 9) % 8) as u8;
+            let mut hmask = [0u8; 32];
+            let mut qs = [0u8; 64];
+            for e in 0..256 {
+                let (h, j, l) = (e / 128, (e % 128) / 32, e % 32);
+                qs[32 * h + l] |= (u(e) & 3) << (2 * j);
+                hmask[l] |= (u(e) >> 2) << (4 * h + j);
+            }
+            let mut scales = [0u8; 12];
+            for g in 0..16 {
+                scales[g % 8] |= (s(g) & 15) << (4 * (g / 8));
+                scales[8 + g % 4] |= (s(g) >> 4) << (2 * (g / 4));
+            }
+            let mut b = hmask.to_vec();
+            b.extend_from_slice(&qs);
+            b.extend_from_slice(&scales);
+            b.extend([0x00, 0x38]);
+            let v = (0..256)
+                .map(|e| 0.5 * (s(e / 16) as f32 - 32.0) * (u(e) as f32 - 4.0))
+                .collect();
+            (b, v)
+        }
+        WeightType::Q5K => {
+            // d = 1.0, dmin = 0.5 and the same 6-bit scales and mins as the Q4_K block below (same packing); element
+            // e has the 5-bit value q(e) = (7e + e / 5) mod 32. Its fifth bit is bit e / 32 of qh[e mod 32]; its
+            // low 4 bits are the low (e mod 64 < 32) or high nibble of qs[32·(e / 64) + e mod 32].
+            let sc = [1.0f32, 2.0, 3.0, 4.0, 63.0, 33.0, 17.0, 40.0];
+            let mn = [0.0f32, 1.0, 2.0, 3.0, 60.0, 5.0, 6.0, 7.0];
+            let q = |e: usize| ((7 * e + e / 5) % 32) as u8;
+            let mut b = vec![0x00, 0x3C, 0x00, 0x38];
+            b.extend([193, 130, 67, 132, 192, 1, 2, 3, 207, 81, 97, 120]);
+            let mut qh = [0u8; 32];
+            let mut qs = [0u8; 128];
+            for e in 0..256 {
+                qh[e % 32] |= (q(e) >> 4) << (e / 32);
+                qs[32 * (e / 64) + e % 32] |= (q(e) & 15) << (4 * ((e % 64) / 32));
+            }
+            b.extend_from_slice(&qh);
+            b.extend_from_slice(&qs);
+            let v = (0..256).map(|e| sc[e / 32] * q(e) as f32 - 0.5 * mn[e / 32]).collect();
+            (b, v)
+        }
         WeightType::Q4_0 => {
             // d = 0.5; byte j holds element j (low nibble) and element j + 16 (high nibble).
             let mut b = vec![0x00, 0x38];
@@ -297,13 +431,84 @@ fn known_block(ty: WeightType) -> (Vec<u8>, Vec<f32>) {
 
 #[test]
 fn known_blocks_dequantize_to_their_documented_values() {
+    let dump = std::env::var_os("SHOAL_DUMP_KNOWN_BLOCKS").map(std::path::PathBuf::from);
     for ty in WeightType::ALL {
         let (bytes, want) = known_block(ty);
         assert_eq!(bytes.len(), ty.row_bytes(want.len()), "{ty}: test block size");
+        if let Some(dir) = &dump {
+            std::fs::write(dir.join(format!("{}.bin", ty.ggml_id())), &bytes).unwrap();
+        }
         let m = QMatrix::new(ty, 1, want.len(), bytes).unwrap();
         let mut got = vec![f32::NAN; want.len()];
         m.dequantize_row(0, &mut got);
         assert_eq!(got, want, "{ty}");
+    }
+}
+
+/// The same known blocks, dequantized by an independent implementation: gguf-py's numpy dequantizers (gguf 0.19.0,
+/// `gguf/quants.py`). Per ggml type id: (Σ v, Σ (i + 1)·v, v at indices 0, 5, 13, 31 and, for blocks of 256, 100,
+/// 150, 200, 255). The samples are exact; the sums within 1e-12 relative (all values but F32's 1e-3 are small
+/// dyadic numbers, whose f64 sums are exact in any order). Produced by
+///
+/// ```text
+/// mkdir -p /tmp/kb && SHOAL_DUMP_KNOWN_BLOCKS=/tmp/kb cargo test -p shoal-engine --test kernels known_blocks_dequantize
+/// python3 -c 'import numpy as np, gguf; from gguf.quants import dequantize
+/// for t in [0,1,30,2,3,6,7,8,10,11,12,13,14]:
+///     v = dequantize(np.fromfile(f"/tmp/kb/{t}.bin", np.uint8), gguf.GGMLQuantizationType(t)).astype(np.float64).ravel()
+///     idx = [i for i in (0,5,13,31,100,150,200,255) if i < len(v)]
+///     print(t, repr(v.sum()), repr((v * np.arange(1, len(v) + 1)).sum()), [repr(float(v[i])) for i in idx])'
+/// ```
+#[test]
+fn known_blocks_match_gguf_py() {
+    let pinned: &[(u32, f64, f64, &[f64])] = &[
+        (0, 6.2510000000474975, 32.00400000018999, &[1.5]),
+        (1, -0.625, -2.5, &[1.5]),
+        (
+            30,
+            1.901475900342344e+30,
+            1.1408855402054065e+31,
+            &[1.5, 1.901475900342344e+30],
+        ),
+        (2, -8.0, -132.0, &[-4.0, -1.5, 2.5, -4.0]),
+        (3, 28.0, 462.0, &[-1.0, 0.25, 2.25, -1.0]),
+        (6, -8.0, -88.0, &[-6.5, -5.0, 7.0, 6.0]),
+        (7, 92.0, 1540.0, &[-0.25, 0.5, 6.5, 6.0]),
+        (8, -318.0, -4224.0, &[-32.0, -22.0, -6.0, -256.0]),
+        (10, 891.5, 133209.5, &[-0.5, 1.0, -0.5, 0.25, 3.0, 14.25, -3.5, 3.75]),
+        (11, 201.5, 258.0, &[54.0, 40.5, 27.0, -20.0, 22.5, -28.0, -7.0, 21.0]),
+        (
+            12,
+            37776.0,
+            6796992.0,
+            &[0.0, 5.0, 13.0, 15.0, 18.5, 348.0, 133.0, 76.5],
+        ),
+        (
+            13,
+            78514.0,
+            13919645.0,
+            &[0.0, 4.0, 29.0, 31.0, 62.5, 1482.0, -3.0, 476.5],
+        ),
+        (14, 544.0, 43872.0, &[116.0, -24.0, 8.0, 14.0, -31.0, -1.5, 54.0, 98.0]),
+    ];
+    assert_eq!(pinned.len(), WeightType::ALL.len());
+    for &(id, sum, wsum, samples) in pinned {
+        let ty = WeightType::from_ggml_id(id).unwrap();
+        let (bytes, vals) = known_block(ty);
+        let m = QMatrix::new(ty, 1, vals.len(), bytes).unwrap();
+        let mut v = vec![f32::NAN; vals.len()];
+        m.dequantize_row(0, &mut v);
+        let got_sum: f64 = v.iter().map(|&x| x as f64).sum();
+        let got_wsum: f64 = v.iter().enumerate().map(|(i, &x)| (i + 1) as f64 * x as f64).sum();
+        for (got, want) in [(got_sum, sum), (got_wsum, wsum)] {
+            assert!(
+                (got - want).abs() <= 1e-12 * want.abs(),
+                "{ty}: sum {got}, gguf-py {want}"
+            );
+        }
+        let idx = [0, 5, 13, 31, 100, 150, 200, 255].into_iter().filter(|&i| i < v.len());
+        for (i, &want) in idx.zip(samples) {
+            assert_eq!(v[i] as f64, want, "{ty}: element {i}");
+        }
     }
 }
 
@@ -362,15 +567,46 @@ fn quantizers_round_trip() {
         let back = dequantized(&m);
         let amax = v.iter().fold(0.0f32, |a, x| a.max(x.abs()));
         // Coarsest steps: 4 bits over the block's range (Q4_K: plus 6-bit scales), 6 bits for Q6_K.
+        // Q5: 5 bits; Q3_K: 3 bits with 6-bit scales; Q2_K: 2 bits with 4-bit scales and mins.
         let tol = match ty {
             WeightType::F32 => 0.0,
             WeightType::F16 => amax * 1e-3,
+            WeightType::BF16 => amax / 256.0,
             WeightType::Q8_0 => amax / 127.0,
             WeightType::Q6K => amax / 16.0,
+            WeightType::Q5_0 | WeightType::Q5_1 | WeightType::Q5K => amax / 8.0,
+            WeightType::Q2K => amax / 2.0,
             _ => amax / 4.0,
         };
         let worst = v.iter().zip(&back).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
         assert!(worst <= tol, "{ty}: worst error {worst} > {tol}");
+    }
+}
+
+/// The Q5_0 and Q5_1 quantizers are ggml's reference ones: byte for byte what gguf-py 0.19.0's `quantize` (a port of
+/// `quantize_row_q5_*_ref`) makes of the same 64 values. Produced by
+///
+/// ```text
+/// python3 -c 'import numpy as np, gguf; from gguf.quants import quantize
+/// x = np.array([((j*37 % 64) - 31.5)/8.0 + (0.3 if j>=32 else 0.0) for j in range(64)], np.float32).reshape(1,64)
+/// for t in (6,7): print(t, quantize(x, gguf.GGMLQuantizationType(t)).ravel().tolist())'
+/// ```
+#[test]
+fn q5_quantizers_match_ggml_reference() {
+    let x: Vec<f32> = (0..64)
+        .map(|j| ((j * 37 % 64) as f32 - 31.5) / 8.0 + if j >= 32 { 0.3 } else { 0.0 })
+        .collect();
+    let want_q5_0: [u8; 44] = [
+        224, 51, 42, 181, 90, 169, 128, 179, 213, 248, 42, 93, 127, 162, 196, 247, 25, 76, 110, 145, 179, 230, 29, 180,
+        42, 181, 82, 169, 127, 76, 42, 247, 197, 162, 112, 93, 42, 8, 229, 179, 145, 110, 76, 25,
+    ];
+    let want_q5_1: [u8; 48] = [
+        17, 52, 224, 195, 42, 181, 90, 169, 128, 162, 213, 247, 42, 76, 127, 145, 196, 230, 25, 59, 110, 128, 179, 213,
+        223, 51, 6, 195, 213, 74, 165, 86, 128, 162, 213, 247, 42, 76, 127, 145, 196, 230, 25, 59, 110, 128, 179, 213,
+    ];
+    for (ty, want) in [(WeightType::Q5_0, &want_q5_0[..]), (WeightType::Q5_1, &want_q5_1[..])] {
+        let m = QMatrix::quantize(ty, 1, 64, &x).unwrap();
+        assert_eq!(m.data(), want, "{ty}");
     }
 }
 
@@ -404,10 +640,17 @@ fn weight_types_match_ggml() {
         (1, "F16", 1, 2),
         (2, "Q4_0", 32, 18),
         (3, "Q4_1", 32, 20),
+        (6, "Q5_0", 32, 22),
+        (7, "Q5_1", 32, 24),
         (8, "Q8_0", 32, 34),
+        (10, "Q2_K", 256, 84),
+        (11, "Q3_K", 256, 110),
         (12, "Q4_K", 256, 144),
+        (13, "Q5_K", 256, 176),
         (14, "Q6_K", 256, 210),
+        (30, "BF16", 1, 2),
     ];
+    assert_eq!(expect.len(), WeightType::ALL.len());
     for (id, name, elems, bytes) in expect {
         let ty = WeightType::from_ggml_id(id).unwrap();
         assert_eq!(
@@ -415,7 +658,8 @@ fn weight_types_match_ggml() {
             (name, elems, bytes, id)
         );
     }
-    for id in [4, 5, 6, 7, 9, 10, 11, 13, 15, 16, 30, 1000] {
+    // 4, 5: removed Q4_2/Q4_3; 9: Q8_1 and 15: Q8_K are activation formats; 16..: the IQ types and others.
+    for id in [4, 5, 9, 15, 16, 17, 19, 20, 23, 29, 31, 1000] {
         assert_eq!(WeightType::from_ggml_id(id), None, "{id}");
     }
     assert_eq!(WeightType::Q4_1.row_bytes(576), 360);

@@ -60,10 +60,16 @@ fn rows(m: &QMatrix, acts: &Acts, r0: usize, r1: usize, out: &mut [f32]) {
     match m.ty() {
         WeightType::F32 => drive::<F32>(m, acts, r0, r1, out),
         WeightType::F16 => drive::<F16>(m, acts, r0, r1, out),
+        WeightType::BF16 => drive::<BF16>(m, acts, r0, r1, out),
         WeightType::Q4_0 => drive::<Q4<18>>(m, acts, r0, r1, out),
         WeightType::Q4_1 => drive::<Q4<20>>(m, acts, r0, r1, out),
+        WeightType::Q5_0 => drive::<Q5<22>>(m, acts, r0, r1, out),
+        WeightType::Q5_1 => drive::<Q5<24>>(m, acts, r0, r1, out),
         WeightType::Q8_0 => drive::<Q8_0>(m, acts, r0, r1, out),
+        WeightType::Q2K => drive::<Q2K>(m, acts, r0, r1, out),
+        WeightType::Q3K => drive::<Q3K>(m, acts, r0, r1, out),
         WeightType::Q4K => drive::<Q4K>(m, acts, r0, r1, out),
+        WeightType::Q5K => drive::<Q5K>(m, acts, r0, r1, out),
         WeightType::Q6K => drive::<Q6K>(m, acts, r0, r1, out),
     }
 }
@@ -412,6 +418,56 @@ impl Kernel for F16 {
     }
 }
 
+struct BF16;
+
+impl Kernel for BF16 {
+    type Row<'a> = &'a [u8];
+    type Act<'a> = &'a [f32];
+
+    fn row(m: &QMatrix, r: usize) -> &[u8] {
+        m.row_data(r)
+    }
+
+    fn act<'a>(acts: &'a Acts, i: usize) -> &'a [f32] {
+        acts.x_row(i)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn tile<const R: usize, const N: usize>(w: [&[u8]; R], x: [&[f32]; N]) -> [[f32; N]; R] {
+        let cols = w[0].len() / 2;
+        let x = x.map(|x| &x[..cols]);
+        let full = cols / 8;
+        let wc = w.map(|w| &w.as_chunks::<16>().0[..full]);
+        let xc = x.map(|x| &x.as_chunks::<8>().0[..full]);
+        let mut acc = [[_mm256_setzero_ps(); N]; R];
+        for j in 0..full {
+            let mut xv = [_mm256_setzero_ps(); N];
+            for k in 0..N {
+                // SAFETY: reads exactly the 8 f32 of one chunk.
+                xv[k] = unsafe { _mm256_loadu_ps(xc[k][j].as_ptr()) };
+            }
+            for r in 0..R {
+                // A bf16 is the top half of an f32: widen to 32 bits and shift into place.
+                let wi = _mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(load_u8x16(&wc[r][j], 0)));
+                let wv = _mm256_castsi256_ps(wi);
+                for k in 0..N {
+                    acc[r][k] = _mm256_fmadd_ps(wv, xv[k], acc[r][k]);
+                }
+            }
+        }
+        let mut tail = [[0.0; N]; R];
+        for r in 0..R {
+            for k in 0..N {
+                for (c, b) in (full * 8..cols).zip(w[r][full * 16..].chunks_exact(2)) {
+                    tail[r][k] += super::scalar::bf16_at(b, 0) * x[k][c];
+                }
+            }
+        }
+        finish(acc, tail)
+    }
+}
+
 /// Q4_0 (`BB` = 18) and Q4_1 (`BB` = 20). Both are computed as Σ d_w·d_a·Σ(q·a) + m_w·s_a with unsigned nibbles
 /// q, where Q4_0's offset of -8 becomes m_w = -8·d_w.
 struct Q4<const BB: usize>;
@@ -467,6 +523,80 @@ impl<const BB: usize> Kernel for Q4<BB> {
     }
 }
 
+/// Q5_0 (`BB` = 22) and Q5_1 (`BB` = 24), computed as Q4 is: Σ d_w·d_a·Σ(q·a) + m_w·s_a with unsigned 5-bit q,
+/// where Q5_0's offset of -16 becomes m_w = -16·d_w.
+struct Q5<const BB: usize>;
+
+/// 0xFF in byte j of the result where bit j of `bits` is set, else 0.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn bytes_from_bits(bits: u32) -> __m256i {
+    // Byte j takes byte j / 8 of the u32 (the shuffle indexes within each 128-bit lane, and every lane holds all
+    // four bytes), then keeps only its own bit.
+    let spread = _mm256_shuffle_epi8(
+        _mm256_set1_epi32(bits as i32),
+        _mm256_setr_epi8(
+            0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3,
+        ),
+    );
+    let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+    _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit)
+}
+
+/// A Q5 block's 32 values as bytes 0..32 (in element order), its scale broadcast, and its offset m.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q5_unpack<const BB: usize>(blk: &[u8; BB]) -> (__m256i, __m256, f32) {
+    const { assert!(BB == 22 || BB == 24) };
+    let (dw, mw) = if BB == 24 {
+        f16x2_to_f32([blk[0], blk[1], blk[2], blk[3]])
+    } else {
+        let dw = f16_to_f32(u16::from_le_bytes([blk[0], blk[1]]));
+        (dw, -16.0 * dw)
+    };
+    let qh = u32::from_le_bytes([blk[BB - 20], blk[BB - 19], blk[BB - 18], blk[BB - 17]]);
+    let nib = load_u8x16(blk, BB - 16);
+    let q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16::<4>(nib), nib), _mm256_set1_epi8(0x0F));
+    let q = _mm256_or_si256(q, _mm256_and_si256(bytes_from_bits(qh), _mm256_set1_epi8(0x10)));
+    (q, _mm256_set1_ps(dw), mw)
+}
+
+impl<const BB: usize> Kernel for Q5<BB> {
+    type Row<'a> = &'a [[u8; BB]];
+    type Act<'a> = &'a [BlockQ8];
+
+    fn row(m: &QMatrix, r: usize) -> &[[u8; BB]] {
+        row_blocks::<BB>(m, r)
+    }
+
+    fn act<'a>(acts: &'a Acts, i: usize) -> &'a [BlockQ8] {
+        acts.q8_row(i)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn tile<const R: usize, const N: usize>(w: [&[[u8; BB]]; R], a: [&[BlockQ8]; N]) -> [[f32; N]; R] {
+        let nb = w[0].len();
+        let w = w.map(|w| &w[..nb]);
+        let a = a.map(|a| &a[..nb]);
+        let mut acc = [[_mm256_setzero_ps(); N]; R];
+        let mut msum = [[0.0f32; N]; R];
+        for b in 0..nb {
+            for r in 0..R {
+                let (q, dw, mw) = q5_unpack(&w[r][b]);
+                for k in 0..N {
+                    let ab = &a[k][b];
+                    // q ≤ 31, |a| ≤ 127: each pair of products fits in i16.
+                    let p = _mm256_cvtepi32_ps(dot_u8_i8(q, load_i8x32(&ab.qs)));
+                    acc[r][k] = _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_set1_ps(ab.d)), p, acc[r][k]);
+                    msum[r][k] += mw * ab.s;
+                }
+            }
+        }
+        finish(acc, msum)
+    }
+}
+
 #[allow(non_camel_case_types)]
 struct Q8_0;
 
@@ -512,10 +642,12 @@ impl Kernel for Q8_0 {
 /// Q4_K: Σ_blocks d_a · (d · Σ_j sc_j Σ q·a − dmin · Σ_j m_j Σ a), integer inside a block.
 struct Q4K;
 
-/// A Q4_K block's d, dmin, 8 six-bit scales, and its 8 mins each repeated twice (one per sum of 16 activations).
+/// A Q4_K (or Q5_K: same header) block's d, dmin, 8 six-bit scales, and its 8 mins each repeated twice (one per
+/// sum of 16 activations).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn q4k_scales(blk: &[u8; 144]) -> (f32, f32, [u8; 8], __m256i) {
+fn q4k_scales<const B: usize>(blk: &[u8; B]) -> (f32, f32, [u8; 8], __m256i) {
+    const { assert!(B >= 16) };
     let (dw, dmin) = f16x2_to_f32([blk[0], blk[1], blk[2], blk[3]]);
     // get_scale_min_k4, four at a time from the three 32-bit words.
     let w0 = u32::from_le_bytes([blk[4], blk[5], blk[6], blk[7]]);
@@ -573,6 +705,200 @@ impl Kernel for Q4K {
                     let da = a[k][b].d;
                     acc[r][k] = _mm256_fmadd_ps(_mm256_set1_ps(dw * da), _mm256_cvtepi32_ps(sumi[k]), acc[r][k]);
                     acc[r][k] = _mm256_fnmadd_ps(_mm256_set1_ps(dmin * da), _mm256_cvtepi32_ps(mp), acc[r][k]);
+                }
+            }
+        }
+        finish(acc, [[0.0; N]; R])
+    }
+}
+
+/// 0x10 in every byte of `qh` whose bit `bit` is set, else 0: the fifth bits of Q5_K.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn bit_to_16(qh: __m256i, bit: usize) -> __m256i {
+    let set = _mm256_cmpeq_epi8(_mm256_and_si256(qh, _mm256_set1_epi8(1 << bit)), _mm256_setzero_si256());
+    _mm256_andnot_si256(set, _mm256_set1_epi8(0x10))
+}
+
+/// Q5_K: as Q4_K with a fifth bit per value from `qh`.
+struct Q5K;
+
+impl Kernel for Q5K {
+    type Row<'a> = &'a [[u8; 176]];
+    type Act<'a> = &'a [BlockQ8K];
+
+    fn row(m: &QMatrix, r: usize) -> &[[u8; 176]] {
+        row_blocks::<176>(m, r)
+    }
+
+    fn act<'a>(acts: &'a Acts, i: usize) -> &'a [BlockQ8K] {
+        acts.q8k_row(i)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn tile<const R: usize, const N: usize>(w: [&[[u8; 176]]; R], a: [&[BlockQ8K]; N]) -> [[f32; N]; R] {
+        let nb = w[0].len();
+        let w = w.map(|w| &w[..nb]);
+        let a = a.map(|a| &a[..nb]);
+        let mask = _mm256_set1_epi8(0x0F);
+        let mut acc = [[_mm256_setzero_ps(); N]; R];
+        for b in 0..nb {
+            for r in 0..R {
+                let blk = &w[r][b];
+                let (dw, dmin, sc, mins16) = q4k_scales(blk);
+                let qh = load_u8x32(blk, 16);
+                let mut sumi = [_mm256_setzero_si256(); N];
+                for c in 0..4 {
+                    let qv = load_u8x32(blk, 48 + 32 * c);
+                    // Values 0..32: each pair of u8·i8 products stays within i16 (2·31·127).
+                    let lo = _mm256_or_si256(_mm256_and_si256(qv, mask), bit_to_16(qh, 2 * c));
+                    let hi = _mm256_or_si256(
+                        _mm256_and_si256(_mm256_srli_epi16::<4>(qv), mask),
+                        bit_to_16(qh, 2 * c + 1),
+                    );
+                    let s1 = _mm256_set1_epi16(sc[2 * c] as i16);
+                    let s2 = _mm256_set1_epi16(sc[2 * c + 1] as i16);
+                    for k in 0..N {
+                        let p1 = _mm256_maddubs_epi16(lo, load_i8x32(q8k_chunk(&a[k][b], 2 * c)));
+                        let p2 = _mm256_maddubs_epi16(hi, load_i8x32(q8k_chunk(&a[k][b], 2 * c + 1)));
+                        let p = _mm256_add_epi32(_mm256_madd_epi16(p1, s1), _mm256_madd_epi16(p2, s2));
+                        sumi[k] = _mm256_add_epi32(sumi[k], p);
+                    }
+                }
+                for k in 0..N {
+                    let mp = _mm256_madd_epi16(load_i16x16(&a[k][b].bsums), mins16);
+                    let da = a[k][b].d;
+                    acc[r][k] = _mm256_fmadd_ps(_mm256_set1_ps(dw * da), _mm256_cvtepi32_ps(sumi[k]), acc[r][k]);
+                    acc[r][k] = _mm256_fnmadd_ps(_mm256_set1_ps(dmin * da), _mm256_cvtepi32_ps(mp), acc[r][k]);
+                }
+            }
+        }
+        finish(acc, [[0.0; N]; R])
+    }
+}
+
+/// The 2-bit field `j` (bits 2j..2j+2) of every byte of `q`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn crumb(q: __m256i, j: usize) -> __m256i {
+    // Shifting 16-bit lanes moves bits across bytes; the mask drops them again.
+    _mm256_and_si256(
+        _mm256_srl_epi16(q, _mm_cvtsi32_si128(2 * j as i32)),
+        _mm256_set1_epi8(3),
+    )
+}
+
+/// Group scales `g` (low 128-bit lane) and `g + 1` (high lane) as i16, for the two halves of a 32-value chunk.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn pair_scales(lo: i16, hi: i16) -> __m256i {
+    _mm256_set_m128i(_mm_set1_epi16(hi), _mm_set1_epi16(lo))
+}
+
+/// Q2_K: Σ_blocks d_a · (d · Σ_g sc_g Σ q·a − dmin · Σ_g m_g Σ a), integer inside a block.
+struct Q2K;
+
+impl Kernel for Q2K {
+    type Row<'a> = &'a [[u8; 84]];
+    type Act<'a> = &'a [BlockQ8K];
+
+    fn row(m: &QMatrix, r: usize) -> &[[u8; 84]] {
+        row_blocks::<84>(m, r)
+    }
+
+    fn act<'a>(acts: &'a Acts, i: usize) -> &'a [BlockQ8K] {
+        acts.q8k_row(i)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn tile<const R: usize, const N: usize>(w: [&[[u8; 84]]; R], a: [&[BlockQ8K]; N]) -> [[f32; N]; R] {
+        let nb = w[0].len();
+        let w = w.map(|w| &w[..nb]);
+        let a = a.map(|a| &a[..nb]);
+        let mut acc = [[_mm256_setzero_ps(); N]; R];
+        for b in 0..nb {
+            for r in 0..R {
+                let blk = &w[r][b];
+                let (dw, dmin) = f16x2_to_f32([blk[80], blk[81], blk[82], blk[83]]);
+                let scb = load_u8x16(blk, 0);
+                let mins16 = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16::<4>(scb), _mm_set1_epi8(0x0F)));
+                let mut sumi = [_mm256_setzero_si256(); N];
+                for h in 0..2 {
+                    let q = load_u8x32(blk, 16 + 32 * h);
+                    for j in 0..4 {
+                        let v = crumb(q, j);
+                        let g = 8 * h + 2 * j;
+                        let scv = pair_scales((blk[g] & 0x0F) as i16, (blk[g + 1] & 0x0F) as i16);
+                        for k in 0..N {
+                            let p = _mm256_maddubs_epi16(v, load_i8x32(q8k_chunk(&a[k][b], 4 * h + j)));
+                            sumi[k] = _mm256_add_epi32(sumi[k], _mm256_madd_epi16(p, scv));
+                        }
+                    }
+                }
+                for k in 0..N {
+                    let mp = _mm256_madd_epi16(load_i16x16(&a[k][b].bsums), mins16);
+                    let da = a[k][b].d;
+                    acc[r][k] = _mm256_fmadd_ps(_mm256_set1_ps(dw * da), _mm256_cvtepi32_ps(sumi[k]), acc[r][k]);
+                    acc[r][k] = _mm256_fnmadd_ps(_mm256_set1_ps(dmin * da), _mm256_cvtepi32_ps(mp), acc[r][k]);
+                }
+            }
+        }
+        finish(acc, [[0.0; N]; R])
+    }
+}
+
+/// Q3_K: Σ_blocks d·d_a · Σ_g sc_g (Σ u·a − 4 Σ a), with u = q + 4 in 0..8 unsigned.
+struct Q3K;
+
+impl Kernel for Q3K {
+    type Row<'a> = &'a [[u8; 110]];
+    type Act<'a> = &'a [BlockQ8K];
+
+    fn row(m: &QMatrix, r: usize) -> &[[u8; 110]] {
+        row_blocks::<110>(m, r)
+    }
+
+    fn act<'a>(acts: &'a Acts, i: usize) -> &'a [BlockQ8K] {
+        acts.q8k_row(i)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn tile<const R: usize, const N: usize>(w: [&[[u8; 110]]; R], a: [&[BlockQ8K]; N]) -> [[f32; N]; R] {
+        let nb = w[0].len();
+        let w = w.map(|w| &w[..nb]);
+        let a = a.map(|a| &a[..nb]);
+        let mut acc = [[_mm256_setzero_ps(); N]; R];
+        for b in 0..nb {
+            for r in 0..R {
+                let blk = &w[r][b];
+                let dw = f16_to_f32(u16::from_le_bytes([blk[108], blk[109]]));
+                let sc: [i16; 16] = from_fn(|g| super::scalar::q3k_scale(&blk[96..108], g) as i16);
+                let hm = load_u8x32(blk, 0);
+                let mut sumi = [_mm256_setzero_si256(); N];
+                for h in 0..2 {
+                    let q = load_u8x32(blk, 32 + 32 * h);
+                    for j in 0..4 {
+                        let set = _mm256_cmpeq_epi8(
+                            _mm256_and_si256(hm, _mm256_set1_epi8(1 << (4 * h + j))),
+                            _mm256_setzero_si256(),
+                        );
+                        let u = _mm256_or_si256(crumb(q, j), _mm256_andnot_si256(set, _mm256_set1_epi8(4)));
+                        let g = 8 * h + 2 * j;
+                        let scv = pair_scales(sc[g], sc[g + 1]);
+                        for k in 0..N {
+                            let p = _mm256_maddubs_epi16(u, load_i8x32(q8k_chunk(&a[k][b], 4 * h + j)));
+                            sumi[k] = _mm256_add_epi32(sumi[k], _mm256_madd_epi16(p, scv));
+                        }
+                    }
+                }
+                let sc16 = load_i16x16(&sc);
+                for k in 0..N {
+                    let corr = _mm256_madd_epi16(load_i16x16(&a[k][b].bsums), sc16);
+                    let si = _mm256_sub_epi32(sumi[k], _mm256_slli_epi32::<2>(corr));
+                    acc[r][k] = _mm256_fmadd_ps(_mm256_set1_ps(dw * a[k][b].d), _mm256_cvtepi32_ps(si), acc[r][k]);
                 }
             }
         }

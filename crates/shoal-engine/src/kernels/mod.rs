@@ -32,7 +32,7 @@ pub use pool::Pool;
 
 /// Elements of one Q8_K (K-quant) super-block.
 pub(crate) const QK_K: usize = 256;
-/// Elements of one 32-wide block (Q4_0, Q4_1, Q8_0 and their Q8 activations).
+/// Elements of one 32-wide block (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 and their Q8 activations).
 pub(crate) const QK: usize = 32;
 
 /// The weight encodings we run, as GGML stores them (same block layouts and bit packing as ggml-quants / GGUF).
@@ -41,26 +41,48 @@ pub(crate) const QK: usize = 32;
 pub enum WeightType {
     F32,
     F16,
+    /// bfloat16: the top 16 bits of an f32.
+    BF16,
     /// 32 weights: f16 `d`, 16 bytes of nibbles; value `(q - 8) * d`.
     Q4_0,
     /// 32 weights: f16 `d`, f16 `m`, 16 bytes of nibbles; value `q * d + m`.
     Q4_1,
+    /// 32 weights: f16 `d`, a u32 of fifth bits (bit j is element j's), 16 bytes of nibbles (low nibbles are
+    /// elements 0..16, high nibbles 16..32); value `(q - 16) * d`.
+    Q5_0,
+    /// 32 weights: f16 `d`, f16 `m`, a u32 of fifth bits, 16 bytes of nibbles (as Q5_0); value `q * d + m`.
+    Q5_1,
     /// 32 weights: f16 `d`, 32 × i8; value `q * d`.
     Q8_0,
+    /// 256 weights: 16 bytes of 4-bit scale | 4-bit min per 16, 64 bytes of 2-bit values, f16 `d`, f16 `dmin`;
+    /// value `d·sc·q − dmin·m`.
+    Q2K,
+    /// 256 weights: 32 bytes of third bits (`hmask`), 64 bytes of low 2 bits, 12 bytes of sixteen 6-bit scales,
+    /// f16 `d`; value `d·(sc − 32)·(q − 4)` with q's third bit set meaning "no −4".
+    Q3K,
     /// 256 weights: f16 `d`, f16 `dmin`, 12 bytes of 6-bit scales and mins, 128 bytes of nibbles.
     Q4K,
+    /// 256 weights: f16 `d`, f16 `dmin`, 12 bytes of 6-bit scales and mins (as Q4_K), 32 bytes of fifth bits,
+    /// 128 bytes of nibbles.
+    Q5K,
     /// 256 weights: 128 bytes low nibbles, 64 bytes high 2 bits, 16 × i8 scales, f16 `d`.
     Q6K,
 }
 
 impl WeightType {
-    pub const ALL: [WeightType; 7] = [
+    pub const ALL: [WeightType; 13] = [
         Self::F32,
         Self::F16,
+        Self::BF16,
         Self::Q4_0,
         Self::Q4_1,
+        Self::Q5_0,
+        Self::Q5_1,
         Self::Q8_0,
+        Self::Q2K,
+        Self::Q3K,
         Self::Q4K,
+        Self::Q5K,
         Self::Q6K,
     ];
 
@@ -71,9 +93,15 @@ impl WeightType {
             1 => Self::F16,
             2 => Self::Q4_0,
             3 => Self::Q4_1,
+            6 => Self::Q5_0,
+            7 => Self::Q5_1,
             8 => Self::Q8_0,
+            10 => Self::Q2K,
+            11 => Self::Q3K,
             12 => Self::Q4K,
+            13 => Self::Q5K,
             14 => Self::Q6K,
+            30 => Self::BF16,
             _ => return None,
         })
     }
@@ -85,18 +113,24 @@ impl WeightType {
             Self::F16 => 1,
             Self::Q4_0 => 2,
             Self::Q4_1 => 3,
+            Self::Q5_0 => 6,
+            Self::Q5_1 => 7,
             Self::Q8_0 => 8,
+            Self::Q2K => 10,
+            Self::Q3K => 11,
             Self::Q4K => 12,
+            Self::Q5K => 13,
             Self::Q6K => 14,
+            Self::BF16 => 30,
         }
     }
 
     /// Weights per block.
     pub fn block_elems(self) -> usize {
         match self {
-            Self::F32 | Self::F16 => 1,
-            Self::Q4_0 | Self::Q4_1 | Self::Q8_0 => QK,
-            Self::Q4K | Self::Q6K => QK_K,
+            Self::F32 | Self::F16 | Self::BF16 => 1,
+            Self::Q4_0 | Self::Q4_1 | Self::Q5_0 | Self::Q5_1 | Self::Q8_0 => QK,
+            Self::Q2K | Self::Q3K | Self::Q4K | Self::Q5K | Self::Q6K => QK_K,
         }
     }
 
@@ -104,11 +138,16 @@ impl WeightType {
     pub fn block_bytes(self) -> usize {
         match self {
             Self::F32 => 4,
-            Self::F16 => 2,
+            Self::F16 | Self::BF16 => 2,
             Self::Q4_0 => 18,
             Self::Q4_1 => 20,
+            Self::Q5_0 => 22,
+            Self::Q5_1 => 24,
             Self::Q8_0 => 34,
+            Self::Q2K => 84,
+            Self::Q3K => 110,
             Self::Q4K => 144,
+            Self::Q5K => 176,
             Self::Q6K => 210,
         }
     }
@@ -118,10 +157,16 @@ impl WeightType {
         match self {
             Self::F32 => "F32",
             Self::F16 => "F16",
+            Self::BF16 => "BF16",
             Self::Q4_0 => "Q4_0",
             Self::Q4_1 => "Q4_1",
+            Self::Q5_0 => "Q5_0",
+            Self::Q5_1 => "Q5_1",
             Self::Q8_0 => "Q8_0",
+            Self::Q2K => "Q2_K",
+            Self::Q3K => "Q3_K",
             Self::Q4K => "Q4_K",
+            Self::Q5K => "Q5_K",
             Self::Q6K => "Q6_K",
         }
     }
@@ -134,9 +179,9 @@ impl WeightType {
     /// The activation format this weight type's dot products take.
     fn act_format(self) -> ActFormat {
         match self {
-            Self::F32 | Self::F16 => ActFormat::F32,
-            Self::Q4_0 | Self::Q4_1 | Self::Q8_0 => ActFormat::Q8,
-            Self::Q4K | Self::Q6K => ActFormat::Q8K,
+            Self::F32 | Self::F16 | Self::BF16 => ActFormat::F32,
+            Self::Q4_0 | Self::Q4_1 | Self::Q5_0 | Self::Q5_1 | Self::Q8_0 => ActFormat::Q8,
+            Self::Q2K | Self::Q3K | Self::Q4K | Self::Q5K | Self::Q6K => ActFormat::Q8K,
         }
     }
 }
@@ -290,8 +335,8 @@ impl QMatrix {
     }
 
     /// `y` (n × rows, row-major) = `x` (n × cols, row-major) · Wᵀ. Quantizes `x` once into the activation format
-    /// the weight type pairs with (Q8 blocks of 32 with scale and scaled sum for Q4_0/Q4_1/Q8_0, Q8_K for
-    /// Q4_K/Q6_K, f32 as is for F32/F16), then splits the weight rows across the pool's threads.
+    /// the weight type pairs with (Q8 blocks of 32 with scale and scaled sum for Q4_0/Q4_1/Q5_0/Q5_1/Q8_0, Q8_K
+    /// for the K-quants, f32 as is for F32/F16/BF16), then splits the weight rows across the pool's threads.
     pub fn matmul(&self, x: &[f32], n: usize, y: &mut [f32], pool: &Pool) {
         self.check_shapes(x, n, y);
         if n == 0 || self.rows == 0 {
@@ -415,7 +460,7 @@ pub(crate) enum ActFormat {
     Q8K,
 }
 
-/// 32 activations quantized to i8: `x ≈ d · qs`, and `s = d · Σqs` (for the offsets of Q4_0/Q4_1).
+/// 32 activations quantized to i8: `x ≈ d · qs`, and `s = d · Σqs` (for the offsets of Q4_0/Q4_1/Q5_0/Q5_1).
 #[derive(Clone, Copy, Debug)]
 #[repr(C)]
 pub(crate) struct BlockQ8 {
@@ -437,7 +482,7 @@ pub(crate) struct BlockQ8K {
 pub(crate) struct Acts<'a> {
     pub n: usize,
     pub cols: usize,
-    /// The f32 activations, kept only for F32/F16 weights.
+    /// The f32 activations, kept only for F32/F16/BF16 weights.
     pub x: Cow<'a, [f32]>,
     pub q8: Vec<BlockQ8>,
     pub q8k: Vec<BlockQ8K>,
