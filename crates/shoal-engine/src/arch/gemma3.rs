@@ -85,6 +85,11 @@ impl Gemma3 {
         })
     }
 
+    /// The local layers' window and, per layer, whether it is local (`None` when the file has no window).
+    pub fn sliding_window(&self) -> Option<(usize, &[bool])> {
+        self.swa.as_ref().map(|(w, local)| (*w, local.as_slice()))
+    }
+
     fn local_rope(&self) -> Rope {
         Rope::new(self.hp.rope_dim, self.local_rope_base)
     }
