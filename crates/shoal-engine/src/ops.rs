@@ -78,7 +78,33 @@ impl RmsNorm {
 #[derive(Debug, Clone)]
 pub struct Rope {
     inv_freq: Vec<f64>,
+    /// Multiplies every cos and sin: `rope.scaling.attn_factor`, times YaRN's magnitude correction under YaRN.
+    mscale: f32,
 }
+
+/// How a GGUF's `rope.scaling.*` keys stretch the rope, as llama.cpp reads them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RopeScaling {
+    /// 1 / `rope.scaling.factor` (1 without scaling).
+    pub freq_scale: f32,
+    /// `rope.scaling.original_context_length` when the scaling is YaRN (`None` for linear or no scaling).
+    pub yarn_orig_ctx: Option<usize>,
+    /// `rope.scaling.attn_factor` (1 when absent).
+    pub attn_factor: f32,
+}
+
+impl RopeScaling {
+    pub const NONE: Self = Self {
+        freq_scale: 1.0,
+        yarn_orig_ctx: None,
+        attn_factor: 1.0,
+    };
+}
+
+/// YaRN's defaults in llama.cpp (no GGUF key of these families overrides them): the rotation counts over the
+/// original context that bound the blend between interpolated and extrapolated frequencies.
+const YARN_BETA_FAST: f64 = 32.0;
+const YARN_BETA_SLOW: f64 = 1.0;
 
 impl Rope {
     pub fn new(rot_dim: usize, base: f32) -> Self {
@@ -86,17 +112,36 @@ impl Rope {
         let inv_freq = (0..half)
             .map(|i| 1.0 / f64::from(base).powf((2 * i) as f64 / rot_dim as f64))
             .collect();
-        Self { inv_freq }
+        Self { inv_freq, mscale: 1.0 }
     }
 
-    /// Frequencies scaled as llama.cpp's rope does without YaRN: the angle of pair i at position p is
-    /// `p · freq_scale · base^(-2i/rot_dim) / factors[i]`. `freq_scale` is 1 / `rope.scaling.factor` for linear
-    /// scaling; `factors` is the `rope_freqs` tensor (Llama 3.x converters write the `llama3` scaling into it).
-    pub fn scaled(rot_dim: usize, base: f32, freq_scale: f32, factors: Option<&[f32]>) -> Self {
+    /// Frequencies scaled as llama.cpp's rope (ggml's `rope_yarn`) scales them. Pair i's unscaled angle step is
+    /// `base^(-2i/rot_dim) / factors[i]` (`factors`: the `rope_freqs` tensor, which Llama 3.x converters write for
+    /// `llama3` scaling); linear scaling multiplies it by `freq_scale`; YaRN blends the scaled and unscaled steps with
+    /// a ramp over the pairs between its correction dims and multiplies cos and sin by
+    /// `attn_factor · (1 + 0.1 ln(1 / freq_scale))`. Every variant stays linear in the position, so it folds into
+    /// one step per pair.
+    pub fn scaled(rot_dim: usize, base: f32, scaling: &RopeScaling, factors: Option<&[f32]>) -> Self {
         let mut rope = Self::new(rot_dim, base);
+        let freq_scale = f64::from(scaling.freq_scale);
+        let ramp = scaling.yarn_orig_ctx.map(|orig_ctx| {
+            // ggml_rope_yarn_corr_dims.
+            let corr_dim = |rotations: f64| {
+                rot_dim as f64 * (orig_ctx as f64 / (rotations * 2.0 * std::f64::consts::PI)).ln()
+                    / (2.0 * f64::from(base).ln())
+            };
+            let low = corr_dim(YARN_BETA_FAST).floor().max(0.0);
+            let high = corr_dim(YARN_BETA_SLOW).ceil().min(rot_dim as f64 - 1.0);
+            move |i: usize| 1.0 - ((i as f64 - low) / (high - low).max(0.001)).clamp(0.0, 1.0)
+        });
         for (i, f) in rope.inv_freq.iter_mut().enumerate() {
             let divisor = factors.and_then(|v| v.get(i)).map_or(1.0, |&d| f64::from(d));
-            *f *= f64::from(freq_scale) / divisor;
+            let mix = ramp.as_ref().map_or(0.0, |r| r(i));
+            *f = *f / divisor * (freq_scale * (1.0 - mix) + mix);
+        }
+        rope.mscale = scaling.attn_factor;
+        if scaling.yarn_orig_ctx.is_some() {
+            rope.mscale *= (1.0 + 0.1 * (1.0 / freq_scale).ln()) as f32;
         }
         rope
     }
@@ -114,8 +159,8 @@ impl Rope {
         for &p in positions {
             for f in &self.inv_freq {
                 let angle = p as f64 * f;
-                cos.push(angle.cos() as f32);
-                sin.push(angle.sin() as f32);
+                cos.push(angle.cos() as f32 * self.mscale);
+                sin.push(angle.sin() as f32 * self.mscale);
             }
         }
         (cos, sin)

@@ -18,9 +18,9 @@ mod synth;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use shoal_engine::Pipeline;
-use shoal_engine::gguf::GgufFile;
+use shoal_engine::gguf::{GgufFile, Value};
 use shoal_engine::sampling::argmax;
+use shoal_engine::{EngineError, Pipeline};
 
 /// The prompt of every reference run (SmolLM2 ids of a short chat turn), longer than the synthetic gemma3's sliding
 /// window of 5.
@@ -96,6 +96,24 @@ const REFERENCES: &[Reference] = &[
         greedy: [
             9802, 6870, 3081, 33261, 27499, 49140, 23560, 252, 39145, 42045, 7525, 21341, 46884, 25233, 47979, 17506,
             28391, 12577, 41123, 44087,
+        ],
+    },
+    Reference {
+        model: "qwen3-yarn",
+        top8: [
+            (28539, 3.9443),
+            (7480, 3.8201),
+            (27986, 3.6895),
+            (19712, 3.5785),
+            (32873, 3.5722),
+            (47754, 3.5667),
+            (28456, 3.4118),
+            (23800, 3.4055),
+        ],
+        sum_sq: 45604.3904,
+        greedy: [
+            28539, 3461, 37308, 21462, 47545, 35518, 13345, 45342, 27266, 8228, 21052, 30007, 10633, 7079, 9833, 28176,
+            24301, 11274, 23825, 24179,
         ],
     },
     Reference {
@@ -253,6 +271,12 @@ fn qwen3_matches_llama_cpp() {
     check_against_llama_cpp("qwen3");
 }
 
+/// YaRN rope scaling (factor 4 over an original context of 64).
+#[test]
+fn qwen3_with_yarn_matches_llama_cpp() {
+    check_against_llama_cpp("qwen3-yarn");
+}
+
 #[test]
 fn qwen3moe_matches_llama_cpp() {
     check_against_llama_cpp("qwen3moe");
@@ -267,4 +291,76 @@ fn gemma3_matches_llama_cpp() {
 #[test]
 fn gemma3_with_rope_scaling_and_softcap_matches_llama_cpp() {
     check_against_llama_cpp("gemma3-scaled");
+}
+
+/// Files these families cannot run are refused at load with the key or tensor named, never run wrongly.
+#[test]
+fn broken_files_are_refused_naming_the_cause() {
+    let src = GgufFile::open(common::model_path()).unwrap();
+    let set = |key: &'static str, v: Value| {
+        move |md: &mut synth::Metadata| {
+            md.retain(|(k, _)| k != key);
+            md.push((key.to_string(), v.clone()));
+        }
+    };
+    // (model, metadata edit, tensor left out, what the error must name)
+    type Case<'a> = (&'a str, Box<synth::Edit>, Option<&'a str>, &'a str);
+    let cases: Vec<Case<'_>> = vec![
+        (
+            "qwen3",
+            Box::new(set("qwen3.rope.scaling.type", Value::String("longrope".into()))),
+            None,
+            "qwen3.rope.scaling.type",
+        ),
+        (
+            "qwen2",
+            Box::new(|_: &mut synth::Metadata| {}),
+            Some("blk.1.attn_k.bias"),
+            "blk.1.attn_k.bias",
+        ),
+        (
+            "qwen3moe",
+            Box::new(set("qwen3moe.expert_used_count", Value::U32(5))),
+            None,
+            "qwen3moe.expert_used_count",
+        ),
+        (
+            "qwen3moe",
+            Box::new(|_: &mut synth::Metadata| {}),
+            Some("blk.2.ffn_up_exps.weight"),
+            "blk.2.ffn_up_exps.weight",
+        ),
+        (
+            "gemma3",
+            Box::new(|_: &mut synth::Metadata| {}),
+            Some("blk.0.post_ffw_norm.weight"),
+            "blk.0.post_ffw_norm.weight",
+        ),
+        (
+            "gemma3",
+            Box::new(set("gemma3.attention.value_length", Value::U32(16))),
+            None,
+            "gemma3.attention.value_length",
+        ),
+        (
+            "llama3",
+            Box::new(set("llama.rope.scaling.factor", Value::F32(-2.0))),
+            None,
+            "llama.rope.scaling.factor",
+        ),
+    ];
+    for (i, (m, edit, drop, named)) in cases.iter().enumerate() {
+        let path = common::temp_path(&format!("broken-{i}.gguf"));
+        synth::write_edited(m, &path, &src, edit.as_ref(), *drop).unwrap();
+        let err = Pipeline::load(&path, &[], common::pool()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                EngineError::InvalidMetadata { .. } | EngineError::MissingTensor(_) | EngineError::InvalidTensor { .. }
+            ),
+            "case {i}: {err}"
+        );
+        assert!(err.to_string().contains(named), "case {i}: {err}");
+        std::fs::remove_file(&path).unwrap();
+    }
 }

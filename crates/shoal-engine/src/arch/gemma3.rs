@@ -12,11 +12,11 @@
 //! - final logit soft-capping when the file has `final_logit_softcapping`.
 
 use super::qwen3::check_value_length;
-use super::{Architecture, BatchRows, HParams, Layer, StepCtx, rope_freq_scale};
+use super::{Architecture, BatchRows, HParams, Layer, StepCtx, rope_scaling};
 use crate::error::{EngineError, Result};
 use crate::gguf::{GgufFile, Value};
 use crate::kernels::Pool;
-use crate::ops::{Activation, GatedFfn, LayerKv, RmsNorm, Rope, RopeStyle, add_in_place};
+use crate::ops::{Activation, GatedFfn, LayerKv, RmsNorm, Rope, RopeScaling, RopeStyle, add_in_place};
 
 const ARCH: &str = "gemma3";
 /// Every n-th layer is global when the file names no pattern (llama.cpp's default for gemma3).
@@ -30,7 +30,7 @@ const GEMMA3_27B_LAYERS: usize = 62;
 pub struct Gemma3 {
     hp: HParams,
     /// Frequency scale of the global layers' rope.
-    freq_scale: f32,
+    scaling: RopeScaling,
     /// Sliding window of the local layers and which layers are local; `None` when the file has no window.
     swa: Option<(usize, Vec<bool>)>,
     local_rope_base: f32,
@@ -49,7 +49,7 @@ impl Gemma3 {
             });
         }
         check_value_length(gguf, &hp)?;
-        let freq_scale = rope_freq_scale(gguf, ARCH)?;
+        let scaling = rope_scaling(gguf, ARCH)?;
         let window = if gguf.has_key(&k("attention.sliding_window")) {
             gguf.get_usize(&k("attention.sliding_window"))?
         } else {
@@ -77,7 +77,7 @@ impl Gemma3 {
         };
         Ok(Self {
             hp,
-            freq_scale,
+            scaling,
             swa,
             local_rope_base,
             attn_scale,
@@ -90,8 +90,14 @@ impl Gemma3 {
         self.swa.as_ref().map(|(w, local)| (*w, local.as_slice()))
     }
 
+    /// The local layers' rope: never stretched (llama.cpp's `rope_freq_scale_train_swa` is 1, which also makes YaRN
+    /// a no-op), but the file's attention factor scales every rope.
     fn local_rope(&self) -> Rope {
-        Rope::new(self.hp.rope_dim, self.local_rope_base)
+        let scaling = RopeScaling {
+            attn_factor: self.scaling.attn_factor,
+            ..RopeScaling::NONE
+        };
+        Rope::scaled(self.hp.rope_dim, self.local_rope_base, &scaling, None)
     }
 }
 
@@ -159,7 +165,7 @@ impl Architecture for Gemma3 {
     }
 
     fn rope(&self) -> Rope {
-        Rope::scaled(self.hp.rope_dim, self.hp.rope_base, self.freq_scale, None)
+        Rope::scaled(self.hp.rope_dim, self.hp.rope_base, &self.scaling, None)
     }
 
     fn step_ctx(&self, rope: &Rope, seqs: Vec<BatchRows>) -> StepCtx {

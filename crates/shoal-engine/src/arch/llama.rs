@@ -6,13 +6,13 @@
 //! are applied as llama.cpp does. The pre-norm block here is shared by the qwen families, which differ only in the
 //! options of its attention and feed-forward.
 
-use super::{Architecture, HParams, Layer, StepCtx, rope_freq_scale};
+use super::{Architecture, HParams, Layer, StepCtx, rope_scaling};
 use crate::error::{EngineError, Result};
 use crate::gguf::GgufFile;
 use crate::kernels::Pool;
 use crate::ops::{
-    Activation, Attention, AttnShape, GatedFfn, LayerKv, Linear, MoeFfn, RmsNorm, Rope, RopeStyle, add_in_place,
-    load_vector,
+    Activation, Attention, AttnShape, GatedFfn, LayerKv, Linear, MoeFfn, RmsNorm, Rope, RopeScaling, RopeStyle,
+    add_in_place, load_vector,
 };
 
 /// The single tensor holding llama3-style per-frequency rope divisors, shared by every layer.
@@ -21,7 +21,7 @@ const ROPE_FREQS: &str = "rope_freqs.weight";
 #[derive(Debug)]
 pub struct Llama {
     hp: HParams,
-    freq_scale: f32,
+    scaling: RopeScaling,
 }
 
 impl Llama {
@@ -34,8 +34,8 @@ impl Llama {
                 reason: format!("rope dim {} differs from head dim {}", hp.rope_dim, hp.head_dim),
             });
         }
-        let freq_scale = rope_freq_scale(gguf, "llama")?;
-        Ok(Self { hp, freq_scale })
+        let scaling = rope_scaling(gguf, "llama")?;
+        Ok(Self { hp, scaling })
     }
 }
 
@@ -60,7 +60,7 @@ impl Architecture for Llama {
     }
 
     fn rope(&self) -> Rope {
-        Rope::scaled(self.hp.rope_dim, self.hp.rope_base, self.freq_scale, None)
+        Rope::scaled(self.hp.rope_dim, self.hp.rope_base, &self.scaling, None)
     }
 
     fn load_rope(&self, gguf: &mut GgufFile) -> Result<Rope> {
@@ -77,7 +77,7 @@ impl Architecture for Llama {
         Ok(Rope::scaled(
             self.hp.rope_dim,
             self.hp.rope_base,
-            self.freq_scale,
+            &self.scaling,
             Some(&factors),
         ))
     }

@@ -4,7 +4,7 @@
 use crate::error::{EngineError, Result};
 use crate::gguf::GgufFile;
 use crate::kernels::Pool;
-use crate::ops::{LayerKv, Rope, SeqRows};
+use crate::ops::{LayerKv, Rope, RopeScaling, SeqRows};
 
 pub mod gemma3;
 pub mod llama;
@@ -205,28 +205,27 @@ pub trait Architecture: Send + Sync + std::fmt::Debug {
     }
 }
 
-/// The `freq_scale` llama.cpp gives the rope of `<arch>` from `rope.scaling.*`: 1 / `rope.scaling.factor` (or the
-/// older `rope.scale_linear`) for linear scaling, which is the type llama.cpp assumes when the key is absent; 1 for
-/// `none`. YaRN and LongRoPE are refused rather than run with the wrong frequencies.
-pub fn rope_freq_scale(gguf: &GgufFile, arch: &str) -> Result<f32> {
-    let type_key = format!("{arch}.rope.scaling.type");
+/// The rope scaling llama.cpp gives `<arch>` from `rope.scaling.*`: the type (`none`, `linear`, `yarn`; llama.cpp
+/// assumes linear when the key is absent), 1 / `rope.scaling.factor` (or the older `rope.scale_linear`; a factor of 0
+/// or none means no scaling), YaRN's `original_context_length` (default: the context length) and `attn_factor`.
+/// LongRoPE is refused rather than run with the wrong frequencies.
+pub fn rope_scaling(gguf: &GgufFile, arch: &str) -> Result<RopeScaling> {
+    let k = |s: &str| format!("{arch}.{s}");
+    let type_key = k("rope.scaling.type");
     let kind = if gguf.has_key(&type_key) {
         gguf.get_str(&type_key)?
     } else {
         "linear"
     };
-    let factor_key = [
-        format!("{arch}.rope.scaling.factor"),
-        format!("{arch}.rope.scale_linear"),
-    ]
-    .into_iter()
-    .find(|k| gguf.has_key(k));
+    let factor_key = [k("rope.scaling.factor"), k("rope.scale_linear")]
+        .into_iter()
+        .find(|key| gguf.has_key(key));
     let factor = match factor_key {
-        Some(k) => {
-            let f = gguf.get_f32(&k)?;
+        Some(key) => {
+            let f = gguf.get_f32(&key)?;
             if !f.is_finite() || f < 0.0 {
                 return Err(EngineError::InvalidMetadata {
-                    key: k,
+                    key,
                     reason: format!("rope scaling factor {f}"),
                 });
             }
@@ -234,14 +233,44 @@ pub fn rope_freq_scale(gguf: &GgufFile, arch: &str) -> Result<f32> {
         }
         None => 0.0,
     };
+    let freq_scale = if factor == 0.0 { 1.0 } else { 1.0 / factor };
+    let attn_factor = if gguf.has_key(&k("rope.scaling.attn_factor")) {
+        gguf.get_f32(&k("rope.scaling.attn_factor"))?
+    } else {
+        1.0
+    };
     match kind {
-        "none" => Ok(1.0),
-        // llama.cpp reads a factor of 0 as "no scaling".
-        "linear" => Ok(if factor == 0.0 { 1.0 } else { 1.0 / factor }),
+        "none" => Ok(RopeScaling {
+            attn_factor,
+            ..RopeScaling::NONE
+        }),
+        "linear" => Ok(RopeScaling {
+            freq_scale,
+            yarn_orig_ctx: None,
+            attn_factor,
+        }),
+        "yarn" => {
+            let orig = if gguf.has_key(&k("rope.scaling.original_context_length")) {
+                gguf.get_usize(&k("rope.scaling.original_context_length"))?
+            } else {
+                gguf.get_usize(&k("context_length"))?
+            };
+            if orig == 0 {
+                return Err(EngineError::InvalidMetadata {
+                    key: k("rope.scaling.original_context_length"),
+                    reason: "zero".into(),
+                });
+            }
+            Ok(RopeScaling {
+                freq_scale,
+                yarn_orig_ctx: Some(orig),
+                attn_factor,
+            })
+        }
         other => Err(EngineError::InvalidMetadata {
             key: type_key,
             reason: format!(
-                "rope scaling `{other}` is not supported (supported: none, linear, and llama3 via rope_freqs)"
+                "rope scaling `{other}` is not supported (supported: none, linear, yarn, and llama3 via rope_freqs)"
             ),
         }),
     }

@@ -2,15 +2,15 @@
 //! of each head for qwen2, LLAMA_ROPE_TYPE_NEOX, because its converter keeps HF's q/k layout).
 
 use super::llama::{AttnOptions, Ffn, PreNormBlock};
-use super::{Architecture, HParams, Layer, rope_freq_scale};
+use super::{Architecture, HParams, Layer, rope_scaling};
 use crate::error::{EngineError, Result};
 use crate::gguf::GgufFile;
-use crate::ops::{Activation, GatedFfn, Rope, RopeStyle};
+use crate::ops::{Activation, GatedFfn, Rope, RopeScaling, RopeStyle};
 
 #[derive(Debug)]
 pub struct Qwen2 {
     hp: HParams,
-    freq_scale: f32,
+    scaling: RopeScaling,
 }
 
 impl Qwen2 {
@@ -22,8 +22,8 @@ impl Qwen2 {
                 reason: format!("rope dim {} differs from head dim {}", hp.rope_dim, hp.head_dim),
             });
         }
-        let freq_scale = rope_freq_scale(gguf, "qwen2")?;
-        Ok(Self { hp, freq_scale })
+        let scaling = rope_scaling(gguf, "qwen2")?;
+        Ok(Self { hp, scaling })
     }
 }
 
@@ -55,6 +55,6 @@ impl Architecture for Qwen2 {
     }
 
     fn rope(&self) -> Rope {
-        Rope::scaled(self.hp.rope_dim, self.hp.rope_base, self.freq_scale, None)
+        Rope::scaled(self.hp.rope_dim, self.hp.rope_base, &self.scaling, None)
     }
 }

@@ -3,26 +3,26 @@
 //! hidden / heads.
 
 use super::llama::{AttnOptions, Ffn, PreNormBlock};
-use super::{Architecture, HParams, Layer, rope_freq_scale};
+use super::{Architecture, HParams, Layer, rope_scaling};
 use crate::error::{EngineError, Result};
 use crate::gguf::GgufFile;
-use crate::ops::{Activation, GatedFfn, Rope, RopeStyle};
+use crate::ops::{Activation, GatedFfn, Rope, RopeScaling, RopeStyle};
 
 #[derive(Debug)]
 pub struct Qwen3 {
     hp: HParams,
-    freq_scale: f32,
+    scaling: RopeScaling,
 }
 
 impl Qwen3 {
     pub fn new(gguf: &GgufFile) -> Result<Self> {
-        let (hp, freq_scale) = read_qwen3_hparams(gguf, "qwen3")?;
-        Ok(Self { hp, freq_scale })
+        let (hp, scaling) = read_qwen3_hparams(gguf, "qwen3")?;
+        Ok(Self { hp, scaling })
     }
 }
 
 /// The hyper-parameters qwen3 and qwen3moe share, and their rope's frequency scale.
-pub(crate) fn read_qwen3_hparams(gguf: &GgufFile, arch: &str) -> Result<(HParams, f32)> {
+pub(crate) fn read_qwen3_hparams(gguf: &GgufFile, arch: &str) -> Result<(HParams, RopeScaling)> {
     let hp = HParams::read_common(gguf, arch)?;
     if hp.rope_dim != hp.head_dim {
         return Err(EngineError::InvalidMetadata {
@@ -31,7 +31,7 @@ pub(crate) fn read_qwen3_hparams(gguf: &GgufFile, arch: &str) -> Result<(HParams
         });
     }
     check_value_length(gguf, &hp)?;
-    Ok((hp, rope_freq_scale(gguf, arch)?))
+    Ok((hp, rope_scaling(gguf, arch)?))
 }
 
 /// Values are as wide as keys in every family here; a file that says otherwise is refused at load.
@@ -74,6 +74,6 @@ impl Architecture for Qwen3 {
     }
 
     fn rope(&self) -> Rope {
-        Rope::scaled(self.hp.rope_dim, self.hp.rope_base, self.freq_scale, None)
+        Rope::scaled(self.hp.rope_dim, self.hp.rope_base, &self.scaling, None)
     }
 }

@@ -12,12 +12,12 @@ use super::qwen3::{QWEN3_ATTENTION, read_qwen3_hparams};
 use super::{Architecture, HParams, Layer};
 use crate::error::{EngineError, Result};
 use crate::gguf::GgufFile;
-use crate::ops::{Activation, GatedFfn, Linear, MoeFfn, Rope};
+use crate::ops::{Activation, GatedFfn, Linear, MoeFfn, Rope, RopeScaling};
 
 #[derive(Debug)]
 pub struct Qwen3Moe {
     hp: HParams,
-    freq_scale: f32,
+    scaling: RopeScaling,
     n_experts: usize,
     n_used: usize,
     /// Each expert's intermediate size.
@@ -27,7 +27,7 @@ pub struct Qwen3Moe {
 impl Qwen3Moe {
     pub fn new(gguf: &GgufFile) -> Result<Self> {
         const ARCH: &str = "qwen3moe";
-        let (hp, freq_scale) = read_qwen3_hparams(gguf, ARCH)?;
+        let (hp, scaling) = read_qwen3_hparams(gguf, ARCH)?;
         let n_experts = gguf.get_usize(&format!("{ARCH}.expert_count"))?;
         let n_used = gguf.get_usize(&format!("{ARCH}.expert_used_count"))?;
         if n_experts == 0 || n_used == 0 || n_used > n_experts {
@@ -45,7 +45,7 @@ impl Qwen3Moe {
         };
         Ok(Self {
             hp,
-            freq_scale,
+            scaling,
             n_experts,
             n_used,
             expert_ffn,
@@ -123,6 +123,6 @@ impl Architecture for Qwen3Moe {
     }
 
     fn rope(&self) -> Rope {
-        Rope::scaled(self.hp.rope_dim, self.hp.rope_base, self.freq_scale, None)
+        Rope::scaled(self.hp.rope_dim, self.hp.rope_base, &self.scaling, None)
     }
 }

@@ -12,8 +12,17 @@ use std::path::Path;
 use shoal_engine::gguf::{self, GgufFile, TensorData, Value};
 
 /// The synthetic families: each exercises one architecture file (`llama3` is llama with a `rope_freqs` tensor;
-/// `gemma3-scaled` adds linear rope scaling on the global layers and final logit soft-capping).
-pub const MODELS: &[&str] = &["llama3", "qwen2", "qwen3", "qwen3moe", "gemma3", "gemma3-scaled"];
+/// `qwen3-yarn` has YaRN rope scaling; `gemma3-scaled` adds linear rope scaling on the global layers and final logit
+/// soft-capping).
+pub const MODELS: &[&str] = &[
+    "llama3",
+    "qwen2",
+    "qwen3",
+    "qwen3-yarn",
+    "qwen3moe",
+    "gemma3",
+    "gemma3-scaled",
+];
 
 const HIDDEN: usize = 64;
 const HEADS: usize = 4;
@@ -133,9 +142,26 @@ impl Builder {
 
 /// Writes the synthetic model `model` (one of [`MODELS`]) to `path`, with the tokenizer of `tokenizer_src`.
 pub fn write(model: &str, path: &Path, tokenizer_src: &GgufFile) -> std::io::Result<()> {
+    write_edited(model, path, tokenizer_src, &|_| {}, None)
+}
+
+/// A file's metadata in order.
+pub type Metadata = Vec<(String, Value)>;
+/// Changes a file's metadata before it is written.
+pub type Edit = dyn Fn(&mut Metadata);
+
+/// [`write`] with the metadata edited by `edit` and the tensor `drop` left out, to build broken files.
+pub fn write_edited(
+    model: &str,
+    path: &Path,
+    tokenizer_src: &GgufFile,
+    edit: &Edit,
+    drop: Option<&str>,
+) -> std::io::Result<()> {
     let arch = match model {
         "llama3" => "llama",
         "gemma3-scaled" => "gemma3",
+        "qwen3-yarn" => "qwen3",
         other => other,
     };
     let n_layers = match arch {
@@ -179,6 +205,12 @@ pub fn write(model: &str, path: &Path, tokenizer_src: &GgufFile) -> std::io::Res
             md.push((k("expert_feed_forward_length"), Value::U32(EXPERT_FFN as u32)));
         }
         "gemma3" => md.push((k("attention.sliding_window"), Value::U32(SLIDING_WINDOW))),
+        "qwen3-yarn" => {
+            // An original context of 64 puts YaRN's ramp over pairs 0..5 of the 16 (base 10,000, head 32).
+            md.push((k("rope.scaling.type"), Value::String("yarn".into())));
+            md.push((k("rope.scaling.factor"), Value::F32(4.0)));
+            md.push((k("rope.scaling.original_context_length"), Value::U32(64)));
+        }
         "gemma3-scaled" => {
             md.push((k("attention.sliding_window"), Value::U32(SLIDING_WINDOW)));
             md.push((k("rope.scaling.type"), Value::String("linear".into())));
@@ -249,10 +281,12 @@ pub fn write(model: &str, path: &Path, tokenizer_src: &GgufFile) -> std::io::Res
         }
     }
 
+    edit(&mut md);
     let md_refs: Vec<(&str, &Value)> = md.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let tensors: Vec<TensorData<'_>> = b
         .tensors
         .iter()
+        .filter(|(name, ..)| Some(name.as_str()) != drop)
         .map(|(name, enc, dims, data)| TensorData {
             name,
             ggml_type: enc.ggml_id(),
@@ -276,6 +310,7 @@ fn salt(model: &str) -> &'static str {
         "qwen3moe" => "10/",
         "gemma3" => "7/",
         "gemma3-scaled" => "11/",
+        "qwen3-yarn" => "7/",
         _ => "",
     }
 }
