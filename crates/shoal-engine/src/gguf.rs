@@ -381,6 +381,53 @@ impl GgufFile {
         QMatrix::from_shared(ty, rows, cols, data).map_err(|e| invalid(e.to_string()))
     }
 
+    /// Reads a 3-D tensor of stacked matrices (a mixture-of-experts layer's `ffn_*_exps`, ggml shape
+    /// [cols, rows, n_expert]) as one matrix per expert; each expert's rows are contiguous in the file. Kept apart from
+    /// [`Self::read_matrix`], which refuses anything but a vector or a matrix.
+    pub fn read_expert_matrices(&mut self, name: &str) -> Result<Vec<QMatrix>> {
+        let info = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| EngineError::MissingTensor(name.to_string()))?;
+        let ty = WeightType::from_ggml_id(info.ggml_type).ok_or_else(|| EngineError::UnsupportedQuant {
+            name: name.to_string(),
+            ty: ggml_type_name(info.ggml_type),
+        })?;
+        let invalid = |reason: String| EngineError::InvalidTensor {
+            name: name.to_string(),
+            reason,
+        };
+        let dims = &info.dims;
+        if dims.len() < 3 || dims.iter().skip(3).any(|&d| d != 1) {
+            return Err(invalid(format!("shape {dims:?} is not a stack of matrices")));
+        }
+        let too_large = || invalid(format!("shape {dims:?} is too large"));
+        let cols = usize::try_from(dims[0]).map_err(|_| too_large())?;
+        let rows = usize::try_from(dims[1]).map_err(|_| too_large())?;
+        let n = usize::try_from(dims[2]).map_err(|_| too_large())?;
+        if !cols.is_multiple_of(ty.block_elems()) {
+            return Err(invalid(format!("{cols} columns are not whole {} blocks", ty.name())));
+        }
+        let each = rows
+            .checked_mul(ty.row_bytes(cols))
+            .ok_or_else(|| invalid(format!("shape {dims:?} overflows")))?;
+        let len = each
+            .checked_mul(n)
+            .ok_or_else(|| invalid(format!("shape {dims:?} overflows")))?;
+        let at = self.data_offset.saturating_add(info.offset);
+        // The whole stack was checked at open to end inside the file, so `len` is bounded by the file's size.
+        let mut data = vec![0u8; len];
+        self.reader
+            .seek(SeekFrom::Start(at))
+            .and_then(|_| self.reader.read_exact(&mut data))
+            .map_err(|e| invalid(format!("reading {len} bytes at offset {at}: {e}")))?;
+        self.tensor_bytes_read = self.tensor_bytes_read.saturating_add(len as u64);
+        data.chunks_exact(each.max(1))
+            .take(n)
+            .map(|chunk| QMatrix::new(ty, rows, cols, chunk.to_vec()).map_err(|e| invalid(e.to_string())))
+            .collect()
+    }
+
     /// Reads a small tensor (a norm's weight) as f32 values, whatever its encoding.
     pub fn read_vector(&mut self, name: &str) -> Result<Vec<f32>> {
         let m = self.read_matrix(name)?;

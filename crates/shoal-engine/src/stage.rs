@@ -142,8 +142,9 @@ impl Stage {
         } else {
             None
         };
+        let rope = arch.load_rope(gguf)?;
         Ok(Self {
-            rope: arch.rope(),
+            rope,
             arch,
             range,
             layers,
@@ -328,7 +329,12 @@ impl Stage {
                     })
                     .collect();
                 let normed = head.norm.forward(&last_rows);
-                let logits = head.proj.forward(&normed, batch.len(), &self.pool);
+                let mut logits = head.proj.forward(&normed, batch.len(), &self.pool);
+                if let Some(cap) = self.arch.final_logit_softcap() {
+                    // Scale, tanh, scale back, in llama.cpp's order.
+                    let inv = 1.0 / cap;
+                    logits.iter_mut().for_each(|l| *l = cap * (*l * inv).tanh());
+                }
                 Ok(StageOutput::Logits(
                     logits.chunks_exact(hp.vocab_size).map(<[f32]>::to_vec).collect(),
                 ))

@@ -4,12 +4,16 @@
 use crate::error::{EngineError, Result};
 use crate::gguf::GgufFile;
 use crate::kernels::Pool;
-use crate::ops::{LayerKv, Rope};
+use crate::ops::{LayerKv, Rope, RopeScaling, SeqRows};
 
+pub mod gemma3;
 pub mod llama;
+pub mod qwen2;
+pub mod qwen3;
+pub mod qwen3moe;
 
 /// Architectures (`general.architecture`) this build can run.
-pub const SUPPORTED: &[&str] = &["llama"];
+pub const SUPPORTED: &[&str] = &["llama", "qwen2", "qwen3", "qwen3moe", "gemma3"];
 
 /// Hyper-parameters common to decoder-only transformers, read from `<arch>.*` GGUF metadata.
 #[derive(Debug, Clone, PartialEq)]
@@ -107,18 +111,55 @@ pub struct StepCtx {
     /// Rope (cos, sin) per row: n_rows × rope_dim / 2.
     pub cos: Vec<f32>,
     pub sin: Vec<f32>,
+    /// A second rope's tables for the layers that use another base (gemma3's sliding-window layers); empty when the
+    /// family has one rope.
+    pub cos_local: Vec<f32>,
+    pub sin_local: Vec<f32>,
 }
 
 impl StepCtx {
     pub fn new(rope: &Rope, seqs: Vec<BatchRows>) -> Self {
-        let positions: Vec<usize> = seqs.iter().flat_map(|s| s.pos..s.pos + s.n_tokens).collect();
+        let positions = Self::positions(&seqs);
         let (cos, sin) = rope.tables(&positions);
         Self {
             n_rows: positions.len(),
             seqs,
             cos,
             sin,
+            cos_local: Vec::new(),
+            sin_local: Vec::new(),
         }
+    }
+
+    /// With a second rope for the layers that ask for [`Self::local_tables`].
+    pub fn with_local(rope: &Rope, local: &Rope, seqs: Vec<BatchRows>) -> Self {
+        let mut ctx = Self::new(rope, seqs);
+        let (cos, sin) = local.tables(&Self::positions(&ctx.seqs));
+        ctx.cos_local = cos;
+        ctx.sin_local = sin;
+        ctx
+    }
+
+    fn positions(seqs: &[BatchRows]) -> Vec<usize> {
+        seqs.iter().flat_map(|s| s.pos..s.pos + s.n_tokens).collect()
+    }
+
+    pub fn tables(&self) -> (&[f32], &[f32]) {
+        (&self.cos, &self.sin)
+    }
+
+    /// The second rope's tables, or the main ones when the family has a single rope.
+    pub fn local_tables(&self) -> (&[f32], &[f32]) {
+        if self.cos_local.is_empty() {
+            self.tables()
+        } else {
+            (&self.cos_local, &self.sin_local)
+        }
+    }
+
+    /// (first row, rows, first position) of every sequence, in batch order, as [`crate::ops::Attention`] takes them.
+    pub fn seq_rows(&self) -> Vec<SeqRows> {
+        self.seqs.iter().map(|s| (s.row, s.n_tokens, s.pos)).collect()
     }
 }
 
@@ -147,8 +188,91 @@ pub trait Architecture: Send + Sync + std::fmt::Debug {
         Rope::new(self.hparams().rope_dim, self.hparams().rope_base)
     }
 
+    /// The rotary frequencies for a stage, which may read tensors of the file (llama's `rope_freqs`); by default
+    /// [`Self::rope`].
+    fn load_rope(&self, _gguf: &mut GgufFile) -> Result<Rope> {
+        Ok(self.rope())
+    }
+
     fn step_ctx(&self, rope: &Rope, seqs: Vec<BatchRows>) -> StepCtx {
         StepCtx::new(rope, seqs)
+    }
+
+    /// Final logit soft-capping c (logits ← c·tanh(logits / c)), applied by the last stage (gemma's
+    /// `final_logit_softcapping`).
+    fn final_logit_softcap(&self) -> Option<f32> {
+        None
+    }
+}
+
+/// The rope scaling llama.cpp gives `<arch>` from `rope.scaling.*`: the type (`none`, `linear`, `yarn`; llama.cpp
+/// assumes linear when the key is absent), 1 / `rope.scaling.factor` (or the older `rope.scale_linear`; a factor of 0
+/// or none means no scaling), YaRN's `original_context_length` (default: the context length) and `attn_factor`.
+/// LongRoPE is refused rather than run with the wrong frequencies.
+pub fn rope_scaling(gguf: &GgufFile, arch: &str) -> Result<RopeScaling> {
+    let k = |s: &str| format!("{arch}.{s}");
+    let type_key = k("rope.scaling.type");
+    let kind = if gguf.has_key(&type_key) {
+        gguf.get_str(&type_key)?
+    } else {
+        "linear"
+    };
+    let factor_key = [k("rope.scaling.factor"), k("rope.scale_linear")]
+        .into_iter()
+        .find(|key| gguf.has_key(key));
+    let factor = match factor_key {
+        Some(key) => {
+            let f = gguf.get_f32(&key)?;
+            if !f.is_finite() || f < 0.0 {
+                return Err(EngineError::InvalidMetadata {
+                    key,
+                    reason: format!("rope scaling factor {f}"),
+                });
+            }
+            f
+        }
+        None => 0.0,
+    };
+    let freq_scale = if factor == 0.0 { 1.0 } else { 1.0 / factor };
+    let attn_factor = if gguf.has_key(&k("rope.scaling.attn_factor")) {
+        gguf.get_f32(&k("rope.scaling.attn_factor"))?
+    } else {
+        1.0
+    };
+    match kind {
+        "none" => Ok(RopeScaling {
+            attn_factor,
+            ..RopeScaling::NONE
+        }),
+        "linear" => Ok(RopeScaling {
+            freq_scale,
+            yarn_orig_ctx: None,
+            attn_factor,
+        }),
+        "yarn" => {
+            let orig = if gguf.has_key(&k("rope.scaling.original_context_length")) {
+                gguf.get_usize(&k("rope.scaling.original_context_length"))?
+            } else {
+                gguf.get_usize(&k("context_length"))?
+            };
+            if orig == 0 {
+                return Err(EngineError::InvalidMetadata {
+                    key: k("rope.scaling.original_context_length"),
+                    reason: "zero".into(),
+                });
+            }
+            Ok(RopeScaling {
+                freq_scale,
+                yarn_orig_ctx: Some(orig),
+                attn_factor,
+            })
+        }
+        other => Err(EngineError::InvalidMetadata {
+            key: type_key,
+            reason: format!(
+                "rope scaling `{other}` is not supported (supported: none, linear, yarn, and llama3 via rope_freqs)"
+            ),
+        }),
     }
 }
 
@@ -157,6 +281,10 @@ pub fn from_gguf(gguf: &GgufFile) -> Result<Box<dyn Architecture>> {
     let name = gguf.get_str("general.architecture")?;
     match name {
         "llama" => Ok(Box::new(llama::Llama::new(gguf)?)),
+        "qwen2" => Ok(Box::new(qwen2::Qwen2::new(gguf)?)),
+        "qwen3" => Ok(Box::new(qwen3::Qwen3::new(gguf)?)),
+        "qwen3moe" => Ok(Box::new(qwen3moe::Qwen3Moe::new(gguf)?)),
+        "gemma3" => Ok(Box::new(gemma3::Gemma3::new(gguf)?)),
         other => Err(EngineError::UnsupportedArchitecture(other.to_string())),
     }
 }
