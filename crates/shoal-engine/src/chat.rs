@@ -139,6 +139,9 @@ struct Jinja {
     source: String,
     bos_token: String,
     eos_token: String,
+    /// The tokenizer adds BOS/EOS itself: a template that writes them too would double them (see `render`).
+    strip_bos: bool,
+    strip_eos: bool,
 }
 
 enum Kind {
@@ -188,6 +191,8 @@ impl ChatTemplate {
                 source: source.to_string(),
                 bos_token: bos_token.to_string(),
                 eos_token: eos_token.to_string(),
+                strip_bos: false,
+                strip_eos: false,
             })),
         })
     }
@@ -221,7 +226,18 @@ impl ChatTemplate {
         };
         let bos = tok.bos().and_then(|b| tok.token_text(b)).unwrap_or_default();
         let eos = tok.token_text(tok.eos()).unwrap_or_default();
-        Self::new(source, &bos, &eos)
+        Ok(Self::new(source, &bos, &eos)?.strip_specials(tok.add_bos(), tok.add_eos()))
+    }
+
+    /// As llama.cpp does for Jinja templates: when the tokenizer adds BOS (EOS) itself, a rendered prompt that
+    /// starts with the BOS text (ends with the EOS text) loses it, so the prompt does not get it twice (Gemma's
+    /// instruct templates begin with `{{ bos_token }}` and its files set add_bos_token).
+    pub fn strip_specials(mut self, add_bos: bool, add_eos: bool) -> Self {
+        if let Kind::Jinja(j) = &mut self.kind {
+            j.strip_bos = add_bos;
+            j.strip_eos = add_eos;
+        }
+        self
     }
 
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
@@ -244,8 +260,16 @@ impl ChatTemplate {
             bos_token => j.bos_token.as_str(),
             eos_token => j.eos_token.as_str(),
         };
-        j.env
+        let mut out = j
+            .env
             .render_str(&j.source, ctx)
-            .map_err(|e| EngineError::Template(format!("{e:#}")))
+            .map_err(|e| EngineError::Template(format!("{e:#}")))?;
+        if j.strip_bos && !j.bos_token.is_empty() && out.starts_with(&j.bos_token) {
+            out.drain(..j.bos_token.len());
+        }
+        if j.strip_eos && !j.eos_token.is_empty() && out.ends_with(&j.eos_token) {
+            out.truncate(out.len() - j.eos_token.len());
+        }
+        Ok(out)
     }
 }

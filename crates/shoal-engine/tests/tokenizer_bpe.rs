@@ -3,6 +3,7 @@
 //! (tests/vocab). Set SHOAL_VOCAB_GGUF_DIR to keep the GGUFs (that is the file `llama-tokenize` was run on).
 #![allow(clippy::unwrap_used)]
 
+mod common;
 mod vocab;
 
 use std::path::PathBuf;
@@ -15,7 +16,8 @@ use shoal_engine::Tokenizer;
 // `llama-tokenize` does, on the GGUFs these tests write (SHOAL_VOCAB_GGUF_DIR=/tmp/v keeps them):
 //   python3 tools/sample_files.py tests/tokenizer_bpe.rs LLAMA3_SAMPLES /tmp/l
 //   /tmp/ref_tokenize /tmp/v/llama3.2-vocab.gguf /tmp/l/*.txt
-// and likewise QWEN3_SAMPLES on qwen3-vocab.gguf, TEKKEN_SAMPLES on tekken-nemo-vocab.gguf.
+// and likewise QWEN3_SAMPLES on qwen3-vocab.gguf, TEKKEN_SAMPLES on tekken-nemo-vocab.gguf, GPT2_SAMPLES on
+// smollm2-as-gpt-2-vocab.gguf and DEFAULT_SAMPLES on smollm2-as-default-vocab.gguf.
 
 fn out_dir() -> PathBuf {
     let dir = std::env::var("SHOAL_VOCAB_GGUF_DIR").map_or_else(
@@ -72,6 +74,33 @@ fn tekken() -> &'static Tokenizer {
         );
         Tokenizer::from_gguf_path(path).unwrap_or_else(|e| panic!("tekken tokenizer: {e}"))
     })
+}
+
+/// SmolLM2's byte-level vocabulary (from the test model's header) under another `pre`: the `gpt-2` and `default`
+/// splits on real merges.
+fn smollm_as(pre: &str) -> Tokenizer {
+    use shoal_engine::gguf::{self, GgufFile, Value};
+    let src = GgufFile::open(common::model_path()).unwrap();
+    let pre_value = Value::String(pre.into());
+    let meta: Vec<(&str, &Value)> = src
+        .metadata()
+        .filter(|(k, _)| k.starts_with("tokenizer.ggml.") || *k == "general.architecture")
+        .map(|(k, v)| {
+            if k == "tokenizer.ggml.pre" {
+                (k, &pre_value)
+            } else {
+                (k, v)
+            }
+        })
+        .collect();
+    let path = out_dir().join(format!("smollm2-as-{pre}-vocab.gguf"));
+    gguf::write(
+        &mut std::io::BufWriter::new(std::fs::File::create(&path).unwrap()),
+        &meta,
+        &[],
+    )
+    .unwrap();
+    Tokenizer::from_gguf_path(path).unwrap()
 }
 
 fn check(t: &Tokenizer, samples: &[(&str, &[u32])]) {
@@ -268,6 +297,81 @@ const TEKKEN_SAMPLES: &[(&str, &[u32])] = &[
 #[test]
 fn tekken_ids_match_llama_cpp() {
     check(tekken(), TEKKEN_SAMPLES);
+}
+
+// Chosen to tell the splits apart: digit runs and triples, punctuation runs, contractions, whitespace runs.
+const GPT2_SAMPLES: &[(&str, &[u32])] = &[
+    ("Hello world", &[19556, 905]),
+    (
+        "1234567 apples cost $89.50",
+        &[33, 34, 35, 36, 37, 38, 39, 13855, 1708, 1885, 40, 41, 30, 37, 32],
+    ),
+    (
+        "x=[1,2,3]; y={'a': 10}!!?? ...",
+        &[
+            104, 7407, 33, 28, 34, 28, 35, 26695, 329, 19837, 81, 1539, 216, 33, 32, 109, 10095, 16693, 4563,
+        ],
+    ),
+    (
+        "don't WON'T I'm they'LL",
+        &[12420, 982, 408, 2154, 23, 68, 339, 5248, 502, 23, 16421],
+    ),
+    (
+        "tabs\tand\nnewlines\n\n  indented   ",
+        &[100, 7366, 197, 397, 198, 2241, 5110, 8866, 641, 6574, 333],
+    ),
+    (
+        "naïve café – 東京 🙂",
+        &[3546, 46494, 37366, 816, 17097, 247, 126, 16736, 122, 47526],
+    ),
+    (
+        "a+b<=c^d~e|f $$$ 12345678",
+        &[
+            81, 27, 82, 44, 45, 83, 78, 84, 110, 85, 108, 86, 1885, 9212, 216, 33, 34, 35, 36, 37, 38, 39, 40,
+        ],
+    ),
+];
+
+const DEFAULT_SAMPLES: &[(&str, &[u32])] = &[
+    ("Hello world", &[19556, 905]),
+    (
+        "1234567 apples cost $89.50",
+        &[33, 34, 35, 36, 37, 38, 39, 13855, 1708, 216, 20, 40, 41, 30, 37, 32],
+    ),
+    (
+        "x=[1,2,3]; y={'a': 10}!!?? ...",
+        &[
+            104, 7407, 33, 28, 34, 28, 35, 26695, 329, 19837, 81, 1539, 216, 33, 32, 109, 10095, 16693, 216, 2026,
+        ],
+    ),
+    (
+        "don't WON'T I'm they'LL",
+        &[12420, 23, 100, 408, 2154, 23, 68, 339, 23, 93, 502, 23, 16421],
+    ),
+    (
+        "tabs\tand\nnewlines\n\n  indented   ",
+        &[100, 7366, 197, 397, 198, 2241, 5110, 8866, 641, 6574, 333],
+    ),
+    (
+        "naïve café – 東京 🙂",
+        &[3546, 46494, 37366, 216, 1494, 17097, 247, 126, 16736, 122, 47526],
+    ),
+    (
+        "a+b<=c^d~e|f $$$ 12345678",
+        &[
+            81, 27, 82, 44, 45, 83, 78, 84, 110, 85, 108, 86, 216, 9212, 20, 216, 33, 34, 35, 36, 37, 38, 39, 40,
+        ],
+    ),
+];
+
+#[test]
+fn gpt2_ids_match_llama_cpp() {
+    check(&smollm_as("gpt-2"), GPT2_SAMPLES);
+}
+
+#[test]
+fn default_ids_match_llama_cpp() {
+    check(&smollm_as("default"), DEFAULT_SAMPLES);
 }
 
 #[test]

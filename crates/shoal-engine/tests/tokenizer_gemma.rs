@@ -274,3 +274,22 @@ fn missing_chat_template_falls_back_to_gemma_format() {
     let ids = t.encode(&s).unwrap();
     assert_eq!(ids[..3], [2, 105, 2364], "<bos> <start_of_turn> user");
 }
+
+/// A Jinja template that writes `{{ bos_token }}` (Gemma's instruct templates do) on a file with add_bos_token:
+/// the rendered BOS is dropped as llama.cpp drops it, so the prompt holds exactly one.
+#[test]
+fn template_bos_is_not_doubled() {
+    let t = tok();
+    assert!(t.add_bos() && !t.add_eos());
+    let tpl = ChatTemplate::new(
+        "{{ bos_token }}{% for m in messages %}<start_of_turn>{{ m.role }}\n{{ m.content }}<end_of_turn>\n{% endfor %}",
+        "<bos>",
+        "<eos>",
+    )
+    .unwrap()
+    .strip_specials(t.add_bos(), t.add_eos());
+    let s = tpl.render(&[ChatMessage::new("user", "Hi")], false).unwrap();
+    assert_eq!(s, "<start_of_turn>user\nHi<end_of_turn>\n");
+    let ids = t.encode(&s).unwrap();
+    assert_eq!(ids.iter().filter(|&&i| i == 2).count(), 1, "{ids:?}");
+}

@@ -2,12 +2,12 @@
 //! llama.cpp applies for the file's `tokenizer.ggml.pre`. Each regex of a family splits every piece the previous one
 //! left (matches and the text between them both kept), then bytes map to GPT-2's printable alphabet.
 
+use tokenizers::SplitDelimiterBehavior;
 use tokenizers::models::bpe::{BPE, Vocab};
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::split::Split;
-use tokenizers::{PreTokenizedString, PreTokenizer, SplitDelimiterBehavior};
 
 use crate::error::{EngineError, Result};
 
@@ -79,32 +79,6 @@ fn pre_tokenizer(spec: &PreTokenizerSpec) -> Result<PreTokenizerWrapper> {
         .collect::<Result<Vec<_>>>()?;
     steps.push(PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, false, false)));
     Ok(PreTokenizerWrapper::Sequence(Sequence::new(steps)))
-}
-
-/// The regex splits alone (before the byte mapping), for tests that pin llama.cpp's pre-tokenization.
-pub fn split_words(pre: &str, text: &str) -> Result<Vec<String>> {
-    let spec = spec(pre).ok_or_else(|| unknown_pre(pre))?;
-    let mut steps = Vec::new();
-    for re in spec.regexes {
-        steps.push(PreTokenizerWrapper::Split(
-            Split::new(
-                tokenizers::pre_tokenizers::split::SplitPattern::Regex((*re).to_string()),
-                SplitDelimiterBehavior::Isolated,
-                false,
-            )
-            .map_err(|e| EngineError::Tokenizer(e.to_string()))?,
-        ));
-    }
-    let seq = Sequence::new(steps);
-    let mut s = PreTokenizedString::from(text);
-    seq.pre_tokenize(&mut s)
-        .map_err(|e| EngineError::Tokenizer(e.to_string()))?;
-    Ok(
-        s.get_splits(tokenizers::OffsetReferential::Original, tokenizers::OffsetType::Byte)
-            .into_iter()
-            .map(|(w, _, _)| w.to_string())
-            .collect(),
-    )
 }
 
 pub(super) fn unknown_pre(pre: &str) -> EngineError {

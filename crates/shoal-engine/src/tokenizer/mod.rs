@@ -14,7 +14,7 @@ use std::collections::HashSet;
 use crate::error::{EngineError, Result};
 use crate::gguf::GgufFile;
 
-pub use bpe::{SUPPORTED_PRE, split_words};
+pub use bpe::SUPPORTED_PRE;
 use special::{Fragment, SpecialMatcher};
 
 /// GGUF `tokenizer.ggml.token_type` values (llama.cpp's llama_token_type).
@@ -368,6 +368,16 @@ impl Tokenizer {
 
     pub fn bos(&self) -> Option<u32> {
         self.bos
+    }
+
+    /// Whether [`Tokenizer::encode`] puts BOS in front (`tokenizer.ggml.add_bos_token`, else the family default).
+    pub fn add_bos(&self) -> bool {
+        self.add_bos
+    }
+
+    /// Whether [`Tokenizer::encode`] appends EOS (`tokenizer.ggml.add_eos_token`).
+    pub fn add_eos(&self) -> bool {
+        self.add_eos
     }
 
     pub fn eos(&self) -> u32 {
