@@ -16,6 +16,8 @@ use shoal_engine::Tokenizer;
 // `llama-tokenize` does, on the GGUFs these tests write (SHOAL_VOCAB_GGUF_DIR=/tmp/v keeps them):
 //   python3 tools/sample_files.py tests/tokenizer_bpe.rs LLAMA3_SAMPLES /tmp/l
 //   /tmp/ref_tokenize /tmp/v/llama3.2-vocab.gguf /tmp/l/*.txt
+// and cross-checked with the reference `llama-tokenize` itself (same ids for every non-empty sample):
+//   llama-tokenize -m FILE.gguf -f /tmp/x/NN.txt --no-escape --ids --log-disable
 // and likewise QWEN3_SAMPLES on qwen3-vocab.gguf, TEKKEN_SAMPLES on tekken-nemo-vocab.gguf, GPT2_SAMPLES on
 // smollm2-as-gpt-2-vocab.gguf and DEFAULT_SAMPLES on smollm2-as-default-vocab.gguf.
 

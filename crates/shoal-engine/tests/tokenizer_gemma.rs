@@ -47,6 +47,8 @@ fn tok() -> &'static Tokenizer {
 // `llama-tokenize` does, on the real Gemma 3 270M file:
 //   python3 tools/sample_files.py tests/tokenizer_gemma.rs SAMPLES /tmp/g
 //   /tmp/ref_tokenize gemma-3-270m-q4_k_m.gguf /tmp/g/*.txt
+// and cross-checked with the reference `llama-tokenize` itself (same ids for every non-empty sample):
+//   llama-tokenize -m FILE.gguf -f /tmp/x/NN.txt --no-escape --ids --log-disable
 // BOS (2) comes first because the file sets add_bos_token; add_space_prefix is false, so no `▁` is added.
 const SAMPLES: &[(&str, &[u32])] = &[
     ("Hello world", &[2, 9259, 1902]),
