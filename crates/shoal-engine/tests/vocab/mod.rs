@@ -43,6 +43,62 @@ pub const TEKKEN_NEMO: Wheel = Wheel {
     member: "mistral_common/data/tekken_240718.json",
 };
 
+/// Mistral 7B Instruct v0.3's SentencePiece model (32,768 pieces, 750 control, 20 user-defined, byte fallback,
+/// add_dummy_prefix on): the `add_space_prefix = true` side of SPM that Gemma does not exercise.
+pub const MISTRAL_V3_SPM: Wheel = Wheel {
+    package: "mistral-common",
+    version: "1.13.1",
+    sha256: "98b4d0755b8d90bf4691fa8f1b70cb3b4a8cd4dc1653c4ed08ef3d1c7d2c29af",
+    member: "mistral_common/data/mistral_instruct_tokenizer_240323.model.v3",
+};
+
+/// A SentencePiece tokenizer.model laid into a vocabulary-only GGUF (`tokenizer.ggml.model = llama`) as llama.cpp's
+/// converter lays one: pieces, scores and types by id, add_space_prefix from the model's add_dummy_prefix,
+/// bos 1 / eos 2 / unk 0. tools/spm_model_to_tsv.py reads the protobuf.
+pub fn write_spm_gguf(model: &Path, out: &Path) -> PathBuf {
+    let tsv = out.with_extension("tsv");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/spm_model_to_tsv.py");
+    let status = std::process::Command::new("python3")
+        .arg(&script)
+        .arg(model)
+        .arg(&tsv)
+        .status()
+        .unwrap_or_else(|e| panic!("run {}: {e}", script.display()));
+    assert!(status.success(), "{} failed", script.display());
+    let text = std::fs::read_to_string(&tsv).unwrap();
+    let mut lines = text.lines();
+    let add_prefix = lines.next().unwrap().ends_with("\t1");
+    let (mut tokens, mut scores, mut types) = (Vec::new(), Vec::new(), Vec::new());
+    for line in lines {
+        let mut cols = line.split('\t');
+        let ty: i32 = cols.next().unwrap().parse().unwrap();
+        let score: f32 = cols.next().unwrap().parse().unwrap();
+        let hex = cols.next().unwrap();
+        let bytes: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect();
+        tokens.push(Value::String(String::from_utf8(bytes).unwrap()));
+        scores.push(Value::F32(score));
+        types.push(Value::I32(ty));
+    }
+    let meta: Vec<(&str, Value)> = vec![
+        ("general.architecture", Value::String("llama".into())),
+        ("tokenizer.ggml.model", Value::String("llama".into())),
+        ("tokenizer.ggml.tokens", Value::Array(tokens)),
+        ("tokenizer.ggml.scores", Value::Array(scores)),
+        ("tokenizer.ggml.token_type", Value::Array(types)),
+        ("tokenizer.ggml.bos_token_id", Value::U32(1)),
+        ("tokenizer.ggml.eos_token_id", Value::U32(2)),
+        ("tokenizer.ggml.unknown_token_id", Value::U32(0)),
+        ("tokenizer.ggml.add_space_prefix", Value::Bool(add_prefix)),
+    ];
+    let refs: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (*k, v)).collect();
+    let mut f = std::io::BufWriter::new(std::fs::File::create(out).unwrap());
+    gguf::write(&mut f, &refs, &[]).unwrap();
+    out.to_path_buf()
+}
+
 /// tools/tekken_to_tokenizer_json.py on a fetched tekken.json: a tokenizer.json next to it.
 pub fn tekken_tokenizer_json(tekken: &Path) -> PathBuf {
     let out = tekken.with_extension("tokenizer.json");
