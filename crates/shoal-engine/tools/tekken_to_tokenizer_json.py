@@ -10,6 +10,7 @@ Usage: tekken_to_tokenizer_json.py TEKKEN_JSON OUT_JSON
 """
 import base64
 import json
+import os
 import sys
 
 # Mistral's fixed special tokens of tokenizers up to v7 (their file lists none).
@@ -72,10 +73,10 @@ def main(src, dst):
                   "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": True,
                   "vocab": vocab, "merges": merges},
     }
-    with open(dst + ".part", "w", encoding="utf-8") as f:
+    part = f"{dst}.part{os.getpid()}"  # concurrent runs must not share a partial file
+    with open(part, "w", encoding="utf-8") as f:
         json.dump(out, f, ensure_ascii=False)
-    import os
-    os.replace(dst + ".part", dst)
+    os.replace(part, dst)
 
 
 if __name__ == "__main__":
