@@ -29,10 +29,11 @@ pub(super) struct SpecialMatcher {
 /// Marks "no child" in the root table (node 0 is the root itself, never a child).
 const NO_NODE: u32 = 0;
 
+/// Kept small (u32s): a run of spaces yields one occurrence per position and per space-run token length.
 #[derive(Debug, Clone, Copy)]
 struct Occurrence {
-    pos: usize,
-    len: usize,
+    pos: u32,
+    len: u32,
     id: u32,
 }
 
@@ -71,6 +72,7 @@ impl SpecialMatcher {
         self.nodes[0].children.is_empty()
     }
 
+    /// Every (position, token) match. `text` is shorter than 4 GiB (checked by the caller).
     fn occurrences(&self, text: &[u8]) -> Vec<Occurrence> {
         let mut found = Vec::new();
         for pos in 0..text.len() {
@@ -79,7 +81,11 @@ impl SpecialMatcher {
             while at != NO_NODE as usize {
                 let node = &self.nodes[at];
                 if let Some(id) = node.token {
-                    found.push(Occurrence { pos, len, id });
+                    found.push(Occurrence {
+                        pos: pos as u32,
+                        len: len as u32,
+                        id,
+                    });
                 }
                 let Some(&b) = text.get(pos + len) else { break };
                 at = match node.children.binary_search_by_key(&b, |c| c.0) {
@@ -96,7 +102,8 @@ impl SpecialMatcher {
         if text.is_empty() {
             return Vec::new();
         }
-        if self.is_empty() {
+        if self.is_empty() || u32::try_from(text.len()).is_err() {
+            // No special tokens to find (or a text beyond 4 GiB, far past any context: left whole).
             return vec![Fragment::Text(text)];
         }
         let mut occ = self.occurrences(text.as_bytes());
@@ -107,22 +114,22 @@ impl SpecialMatcher {
         let mut current: Option<u32> = None;
         let mut last_end = 0usize;
         for o in occ {
+            let (pos, end) = (o.pos as usize, (o.pos + o.len) as usize);
             if current != Some(o.id) {
                 current = Some(o.id);
                 last_end = 0;
             }
-            let end = o.pos + o.len;
-            if o.pos < last_end {
+            if pos < last_end {
                 continue;
             }
             let overlaps = taken
                 .range(..end)
                 .next_back()
-                .is_some_and(|(_, &(prev_end, _))| prev_end > o.pos);
+                .is_some_and(|(_, &(prev_end, _))| prev_end > pos);
             if overlaps {
                 continue;
             }
-            taken.insert(o.pos, (end, o.id));
+            taken.insert(pos, (end, o.id));
             last_end = end;
         }
         let mut out = Vec::with_capacity(taken.len() * 2 + 1);
