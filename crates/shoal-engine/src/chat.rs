@@ -1,6 +1,9 @@
 //! Chat prompts rendered with the model's own `tokenizer.chat_template` (a Jinja template) through minijinja.
 //! The environment mirrors what HF transformers gives templates (trim_blocks, lstrip_blocks, Python string methods,
 //! `raise_exception`), since templates are written and tested against that.
+//!
+//! A file without a template (base models such as Gemma 3 270M) gets its family's usual format, rendered as
+//! llama.cpp's built-in templates render it (llm_chat_apply_template): [`Builtin`].
 
 use std::collections::BTreeMap;
 
@@ -23,18 +26,142 @@ impl ChatMessage {
     }
 }
 
-pub struct ChatTemplate {
+/// The chat formats used when a model file carries no template, named as llama.cpp names its built-ins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Builtin {
+    /// `<|im_start|>role\ncontent<|im_end|>\n`: Qwen2/Qwen3, SmolLM, and llama.cpp's default for unknown families.
+    ChatMl,
+    /// `<start_of_turn>user\n…<end_of_turn>\n`, assistant called `model`, system folded into the first user turn.
+    Gemma,
+    /// `<|start_header_id|>role<|end_header_id|>\n\ncontent<|eot_id|>` (Llama 3.x).
+    Llama3,
+    /// `[SYSTEM_PROMPT]…[/SYSTEM_PROMPT][INST]…[/INST]answer</s>` (Mistral Nemo/Small, tekken vocabulary).
+    MistralV7Tekken,
+}
+
+impl Builtin {
+    /// llama.cpp's name for the template.
+    pub fn name(self) -> &'static str {
+        match self {
+            Builtin::ChatMl => "chatml",
+            Builtin::Gemma => "gemma",
+            Builtin::Llama3 => "llama3",
+            Builtin::MistralV7Tekken => "mistral-v7-tekken",
+        }
+    }
+
+    /// The family's template, recognised from the architecture, the pre-tokenizer and the vocabulary's turn tokens.
+    pub fn for_tokenizer(tok: &crate::tokenizer::Tokenizer) -> Self {
+        let arch = tok.architecture().unwrap_or_default();
+        if arch.starts_with("gemma") || tok.token_id("<start_of_turn>").is_some() {
+            Builtin::Gemma
+        } else if tok.token_id("<|start_header_id|>").is_some() && tok.token_id("<|eot_id|>").is_some() {
+            Builtin::Llama3
+        } else if tok.pre() == "tekken" {
+            Builtin::MistralV7Tekken
+        } else {
+            Builtin::ChatMl
+        }
+    }
+
+    fn render(self, messages: &[ChatMessage], add_generation_prompt: bool) -> String {
+        let mut out = String::new();
+        match self {
+            Builtin::ChatMl => {
+                for m in messages {
+                    out.push_str(&format!("<|im_start|>{}\n{}<|im_end|>\n", m.role, m.content));
+                }
+                if add_generation_prompt {
+                    out.push_str("<|im_start|>assistant\n");
+                }
+            }
+            Builtin::Gemma => {
+                // Gemma has no system role: its text goes ahead of the next user turn.
+                let mut system = String::new();
+                for m in messages {
+                    if m.role == "system" {
+                        system.push_str(c_trim(&m.content));
+                        continue;
+                    }
+                    let role = if m.role == "assistant" {
+                        "model"
+                    } else {
+                        m.role.as_str()
+                    };
+                    out.push_str(&format!("<start_of_turn>{role}\n"));
+                    if !system.is_empty() && role != "model" {
+                        out.push_str(&system);
+                        out.push_str("\n\n");
+                        system.clear();
+                    }
+                    out.push_str(c_trim(&m.content));
+                    out.push_str("<end_of_turn>\n");
+                }
+                if add_generation_prompt {
+                    out.push_str("<start_of_turn>model\n");
+                }
+            }
+            Builtin::Llama3 => {
+                for m in messages {
+                    out.push_str(&format!(
+                        "<|start_header_id|>{}<|end_header_id|>\n\n{}<|eot_id|>",
+                        m.role,
+                        c_trim(&m.content)
+                    ));
+                }
+                if add_generation_prompt {
+                    out.push_str("<|start_header_id|>assistant<|end_header_id|>\n\n");
+                }
+            }
+            // The answer follows `[/INST]` directly, so there is no generation prompt to add.
+            Builtin::MistralV7Tekken => {
+                for m in messages {
+                    match m.role.as_str() {
+                        "system" => out.push_str(&format!("[SYSTEM_PROMPT]{}[/SYSTEM_PROMPT]", m.content)),
+                        "user" => out.push_str(&format!("[INST]{}[/INST]", m.content)),
+                        _ => out.push_str(&format!("{}</s>", m.content)),
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Trims what C's `isspace` calls space (llama.cpp's templates trim with it; unlike `str::trim`, ASCII only and
+/// including vertical tab).
+fn c_trim(s: &str) -> &str {
+    s.trim_matches(|c| matches!(c, ' ' | '\t' | '\n' | '\x0B' | '\x0C' | '\r'))
+}
+
+struct Jinja {
     env: Environment<'static>,
     source: String,
     bos_token: String,
     eos_token: String,
+    /// The tokenizer adds BOS/EOS itself: a template that writes them too would double them (see `render`).
+    strip_bos: bool,
+    strip_eos: bool,
+}
+
+enum Kind {
+    Jinja(Box<Jinja>),
+    Builtin(Builtin),
+}
+
+pub struct ChatTemplate {
+    kind: Kind,
 }
 
 impl std::fmt::Debug for ChatTemplate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ChatTemplate")
-            .field("source_len", &self.source.len())
-            .finish()
+        match &self.kind {
+            Kind::Jinja(j) => f
+                .debug_struct("ChatTemplate")
+                .field("source_len", &j.source.len())
+                .finish(),
+            Kind::Builtin(b) => f.debug_struct("ChatTemplate").field("builtin", &b.name()).finish(),
+        }
     }
 }
 
@@ -59,24 +186,65 @@ impl ChatTemplate {
         env.template_from_str(source)
             .map_err(|e| EngineError::Template(format!("{e:#}")))?;
         Ok(Self {
-            env,
-            source: source.to_string(),
-            bos_token: bos_token.to_string(),
-            eos_token: eos_token.to_string(),
+            kind: Kind::Jinja(Box::new(Jinja {
+                env,
+                source: source.to_string(),
+                bos_token: bos_token.to_string(),
+                eos_token: eos_token.to_string(),
+                strip_bos: false,
+                strip_eos: false,
+            })),
         })
     }
 
-    /// The template stored in the GGUF, with the file's bos/eos spelled as the template expects them.
+    /// One of the built-in formats (no Jinja involved).
+    pub fn builtin(builtin: Builtin) -> Self {
+        Self {
+            kind: Kind::Builtin(builtin),
+        }
+    }
+
+    /// The built-in format in use, if this is not a Jinja template.
+    pub fn builtin_kind(&self) -> Option<Builtin> {
+        match self.kind {
+            Kind::Builtin(b) => Some(b),
+            Kind::Jinja(_) => None,
+        }
+    }
+
+    /// The template stored in the GGUF, with the file's bos/eos spelled as the template expects them; without
+    /// one, the family's built-in format ([`Builtin::for_tokenizer`]).
     pub fn from_tokenizer(tok: &crate::tokenizer::Tokenizer) -> Result<Self> {
-        let source = tok
-            .chat_template()
-            .ok_or_else(|| EngineError::Template("the model file has no chat template".into()))?;
+        let Some(source) = tok.chat_template() else {
+            let builtin = Builtin::for_tokenizer(tok);
+            tracing::info!(
+                template = builtin.name(),
+                architecture = tok.architecture().unwrap_or("?"),
+                "the model file has no chat template; using the family's built-in format"
+            );
+            return Ok(Self::builtin(builtin));
+        };
         let bos = tok.bos().and_then(|b| tok.token_text(b)).unwrap_or_default();
         let eos = tok.token_text(tok.eos()).unwrap_or_default();
-        Self::new(source, &bos, &eos)
+        Ok(Self::new(source, &bos, &eos)?.strip_specials(tok.add_bos(), tok.add_eos()))
+    }
+
+    /// As llama.cpp does for Jinja templates: when the tokenizer adds BOS (EOS) itself, a rendered prompt that
+    /// starts with the BOS text (ends with the EOS text) loses it, so the prompt does not get it twice (Gemma's
+    /// instruct templates begin with `{{ bos_token }}` and its files set add_bos_token).
+    pub fn strip_specials(mut self, add_bos: bool, add_eos: bool) -> Self {
+        if let Kind::Jinja(j) = &mut self.kind {
+            j.strip_bos = add_bos;
+            j.strip_eos = add_eos;
+        }
+        self
     }
 
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+        let j = match &self.kind {
+            Kind::Builtin(b) => return Ok(b.render(messages, add_generation_prompt)),
+            Kind::Jinja(j) => j,
+        };
         let msgs: Vec<Value> = messages
             .iter()
             .map(|m| {
@@ -89,11 +257,19 @@ impl ChatTemplate {
         let ctx = minijinja::context! {
             messages => msgs,
             add_generation_prompt => add_generation_prompt,
-            bos_token => self.bos_token.as_str(),
-            eos_token => self.eos_token.as_str(),
+            bos_token => j.bos_token.as_str(),
+            eos_token => j.eos_token.as_str(),
         };
-        self.env
-            .render_str(&self.source, ctx)
-            .map_err(|e| EngineError::Template(format!("{e:#}")))
+        let mut out = j
+            .env
+            .render_str(&j.source, ctx)
+            .map_err(|e| EngineError::Template(format!("{e:#}")))?;
+        if j.strip_bos && !j.bos_token.is_empty() && out.starts_with(&j.bos_token) {
+            out.drain(..j.bos_token.len());
+        }
+        if j.strip_eos && !j.eos_token.is_empty() && out.ends_with(&j.eos_token) {
+            out.truncate(out.len() - j.eos_token.len());
+        }
+        Ok(out)
     }
 }

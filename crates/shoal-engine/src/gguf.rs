@@ -506,6 +506,24 @@ impl GgufFile {
             other => Err(expected(key, "an array", other)),
         }
     }
+
+    /// Float arrays (SentencePiece scores); integer elements are accepted too, as llama.cpp accepts i32 scores.
+    pub fn get_f32_array(&self, key: &str) -> Result<Vec<f32>> {
+        match self.value(key)? {
+            Value::Array(items) => items
+                .iter()
+                .map(|v| match v {
+                    Value::F32(x) => Ok(*x),
+                    Value::F64(x) => Ok(*x as f32),
+                    other => other
+                        .as_i128()
+                        .map(|x| x as f32)
+                        .ok_or_else(|| expected(key, "floats", other)),
+                })
+                .collect(),
+            other => Err(expected(key, "an array", other)),
+        }
+    }
 }
 
 fn expected(key: &str, what: &str, found: &Value) -> EngineError {
