@@ -347,44 +347,33 @@ impl GgufFile {
     /// One tensor as a matrix over its bytes in the mapped file (no copy): rows are the outer GGUF dimension, columns
     /// the inner (contiguous) one; a 1-D tensor is one row. The kernel is asked to read the range ahead.
     pub fn read_matrix(&mut self, name: &str) -> Result<QMatrix> {
-        let info = self
-            .tensors
-            .get(name)
-            .ok_or_else(|| EngineError::MissingTensor(name.to_string()))?;
-        let ty = WeightType::from_ggml_id(info.ggml_type).ok_or_else(|| EngineError::UnsupportedQuant {
-            name: name.to_string(),
-            ty: ggml_type_name(info.ggml_type),
-        })?;
-        let invalid = |reason: String| EngineError::InvalidTensor {
-            name: name.to_string(),
-            reason,
-        };
-        let dims = &info.dims;
+        let (ty, dims) = self.tensor_type(name)?;
         if dims.iter().skip(2).any(|&d| d != 1) {
-            return Err(invalid(format!("shape {dims:?} is not a vector or a matrix")));
+            return Err(invalid_tensor(
+                name,
+                format!("shape {dims:?} is not a vector or a matrix"),
+            ));
         }
-        let cols = usize::try_from(dims[0]).map_err(|_| invalid(format!("shape {dims:?} is too large")))?;
-        let rows = usize::try_from(dims.get(1).copied().unwrap_or(1))
-            .map_err(|_| invalid(format!("shape {dims:?} is too large")))?;
-        if !cols.is_multiple_of(ty.block_elems()) {
-            return Err(invalid(format!("{cols} columns are not whole {} blocks", ty.name())));
-        }
-        let len = rows
-            .checked_mul(ty.row_bytes(cols))
-            .ok_or_else(|| invalid(format!("shape {dims:?} overflows")))?;
-        let at = self.data_offset.saturating_add(info.offset);
-        let outside = || invalid(format!("{len} bytes at offset {at} lie outside the file"));
-        let start = usize::try_from(at).map_err(|_| outside())?;
-        let data = SharedBytes::mapped(&self.map, start, len).ok_or_else(outside)?;
-        self.map.will_need(start, len);
-        self.tensor_bytes_read = self.tensor_bytes_read.saturating_add(len as u64);
-        QMatrix::from_shared(ty, rows, cols, data).map_err(|e| invalid(e.to_string()))
+        let rows = dims.get(1).copied().unwrap_or(1);
+        Ok(self.map_matrices(name, ty, dims[0], rows, 1)?.remove(0))
     }
 
-    /// Reads a 3-D tensor of stacked matrices (a mixture-of-experts layer's `ffn_*_exps`, ggml shape
-    /// [cols, rows, n_expert]) as one matrix per expert; each expert's rows are contiguous in the file. Kept apart from
-    /// [`Self::read_matrix`], which refuses anything but a vector or a matrix.
+    /// A 3-D tensor of stacked matrices (a mixture-of-experts layer's `ffn_*_exps`, ggml shape
+    /// [cols, rows, n_expert]) as one matrix per expert, each over its own contiguous rows of the mapped file. Kept
+    /// apart from [`Self::read_matrix`], which refuses anything but a vector or a matrix.
     pub fn read_expert_matrices(&mut self, name: &str) -> Result<Vec<QMatrix>> {
+        let (ty, dims) = self.tensor_type(name)?;
+        if dims.len() < 3 || dims.iter().skip(3).any(|&d| d != 1) {
+            return Err(invalid_tensor(
+                name,
+                format!("shape {dims:?} is not a stack of matrices"),
+            ));
+        }
+        self.map_matrices(name, ty, dims[0], dims[1], dims[2])
+    }
+
+    /// The weight type and ggml shape of a tensor the kernels can run.
+    fn tensor_type(&self, name: &str) -> Result<(WeightType, Vec<u64>)> {
         let info = self
             .tensors
             .get(name)
@@ -393,38 +382,38 @@ impl GgufFile {
             name: name.to_string(),
             ty: ggml_type_name(info.ggml_type),
         })?;
-        let invalid = |reason: String| EngineError::InvalidTensor {
-            name: name.to_string(),
-            reason,
-        };
-        let dims = &info.dims;
-        if dims.len() < 3 || dims.iter().skip(3).any(|&d| d != 1) {
-            return Err(invalid(format!("shape {dims:?} is not a stack of matrices")));
-        }
-        let too_large = || invalid(format!("shape {dims:?} is too large"));
-        let cols = usize::try_from(dims[0]).map_err(|_| too_large())?;
-        let rows = usize::try_from(dims[1]).map_err(|_| too_large())?;
-        let n = usize::try_from(dims[2]).map_err(|_| too_large())?;
+        Ok((ty, info.dims.clone()))
+    }
+
+    /// `count` consecutive `rows × cols` matrices from the start of tensor `name`, as ranges of the mapped file.
+    fn map_matrices(&mut self, name: &str, ty: WeightType, cols: u64, rows: u64, count: u64) -> Result<Vec<QMatrix>> {
+        let shape = [cols, rows, count];
+        let too_large = || invalid_tensor(name, format!("shape {shape:?} is too large"));
+        let cols = usize::try_from(cols).map_err(|_| too_large())?;
+        let rows = usize::try_from(rows).map_err(|_| too_large())?;
+        let count = usize::try_from(count).map_err(|_| too_large())?;
         if !cols.is_multiple_of(ty.block_elems()) {
-            return Err(invalid(format!("{cols} columns are not whole {} blocks", ty.name())));
+            return Err(invalid_tensor(
+                name,
+                format!("{cols} columns are not whole {} blocks", ty.name()),
+            ));
         }
-        let each = rows
-            .checked_mul(ty.row_bytes(cols))
-            .ok_or_else(|| invalid(format!("shape {dims:?} overflows")))?;
-        let len = each
-            .checked_mul(n)
-            .ok_or_else(|| invalid(format!("shape {dims:?} overflows")))?;
-        let at = self.data_offset.saturating_add(info.offset);
-        // The whole stack was checked at open to end inside the file, so `len` is bounded by the file's size.
-        let mut data = vec![0u8; len];
-        self.reader
-            .seek(SeekFrom::Start(at))
-            .and_then(|_| self.reader.read_exact(&mut data))
-            .map_err(|e| invalid(format!("reading {len} bytes at offset {at}: {e}")))?;
+        let each = rows.checked_mul(ty.row_bytes(cols)).ok_or_else(too_large)?;
+        let len = each.checked_mul(count).ok_or_else(too_large)?;
+        let offset = self.tensors.get(name).map_or(0, |t| t.offset);
+        let at = self.data_offset.saturating_add(offset);
+        let outside = || invalid_tensor(name, format!("{len} bytes at offset {at} lie outside the file"));
+        let start = usize::try_from(at).map_err(|_| outside())?;
+        if SharedBytes::mapped(&self.map, start, len).is_none() {
+            return Err(outside());
+        }
+        self.map.will_need(start, len);
         self.tensor_bytes_read = self.tensor_bytes_read.saturating_add(len as u64);
-        data.chunks_exact(each.max(1))
-            .take(n)
-            .map(|chunk| QMatrix::new(ty, rows, cols, chunk.to_vec()).map_err(|e| invalid(e.to_string())))
+        (0..count)
+            .map(|i| {
+                let data = SharedBytes::mapped(&self.map, start + i * each, each).ok_or_else(outside)?;
+                QMatrix::from_shared(ty, rows, cols, data).map_err(|e| invalid_tensor(name, e.to_string()))
+            })
             .collect()
     }
 
@@ -523,6 +512,13 @@ impl GgufFile {
                 .collect(),
             other => Err(expected(key, "an array", other)),
         }
+    }
+}
+
+fn invalid_tensor(name: &str, reason: String) -> EngineError {
+    EngineError::InvalidTensor {
+        name: name.to_string(),
+        reason,
     }
 }
 
