@@ -210,6 +210,12 @@ fn run(path: &PathBuf, splits: &[usize]) -> (Vec<u32>, Vec<Vec<f32>>, f32) {
     (toks, all, margin)
 }
 
+fn n_layers(path: &PathBuf) -> usize {
+    let g = GgufFile::open(path).unwrap();
+    let arch = g.get_str("general.architecture").unwrap().to_string();
+    g.get_usize(&format!("{arch}.block_count")).unwrap()
+}
+
 fn check_against_llama_cpp(name: &str) {
     let _g = common::exclusive();
     let r = REFERENCES.iter().find(|r| r.model == name).unwrap();
@@ -238,11 +244,7 @@ fn check_against_llama_cpp(name: &str) {
     assert_eq!(toks, r.greedy, "{name}: greedy tokens differ from llama.cpp");
 
     // Every split point, and one three-stage split, gives the unsplit run bit for bit.
-    let n_layers = {
-        let g = GgufFile::open(&path).unwrap();
-        let arch = g.get_str("general.architecture").unwrap().to_string();
-        g.get_usize(&format!("{arch}.block_count")).unwrap()
-    };
+    let n_layers = n_layers(&path);
     let mut splits: Vec<Vec<usize>> = (1..n_layers).map(|s| vec![s]).collect();
     splits.push(vec![1, n_layers - 1]);
     for s in &splits {
@@ -362,5 +364,46 @@ fn broken_files_are_refused_naming_the_cause() {
         );
         assert!(err.to_string().contains(named), "case {i}: {err}");
         std::fs::remove_file(&path).unwrap();
+    }
+}
+
+/// Continuous batching: two sequences in one forward pass (MoE rows of both routed together, gemma3's window and two
+/// ropes per row) give bit for bit what each gives alone, through prefill and a few decode steps.
+#[test]
+fn batched_sequences_match_separate_runs() {
+    use shoal_engine::{LayerRange, SeqChunk, Stage, StageInput, StageOutput};
+    let _g = common::exclusive();
+    let logits = |out: StageOutput| match out {
+        StageOutput::Logits(l) => l,
+        other => panic!("unexpected {other:?}"),
+    };
+    let other: Vec<u32> = PROMPT.iter().rev().copied().collect();
+    for name in ["qwen3moe", "gemma3", "qwen2"] {
+        let path = model(name);
+        let n_layers = n_layers(&path);
+        let mut alone = Stage::load(&path, LayerRange::new(0, n_layers), common::pool()).unwrap();
+        let mut both = Stage::load(&path, LayerRange::new(0, n_layers), common::pool()).unwrap();
+        let mut a = logits(alone.forward(0, StageInput::Tokens(PROMPT)).unwrap());
+        let mut b = logits(alone.forward(1, StageInput::Tokens(&other)).unwrap());
+        let chunks = [
+            SeqChunk {
+                slot: 0,
+                n_tokens: PROMPT.len(),
+            },
+            SeqChunk {
+                slot: 1,
+                n_tokens: other.len(),
+            },
+        ];
+        let ids: Vec<u32> = PROMPT.iter().chain(&other).copied().collect();
+        let mut ab = logits(both.forward_batch(&chunks, StageInput::Tokens(&ids)).unwrap());
+        for step in 0..8 {
+            assert_eq!(ab, [a[0].clone(), b[0].clone()], "{name} step {step}");
+            let (ta, tb) = (argmax(&a[0]).unwrap(), argmax(&b[0]).unwrap());
+            a = logits(alone.forward(0, StageInput::Tokens(&[ta])).unwrap());
+            b = logits(alone.forward(1, StageInput::Tokens(&[tb])).unwrap());
+            let one = [SeqChunk { slot: 0, n_tokens: 1 }, SeqChunk { slot: 1, n_tokens: 1 }];
+            ab = logits(both.forward_batch(&one, StageInput::Tokens(&[ta, tb])).unwrap());
+        }
     }
 }
