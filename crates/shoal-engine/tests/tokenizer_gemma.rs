@@ -2,44 +2,18 @@
 //! (the 270M test model; only its header is read).
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
+mod common;
+
 use std::sync::OnceLock;
 use std::time::Instant;
 
 use shoal_engine::{ChatMessage, ChatTemplate, Tokenizer};
 
-/// `SHOAL_TEST_GEMMA`, else what `shared/scripts/fetch-gemma3-270m.sh` prints (it downloads once, then answers from
-/// its cache).
-fn gemma_path() -> PathBuf {
-    if let Ok(p) = std::env::var("SHOAL_TEST_GEMMA") {
-        return PathBuf::from(p);
-    }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .ancestors()
-        .map(|d| d.join("shared/scripts/fetch-gemma3-270m.sh"))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| panic!("set SHOAL_TEST_GEMMA or provide shared/scripts/fetch-gemma3-270m.sh"));
-    let out = std::process::Command::new("bash")
-        .arg(&script)
-        .output()
-        .unwrap_or_else(|e| panic!("run {}: {e}", script.display()));
-    assert!(
-        out.status.success(),
-        "fetch-gemma3-270m.sh failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(
-        String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .lines()
-            .last()
-            .unwrap_or_default(),
-    )
-}
-
 fn tok() -> &'static Tokenizer {
     static TOK: OnceLock<Tokenizer> = OnceLock::new();
-    TOK.get_or_init(|| Tokenizer::from_gguf_path(gemma_path()).unwrap_or_else(|e| panic!("gemma tokenizer: {e}")))
+    TOK.get_or_init(|| {
+        Tokenizer::from_gguf_path(common::gemma_path()).unwrap_or_else(|e| panic!("gemma tokenizer: {e}"))
+    })
 }
 
 // Exact ids from llama.cpp (the reference build of shared/scripts/build-llama-reference.sh, llama-cpp-python 0.3.36),
@@ -229,7 +203,7 @@ fn incremental_decoder_never_splits_characters() {
 fn load_and_long_text_speed() {
     const MAX_LOAD_S: f64 = 20.0;
     const MAX_ENCODE_S: f64 = 20.0;
-    let path = gemma_path();
+    let path = common::gemma_path();
     let start = Instant::now();
     let gguf = shoal_engine::gguf::GgufFile::open(&path).unwrap();
     let header = start.elapsed().as_secs_f64();

@@ -13,38 +13,50 @@ pub fn pool() -> Arc<Pool> {
     POOL.get_or_init(|| Arc::new(Pool::new(2))).clone()
 }
 
-/// Path of the test model: `SHOAL_TEST_MODEL`, else whatever `shared/scripts/fetch-test-model.sh` (found by walking
-/// up from this crate) prints; it downloads once and then answers from its cache.
+/// Path of the test model (SmolLM2-135M-Instruct Q4_1): `SHOAL_TEST_MODEL`, else what
+/// `shared/scripts/fetch-test-model.sh` prints.
 pub fn model_path() -> PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        if let Ok(p) = std::env::var("SHOAL_TEST_MODEL") {
-            return PathBuf::from(p);
-        }
-        let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let script = manifest
-            .ancestors()
-            .map(|d| d.join("shared/scripts/fetch-test-model.sh"))
-            .find(|p| p.is_file())
-            .expect("set SHOAL_TEST_MODEL or provide shared/scripts/fetch-test-model.sh in an ancestor directory");
-        let out = std::process::Command::new("bash")
-            .arg(&script)
-            .output()
-            .expect("run fetch-test-model.sh");
-        assert!(
-            out.status.success(),
-            "fetch-test-model.sh failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let path = String::from_utf8_lossy(&out.stdout)
+    PATH.get_or_init(|| fetched("SHOAL_TEST_MODEL", "fetch-test-model.sh"))
+        .clone()
+}
+
+/// Path of Gemma 3 270M (gemma3, SentencePiece, Q5_0/Q8_0/Q4_K/Q6_K): `SHOAL_TEST_GEMMA`, else what
+/// `shared/scripts/fetch-gemma3-270m.sh` prints.
+pub fn gemma_path() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| fetched("SHOAL_TEST_GEMMA", "fetch-gemma3-270m.sh"))
+        .clone()
+}
+
+/// `$env` if set, else the path that `shared/scripts/<script>` (found by walking up from this crate; CI has
+/// `../shared` beside the clone) prints: it downloads once through pip and then answers from its cache.
+fn fetched(env: &str, script: &str) -> PathBuf {
+    if let Ok(p) = std::env::var(env) {
+        return PathBuf::from(p);
+    }
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let path = manifest
+        .ancestors()
+        .map(|d| d.join("shared/scripts").join(script))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("set {env} or provide shared/scripts/{script} in an ancestor directory"));
+    let out = std::process::Command::new("bash")
+        .arg(&path)
+        .output()
+        .unwrap_or_else(|e| panic!("run {}: {e}", path.display()));
+    assert!(
+        out.status.success(),
+        "{script} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(
+        String::from_utf8_lossy(&out.stdout)
             .trim()
             .lines()
             .last()
-            .unwrap_or_default()
-            .to_string();
-        PathBuf::from(path)
-    })
-    .clone()
+            .unwrap_or_default(),
+    )
 }
 
 /// Model runs use every core; running two at once would only make each slower and timings meaningless.
