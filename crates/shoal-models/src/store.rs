@@ -144,6 +144,16 @@ impl ModelStore {
         self
     }
 
+    /// The sha256 of a file, from the verification cache when the file is unchanged since it was last hashed.
+    pub fn digest_of(&self, path: &Path) -> io::Result<[u8; 32]> {
+        let meta = fs::metadata(path)?;
+        self.cache.digest(path, &meta)
+    }
+
+    pub(crate) fn hf_settings(&self) -> &HfSettings {
+        &self.hf
+    }
+
     pub fn own_dir(&self) -> &Path {
         &self.own_dir
     }
@@ -271,22 +281,25 @@ impl ModelStore {
     }
 
     fn find_file(&self, id: &ModelId, file: &ExpectedFile) -> Option<ModelFile> {
-        candidate_paths(&self.read_only_dirs, &self.own_dir, id, &file.rel)
-            .into_iter()
-            .find_map(|path| match self.cache.verify(&path, file) {
-                Ok(size) => Some(ModelFile {
-                    name: file.name.clone(),
-                    path,
-                    size,
-                }),
-                Err(SourceError::Missing { .. }) => None,
-                Err(e) => {
-                    // Debug, not warn: the worker asks every tick, and a bad copy in a read-only directory is
-                    // legitimately skipped in favour of the next candidate.
-                    debug!(model = %id.as_str(), "skipping {}: {e}", path.display());
-                    None
-                }
-            })
+        let mut paths = candidate_paths(&self.read_only_dirs, &self.own_dir, id, &file.rel);
+        // A path source's own directory, in place: a model added by path is used where it lies, not copied.
+        let own = paths.pop();
+        paths.extend(file.source_dirs.iter().map(|d| d.join(&file.rel)));
+        paths.extend(own);
+        paths.into_iter().find_map(|path| match self.cache.verify(&path, file) {
+            Ok(size) => Some(ModelFile {
+                name: file.name.clone(),
+                path,
+                size,
+            }),
+            Err(SourceError::Missing { .. }) => None,
+            Err(e) => {
+                // Debug, not warn: the worker asks every tick, and a bad copy in a read-only directory is
+                // legitimately skipped in favour of the next candidate.
+                debug!(model = %id.as_str(), "skipping {}: {e}", path.display());
+                None
+            }
+        })
     }
 
     /// Produces the source's files that are still missing into a fresh scratch directory, verifies them and

@@ -45,6 +45,9 @@ use shoal_types::{Event, ModelCard, NodeId, State, codec};
 
 /// The plan runs at least this often (§10.2).
 const TICK: Duration = Duration::from_millis(250);
+/// How often the files of a model this node was not found to hold are looked for again (an operator may copy them
+/// into a models directory at any time).
+const RESCAN_EVERY_MS: u64 = 30_000;
 
 /// How this node runs its runners.
 #[derive(Clone)]
@@ -116,6 +119,8 @@ enum Input {
     },
     Progress(ModelId, DownloadProgress),
     Fetched(ModelId, Result<PathBuf, String>),
+    /// Whether this node holds the files of a model only `path` sources name: the `.gguf` and the files' bytes.
+    Located(ModelId, Option<(PathBuf, u64)>),
     /// State changed (an applied event or an installed snapshot): plan again.
     StateChanged,
     Stop,
@@ -207,6 +212,7 @@ impl Worker {
             tags: HashMap::new(),
             next_tag: 0,
             gguf: BTreeMap::new(),
+            scans: BTreeMap::new(),
         };
         let thread = std::thread::Builder::new()
             .name("shoal-worker".into())
@@ -258,6 +264,8 @@ struct Shell {
     next_tag: u32,
     /// The verified weights file of each model this node holds.
     gguf: BTreeMap<ModelId, PathBuf>,
+    /// Models only `path` sources name, looked for on this node: when the last look ended (`None`: running).
+    scans: BTreeMap<ModelId, Option<u64>>,
 }
 
 fn unix_ms() -> u64 {
@@ -345,6 +353,7 @@ impl Shell {
 
     fn step(&mut self, state: &State, spawner: &Sender<(RunnerId, u32)>) {
         let now = unix_ms();
+        self.scan_held_files(state, now);
         for action in plan(state, &self.local, now) {
             self.local.start(&action, now);
             self.carry_out(action, state, spawner);
@@ -716,6 +725,37 @@ impl Shell {
         });
     }
 
+    /// Reconciles "which models' files does this node hold" with State's custom cards: a model that only `path`
+    /// sources name can be placed only where its files are (no node can fetch them), so each node looks for them in
+    /// its own models directories (and the source's directory), by name and sha256, and reports what it holds as a
+    /// `Completed` download (rule 9), which placement reads. Never against an empty State (§10.2).
+    fn scan_held_files(&mut self, state: &State, now: u64) {
+        for card in state.model_cards.values() {
+            if !card.files_only_where_held() {
+                continue;
+            }
+            let id = &card.id;
+            if self.local.models.get(id).is_some_and(|m| m.verified || m.downloading) {
+                continue;
+            }
+            match self.scans.get(id) {
+                Some(None) => continue,
+                Some(Some(at)) if now.saturating_sub(*at) < RESCAN_EVERY_MS => continue,
+                _ => {}
+            }
+            self.scans.insert(id.clone(), None);
+            let store = self.models.clone();
+            let inputs = self.inputs.clone();
+            let card = card.as_ref().clone();
+            std::thread::spawn(move || {
+                let found = store
+                    .locate(&card)
+                    .and_then(|files| Some((files.gguf()?.to_path_buf(), files.total_size())));
+                let _ = inputs.send(Input::Located(card.id, found));
+            });
+        }
+    }
+
     fn load(&mut self, runner: RunnerId, state: &State) {
         let spec = (|| {
             let r = self.local.runners.get(&runner)?;
@@ -796,6 +836,16 @@ impl Shell {
                 }
                 let entry = self.local.models.entry(model).or_default();
                 entry.progress = Some(progress);
+            }
+            Input::Located(model, found) => {
+                self.scans.insert(model.clone(), Some(now));
+                if let Some((path, total)) = found {
+                    tracing::info!(model = %model, path = %path.display(), "this node holds the model's files");
+                    let entry = self.local.models.entry(model.clone()).or_default();
+                    entry.verified = true;
+                    entry.progress = Some(DownloadProgress::Completed { total });
+                    self.gguf.insert(model, path);
+                }
             }
             Input::Fetched(model, result) => {
                 self.local.finish(&ActionKey::Download(model.clone()));
