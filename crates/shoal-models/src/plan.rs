@@ -5,7 +5,6 @@
 use std::collections::BTreeSet;
 use std::path::{Component, Path, PathBuf};
 
-use shoal_types::card::SourceKind;
 use shoal_types::{ModelCard, ModelId};
 
 use crate::error::ModelError;
@@ -22,9 +21,6 @@ pub struct ExpectedFile {
     /// Exact size in bytes when known: the card's `storage_size` when the card names a single file (§2.6: "exact
     /// file size in the real card"). With several files the card has no per-file sizes, so only sha256 applies.
     pub size: Option<u64>,
-    /// Directories of the card's `path` sources that list the file: read in place (never copied) when it is there
-    /// and verifies, as the operator's models directories are.
-    pub source_dirs: Vec<PathBuf>,
 }
 
 /// Every file any of the card's sources names, in first-seen order, deduplicated.
@@ -58,14 +54,7 @@ pub fn expected_files(card: &ModelCard) -> Result<Vec<ExpectedFile>, ModelError>
                 .iter()
                 .find_map(|s| s.sha256.get(name))
                 .map(|hex| hex.to_ascii_lowercase());
-            let source_dirs = card
-                .sources
-                .iter()
-                .filter(|s| s.kind == SourceKind::Path && s.files.iter().any(|f| f == name))
-                .filter_map(|s| s.path.as_deref().map(PathBuf::from))
-                .collect();
             Ok(ExpectedFile {
-                source_dirs,
                 name: name.to_owned(),
                 rel,
                 sha256,

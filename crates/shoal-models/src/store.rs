@@ -281,25 +281,22 @@ impl ModelStore {
     }
 
     fn find_file(&self, id: &ModelId, file: &ExpectedFile) -> Option<ModelFile> {
-        let mut paths = candidate_paths(&self.read_only_dirs, &self.own_dir, id, &file.rel);
-        // A path source's own directory, in place: a model added by path is used where it lies, not copied.
-        let own = paths.pop();
-        paths.extend(file.source_dirs.iter().map(|d| d.join(&file.rel)));
-        paths.extend(own);
-        paths.into_iter().find_map(|path| match self.cache.verify(&path, file) {
-            Ok(size) => Some(ModelFile {
-                name: file.name.clone(),
-                path,
-                size,
-            }),
-            Err(SourceError::Missing { .. }) => None,
-            Err(e) => {
-                // Debug, not warn: the worker asks every tick, and a bad copy in a read-only directory is
-                // legitimately skipped in favour of the next candidate.
-                debug!(model = %id.as_str(), "skipping {}: {e}", path.display());
-                None
-            }
-        })
+        candidate_paths(&self.read_only_dirs, &self.own_dir, id, &file.rel)
+            .into_iter()
+            .find_map(|path| match self.cache.verify(&path, file) {
+                Ok(size) => Some(ModelFile {
+                    name: file.name.clone(),
+                    path,
+                    size,
+                }),
+                Err(SourceError::Missing { .. }) => None,
+                Err(e) => {
+                    // Debug, not warn: the worker asks every tick, and a bad copy in a read-only directory is
+                    // legitimately skipped in favour of the next candidate.
+                    debug!(model = %id.as_str(), "skipping {}: {e}", path.display());
+                    None
+                }
+            })
     }
 
     /// Produces the source's files that are still missing into a fresh scratch directory, verifies them and

@@ -119,8 +119,6 @@ enum Input {
     },
     Progress(ModelId, DownloadProgress),
     Fetched(ModelId, Result<PathBuf, String>),
-    /// Whether this node holds the files of a model only `path` sources name: the `.gguf` and the files' bytes.
-    Located(ModelId, Option<(PathBuf, u64)>),
     /// State changed (an applied event or an installed snapshot): plan again.
     StateChanged,
     Stop,
@@ -212,7 +210,6 @@ impl Worker {
             tags: HashMap::new(),
             next_tag: 0,
             gguf: BTreeMap::new(),
-            scans: BTreeMap::new(),
         };
         let thread = std::thread::Builder::new()
             .name("shoal-worker".into())
@@ -264,8 +261,6 @@ struct Shell {
     next_tag: u32,
     /// The verified weights file of each model this node holds.
     gguf: BTreeMap<ModelId, PathBuf>,
-    /// Models only `path` sources name, looked for on this node: when the last look ended (`None`: running).
-    scans: BTreeMap<ModelId, Option<u64>>,
 }
 
 fn unix_ms() -> u64 {
@@ -694,6 +689,7 @@ impl Shell {
             .values()
             .find(|i| i.model.id == *model)
             .map(|i| i.model.clone())
+            .or_else(|| state.model_cards.get(model).map(|c| c.as_ref().clone()))
     }
 
     fn download(&mut self, model: ModelId, state: &State) {
@@ -726,33 +722,27 @@ impl Shell {
     }
 
     /// Reconciles "which models' files does this node hold" with State's custom cards: a model that only `path`
-    /// sources name can be placed only where its files are (no node can fetch them), so each node looks for them in
-    /// its own models directories (and the source's directory), by name and sha256, and reports what it holds as a
-    /// `Completed` download (rule 9), which placement reads. Never against an empty State (§10.2).
+    /// sources name can be placed only where its files are (no node can fetch them), so each node fetches it as
+    /// the store does any model (found by name and sha256 in its models directories, else copied from the source
+    /// directory when this node has it) and reports the result as its download (rule 9), which placement reads.
+    /// A node without the files retries every 30 s (an operator may copy them in). Never against an empty State.
     fn scan_held_files(&mut self, state: &State, now: u64) {
-        for card in state.model_cards.values() {
-            if !card.files_only_where_held() {
-                continue;
-            }
-            let id = &card.id;
-            if self.local.models.get(id).is_some_and(|m| m.verified || m.downloading) {
-                continue;
-            }
-            match self.scans.get(id) {
-                Some(None) => continue,
-                Some(Some(at)) if now.saturating_sub(*at) < RESCAN_EVERY_MS => continue,
-                _ => {}
-            }
-            self.scans.insert(id.clone(), None);
-            let store = self.models.clone();
-            let inputs = self.inputs.clone();
-            let card = card.as_ref().clone();
-            std::thread::spawn(move || {
-                let found = store
-                    .locate(&card)
-                    .and_then(|files| Some((files.gguf()?.to_path_buf(), files.total_size())));
-                let _ = inputs.send(Input::Located(card.id, found));
-            });
+        let wanted: Vec<ModelId> = state
+            .model_cards
+            .values()
+            .filter(|card| card.files_only_where_held())
+            .filter(|card| {
+                self.local.models.get(&card.id).is_none_or(|m| {
+                    !m.verified
+                        && !m.downloading
+                        && m.last_failure_ms
+                            .is_none_or(|at| now.saturating_sub(at) >= RESCAN_EVERY_MS)
+                })
+            })
+            .map(|card| card.id.clone())
+            .collect();
+        for model in wanted {
+            self.download(model, state);
         }
     }
 
@@ -836,16 +826,6 @@ impl Shell {
                 }
                 let entry = self.local.models.entry(model).or_default();
                 entry.progress = Some(progress);
-            }
-            Input::Located(model, found) => {
-                self.scans.insert(model.clone(), Some(now));
-                if let Some((path, total)) = found {
-                    tracing::info!(model = %model, path = %path.display(), "this node holds the model's files");
-                    let entry = self.local.models.entry(model.clone()).or_default();
-                    entry.verified = true;
-                    entry.progress = Some(DownloadProgress::Completed { total });
-                    self.gguf.insert(model, path);
-                }
             }
             Input::Fetched(model, result) => {
                 self.local.finish(&ActionKey::Download(model.clone()));

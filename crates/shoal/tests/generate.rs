@@ -57,7 +57,11 @@ fn generate_rejects_bad_input_naming_the_flag() {
         (&["--model", "x.gguf", "--prompt", "hi", "--stages", "0"], "--stages"),
         (&["--model", "x.gguf", "--prompt", "hi", "--threads", "0"], "--threads"),
         (&["--model", "/no/such/model.gguf", "--prompt", "hi"], "--model"),
-        (&["--model", "smollm2-135m", "--prompt", "hi"], "--model smollm2-135m"),
+        // A built-in id is fetched by the model store now; an unreachable hub is an error naming the flag.
+        (
+            &["--model", "hf:no/such/x.gguf", "--prompt", "hi"],
+            "--model hf:no/such/x.gguf",
+        ),
         (
             &["--model", "x.gguf", "--prompt", "hi", "--max-tokens", "0"],
             "--max-tokens",
@@ -70,6 +74,8 @@ fn generate_rejects_bad_input_naming_the_flag() {
             .args(args)
             .arg("--data-dir")
             .arg(dir.path())
+            // Port 9 (discard) on loopback: nothing answers, so an hf: model fails at once.
+            .env("HF_ENDPOINT", "http://127.0.0.1:9")
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
