@@ -361,3 +361,43 @@ fn models_added_by_path_and_by_hf_are_placed_over_three_nodes_and_answer() {
         404
     );
 }
+
+/// `shoal run --model PATH.gguf`: the node derives the card from the file at start, adds it to State and places
+/// it through the same path as a built-in id; a path that does not exist stops the node naming the flag.
+#[test]
+fn run_with_a_model_path_adds_its_card_and_places_it() {
+    let _serial = serial();
+    let model = common::model_path();
+    let root = tempfile::tempdir().unwrap();
+    let path = root.path().join("smol-at-start.gguf");
+    link_or_copy(&model, &path);
+
+    let mut bad = cluster(root.path(), 1).remove(0);
+    bad.extra = vec!["--model".into(), root.path().join("nope.gguf").display().to_string()];
+    bad.start();
+    let status = bad.child.as_mut().unwrap().wait().unwrap();
+    assert!(!status.success());
+    wait_for(Duration::from_secs(5), "the refusal in the log", || {
+        bad.logged("--model").then_some(())
+    });
+    assert!(bad.log_text().contains("does not exist"), "{}", bad.log_text());
+
+    let mut nodes = cluster(&root.path().join("run"), 1);
+    nodes[0].extra = vec!["--model".into(), path.display().to_string()];
+    nodes[0].start();
+    wait_for(Duration::from_secs(60), "the model Ready", || {
+        let state = nodes[0].state()?;
+        let statuses = runner_statuses(&state);
+        (state["model_cards"].get("smol-at-start").is_some() && statuses.len() == 1 && statuses[0].1 == "Ready")
+            .then_some(())
+    });
+    let body = json!({
+        "model": "smol-at-start",
+        "messages": [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}],
+        "max_tokens": 12,
+        "temperature": 0,
+    });
+    let (code, text) = http(nodes[0].api, "POST", "/v1/chat/completions", Some(&body)).unwrap();
+    assert_eq!(code, 200, "{text}");
+    assert!(text.contains("Paris"), "{text}");
+}
