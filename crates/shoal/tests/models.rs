@@ -191,6 +191,33 @@ fn custom_cards(node: &Node) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// A POST that may take up to a minute to answer (`support::http` gives up after 15 s).
+fn http_slow(port: u16, path: &str, body: &Value) -> (u16, String) {
+    use std::io::Read;
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let body = body.to_string();
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let code = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (code, body)
+}
+
 fn link_or_copy(from: &Path, to: &Path) {
     if std::fs::hard_link(from, to).is_err() {
         std::fs::copy(from, to).unwrap();
@@ -400,4 +427,52 @@ fn run_with_a_model_path_adds_its_card_and_places_it() {
     let (code, text) = http(nodes[0].api, "POST", "/v1/chat/completions", Some(&body)).unwrap();
     assert_eq!(code, 200, "{text}");
     assert!(text.contains("Paris"), "{text}");
+}
+
+/// A file whose header makes a valid card but that the engine cannot load (a llama GGUF missing most tensors):
+/// the runner fails with the engine's message, `/state` shows it, and once the instance is deleted for its
+/// runners' failures the client's error carries it too.
+#[test]
+fn a_model_that_fails_to_load_reports_why_in_state_and_to_the_client() {
+    let _serial = serial();
+    let root = tempfile::tempdir().unwrap();
+    let path = root.path().join("broken.gguf");
+    std::fs::write(&path, synthetic("llama", 4, 8)).unwrap();
+    let mut nodes = cluster(&root.path().join("run"), 1);
+    nodes[0].start();
+    wait_for(Duration::from_secs(15), "the node's facts", || {
+        let state = nodes[0].state()?;
+        state["nodes"].as_object().is_some_and(|n| n.len() == 1).then_some(())
+    });
+    let (code, card) = add(&nodes[0], &path.display().to_string());
+    assert_eq!(code, 201, "{card}");
+    wait_for(Duration::from_secs(20), "the node holds broken", || {
+        let state = nodes[0].state()?;
+        state["nodes"]
+            .as_object()?
+            .values()
+            .all(|n| n["downloads"]["broken"].get("Completed").is_some())
+            .then_some(())
+    });
+    let (code, body) = http(
+        nodes[0].api,
+        "POST",
+        "/place_instance",
+        Some(&json!({"model_id": "broken"})),
+    )
+    .unwrap();
+    assert_eq!(code, 201, "{body}");
+    let error = wait_for(Duration::from_secs(20), "the runner Failed in /state", || {
+        let state = nodes[0].state()?;
+        let runners = state["runners"].as_object()?;
+        runners
+            .values()
+            .find_map(|r| r["status"]["Failed"]["error"].as_str().map(str::to_owned))
+    });
+    assert!(!error.is_empty());
+    let body = json!({"model": "broken", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4});
+    // The answer comes once the master deletes the instance after the runner's fifth failure (backoff 1+2+4+8 s).
+    let (code, text) = http_slow(nodes[0].api, "/v1/chat/completions", &body);
+    assert_eq!(code, 500, "{text}");
+    assert!(text.contains("the last error"), "{text}");
 }
