@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use std::sync::Arc;
@@ -133,6 +133,8 @@ impl std::fmt::Debug for GgufFile {
 struct Header<R> {
     r: R,
     remaining: u64,
+    /// Set when a length ran past the bytes at hand: for a prefix of a remote file, "read more" rather than invalid.
+    ran_out: bool,
 }
 
 type ParseResult<T> = std::result::Result<T, String>;
@@ -140,6 +142,7 @@ type ParseResult<T> = std::result::Result<T, String>;
 impl<R: Read> Header<R> {
     fn bytes(&mut self, n: u64) -> ParseResult<Vec<u8>> {
         if n > self.remaining {
+            self.ran_out = true;
             return Err(format!(
                 "a field of {n} bytes runs past the end of the file (truncated?)"
             ));
@@ -195,6 +198,7 @@ impl<R: Read> Header<R> {
                 let count = self.u64()?;
                 // Every element takes at least one byte, so a count beyond the file is a lie.
                 if count > self.remaining {
+                    self.ran_out = true;
                     return Err(format!("an array of {count} elements is longer than the file"));
                 }
                 let mut items = Vec::with_capacity((count as usize).min(1 << 16));
@@ -220,108 +224,37 @@ impl GgufFile {
             source,
         };
         let file = File::open(&path).map_err(io)?;
-        let file_len = file.metadata().map_err(io)?.len();
-        let mut header = Header {
-            r: BufReader::new(file),
-            remaining: file_len,
-        };
-        let parsed = Self::parse(&mut header, file_len);
-        let (metadata, keys, tensors, data_offset) = parsed.map_err(|reason| EngineError::InvalidGguf {
+        let map = Mapping::map(&file).map_err(io)?;
+        let header = parse_header(map.as_ref(), map.len() as u64).map_err(|e| EngineError::InvalidGguf {
             path: path.clone(),
-            reason,
+            reason: match e {
+                HeaderError::NeedMore { .. } => "the header runs past the end of the file (truncated?)".into(),
+                HeaderError::Invalid(reason) => reason,
+            },
         })?;
-        let map = Mapping::map(header.r.get_ref()).map_err(io)?;
-        // The directory was checked against the length read before parsing; a file cut short since then is the
-        // same truncation error, not a fault on first use.
-        if (map.len() as u64) < file_len {
-            return Err(EngineError::InvalidGguf {
-                path,
-                reason: format!("the file shrank to {} bytes while it was opened", map.len()),
-            });
-        }
+        let keys = header.metadata.iter().map(|(k, _)| k.clone()).collect();
+        let metadata = header.metadata.into_iter().collect();
+        let tensors = header
+            .tensors
+            .into_iter()
+            .map(|t| {
+                let info = TensorInfo {
+                    dims: t.dims,
+                    ggml_type: t.ggml_type,
+                    offset: t.offset,
+                };
+                (t.name, info)
+            })
+            .collect();
         Ok(Self {
             path,
             metadata,
             keys,
             tensors,
-            data_offset,
+            data_offset: header.data_offset,
             map: Arc::new(map),
             tensor_bytes_read: 0,
         })
-    }
-
-    #[allow(clippy::type_complexity)]
-    fn parse(
-        h: &mut Header<BufReader<File>>,
-        file_len: u64,
-    ) -> ParseResult<(HashMap<String, Value>, Vec<String>, HashMap<String, TensorInfo>, u64)> {
-        if &h.array::<4>()? != MAGIC {
-            return Err("no GGUF magic at the start".into());
-        }
-        let version = h.u32()?;
-        if !(2..=3).contains(&version) {
-            return Err(format!("GGUF version {version} (supported: 2 and 3)"));
-        }
-        let n_tensors = h.u64()?;
-        let n_kv = h.u64()?;
-        if n_tensors > h.remaining || n_kv > h.remaining {
-            return Err(format!("{n_tensors} tensors and {n_kv} keys cannot fit in the file"));
-        }
-        let mut metadata = HashMap::new();
-        let mut keys = Vec::new();
-        for _ in 0..n_kv {
-            let key = h.string()?;
-            let ty = h.u32()?;
-            let value = h.value(ty, 0)?;
-            if metadata.insert(key.clone(), value).is_some() {
-                return Err(format!("metadata key `{key}` appears twice"));
-            }
-            keys.push(key);
-        }
-        let mut tensors = HashMap::new();
-        for _ in 0..n_tensors {
-            let name = h.string()?;
-            let n_dims = h.u32()? as usize;
-            if n_dims == 0 || n_dims > MAX_DIMS {
-                return Err(format!("tensor `{name}` has {n_dims} dimensions"));
-            }
-            let dims = (0..n_dims).map(|_| h.u64()).collect::<ParseResult<Vec<_>>>()?;
-            let ggml_type = h.u32()?;
-            let offset = h.u64()?;
-            if tensors
-                .insert(
-                    name.clone(),
-                    TensorInfo {
-                        dims,
-                        ggml_type,
-                        offset,
-                    },
-                )
-                .is_some()
-            {
-                return Err(format!("tensor `{name}` appears twice"));
-            }
-        }
-        let alignment = match metadata.get("general.alignment") {
-            None => DEFAULT_ALIGNMENT,
-            Some(v) => match v.as_i128() {
-                Some(a) if a > 0 && (a as u64).is_power_of_two() => a as u64,
-                _ => return Err(format!("general.alignment {v:?} is not a power of two")),
-            },
-        };
-        let header_end = file_len - h.remaining;
-        let data_offset = header_end.div_ceil(alignment) * alignment;
-        // A truncated download is one clear error at open instead of a failure halfway through loading.
-        for (name, info) in &tensors {
-            let Some(bytes) = tensor_bytes(info) else { continue };
-            let end = data_offset.saturating_add(info.offset).saturating_add(bytes);
-            if end > file_len {
-                return Err(format!(
-                    "tensor `{name}` ends at byte {end} but the file has only {file_len} bytes (truncated?)"
-                ));
-            }
-        }
-        Ok((metadata, keys, tensors, data_offset))
     }
 
     pub fn path(&self) -> &Path {
@@ -711,19 +644,13 @@ pub fn parse_header(prefix: &[u8], file_len: u64) -> std::result::Result<GgufHea
     let mut h = Header {
         r: prefix,
         remaining: have,
+        ran_out: false,
     };
     match parse_header_fields(&mut h, have, file_len) {
         Ok(header) => Ok(header),
-        Err(reason) if have < file_len && ran_out(&reason) => Err(HeaderError::NeedMore { have }),
+        Err(_) if have < file_len && h.ran_out => Err(HeaderError::NeedMore { have }),
         Err(reason) => Err(HeaderError::Invalid(reason)),
     }
-}
-
-/// Whether a parse error is the end of the bytes at hand (the three length checks of [`Header`] and the counts).
-fn ran_out(reason: &str) -> bool {
-    reason.contains("past the end of the file")
-        || reason.contains("longer than the file")
-        || reason.contains("cannot fit in the file")
 }
 
 fn parse_header_fields(h: &mut Header<&[u8]>, have: u64, file_len: u64) -> ParseResult<GgufHeader> {
@@ -737,6 +664,7 @@ fn parse_header_fields(h: &mut Header<&[u8]>, have: u64, file_len: u64) -> Parse
     let n_tensors = h.u64()?;
     let n_kv = h.u64()?;
     if n_tensors > h.remaining || n_kv > h.remaining {
+        h.ran_out = true;
         return Err(format!("{n_tensors} tensors and {n_kv} keys cannot fit in the file"));
     }
     let mut metadata: Vec<(String, Value)> = Vec::new();
