@@ -327,6 +327,16 @@ impl GgufFile {
                     ));
                 }
             }
+            // gguf-split writes the set's total into every part: another total is a part of another set.
+            match part.metadata.get(SPLIT_TENSORS).and_then(Value::as_i128) {
+                Some(total) if total != expected => {
+                    return Err(invalid(
+                        &part_path,
+                        format!("{which} belongs to a set of {total} tensors, not {expected} (`{SPLIT_TENSORS}`)"),
+                    ));
+                }
+                _ => {}
+            }
             for (name, mut info) in part.tensors {
                 if let Some(other) = tensors.get(&name) {
                     return Err(invalid(

@@ -179,6 +179,18 @@ fn broken_split_sets_are_errors_naming_the_file() {
     });
     contains(&invalid_at(&p[0], &p[2]), "says it is part 2 of 3");
 
+    // A part of a set with another tensor total.
+    let p = set("total", &|no, md, _| {
+        if no == 1 {
+            for (k, v) in md.iter_mut() {
+                if k == "split.tensors.count" {
+                    *v = Value::I32(7);
+                }
+            }
+        }
+    });
+    contains(&invalid_at(&p[0], &p[1]), "belongs to a set of 7 tensors, not ");
+
     // A tensor in two parts.
     let dup = tensors[tensors.len().div_ceil(PARTS)].clone();
     let dup_name = dup.0.clone();
