@@ -4,16 +4,20 @@
 //! once as a set of 3 parts give bit-identical logits and the same greedy tokens, in one stage and split over
 //! stages; every broken set is an error naming the file at fault.
 //!
-//! llama.cpp loads the same sets as split models (checked by hand, not in CI; tools/llama_logits.cpp as in
-//! tests/architectures.rs, llama.cpp as vendored in llama-cpp-python 0.3.36, no repacked weights):
+//! The sets are llama.cpp's own, and llama.cpp loads them as one model (checked by hand, not in CI; llama.cpp as
+//! vendored in llama-cpp-python 0.3.36, `cmake --build build --target llama-gguf-split` added to the reference
+//! build; tools/llama_logits.cpp as in tests/architectures.rs, no repacked weights):
 //!   cargo test -p shoal-engine --test split_gguf -- --ignored write_sets_for_llama_cpp   # writes /tmp/shoal-split
+//!   llama-gguf-split --split --split-max-tensors 11 /tmp/shoal-split/llama3.gguf ref/llama3     # 31 tensors
+//!   llama-gguf-split --split --split-max-tensors 13 /tmp/shoal-split/qwen3moe.gguf ref/qwen3moe # 39 tensors
+//!   cmp ref/MODEL-0000i-of-00003.gguf /tmp/shoal-split/MODEL-0000i-of-00003.gguf                # i = 1, 2, 3
 //!   /tmp/llama_logits /tmp/shoal-split/MODEL.gguf 20 1 4093 198 1780 314 260 3575 282 4649 47 2 198
 //!   /tmp/llama_logits /tmp/shoal-split/MODEL-00001-of-00003.gguf 20 1 4093 198 1780 314 260 3575 282 4649 47 2 198
-//! For llama3 and qwen3moe the single file and the set print the same top-8 first-step logits, sum of squares and 20
-//! greedy tokens (those pinned in tests/architectures.rs, e.g. llama3: 24615, 34328, 47060, …, sum of squares
-//! 47957.8844; qwen3moe: 48623, 13439, 45545, …, 50070.6745). With the third part removed llama.cpp stops at "failed
-//! to load GGUF split from …-00003-of-00003.gguf", and named by its second part at "illegal split file idx: 1 …,
-//! model must be loaded with the first split", so it does read the set as one model.
+//! All six parts are byte-identical to gguf-split's. For llama3 and qwen3moe the single file and the set print the
+//! same output (top-8 first-step logits, sum of squares, 20 greedy tokens: those pinned in tests/architectures.rs,
+//! e.g. llama3 24615, 34328, 47060, …, sum of squares 47957.8844; qwen3moe 48623, 13439, 45545, …, 50070.6745).
+//! With the third part removed llama.cpp stops at "failed to load GGUF split from …-00003-of-00003.gguf", and named
+//! by its second part at "illegal split file idx: 1 …, model must be loaded with the first split".
 #![allow(clippy::unwrap_used)]
 
 mod common;
