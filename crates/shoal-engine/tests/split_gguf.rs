@@ -132,6 +132,30 @@ fn moe_split_set_runs_like_the_single_file() {
     check_model("qwen3moe");
 }
 
+/// `gguf-split --no-tensor-first-split` leaves the metadata alone in the first part.
+#[test]
+fn set_with_a_metadata_only_first_part_runs() {
+    let _g = common::exclusive();
+    let dir = common::temp_path("split-metadata-first");
+    let (single, _) = write_both("qwen2", &dir);
+    let src = GgufFile::open(common::model_path()).unwrap();
+    let (md, tensors) = synth::build("qwen2", &src).unwrap();
+    let per_part = tensors.len().div_ceil(PARTS);
+    let head = tensors[..per_part].to_vec();
+    let p = synth::write_split(&dir, "bare", &md, &tensors, PARTS, &move |no, _, t| match no {
+        0 => t.clear(),
+        1 => t.splice(0..0, head.iter().cloned()).for_each(drop),
+        _ => {}
+    })
+    .unwrap();
+    assert_eq!(GgufFile::open(&p[0]).unwrap().part_paths().count(), PARTS);
+    let (want, want_logits) = run(&single, &[]);
+    let (toks, logits) = run(&p[0], &[2]);
+    assert_eq!(toks, want);
+    assert!(logits == want_logits, "logits differ");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 /// The error of opening `path`, which must be an `InvalidGguf` about `at`; returns its message.
 fn invalid_at(path: &Path, at: &Path) -> String {
     let err = GgufFile::open(path).map(|_| ()).unwrap_err();
