@@ -248,16 +248,21 @@ impl GgufFile {
         let path = path.as_ref().to_path_buf();
         let first = Self::open_part(&path)?;
         let Some((no, count)) = split_position(&path, &first.metadata)? else {
-            let tensors = first.tensors;
             return Ok(Self {
                 path,
                 metadata: first.metadata,
                 keys: first.keys,
-                tensors,
+                tensors: first.tensors,
                 parts: vec![first.part],
                 tensor_bytes_read: 0,
             });
         };
+        Self::open_set(path, first, no, count)
+    }
+
+    /// Joins the split set whose part `no` of `count` is `first` (already opened from `path`), or says which file
+    /// to name instead.
+    fn open_set(path: PathBuf, first: ParsedFile, no: usize, count: usize) -> Result<Self> {
         let invalid = |path: &Path, reason: String| EngineError::InvalidGguf {
             path: path.to_path_buf(),
             reason,
