@@ -1,5 +1,6 @@
 //! The OpenAI-compatible API of every node (SYSTEM.md §11): `POST /v1/chat/completions` (streaming and not),
-//! `GET /v1/models` and `/models`, `POST /v1/cancel/{command_id}`, over the stream registry of [`streams`].
+//! `GET /v1/models` and `/models`, `POST /models/add` and `DELETE /models/{id}` ([`models`]),
+//! `POST /v1/cancel/{command_id}`, over the stream registry of [`streams`].
 //!
 //! A request becomes [`GenerationParams`](shoal_types::params::GenerationParams) ([`request`]), is registered, and
 //! its `TextGeneration` command goes to the master. Chunks arrive from the pipeline's last rank straight into the
@@ -7,6 +8,8 @@
 //! learned it.
 
 mod chat;
+pub mod commands;
+mod models;
 pub mod request;
 pub mod streams;
 
@@ -46,13 +49,26 @@ pub fn error_with_code(
 pub struct Api {
     pub cluster: ClusterHandle,
     pub streams: Arc<Streams>,
+    /// The node's model store, which `POST /models/add` reads headers and hashes files with; `None` on a node
+    /// without one (the endpoint then answers 503).
+    pub models: Option<Arc<shoal_models::ModelStore>>,
 }
 
 impl Api {
     /// Starts the registry (on the current tokio runtime) and installs its chunk sink.
     pub fn start(cluster: ClusterHandle, stream_ttl_ms: u64) -> Api {
         let streams = Streams::start(cluster.clone(), stream_ttl_ms);
-        Api { cluster, streams }
+        Api {
+            cluster,
+            streams,
+            models: None,
+        }
+    }
+
+    /// Gives `POST /models/add` the node's model store.
+    pub fn with_models(mut self, models: Arc<shoal_models::ModelStore>) -> Api {
+        self.models = Some(models);
+        self
     }
 
     /// Lines for `/metrics` (Prometheus text).
@@ -94,7 +110,9 @@ pub fn router(api: Api) -> Router {
         .route("/v1/chat/completions", post(chat::completions))
         .route("/ollama/v1/chat/completions", post(chat::completions))
         .route("/v1/models", get(models_openai))
-        .route("/models", get(models))
+        .route("/models", get(list_models))
+        .route("/models/add", post(models::add))
+        .route("/models/{*id}", axum::routing::delete(models::delete))
         .route("/v1/cancel/{command_id}", post(cancel))
         // The handler reads the body with its own limit, so an oversized body is a 413 in the OpenAI shape.
         .layer(DefaultBodyLimit::disable())
@@ -144,7 +162,7 @@ async fn models_openai(AxumState(api): AxumState<Api>) -> Response {
     Json(serde_json::json!({ "object": "list", "data": data })).into_response()
 }
 
-async fn models(AxumState(api): AxumState<Api>) -> Response {
+async fn list_models(AxumState(api): AxumState<Api>) -> Response {
     Json(all_cards(&api.cluster.view().state)).into_response()
 }
 

@@ -249,10 +249,25 @@ fn delete_instance(s: &mut State, instance_id: &InstanceId, reason: DeleteReason
         debug!(instance = %instance_id, "InstanceDeleted for an unknown instance ignored");
         return;
     };
+    // An instance deleted for its runners' failures tells its clients why they failed (a model file the engine
+    // cannot load, ...): the first failed runner's error, in runner order, before the runners go.
+    let runner_error = instance
+        .assignments
+        .shards
+        .keys()
+        .find_map(|r| match s.runners.get(r).map(|rec| &rec.status) {
+            Some(RunnerStatus::Failed { error, .. }) => Some(error.clone()),
+            _ => None,
+        });
     for runner in instance.assignments.shards.keys() {
         s.runners.remove(runner);
     }
-    let message = format!("instance {instance_id} deleted: {reason}");
+    let message = match (reason, runner_error) {
+        (DeleteReason::RunnerFailures, Some(error)) => {
+            format!("instance {instance_id} deleted: {reason}; the last error: {error}")
+        }
+        _ => format!("instance {instance_id} deleted: {reason}"),
+    };
     let failing: Vec<_> = s
         .tasks
         .iter()

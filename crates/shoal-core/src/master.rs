@@ -253,8 +253,8 @@ pub fn decide_command(
                 return Err(RejectReason::NotFound);
             }
             if state.instances.values().any(|i| i.model.id == *model_id) {
-                return Err(RejectReason::Invalid {
-                    message: format!("model {model_id} is in use by an instance; delete the instance first"),
+                return Err(RejectReason::InUse {
+                    model: model_id.clone(),
                 });
             }
             Ok(vec![Event::ModelCardDeleted {

@@ -58,6 +58,7 @@ impl CloseReason {
             CloseReason::Rejected(r) => match r {
                 RejectReason::NoInstance { .. } | RejectReason::UnknownModel { .. } | RejectReason::NotFound => 404,
                 RejectReason::Placement(_) | RejectReason::Invalid { .. } | RejectReason::InvalidInstance { .. } => 400,
+                RejectReason::InUse { .. } => 409,
             },
             CloseReason::NotAccepted => 504,
             CloseReason::InstanceGone | CloseReason::TaskGone => 503,
@@ -77,6 +78,7 @@ impl CloseReason {
                 RejectReason::Placement(_) | RejectReason::Invalid { .. } | RejectReason::InvalidInstance { .. } => {
                     "invalid_request"
                 }
+                RejectReason::InUse { .. } => "in_use",
             },
             CloseReason::NotAccepted => "not_accepted",
             CloseReason::InstanceGone | CloseReason::TaskGone => "instance_unavailable",

@@ -673,3 +673,66 @@ fn a_known_deployment_id_is_already_placed_for_its_model_and_refused_for_another
     ));
     assert_eq!(m.state.deployments.len(), 1);
 }
+
+#[test]
+fn a_custom_card_is_deleted_only_once_no_instance_uses_it() {
+    let mut m = Master::new(&[30]);
+    let mut custom = card();
+    custom.id = ModelId("custom/derived".into());
+    custom.aliases = vec![];
+    custom.layer_bytes = vec![custom.storage_size / 30; 30];
+    let delete = || Command::DeleteModelCard {
+        model_id: ModelId("custom/derived".into()),
+    };
+    assert_eq!(m.decide(CommandId::new_random(), delete()), Err(RejectReason::NotFound));
+    m.decide(CommandId::new_random(), Command::AddModelCard { card: custom.clone() })
+        .unwrap();
+    assert_eq!(m.state.model_cards.get(&custom.id).map(|c| c.as_ref()), Some(&custom));
+    let placed = m
+        .decide(
+            CommandId::new_random(),
+            Command::PlaceInstance {
+                deployment_id: DeploymentId::new_random(),
+                model_id: custom.id.clone(),
+                sharding: Sharding::Pipeline,
+                min_nodes: 1,
+                max_nodes: None,
+                nodes: None,
+            },
+        )
+        .unwrap();
+    let instance = placed
+        .iter()
+        .find_map(|e| match e {
+            Event::InstanceCreated { instance } => Some(instance.id),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(
+        m.decide(CommandId::new_random(), delete()),
+        Err(RejectReason::InUse {
+            model: custom.id.clone()
+        })
+    );
+    assert!(m.state.model_cards.contains_key(&custom.id));
+    m.decide(
+        CommandId::new_random(),
+        Command::DeleteInstance { instance_id: instance },
+    )
+    .unwrap();
+    assert_eq!(
+        m.decide(CommandId::new_random(), delete()).unwrap(),
+        vec![Event::ModelCardDeleted {
+            model_id: custom.id.clone()
+        }]
+    );
+    assert!(!m.state.model_cards.contains_key(&custom.id));
+    // A built-in card is not State's to delete.
+    assert_eq!(
+        m.decide(
+            CommandId::new_random(),
+            Command::DeleteModelCard { model_id: card().id }
+        ),
+        Err(RejectReason::NotFound)
+    );
+}

@@ -308,3 +308,166 @@ proptest! {
         }
     }
 }
+
+/// A card derived from a GGUF header: per-layer bytes with heavy (MoE-like) layers, an embedding and a head.
+fn bytes_card(layer_bytes: Vec<u64>, embedding: u64, head: u64) -> ModelCard {
+    let mut c = card();
+    c.id = ModelId::new("test/bytes");
+    c.aliases.clear();
+    c.n_layers = layer_bytes.len() as u32;
+    c.storage_size = layer_bytes.iter().sum::<u64>() + embedding + head;
+    c.layer_bytes = layer_bytes;
+    c.embedding_bytes = embedding;
+    c.head_bytes = head;
+    c
+}
+
+/// No KV budget and no overhead, so budgets are plain weight bytes.
+fn bytes_cfg() -> PlacementConfig {
+    PlacementConfig {
+        runner_overhead: 0,
+        kv_budget_tokens: 0,
+        memory_fraction: 1.0,
+        ..PlacementConfig::default()
+    }
+}
+
+fn bytes_node(available: u64) -> NodeInfo {
+    NodeInfo {
+        memory: Some(Memory {
+            total: available,
+            available,
+        }),
+        backends: vec![Backend::Cpu],
+        ..NodeInfo::default()
+    }
+}
+
+fn bytes_state(card: &ModelCard, budgets: &[u64]) -> State {
+    let mut s = state(&budgets.iter().map(|&b| bytes_node(b)).collect::<Vec<_>>());
+    s.model_cards.insert(card.id.clone(), Arc::new(card.clone()));
+    s
+}
+
+fn bytes_request(card: &ModelCard, min_nodes: u32) -> PlacementRequest {
+    PlacementRequest {
+        model_id: card.id.clone(),
+        ..request(min_nodes, None)
+    }
+}
+
+#[test]
+fn heavy_layers_and_the_embedding_and_head_count_their_real_bytes() {
+    // 8 layers: 4 dense of 100 bytes, then 4 MoE of 1,000; embedding 500 on stage 0, head 300 on the last.
+    let c = bytes_card(vec![100, 100, 100, 100, 1000, 1000, 1000, 1000], 500, 300);
+    let cfg = bytes_cfg();
+    // Two equal nodes of 3,000: by layer count each would take 4 layers (the second 4,300 bytes: over budget).
+    let s = bytes_state(&c, &[3_000, 3_000]);
+    let p = run(&bytes_request(&c, 2), &s, &cfg).unwrap_or_else(|e| panic!("{e}"));
+    let r = ranges(&p);
+    // Total 5,200: the boundary nearest 2,600 within budget is after layer 5 (500 + 400 + 2,000 = 2,900).
+    assert_eq!(r, [(node_id(0), 0, 6), (node_id(1), 6, 8)]);
+    assert_eq!(p.shares[0].weight_bytes, 2_900);
+    assert_eq!(p.shares[1].weight_bytes, 2_300);
+    // One node cannot hold 5,200; two are needed even with min_nodes 1.
+    let p = run(&bytes_request(&c, 1), &s, &cfg).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(ranges(&p).len(), 2);
+    // Nothing fits 2 × 2,000.
+    let s = bytes_state(&c, &[2_000, 2_000]);
+    assert!(matches!(
+        run(&bytes_request(&c, 1), &s, &cfg),
+        Err(PlacementError::InsufficientMemory {
+            need: 5_200,
+            have: 4_000
+        })
+    ));
+}
+
+#[test]
+fn a_tied_head_weighs_on_the_last_stage() {
+    // Uniform layers; the tied head (the embedding again, 2,000) makes the last stage the heavy one.
+    let c = bytes_card(vec![100; 10], 2_000, 2_000);
+    let cfg = bytes_cfg();
+    let s = bytes_state(&c, &[10_000, 10_000]);
+    let p = run(&bytes_request(&c, 2), &s, &cfg).unwrap_or_else(|e| panic!("{e}"));
+    // Each stage 2,500: rank 0 holds the embedding and 5 layers, rank 1 the head and 5 layers.
+    assert_eq!(ranges(&p), [(node_id(0), 0, 5), (node_id(1), 5, 10)]);
+    assert_eq!(p.shares[0].weight_bytes, 2_500);
+    assert_eq!(p.shares[1].weight_bytes, 2_500);
+}
+
+#[test]
+fn a_path_only_model_goes_only_to_nodes_that_hold_its_files() {
+    use shoal_types::card::SourceKind;
+    use shoal_types::model::DownloadProgress;
+    let mut c = bytes_card(vec![100; 4], 0, 0);
+    for source in &mut c.sources {
+        source.kind = SourceKind::Path;
+        source.path = Some("/models".into());
+    }
+    let cfg = bytes_cfg();
+    let mut s = bytes_state(&c, &[10_000, 10_000, 10_000]);
+    assert!(matches!(
+        run(&bytes_request(&c, 1), &s, &cfg),
+        Err(PlacementError::MinNodes { eligible: 0, .. })
+    ));
+    let holder = node_id(2);
+    let mut info = s.nodes[&holder].as_ref().clone();
+    info.downloads
+        .insert(c.id.clone(), DownloadProgress::Completed { total: 400 });
+    s.nodes.insert(holder, Arc::new(info));
+    let p = run(&bytes_request(&c, 1), &s, &cfg).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(ranges(&p), [(holder, 0, 4)]);
+    assert!(p.ineligible.contains(&(node_id(0), Ineligible::NoModelFiles)));
+    // Two nodes asked for, one holds the files.
+    assert!(matches!(
+        run(&bytes_request(&c, 2), &s, &cfg),
+        Err(PlacementError::MinNodes { eligible: 1, .. })
+    ));
+    // A fit check made before any node reported the files ignores where they are.
+    let any = PlacementConfig {
+        require_files: false,
+        ..bytes_cfg()
+    };
+    assert!(run(&bytes_request(&c, 3), &s, &any).is_ok());
+}
+
+proptest! {
+    /// Whatever the layer sizes and budgets: a byte placement covers every layer once, contiguously, each stage
+    /// within its node's budget counting the embedding on the first and the head on the last; a failure is
+    /// `InsufficientMemory` only if no node set checked could hold the bytes greedily either.
+    #[test]
+    fn byte_placements_fit_every_budget(
+        layers in proptest::collection::vec(1u64..2_000, 1..24),
+        embedding in 0u64..3_000,
+        head in 0u64..3_000,
+        budgets in proptest::collection::vec(0u64..20_000, 1..6),
+        min_nodes in 1u32..3,
+    ) {
+        let c = bytes_card(layers.clone(), embedding, head);
+        let cfg = bytes_cfg();
+        let s = bytes_state(&c, &budgets);
+        match run(&bytes_request(&c, min_nodes), &s, &cfg) {
+            Ok(p) => {
+                let r = ranges(&p);
+                prop_assert!(r.len() as u32 >= min_nodes);
+                let mut expected_start = 0;
+                for (rank, (n, start, end)) in r.iter().enumerate() {
+                    prop_assert_eq!(*start, expected_start);
+                    prop_assert!(end > start);
+                    let i = (0..budgets.len()).find(|&i| node_id(i as u8) == *n).unwrap();
+                    let bytes = c.stage_weight_bytes(*start, *end);
+                    prop_assert_eq!(bytes, p.shares[rank].weight_bytes);
+                    prop_assert!(bytes <= budgets[i], "rank {} holds {} > {}", rank, bytes, budgets[i]);
+                    expected_start = *end;
+                }
+                prop_assert_eq!(expected_start, layers.len() as u32);
+            }
+            Err(PlacementError::InsufficientMemory { need, .. }) => {
+                prop_assert_eq!(need, c.storage_size);
+            }
+            Err(PlacementError::MinNodes { .. } | PlacementError::TooFewLayers) => {}
+            Err(other) => prop_assert!(false, "unexpected {}", other),
+        }
+    }
+}

@@ -719,3 +719,33 @@ fn task_deleted_removes_task_and_index() {
     log.push(Event::TaskCreated { task: t.clone() });
     assert_eq!(log.state.task_by_command[&t.command_id], t.id);
 }
+
+#[test]
+fn an_instance_deleted_for_runner_failures_tells_its_tasks_the_runners_error() {
+    let mut log = Log::new();
+    log.add_node(node(1), 8);
+    let i = instance(1, &[node(1)], None);
+    log.push(Event::InstanceCreated { instance: i.clone() });
+    let error = "loading layers 0..30: tensor `blk.0.attn_q.weight` not found".to_string();
+    log.push(runner_status(
+        &i,
+        node(1),
+        RunnerStatus::Failed {
+            error: error.clone(),
+            attempt: 5,
+        },
+    ));
+    log.push(Event::TaskCreated { task: task(1, i.id) });
+    log.push(Event::InstanceDeleted {
+        instance_id: i.id,
+        reason: DeleteReason::RunnerFailures,
+    });
+    let err = log.state.tasks[&TaskId::from_u128(1)].error.clone().unwrap();
+    assert_eq!(
+        err.message,
+        format!(
+            "instance {} deleted: its runners failed too often; the last error: {error}",
+            i.id
+        )
+    );
+}

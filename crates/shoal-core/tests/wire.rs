@@ -92,6 +92,20 @@ fn commands_chunks_and_transients_round_trip() {
         Command::AddModelCard {
             card: card::builtin_cards().remove(0),
         },
+        Command::AddModelCard {
+            // A card derived from a GGUF header: per-layer bytes, embedding, head, formats and the model's template.
+            card: {
+                let mut c = card::builtin_cards().remove(0);
+                c.layer_bytes = vec![7; c.n_layers as usize];
+                c.embedding_bytes = 11;
+                c.head_bytes = 13;
+                c.weight_formats = [("Q4_K".to_string(), 99u64), ("F32".to_string(), 5)]
+                    .into_iter()
+                    .collect();
+                c.chat_template.model = Some("{{ x }}".into());
+                c
+            },
+        },
         Command::DeleteModelCard { model_id: "m/x".into() },
     ];
     for (i, command) in commands.into_iter().enumerate() {
@@ -175,6 +189,7 @@ fn commands_chunks_and_transients_round_trip() {
         RejectReason::InvalidInstance { message: "gap".into() },
         RejectReason::NotFound,
         RejectReason::Invalid { message: "x".into() },
+        RejectReason::InUse { model: "m/x".into() },
     ] {
         transients.push(Transient::CommandRejected {
             command_id: CommandId::from_u128(1),

@@ -859,6 +859,176 @@ pub fn write(w: &mut impl Write, metadata: &[(&str, &Value)], tensors: &[TensorD
     w.write_all(&out)
 }
 
+/// One tensor of a [`GgufHeader`]: its name, dimensions (ggml order), ggml type id and offset in the data section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderTensor {
+    pub name: String,
+    pub dims: Vec<u64>,
+    pub ggml_type: u32,
+    pub offset: u64,
+}
+
+impl HeaderTensor {
+    /// Bytes of the tensor's data, when the kernels know its encoding (`None` for the others).
+    pub fn bytes(&self) -> Option<u64> {
+        tensor_bytes(&TensorInfo {
+            dims: self.dims.clone(),
+            ggml_type: self.ggml_type,
+            offset: self.offset,
+            part: 0,
+        })
+    }
+
+    /// ggml's name of the tensor's encoding (`Q4_K`, `BF16`, …), also for encodings the kernels do not know.
+    pub fn type_name(&self) -> String {
+        match WeightType::from_ggml_id(self.ggml_type) {
+            Some(ty) => ty.name().to_string(),
+            None => ggml_type_name(self.ggml_type),
+        }
+    }
+}
+
+/// A GGUF header (metadata and tensor directory) parsed from the first bytes of a file, without the file: what a
+/// model card is derived from, also for a file on a remote server read with range requests.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GgufHeader {
+    /// Keys and values in file order.
+    pub metadata: Vec<(String, Value)>,
+    /// In file order.
+    pub tensors: Vec<HeaderTensor>,
+    /// Where tensor data starts.
+    pub data_offset: u64,
+    /// The whole file's length.
+    pub file_len: u64,
+}
+
+/// Why [`parse_header`] gave no header.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HeaderError {
+    /// The prefix ends inside the header: read more of the file and try again.
+    #[error("the header runs past the first {have} bytes")]
+    NeedMore { have: u64 },
+    /// The file is not a valid GGUF (or is truncated).
+    #[error("not a valid GGUF file: {0}")]
+    Invalid(String),
+}
+
+impl GgufHeader {
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.metadata.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+
+    /// An integer value of any width.
+    pub fn get_u64(&self, key: &str) -> Option<u64> {
+        self.get(key)?.as_i128().and_then(|v| u64::try_from(v).ok())
+    }
+
+    pub fn get_str(&self, key: &str) -> Option<&str> {
+        match self.get(key)? {
+            Value::String(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+/// Parses the header of a GGUF file of `file_len` bytes from its first bytes, `prefix` (which may be the whole
+/// file). The same checks as [`GgufFile::open`] (lengths against what remains of the file, nesting, dimensions,
+/// every known tensor ending inside the file); a prefix that ends inside the header is [`HeaderError::NeedMore`].
+pub fn parse_header(prefix: &[u8], file_len: u64) -> std::result::Result<GgufHeader, HeaderError> {
+    let prefix = &prefix[..prefix.len().min(usize::try_from(file_len).unwrap_or(usize::MAX))];
+    // Lengths are checked against the prefix, not the file: a lying length in a remote file of many GB must not
+    // allocate before the bytes are here.
+    let have = prefix.len() as u64;
+    let mut h = Header {
+        r: prefix,
+        remaining: have,
+    };
+    match parse_header_fields(&mut h, have, file_len) {
+        Ok(header) => Ok(header),
+        Err(reason) if have < file_len && ran_out(&reason) => Err(HeaderError::NeedMore { have }),
+        Err(reason) => Err(HeaderError::Invalid(reason)),
+    }
+}
+
+/// Whether a parse error is the end of the bytes at hand (the three length checks of [`Header`] and the counts).
+fn ran_out(reason: &str) -> bool {
+    reason.contains("past the end of the file")
+        || reason.contains("longer than the file")
+        || reason.contains("cannot fit in the file")
+}
+
+fn parse_header_fields(h: &mut Header<&[u8]>, have: u64, file_len: u64) -> ParseResult<GgufHeader> {
+    if &h.array::<4>()? != MAGIC {
+        return Err("no GGUF magic at the start".into());
+    }
+    let version = h.u32()?;
+    if !(2..=3).contains(&version) {
+        return Err(format!("GGUF version {version} (supported: 2 and 3)"));
+    }
+    let n_tensors = h.u64()?;
+    let n_kv = h.u64()?;
+    if n_tensors > h.remaining || n_kv > h.remaining {
+        return Err(format!("{n_tensors} tensors and {n_kv} keys cannot fit in the file"));
+    }
+    let mut metadata: Vec<(String, Value)> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..n_kv {
+        let key = h.string()?;
+        let ty = h.u32()?;
+        let value = h.value(ty, 0)?;
+        if !seen.insert(key.clone()) {
+            return Err(format!("metadata key `{key}` appears twice"));
+        }
+        metadata.push((key, value));
+    }
+    let mut tensors = Vec::new();
+    let mut names = std::collections::HashSet::new();
+    for _ in 0..n_tensors {
+        let name = h.string()?;
+        let n_dims = h.u32()? as usize;
+        if n_dims == 0 || n_dims > MAX_DIMS {
+            return Err(format!("tensor `{name}` has {n_dims} dimensions"));
+        }
+        let dims = (0..n_dims).map(|_| h.u64()).collect::<ParseResult<Vec<_>>>()?;
+        let ggml_type = h.u32()?;
+        let offset = h.u64()?;
+        if !names.insert(name.clone()) {
+            return Err(format!("tensor `{name}` appears twice"));
+        }
+        tensors.push(HeaderTensor {
+            name,
+            dims,
+            ggml_type,
+            offset,
+        });
+    }
+    let alignment = match metadata.iter().find(|(k, _)| k == "general.alignment") {
+        None => DEFAULT_ALIGNMENT,
+        Some((_, v)) => match v.as_i128() {
+            Some(a) if a > 0 && (a as u64).is_power_of_two() => a as u64,
+            _ => return Err(format!("general.alignment {v:?} is not a power of two")),
+        },
+    };
+    let header_end = have - h.remaining;
+    let data_offset = header_end.div_ceil(alignment) * alignment;
+    for t in &tensors {
+        let Some(bytes) = t.bytes() else { continue };
+        let end = data_offset.saturating_add(t.offset).saturating_add(bytes);
+        if end > file_len {
+            return Err(format!(
+                "tensor `{}` ends at byte {end} but the file has only {file_len} bytes (truncated?)",
+                t.name
+            ));
+        }
+    }
+    Ok(GgufHeader {
+        metadata,
+        tensors,
+        data_offset,
+        file_len,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

@@ -398,3 +398,113 @@ fn io_error(path: &Path, source: io::Error) -> SourceError {
         source,
     }
 }
+
+/// What the Hub says about a file before it is downloaded: its length and, for an LFS file, its sha256.
+pub(crate) struct RemoteFile {
+    pub(crate) len: u64,
+    pub(crate) sha256: Option<String>,
+    /// The file's first bytes (as many as were asked for, or the whole file when it is shorter).
+    pub(crate) prefix: Vec<u8>,
+}
+
+/// Why a remote header could not be read: the HTTP status when there was one (401, 404, …) and the reason.
+pub(crate) struct RemoteError {
+    pub(crate) status: Option<u16>,
+    pub(crate) message: String,
+}
+
+fn remote_error(url: &str, status: Option<StatusCode>, reason: String) -> RemoteError {
+    RemoteError {
+        status: status.map(|s| s.as_u16()),
+        message: format!("{url}: {reason}"),
+    }
+}
+
+fn refused(url: &str, status: StatusCode, client: &Client) -> RemoteError {
+    let mut reason = status_text(status);
+    if matches!(status.as_u16(), 401 | 403) {
+        reason.push_str(if client.token.is_some() {
+            " (HF_TOKEN is set but not accepted for this repository)"
+        } else {
+            " (a gated or private repository needs HF_TOKEN)"
+        });
+    }
+    remote_error(url, Some(status), reason)
+}
+
+/// The sha256 the Hub lists for an LFS file: `X-Linked-Etag` of the (unfollowed) answer to a `HEAD` of its
+/// `resolve` URL, as huggingface_hub reads it; `None` for a file kept in git itself.
+fn lfs_sha256(headers: &HeaderMap) -> Option<String> {
+    let etag = headers.get("x-linked-etag")?.to_str().ok()?;
+    let hex = etag
+        .trim()
+        .trim_start_matches("W/")
+        .trim_matches('"')
+        .to_ascii_lowercase();
+    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then_some(hex)
+}
+
+/// The total of a `Content-Range: bytes <first>-<last>/<total>` header.
+fn range_total(headers: &HeaderMap) -> Option<u64> {
+    let value = headers.get("content-range")?.to_str().ok()?;
+    value.rsplit_once('/')?.1.trim().parse().ok()
+}
+
+/// Reads the first `want` bytes of `url` with a range request, and its sha256 from the Hub's LFS metadata: enough to
+/// derive a model card before any download.
+pub(crate) fn read_remote_prefix(settings: &HfSettings, url: &str, want: u64) -> Result<RemoteFile, RemoteError> {
+    let client = Client::new(settings);
+    let head_agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .timeout_resolve(Some(CONNECT_TIMEOUT))
+        .timeout_connect(Some(CONNECT_TIMEOUT))
+        .timeout_per_read(Some(settings.read_timeout))
+        .user_agent(concat!("shoal/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .new_agent();
+    let mut head = head_agent.head(url);
+    if let Some(token) = &client.token {
+        head = head.header("Authorization", format!("Bearer {token}"));
+    }
+    let response = head
+        .call()
+        .map_err(|e| remote_error(url, None, describe_error(e, &client)))?;
+    let status = response.status();
+    if !(status.is_success() || status.is_redirection()) {
+        return Err(refused(url, status, &client));
+    }
+    let sha256 = lfs_sha256(response.headers());
+    let linked_size: Option<u64> = response
+        .headers()
+        .get("x-linked-size")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok());
+
+    let mut get = client
+        .agent
+        .get(url)
+        .header("Range", format!("bytes=0-{}", want.saturating_sub(1)));
+    if let Some(token) = &client.token {
+        get = get.header("Authorization", format!("Bearer {token}"));
+    }
+    let response = get
+        .call()
+        .map_err(|e| remote_error(url, None, describe_error(e, &client)))?;
+    let status = response.status();
+    let len = match status {
+        StatusCode::PARTIAL_CONTENT => range_total(response.headers()),
+        StatusCode::OK => content_length(response.headers()),
+        _ => return Err(refused(url, status, &client)),
+    }
+    .or(linked_size)
+    .ok_or_else(|| remote_error(url, Some(status), "the server did not say how long the file is".into()))?;
+    let mut prefix = Vec::with_capacity(usize::try_from(want.min(len)).unwrap_or(0));
+    response
+        .into_body()
+        .into_reader()
+        .take(want)
+        .read_to_end(&mut prefix)
+        .map_err(|e| remote_error(url, Some(status), format!("reading the header: {e}")))?;
+    Ok(RemoteFile { len, sha256, prefix })
+}

@@ -12,6 +12,8 @@
 //! Pure rules (which files, what they must hash to, directory names, accepted pip requirements and hf repositories,
 //! the Hub's URLs) are in [`plan`], apart from the IO, so they are unit-tested without a filesystem.
 
+mod add;
+pub mod derive;
 mod error;
 mod hf;
 mod pip;
@@ -19,5 +21,6 @@ pub mod plan;
 mod store;
 mod verify;
 
+pub use add::{AddError, MAX_HEADER_BYTES, SourceSpec, read_local_header};
 pub use error::{ModelError, SourceError, SourceFailure};
 pub use store::{ModelFile, ModelFiles, ModelStore};

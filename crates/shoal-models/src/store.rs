@@ -144,6 +144,16 @@ impl ModelStore {
         self
     }
 
+    /// The sha256 of a file, from the verification cache when the file is unchanged since it was last hashed.
+    pub fn digest_of(&self, path: &Path) -> io::Result<[u8; 32]> {
+        let meta = fs::metadata(path)?;
+        self.cache.digest(path, &meta)
+    }
+
+    pub(crate) fn hf_settings(&self) -> &HfSettings {
+        &self.hf
+    }
+
     pub fn own_dir(&self) -> &Path {
         &self.own_dir
     }

@@ -57,7 +57,7 @@ impl VerifyCache {
 
     /// The sha256 of `path`, whose metadata is `meta` (read before the hash, so a write during the hash changes the
     /// mtime and the next call hashes again).
-    fn digest(&self, path: &Path, meta: &Metadata) -> io::Result<[u8; 32]> {
+    pub(crate) fn digest(&self, path: &Path, meta: &Metadata) -> io::Result<[u8; 32]> {
         let stamp = Stamp::of(meta);
         if let Some(stamp) = stamp
             && let Some((cached, digest)) = self.lock().get(path)

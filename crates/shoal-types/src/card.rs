@@ -28,6 +28,21 @@ pub struct ModelCard {
     pub context_length: u32,
     /// Bytes of weights on disk.
     pub storage_size: u64,
+    /// Bytes of each layer's tensors (`blk.<i>.*`), from the GGUF header; empty on a card typed by hand, whose
+    /// layers placement then takes to be `storage_size / n_layers` each.
+    #[serde(default)]
+    pub layer_bytes: Vec<u64>,
+    /// Bytes the first stage holds beyond its layers: the token embedding (and any other tensor outside the layers
+    /// and the head).
+    #[serde(default)]
+    pub embedding_bytes: u64,
+    /// Bytes the last stage holds beyond its layers: the output norm and head; with a tied head (no `output.weight`)
+    /// the embedding tensor again, which the last stage reads as its head.
+    #[serde(default)]
+    pub head_bytes: u64,
+    /// Bytes of tensor data per weight format (`Q4_K`, `F32`, …): the quantization mix.
+    #[serde(default)]
+    pub weight_formats: BTreeMap<String, u64>,
     #[serde(default)]
     pub capabilities: Vec<Capability>,
     #[serde(default)]
@@ -157,6 +172,10 @@ pub struct ChatTemplate {
     /// A Jinja template replacing the model's own.
     #[serde(default, rename = "override")]
     pub template_override: Option<String>,
+    /// The model's own template (`tokenizer.chat_template` of the GGUF), recorded when the card is derived from
+    /// the file; `None` when the file has none or the card was typed by hand.
+    #[serde(default)]
+    pub model: Option<String>,
 }
 
 /// A card that failed validation; names the offending field.
@@ -206,6 +225,16 @@ impl ModelCard {
         if self.storage_size < 1 {
             return Err(field("storage_size", "must be at least 1"));
         }
+        if !self.layer_bytes.is_empty() && self.layer_bytes.len() != self.n_layers as usize {
+            return Err(field(
+                "layer_bytes",
+                format!(
+                    "lists {} layers but n_layers is {}",
+                    self.layer_bytes.len(),
+                    self.n_layers
+                ),
+            ));
+        }
         if self.sources.is_empty() {
             return Err(field("sources", "at least one source is required"));
         }
@@ -241,6 +270,34 @@ impl ModelCard {
     pub fn head_dim(&self) -> u32 {
         self.head_dim
             .unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
+    }
+
+    /// Bytes of layer `i` of the weights: the derived size, or an even share of `storage_size` on a card typed by
+    /// hand.
+    pub fn layer_weight_bytes(&self, i: u32) -> u64 {
+        match self.layer_bytes.get(i as usize) {
+            Some(b) => *b,
+            None => self.storage_size / u64::from(self.n_layers.max(1)),
+        }
+    }
+
+    /// Bytes of weights a pipeline stage holding layers `[start, end)` loads: its layers, plus the embedding on the
+    /// first stage and the head on the last.
+    pub fn stage_weight_bytes(&self, start: u32, end: u32) -> u64 {
+        let mut bytes: u64 = (start..end).map(|i| self.layer_weight_bytes(i)).sum();
+        if start == 0 {
+            bytes = bytes.saturating_add(self.embedding_bytes);
+        }
+        if end >= self.n_layers {
+            bytes = bytes.saturating_add(self.head_bytes);
+        }
+        bytes
+    }
+
+    /// Whether the card's files can only be found where they already are: every source is a `path` (no node can
+    /// fetch them until files are shared between peers), so placement uses only the nodes that hold them.
+    pub fn files_only_where_held(&self) -> bool {
+        self.sources.iter().all(|s| s.kind == SourceKind::Path)
     }
 
     /// True when `name` is this card's id or one of its aliases.

@@ -57,12 +57,24 @@ pub enum Command {
 
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub enum RejectReason {
-    NoInstance { model: ModelId },
-    UnknownModel { model: ModelId },
+    NoInstance {
+        model: ModelId,
+    },
+    UnknownModel {
+        model: ModelId,
+    },
     Placement(PlacementError),
-    InvalidInstance { message: String },
+    InvalidInstance {
+        message: String,
+    },
     NotFound,
-    Invalid { message: String },
+    Invalid {
+        message: String,
+    },
+    /// The model's card cannot be deleted while an instance uses it.
+    InUse {
+        model: ModelId,
+    },
 }
 
 impl fmt::Display for RejectReason {
@@ -74,6 +86,9 @@ impl fmt::Display for RejectReason {
             RejectReason::InvalidInstance { message } => write!(f, "invalid instance: {message}"),
             RejectReason::NotFound => f.write_str("not found"),
             RejectReason::Invalid { message } => write!(f, "invalid command: {message}"),
+            RejectReason::InUse { model } => {
+                write!(f, "model {model} is in use by an instance; delete the instance first")
+            }
         }
     }
 }

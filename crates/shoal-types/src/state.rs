@@ -10,7 +10,8 @@ use crate::ids::{CommandId, DeploymentId, InstanceId, ModelId, NodeId, Pos, Runn
 use crate::model::{Deployment, Instance, NodeInfo, RunnerRecord, Task};
 
 /// Bump when a snapshot or checkpoint of an older State would be unsafe to restore.
-pub const STATE_SCHEMA: u16 = 1;
+/// 2: model cards carry per-layer bytes, the embedding and head bytes, the weight formats and the model's template.
+pub const STATE_SCHEMA: u16 = 2;
 
 /// Persistent maps make `clone` O(1), so every consumer can hold its own copy of State cheaply. Values sit behind
 /// `Arc` because a persistent map copies a whole node (up to 64 entries) on the path it changes: with `Arc` that copy

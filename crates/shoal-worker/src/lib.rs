@@ -45,6 +45,9 @@ use shoal_types::{Event, ModelCard, NodeId, State, codec};
 
 /// The plan runs at least this often (§10.2).
 const TICK: Duration = Duration::from_millis(250);
+/// How often the files of a model this node was not found to hold are looked for again (an operator may copy them
+/// into a models directory at any time).
+const RESCAN_EVERY_MS: u64 = 30_000;
 
 /// How this node runs its runners.
 #[derive(Clone)]
@@ -345,6 +348,7 @@ impl Shell {
 
     fn step(&mut self, state: &State, spawner: &Sender<(RunnerId, u32)>) {
         let now = unix_ms();
+        self.scan_held_files(state, now);
         for action in plan(state, &self.local, now) {
             self.local.start(&action, now);
             self.carry_out(action, state, spawner);
@@ -685,6 +689,7 @@ impl Shell {
             .values()
             .find(|i| i.model.id == *model)
             .map(|i| i.model.clone())
+            .or_else(|| state.model_cards.get(model).map(|c| c.as_ref().clone()))
     }
 
     fn download(&mut self, model: ModelId, state: &State) {
@@ -714,6 +719,31 @@ impl Shell {
                 });
             let _ = inputs.send(Input::Fetched(model, result));
         });
+    }
+
+    /// Reconciles "which models' files does this node hold" with State's custom cards: a model that only `path`
+    /// sources name can be placed only where its files are (no node can fetch them), so each node fetches it as
+    /// the store does any model (found by name and sha256 in its models directories, else copied from the source
+    /// directory when this node has it) and reports the result as its download (rule 9), which placement reads.
+    /// A node without the files retries every 30 s (an operator may copy them in). Never against an empty State.
+    fn scan_held_files(&mut self, state: &State, now: u64) {
+        let wanted: Vec<ModelId> = state
+            .model_cards
+            .values()
+            .filter(|card| card.files_only_where_held())
+            .filter(|card| {
+                self.local.models.get(&card.id).is_none_or(|m| {
+                    !m.verified
+                        && !m.downloading
+                        && m.last_failure_ms
+                            .is_none_or(|at| now.saturating_sub(at) >= RESCAN_EVERY_MS)
+                })
+            })
+            .map(|card| card.id.clone())
+            .collect();
+        for model in wanted {
+            self.download(model, state);
+        }
     }
 
     fn load(&mut self, runner: RunnerId, state: &State) {

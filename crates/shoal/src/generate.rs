@@ -8,17 +8,22 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use shoal_engine::{ChatMessage, ChatTemplate, GenerateParams, Pipeline, Pool, SamplingParams, Tokenizer, generate};
+use shoal_models::ModelStore;
 use shoal_runner::LocalPipeline;
 use shoal_types::card::{ModelCard, builtin_cards, find_card};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct GenerateArgs {
-    /// A .gguf file, or a model id or alias (e.g. `smollm2-135m`) already downloaded into `<data-dir>/models/`.
-    #[arg(long, value_name = "PATH|ID")]
+    /// A .gguf file, `hf:ORG/REPO/FILE.gguf` (downloaded into `<data-dir>/models/`), or a built-in id or alias
+    /// (e.g. `smollm2-135m`), found in `<data-dir>/models/` or fetched from its card's sources.
+    #[arg(long, value_name = "PATH|hf:ORG/REPO/FILE.gguf|ID")]
     pub model: String,
-    /// The user message.
+    /// The user message (with `--raw`, the whole prompt).
     #[arg(long)]
     pub prompt: String,
+    /// Tokenize the prompt as it is, without the chat template (to compare with llama.cpp's `llama-completion`).
+    #[arg(long, conflicts_with = "system")]
+    pub raw: bool,
     /// A system message (the model's template may inject its own default when none is given).
     #[arg(long)]
     pub system: Option<String>,
@@ -68,12 +73,16 @@ pub fn run(args: &GenerateArgs, data_dir: Option<&Path>) -> anyhow::Result<()> {
         |t| t as usize,
     );
 
-    let mut messages = Vec::new();
-    if let Some(system) = &args.system {
-        messages.push(ChatMessage::new("system", system.clone()));
-    }
-    messages.push(ChatMessage::new("user", args.prompt.clone()));
-    let text = ChatTemplate::from_tokenizer(&tokenizer)?.render(&messages, true)?;
+    let text = if args.raw {
+        args.prompt.clone()
+    } else {
+        let mut messages = Vec::new();
+        if let Some(system) = &args.system {
+            messages.push(ChatMessage::new("system", system.clone()));
+        }
+        messages.push(ChatMessage::new("user", args.prompt.clone()));
+        ChatTemplate::from_tokenizer(&tokenizer)?.render(&messages, true)?
+    };
     let prompt = tokenizer.encode(&text)?;
     let params = GenerateParams {
         sampling,
@@ -231,44 +240,55 @@ fn sampling(args: &GenerateArgs) -> anyhow::Result<SamplingParams> {
 
 /// A path that exists is used as is; otherwise the name is looked up among the built-in cards (id or alias) and the
 /// card's first file is expected in `<data_dir>/models/<id as file name>/`.
+/// The .gguf file `--model` names: a file as it is; a built-in id or an `hf:` source through the model store
+/// (`<data-dir>/models`), which finds the verified file or fetches it from the card's sources.
 fn resolve_model(name: &str, data_dir: Option<&Path>) -> anyhow::Result<PathBuf> {
     let path = Path::new(name);
     if path.is_file() {
         return Ok(path.to_path_buf());
     }
     let cards = builtin_cards();
-    let Some(card) = find_card(&cards, name) else {
+    let builtin = find_card(&cards, name).cloned();
+    if builtin.is_none() && !name.starts_with("hf:") {
         bail!(
-            "--model {name}: no such file and no known model (built-in: {})",
+            "--model {name}: no such file and no known model (built-in: {}; or hf:ORG/REPO/FILE.gguf)",
             cards
                 .iter()
                 .map(|c| c.aliases.first().unwrap_or(&c.id.0).as_str())
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-    };
-    let Some(dir) = data_dir else {
-        bail!("--model {name}: no data directory to look for it in; pass a path")
-    };
-    let file = model_file(card, dir)?;
-    if file.is_file() {
-        return Ok(file);
     }
-    bail!(
-        "--model {name}: {} is not downloaded (expected {}); automatic download arrives with the model store — \
-         for now pass the path of the .gguf file",
-        card.id,
-        file.display()
-    )
-}
-
-fn model_file(card: &ModelCard, data_dir: &Path) -> anyhow::Result<PathBuf> {
-    let file = card
-        .sources
-        .first()
-        .and_then(|s| s.files.first())
-        .context("the model card lists no file")?;
-    Ok(data_dir.join("models").join(card.id.file_name()).join(file))
+    let Some(dir) = data_dir else {
+        bail!("--model {name}: no data directory to keep it in; pass a path")
+    };
+    let store = ModelStore::new(dir.join("models"), Vec::new());
+    let card: ModelCard = match builtin {
+        Some(card) => card,
+        None => store
+            .card_for_source(name, None)
+            .map_err(|e| anyhow::anyhow!("--model {name}: {e}"))?,
+    };
+    let mut last = None;
+    let mut progress = |p: shoal_types::DownloadProgress| {
+        if let shoal_types::DownloadProgress::Ongoing { done, total } = p {
+            let pct = done.saturating_mul(100) / total.max(1);
+            if last != Some(pct) {
+                last = Some(pct);
+                eprint!("\rdownloading {}: {pct}%", name);
+            }
+        }
+    };
+    let files = store
+        .fetch(&card, &mut progress)
+        .map_err(|e| anyhow::anyhow!("--model {name}: {e}"))?;
+    if last.is_some() {
+        eprintln!();
+    }
+    files
+        .gguf()
+        .map(Path::to_path_buf)
+        .with_context(|| format!("--model {name}: the model has no .gguf file"))
 }
 
 fn mib(bytes: u64) -> String {

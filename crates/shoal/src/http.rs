@@ -179,6 +179,22 @@ async fn metrics(cluster: ClusterHandle, sources: MetricsSources) -> Response {
                 r.runner, r.instance, r.layer_start, r.layer_end, r.pid, r.weight_bytes
             );
         }
+        // Resident and peak resident memory of each runner process, to hold against its slice of the weights
+        // (mapped, so a stage's resident memory is about its own layers plus its KV cache).
+        let memory: Vec<_> = runners
+            .values()
+            .filter_map(|r| process_memory(r.pid).map(|m| (r, m)))
+            .collect();
+        for (name, pick) in [("shoal_runner_rss_bytes", 0usize), ("shoal_runner_peak_rss_bytes", 1)] {
+            let _ = writeln!(out, "# TYPE {name} gauge");
+            for (r, m) in &memory {
+                let _ = writeln!(
+                    out,
+                    "{name}{{runner=\"{}\",instance=\"{}\",layers=\"{}-{}\",pid=\"{}\"}} {}",
+                    r.runner, r.instance, r.layer_start, r.layer_end, r.pid, m[pick]
+                );
+            }
+        }
     }
     if let Some(worker) = &sources.worker {
         use std::sync::atomic::Ordering::Relaxed;
@@ -199,4 +215,16 @@ async fn metrics(cluster: ClusterHandle, sources: MetricsSources) -> Response {
         cluster.chunks_unrouted()
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+/// [resident, peak resident] bytes of a process (`VmRSS`, `VmHWM` of /proc/PID/status); `None` where there is no
+/// procfs or the process is gone.
+fn process_memory(pid: u32) -> Option<[u64; 2]> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let line = status.lines().find(|l| l.starts_with(name))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    };
+    Some([field("VmRSS:")?, field("VmHWM:")?])
 }

@@ -19,16 +19,11 @@ use serde::Deserialize;
 use shoal_cluster::ClusterHandle;
 use shoal_core::placement::{Fresh, PlacementConfig, PlacementRequest, place, resolve_card};
 use shoal_types::State;
-use shoal_types::command::{Command, RejectReason};
+use shoal_types::command::Command;
 use shoal_types::ids::{CommandId, DeploymentId, InstanceId, ModelId, NodeId, RunnerId};
 use shoal_types::model::{DeploymentStatus, Instance, Sharding};
 
 use crate::http::error;
-
-/// How long a handler waits for the master's answer before it gives up with 504.
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often an unanswered command is sent again.
-const RESEND_EVERY: Duration = Duration::from_secs(1);
 
 fn invalid(message: impl Into<String>) -> Response {
     error(StatusCode::BAD_REQUEST, "invalid_request_error", message)
@@ -38,93 +33,7 @@ fn not_found(message: impl Into<String>) -> Response {
     error(StatusCode::NOT_FOUND, "not_found", message)
 }
 
-/// Why a command did not take effect, as an HTTP answer.
-#[derive(Debug)]
-pub struct Refusal {
-    pub status: StatusCode,
-    pub kind: &'static str,
-    pub message: String,
-}
-
-impl Refusal {
-    fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
-        Refusal {
-            status,
-            kind,
-            message: message.into(),
-        }
-    }
-}
-
-impl IntoResponse for Refusal {
-    fn into_response(self) -> Response {
-        error(self.status, self.kind, self.message)
-    }
-}
-
-/// The HTTP answer to a master's refusal: 404 for what does not exist, 400 with the reason otherwise (§11.1).
-fn rejected(reason: &RejectReason) -> Refusal {
-    let message = reason.to_string();
-    match reason {
-        RejectReason::NotFound | RejectReason::NoInstance { .. } => {
-            Refusal::new(StatusCode::NOT_FOUND, "not_found", message)
-        }
-        RejectReason::Placement(_) | RejectReason::UnknownModel { .. } => {
-            Refusal::new(StatusCode::BAD_REQUEST, "placement_error", message)
-        }
-        RejectReason::InvalidInstance { .. } | RejectReason::Invalid { .. } => {
-            Refusal::new(StatusCode::BAD_REQUEST, "invalid_request_error", message)
-        }
-    }
-}
-
-/// Sends `command` and waits until `effect` finds its result in State, the master refuses it, or
-/// [`ANSWER_TIMEOUT`] passes.
-pub async fn command_and_wait<T>(
-    cluster: &ClusterHandle,
-    command_id: CommandId,
-    command: Command,
-    effect: impl Fn(&State) -> Option<T>,
-) -> Result<T, Refusal> {
-    // Subscribe before sending, so neither the effect nor a refusal can slip past.
-    let mut rejections = cluster.rejections();
-    let mut views = cluster.watch();
-    let deadline = tokio::time::Instant::now() + ANSWER_TIMEOUT;
-    let mut resend = tokio::time::interval(RESEND_EVERY);
-    let stopping = || Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "stopping", "the node is stopping");
-    loop {
-        if let Some(found) = effect(&views.borrow_and_update().state) {
-            return Ok(found);
-        }
-        tokio::select! {
-            _ = resend.tick() => {
-                if cluster.view().status.session.is_none() {
-                    continue; // no master known yet: wait for one
-                }
-                cluster.command(command_id, command.clone()).map_err(|_| stopping())?;
-            }
-            changed = views.changed() => {
-                if changed.is_err() {
-                    return Err(stopping());
-                }
-            }
-            rejection = rejections.recv() => {
-                if let Ok(rejection) = rejection
-                    && rejection.command_id == command_id
-                {
-                    return Err(rejected(&rejection.reason));
-                }
-            }
-            _ = tokio::time::sleep_until(deadline) => {
-                return Err(Refusal::new(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "timeout",
-                    format!("the master did not answer within {} s", ANSWER_TIMEOUT.as_secs()),
-                ));
-            }
-        }
-    }
-}
+pub use shoal_api::commands::command_and_wait;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -433,13 +342,58 @@ pub fn deployment_for_model(model: &ModelId) -> DeploymentId {
     DeploymentId(uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, name.as_bytes()))
 }
 
+/// A custom card of `shoal run --model` (a path or an `hf:` source): added to State once this node is ready, unless
+/// State has a card of that id already (a restart, or another node started with the same `--model`).
+async fn add_at_start(cluster: &ClusterHandle, card: &shoal_types::ModelCard) {
+    let mut views = cluster.watch();
+    loop {
+        let present = {
+            let view = views.borrow_and_update();
+            if view.status.ready {
+                Some(resolve_card(&view.state, &card.id).is_some())
+            } else {
+                None
+            }
+        };
+        match present {
+            Some(true) => return,
+            Some(false) => {
+                let wanted = card.id.clone();
+                let command = Command::AddModelCard { card: card.clone() };
+                let added = command_and_wait(cluster, CommandId::new_random(), command, |state| {
+                    state.model_cards.contains_key(&wanted).then_some(())
+                })
+                .await;
+                match added {
+                    Ok(()) => {
+                        tracing::info!(model = %card.id, "model card added");
+                        return;
+                    }
+                    Err(refusal) => {
+                        tracing::warn!(model = %card.id, reason = %refusal.message, "cannot add the model card yet");
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                    }
+                }
+            }
+            None => {
+                if views.changed().await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
 /// `shoal run --model`: once this node is ready (and, with a worker, its facts are in State), keeps asking the
 /// master to place `card` until State holds a deployment of it. Reconciled from State: after a restart, a
 /// deployment already in State means there is nothing to do, and a deployment deleted later by a user stays deleted.
-pub async fn place_at_start(cluster: ClusterHandle, card: shoal_types::ModelCard, worker: bool) {
+pub async fn place_at_start(cluster: ClusterHandle, card: shoal_types::ModelCard, custom: bool, worker: bool) {
     let deployment_id = deployment_for_model(&card.id);
     let mut views = cluster.watch();
     let mut last_refusal = String::new();
+    if custom {
+        add_at_start(&cluster, &card).await;
+    }
     loop {
         let ready = {
             let view = views.borrow_and_update();

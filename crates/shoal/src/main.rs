@@ -110,7 +110,8 @@ struct RunArgs {
     /// The cluster key made by `shoal keygen`: only nodes holding it can join, and traffic is encrypted.
     #[arg(long, value_name = "FILE")]
     cluster_key: Option<PathBuf>,
-    /// Place this model once the cluster is up, unless it is deployed already (e.g. smollm2-135m; repeatable).
+    /// Place this model once the cluster is up, unless it is deployed already (repeatable): a built-in id
+    /// (smollm2-135m), a path to a .gguf file on this node, or hf:ORG/REPO/FILE.gguf (a split set by its first part).
     #[arg(long, value_name = "MODEL")]
     model: Vec<String>,
     /// A read-only directory that already holds model files, searched before `<data-dir>/models` (repeatable).
@@ -192,19 +193,34 @@ fn prepare_data_dir(dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("--data-dir {}: cannot create it", dir.display()))
 }
 
-/// The built-in cards `--model` names, or an error naming the flag.
-fn models_to_place(names: &[String]) -> anyhow::Result<Vec<shoal_types::ModelCard>> {
+/// The cards `--model` names: a built-in id or alias, a path to a GGUF file or `hf:ORG/REPO/FILE.gguf` (whose card
+/// is derived from the header, read here, so a bad file stops the node at start), each with whether it is custom
+/// (added to State before it is placed). An error names the flag.
+fn models_to_place(
+    names: &[String],
+    store: &shoal_models::ModelStore,
+) -> anyhow::Result<Vec<(shoal_types::ModelCard, bool)>> {
     let builtins = shoal_types::card::builtin_cards();
     names
         .iter()
         .map(|name| {
-            shoal_types::card::find_card(&builtins, name).cloned().ok_or_else(|| {
-                let known: Vec<String> = builtins
-                    .iter()
-                    .flat_map(|c| c.aliases.iter().cloned().chain([c.id.0.clone()]))
-                    .collect();
-                anyhow::anyhow!("--model {name}: unknown model (built in: {})", known.join(", "))
-            })
+            if let Some(card) = shoal_types::card::find_card(&builtins, name) {
+                return Ok((card.clone(), false));
+            }
+            if shoal_models::SourceSpec::looks_like_source(name) {
+                let card = store
+                    .card_for_source(name, None)
+                    .map_err(|e| anyhow::anyhow!("--model {name}: {e}"))?;
+                return Ok((card, true));
+            }
+            let known: Vec<String> = builtins
+                .iter()
+                .flat_map(|c| c.aliases.iter().cloned().chain([c.id.0.clone()]))
+                .collect();
+            Err(anyhow::anyhow!(
+                "--model {name}: unknown model (built in: {}; or a path to a .gguf file, or hf:ORG/REPO/FILE.gguf)",
+                known.join(", ")
+            ))
         })
         .collect()
 }
@@ -212,7 +228,6 @@ fn models_to_place(names: &[String]) -> anyhow::Result<Vec<shoal_types::ModelCar
 fn run(args: &RunArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     raise_open_files_limit();
-    let models = models_to_place(&args.model)?;
     for dir in &args.models_dir {
         if !dir.is_dir() {
             anyhow::bail!("--models-dir {}: not a directory", dir.display());
@@ -220,6 +235,10 @@ fn run(args: &RunArgs) -> anyhow::Result<()> {
     }
     let dir = data_dir(&args.data)?;
     prepare_data_dir(&dir)?;
+    let models = models_to_place(
+        &args.model,
+        &shoal_models::ModelStore::new(dir.join("models"), args.models_dir.clone()),
+    )?;
     let (node, created) = node_id::load_or_create(&dir)?;
     info!(%node, created, data_dir = %dir.display(), "node identity");
     let store_path = dir.join("store.redb");
@@ -294,8 +313,8 @@ fn run(args: &RunArgs) -> anyhow::Result<()> {
         };
         Some(shoal_worker::Worker::start(handle.clone(), store, config)?)
     };
-    for card in models {
-        runtime.spawn(instances::place_at_start(handle.clone(), card, !args.no_worker));
+    for (card, custom) in models {
+        runtime.spawn(instances::place_at_start(handle.clone(), card, custom, !args.no_worker));
     }
 
     if !args.no_api {
@@ -303,6 +322,11 @@ fn run(args: &RunArgs) -> anyhow::Result<()> {
         let addr = listener.local_addr()?;
         info!(%addr, "api listening");
         let api = runtime.block_on(async { shoal_api::Api::start(handle.clone(), args.stream_ttl * 1000) });
+        // `POST /models/add` reads headers and hashes files with a store over the same directories as the worker's.
+        let api = api.with_models(std::sync::Arc::new(shoal_models::ModelStore::new(
+            dir.join("models"),
+            args.models_dir.clone(),
+        )));
         let sources = http::MetricsSources {
             api: Some(api),
             runners: worker.as_ref().map(|w| w.reports()),

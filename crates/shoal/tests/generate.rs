@@ -57,7 +57,11 @@ fn generate_rejects_bad_input_naming_the_flag() {
         (&["--model", "x.gguf", "--prompt", "hi", "--stages", "0"], "--stages"),
         (&["--model", "x.gguf", "--prompt", "hi", "--threads", "0"], "--threads"),
         (&["--model", "/no/such/model.gguf", "--prompt", "hi"], "--model"),
-        (&["--model", "smollm2-135m", "--prompt", "hi"], "--model smollm2-135m"),
+        // A built-in id is fetched by the model store now; an unreachable hub is an error naming the flag.
+        (
+            &["--model", "hf:no/such/x.gguf", "--prompt", "hi"],
+            "--model hf:no/such/x.gguf",
+        ),
         (
             &["--model", "x.gguf", "--prompt", "hi", "--max-tokens", "0"],
             "--max-tokens",
@@ -70,6 +74,8 @@ fn generate_rejects_bad_input_naming_the_flag() {
             .args(args)
             .arg("--data-dir")
             .arg(dir.path())
+            // Port 9 (discard) on loopback: nothing answers, so an hf: model fails at once.
+            .env("HF_ENDPOINT", "http://127.0.0.1:9")
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -87,4 +93,37 @@ fn generate_rejects_bad_input_naming_the_flag() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("--model") && !stderr.contains("panicked"), "{stderr}");
+}
+
+/// `--raw` tokenizes the prompt as it is (no chat template; the mode to compare with `llama-completion -no-cnv`), so the
+/// model continues the text; and a built-in id is found through the model store in `--data-dir`.
+#[test]
+fn raw_prompts_are_continued_and_built_in_ids_are_found_in_the_store() {
+    let model = common::model_path();
+    let data = tempfile::tempdir().unwrap();
+    // Where the store keeps the built-in card's file: `<data-dir>/models/<id with / as -->/<file>`.
+    let dir = data.path().join("models/HuggingFaceTB--SmolLM2-135M-Instruct");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    if std::fs::hard_link(&model, &file).is_err() {
+        std::fs::copy(&model, &file).unwrap();
+    }
+    let out = shoal()
+        .args([
+            "generate",
+            "--raw",
+            "--prompt",
+            "The capital of France is",
+            "--max-tokens",
+            "4",
+        ])
+        .args(["--model", "smollm2-135m", "--data-dir"])
+        .arg(data.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("Paris"), "reply: {stdout}");
+    // Raw text is continued, not answered as a chat: no assistant turn markers.
+    assert!(!stdout.contains("<|im_"), "reply: {stdout}");
 }

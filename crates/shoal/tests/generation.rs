@@ -197,6 +197,15 @@ fn a_three_stage_pipeline_matches_one_node_and_each_node_holds_only_its_layers()
         "{ranges:?}"
     );
     eprintln!("stage weights (start, end, bytes): {ranges:?}; one node: {whole_bytes}");
+    // Each runner's resident memory is reported next to its weights (memory-mapped: its slice, plus KV and the
+    // process's own code and tokenizer).
+    for node in &nodes {
+        let peak = metric_sum(node, "shoal_runner_peak_rss_bytes");
+        let rss = metric_sum(node, "shoal_runner_rss_bytes");
+        let weights = metric_sum(node, "shoal_runner_weight_bytes");
+        assert!(peak >= rss && rss > 0.0, "rss {rss}, peak {peak}");
+        eprintln!("runner: weights {weights}, rss {rss}, peak rss {peak}");
+    }
     delete(&nodes, &three);
 }
 
