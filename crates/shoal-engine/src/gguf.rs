@@ -8,6 +8,11 @@
 //! `GGUF`, version 2 or 3, tensor and key-value counts (u64), key-value pairs, tensor infos, then tensor data at
 //! the next multiple of `general.alignment` (default 32). Everything little-endian.
 //!
+//! A split set (llama.cpp's `gguf-split`: `PREFIX-00001-of-0000N.gguf` … `PREFIX-0000N-of-0000N.gguf`, each a complete
+//! GGUF with its own header and tensor directory, keys `split.no`, `split.count`, `split.tensors.count`, the model's
+//! metadata in the first) opens as one file when its first part is named: the other parts are found beside it by that
+//! naming rule, each is mapped read-only, and every tensor is served from the map of the part that holds it.
+//!
 //! Limits: the file is untrusted. No length read from it is used to allocate before it is checked against the
 //! bytes that remain, arrays nest at most 4 deep, a tensor has at most 4 dimensions, and every tensor the kernels
 //! can run is checked at open to end inside the file.
@@ -27,6 +32,10 @@ const MAGIC: &[u8; 4] = b"GGUF";
 const DEFAULT_ALIGNMENT: u64 = 32;
 const MAX_ARRAY_DEPTH: usize = 4;
 const MAX_DIMS: usize = 4;
+/// The split-set keys, as llama.cpp's `gguf-split` writes them (u16, u16, i32).
+const SPLIT_NO: &str = "split.no";
+const SPLIT_COUNT: &str = "split.count";
+const SPLIT_TENSORS: &str = "split.tensors.count";
 
 /// A metadata value.
 #[derive(Debug, Clone, PartialEq)]
@@ -104,18 +113,38 @@ struct TensorInfo {
     /// ggml order: `dims[0]` is the contiguous (column) dimension.
     dims: Vec<u64>,
     ggml_type: u32,
+    /// From the start of its part's data section.
     offset: u64,
+    /// Index into [`GgufFile::parts`] of the file that holds the tensor.
+    part: usize,
+}
+
+/// One file of the model: the only one, or one part of a split set.
+struct Part {
+    path: PathBuf,
+    data_offset: u64,
+    /// The whole file, mapped read-only; its tensors are ranges of it.
+    map: Arc<Mapping>,
+}
+
+/// One file's header and map, before the parts of a split set are joined.
+struct ParsedFile {
+    metadata: HashMap<String, Value>,
+    keys: Vec<String>,
+    tensors: HashMap<String, TensorInfo>,
+    part: Part,
 }
 
 pub struct GgufFile {
+    /// The file named at open (a split set's first part).
     path: PathBuf,
+    /// The first part's metadata (a split set's later parts carry only their `split.*` keys).
     metadata: HashMap<String, Value>,
     /// Keys in file order, so a rewritten file keeps them in order.
     keys: Vec<String>,
     tensors: HashMap<String, TensorInfo>,
-    data_offset: u64,
-    /// The whole file, mapped read-only; tensors are ranges of it.
-    map: Arc<Mapping>,
+    /// The file itself, or every part of a split set in order.
+    parts: Vec<Part>,
     /// Tensor bytes handed out so far: what a stage really holds of the file (checked by the cluster's shard tests).
     tensor_bytes_read: u64,
 }
@@ -124,6 +153,7 @@ impl std::fmt::Debug for GgufFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GgufFile")
             .field("path", &self.path)
+            .field("parts", &self.parts.len())
             .field("tensors", &self.tensors.len())
             .finish()
     }
@@ -216,17 +246,151 @@ impl<R: Read> Header<R> {
 }
 
 impl GgufFile {
-    /// Reads the header (metadata and tensor directory) only; tensor data is read on demand.
+    /// Reads the header (metadata and tensor directory) only; tensor data is read on demand. The first part of a
+    /// split set opens the whole set; any other part is an error naming the first.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
+        let first = Self::open_part(&path)?;
+        let Some((no, count)) = split_position(&path, &first.metadata)? else {
+            return Ok(Self {
+                path,
+                metadata: first.metadata,
+                keys: first.keys,
+                tensors: first.tensors,
+                parts: vec![first.part],
+                tensor_bytes_read: 0,
+            });
+        };
+        Self::open_set(path, first, no, count)
+    }
+
+    /// Joins the split set whose part `no` of `count` is `first` (already opened from `path`), or says which file
+    /// to name instead.
+    fn open_set(path: PathBuf, first: ParsedFile, no: usize, count: usize) -> Result<Self> {
+        let invalid = |path: &Path, reason: String| EngineError::InvalidGguf {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let prefix = split_prefix(name, no, count);
+        if no != 0 {
+            let hint = match prefix {
+                Some(p) => format!("open its first part, {}", split_name(p, 0, count)),
+                None => format!("open its first part (named like PREFIX{})", split_suffix(0, count)),
+            };
+            return Err(invalid(
+                &path,
+                format!("this is part {} of a split set of {count}: {hint}", no + 1),
+            ));
+        }
+        let Some(prefix) = prefix else {
+            return Err(invalid(
+                &path,
+                format!(
+                    "the first part of a split set of {count} must be named PREFIX{} so its other parts can be found",
+                    split_suffix(0, count)
+                ),
+            ));
+        };
+        let expected = match first.metadata.get(SPLIT_TENSORS) {
+            Some(v) => v.as_i128().ok_or_else(|| {
+                invalid(
+                    &path,
+                    format!("`{SPLIT_TENSORS}` is a {}, not an integer", v.type_name()),
+                )
+            })?,
+            None => {
+                return Err(invalid(
+                    &path,
+                    format!("a split set's first part lacks `{SPLIT_TENSORS}`"),
+                ));
+            }
+        };
+        let mut tensors = first.tensors;
+        let mut parts = vec![first.part];
+        for no in 1..count {
+            let part_path = path.with_file_name(split_name(prefix, no, count));
+            let which = format!("part {} of the split set {}", no + 1, path.display());
+            if !part_path.is_file() {
+                return Err(invalid(&part_path, format!("{which} is missing")));
+            }
+            let part = Self::open_part(&part_path).map_err(|e| match e {
+                EngineError::InvalidGguf { path, reason } => invalid(&path, format!("{which}: {reason}")),
+                other => other,
+            })?;
+            match split_position(&part_path, &part.metadata)? {
+                Some((n, c)) if (n, c) == (no, count) => {}
+                Some((n, c)) => {
+                    return Err(invalid(
+                        &part_path,
+                        format!(
+                            "{which} says it is part {} of {c} (`{SPLIT_NO}`, `{SPLIT_COUNT}`)",
+                            n + 1
+                        ),
+                    ));
+                }
+                None => {
+                    return Err(invalid(
+                        &part_path,
+                        format!("{which} has no `{SPLIT_NO}`/`{SPLIT_COUNT}` keys"),
+                    ));
+                }
+            }
+            // gguf-split writes the set's total into every part: another total is a part of another set.
+            match part.metadata.get(SPLIT_TENSORS).and_then(Value::as_i128) {
+                Some(total) if total != expected => {
+                    return Err(invalid(
+                        &part_path,
+                        format!("{which} belongs to a set of {total} tensors, not {expected} (`{SPLIT_TENSORS}`)"),
+                    ));
+                }
+                _ => {}
+            }
+            for (name, mut info) in part.tensors {
+                if let Some(other) = tensors.get(&name) {
+                    return Err(invalid(
+                        &part_path,
+                        format!(
+                            "{which} holds tensor `{name}`, which {} holds too",
+                            parts[other.part].path.display()
+                        ),
+                    ));
+                }
+                info.part = parts.len();
+                tensors.insert(name, info);
+            }
+            parts.push(part.part);
+        }
+        if tensors.len() as i128 != expected {
+            return Err(invalid(
+                &path,
+                format!(
+                    "the split set's {count} parts hold {} tensors, but `{SPLIT_TENSORS}` is {expected}",
+                    tensors.len()
+                ),
+            ));
+        }
+        tracing::debug!(path = %path.display(), parts = count, tensors = tensors.len(), "opened a split GGUF set");
+        Ok(Self {
+            path,
+            metadata: first.metadata,
+            keys: first.keys,
+            tensors,
+            parts,
+            tensor_bytes_read: 0,
+        })
+    }
+
+    /// One GGUF file: its header parsed and the file mapped.
+    fn open_part(path: &Path) -> Result<ParsedFile> {
         let io = |source| EngineError::Io {
-            path: path.clone(),
+            path: path.to_path_buf(),
             source,
         };
-        let file = File::open(&path).map_err(io)?;
+        let file = File::open(path).map_err(io)?;
         let map = Mapping::map(&file).map_err(io)?;
         let header = parse_header(map.as_ref(), map.len() as u64).map_err(|e| EngineError::InvalidGguf {
-            path: path.clone(),
+            path: path.to_path_buf(),
             reason: match e {
                 HeaderError::NeedMore { .. } => "the header runs past the end of the file (truncated?)".into(),
                 HeaderError::Invalid(reason) => reason,
@@ -242,23 +406,32 @@ impl GgufFile {
                     dims: t.dims,
                     ggml_type: t.ggml_type,
                     offset: t.offset,
+                    part: 0,
                 };
                 (t.name, info)
             })
             .collect();
-        Ok(Self {
-            path,
+        Ok(ParsedFile {
             metadata,
             keys,
             tensors,
-            data_offset: header.data_offset,
-            map: Arc::new(map),
-            tensor_bytes_read: 0,
+            part: Part {
+                path: path.to_path_buf(),
+                data_offset: header.data_offset,
+                map: Arc::new(map),
+            },
         })
     }
 
+    /// The file named at open (a split set's first part).
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Every file of the model in order: the file itself, or each part of a split set (what a model store must
+    /// hold, hash and count the size of).
+    pub fn part_paths(&self) -> impl Iterator<Item = &Path> {
+        self.parts.iter().map(|p| p.path.as_path())
     }
 
     /// Bytes of tensor data handed out (mapped for a stage) since the file was opened.
@@ -333,18 +506,30 @@ impl GgufFile {
         }
         let each = rows.checked_mul(ty.row_bytes(cols)).ok_or_else(too_large)?;
         let len = each.checked_mul(count).ok_or_else(too_large)?;
-        let offset = self.tensors.get(name).map_or(0, |t| t.offset);
-        let at = self.data_offset.saturating_add(offset);
-        let outside = || invalid_tensor(name, format!("{len} bytes at offset {at} lie outside the file"));
+        let info = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| EngineError::MissingTensor(name.to_string()))?;
+        let part = self
+            .parts
+            .get(info.part)
+            .ok_or_else(|| EngineError::MissingTensor(name.to_string()))?;
+        let at = part.data_offset.saturating_add(info.offset);
+        let outside = || {
+            invalid_tensor(
+                name,
+                format!("{len} bytes at offset {at} lie outside {}", part.path.display()),
+            )
+        };
         let start = usize::try_from(at).map_err(|_| outside())?;
-        if SharedBytes::mapped(&self.map, start, len).is_none() {
+        if SharedBytes::mapped(&part.map, start, len).is_none() {
             return Err(outside());
         }
-        self.map.will_need(start, len);
+        part.map.will_need(start, len);
         self.tensor_bytes_read = self.tensor_bytes_read.saturating_add(len as u64);
         (0..count)
             .map(|i| {
-                let data = SharedBytes::mapped(&self.map, start + i * each, each).ok_or_else(outside)?;
+                let data = SharedBytes::mapped(&part.map, start + i * each, each).ok_or_else(outside)?;
                 QMatrix::from_shared(ty, rows, cols, data).map_err(|e| invalid_tensor(name, e.to_string()))
             })
             .collect()
@@ -446,6 +631,51 @@ impl GgufFile {
             other => Err(expected(key, "an array", other)),
         }
     }
+}
+
+/// Where a file stands in a split set: `Some((split.no, split.count))` for a part of a set of two or more (as
+/// llama.cpp, a `split.count` of 0 or 1 is a plain file).
+fn split_position(path: &Path, metadata: &HashMap<String, Value>) -> Result<Option<(usize, usize)>> {
+    let int = |key: &str| -> Result<Option<usize>> {
+        let Some(v) = metadata.get(key) else { return Ok(None) };
+        let n = v.as_i128().and_then(|n| usize::try_from(n).ok());
+        n.map(Some).ok_or_else(|| EngineError::InvalidGguf {
+            path: path.to_path_buf(),
+            reason: format!("`{key}` is {v:?}, not a count"),
+        })
+    };
+    let count = int(SPLIT_COUNT)?.unwrap_or(0);
+    if count < 2 {
+        return Ok(None);
+    }
+    let no = int(SPLIT_NO)?.ok_or_else(|| EngineError::InvalidGguf {
+        path: path.to_path_buf(),
+        reason: format!("`{SPLIT_COUNT}` is {count} but `{SPLIT_NO}` is missing"),
+    })?;
+    if no >= count {
+        return Err(EngineError::InvalidGguf {
+            path: path.to_path_buf(),
+            reason: format!("`{SPLIT_NO}` {no} is not below `{SPLIT_COUNT}` {count}"),
+        });
+    }
+    Ok(Some((no, count)))
+}
+
+/// A split part's file name ending (llama.cpp's `-%05d-of-%05d.gguf`, numbered from 1).
+fn split_suffix(no: usize, count: usize) -> String {
+    format!("-{:05}-of-{count:05}.gguf", no + 1)
+}
+
+/// The file name of part `no` (0-based) of a set of `count` named by `prefix`.
+fn split_name(prefix: &str, no: usize, count: usize) -> String {
+    format!("{prefix}{}", split_suffix(no, count))
+}
+
+/// The set's prefix from the file name of its part `no`, if the name follows the rule.
+fn split_prefix(file_name: &str, no: usize, count: usize) -> Option<&str> {
+    file_name
+        .strip_suffix(&split_suffix(no, count))
+        .filter(|p| !p.is_empty())
 }
 
 fn invalid_tensor(name: &str, reason: String) -> EngineError {
@@ -578,6 +808,7 @@ impl HeaderTensor {
             dims: self.dims.clone(),
             ggml_type: self.ggml_type,
             offset: self.offset,
+            part: 0,
         })
     }
 

@@ -7,7 +7,7 @@
 //! the Q8_0 and F16 encodings are done here, so the files do not change when the engine's quantizers do.
 #![allow(dead_code)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use shoal_engine::gguf::{self, GgufFile, TensorData, Value};
 
@@ -150,6 +150,9 @@ pub type Metadata = Vec<(String, Value)>;
 /// Changes a file's metadata before it is written.
 pub type Edit = dyn Fn(&mut Metadata);
 
+/// One tensor as written: name, ggml type id, dimensions (ggml order) and bytes.
+pub type Tensor = (String, u32, Vec<u64>, Vec<u8>);
+
 /// [`write`] with the metadata edited by `edit` and the tensor `drop` left out, to build broken files.
 pub fn write_edited(
     model: &str,
@@ -158,6 +161,67 @@ pub fn write_edited(
     edit: &Edit,
     drop: Option<&str>,
 ) -> std::io::Result<()> {
+    let (mut md, mut tensors) = build(model, tokenizer_src)?;
+    edit(&mut md);
+    tensors.retain(|(name, ..)| Some(name.as_str()) != drop);
+    write_file(path, &md, &tensors)
+}
+
+/// Writes one GGUF file with the project's writer.
+pub fn write_file(path: &Path, md: &Metadata, tensors: &[Tensor]) -> std::io::Result<()> {
+    let md_refs: Vec<(&str, &Value)> = md.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let tensors: Vec<TensorData<'_>> = tensors
+        .iter()
+        .map(|(name, ggml_type, dims, data)| TensorData {
+            name,
+            ggml_type: *ggml_type,
+            dims,
+            data,
+        })
+        .collect();
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
+    gguf::write(&mut f, &md_refs, &tensors)?;
+    std::io::Write::flush(&mut f)
+}
+
+/// The file name of part `no` (0-based) of a split set of `count` (llama.cpp's `PREFIX-%05d-of-%05d.gguf`, 1-based).
+pub fn split_part_name(prefix: &str, no: usize, count: usize) -> String {
+    format!("{prefix}-{:05}-of-{count:05}.gguf", no + 1)
+}
+
+/// Writes `md` and `tensors` as a split set of `count` files in `dir`, as llama.cpp's `gguf-split --split` lays one
+/// out: the tensors in order, in runs of equal size (the last shorter); every part a complete GGUF; the first part
+/// holds all of `md` followed by `split.no` (u16), `split.tensors.count` (i32) and `split.count` (u16) in that
+/// order, the other parts only those three keys. The parts are byte-identical to what llama.cpp's
+/// `llama-gguf-split --split --split-max-tensors ⌈tensors / count⌉` writes from the single file (checked by hand for
+/// llama3 and qwen3moe; see tests/split_gguf.rs). `edit_part(no, metadata, tensors)` may change a part before it is written, to build
+/// broken sets. Returns the parts' paths in order.
+pub fn write_split(
+    dir: &Path,
+    prefix: &str,
+    md: &Metadata,
+    tensors: &[Tensor],
+    count: usize,
+    edit_part: &dyn Fn(usize, &mut Metadata, &mut Vec<Tensor>),
+) -> std::io::Result<Vec<PathBuf>> {
+    let per_part = tensors.len().div_ceil(count);
+    (0..count)
+        .map(|no| {
+            let mut part_md = if no == 0 { md.clone() } else { Vec::new() };
+            part_md.push(("split.no".into(), Value::U16(no as u16)));
+            part_md.push(("split.tensors.count".into(), Value::I32(tensors.len() as i32)));
+            part_md.push(("split.count".into(), Value::U16(count as u16)));
+            let mut part_tensors: Vec<Tensor> = tensors.iter().skip(no * per_part).take(per_part).cloned().collect();
+            edit_part(no, &mut part_md, &mut part_tensors);
+            let path = dir.join(split_part_name(prefix, no, count));
+            write_file(&path, &part_md, &part_tensors)?;
+            Ok(path)
+        })
+        .collect()
+}
+
+/// The synthetic model `model`'s metadata and tensors, as [`write`] writes them.
+pub fn build(model: &str, tokenizer_src: &GgufFile) -> std::io::Result<(Metadata, Vec<Tensor>)> {
     let arch = match model {
         "llama3" => "llama",
         "gemma3-scaled" => "gemma3",
@@ -281,22 +345,12 @@ pub fn write_edited(
         }
     }
 
-    edit(&mut md);
-    let md_refs: Vec<(&str, &Value)> = md.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let tensors: Vec<TensorData<'_>> = b
+    let tensors = b
         .tensors
-        .iter()
-        .filter(|(name, ..)| Some(name.as_str()) != drop)
-        .map(|(name, enc, dims, data)| TensorData {
-            name,
-            ggml_type: enc.ggml_id(),
-            dims,
-            data,
-        })
+        .into_iter()
+        .map(|(name, enc, dims, data)| (name, enc.ggml_id(), dims, data))
         .collect();
-    let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
-    gguf::write(&mut f, &md_refs, &tensors)?;
-    std::io::Write::flush(&mut f)
+    Ok((md, tensors))
 }
 
 /// Seeds picked so that greedy decoding of the tests' prompt has no near-tie (best and second-best logit at least
