@@ -93,6 +93,13 @@ fn commands_chunks_and_transients_round_trip() {
             card: card::builtin_cards().remove(0),
         },
         Command::AddModelCard {
+            // A pip source in parts (the built-in Gemma 3 270M card).
+            card: card::builtin_cards()
+                .into_iter()
+                .find(|c| c.sources.iter().any(|s| s.parts.is_some()))
+                .unwrap(),
+        },
+        Command::AddModelCard {
             // A card derived from a GGUF header: per-layer bytes, embedding, head, formats and the model's template.
             card: {
                 let mut c = card::builtin_cards().remove(0);

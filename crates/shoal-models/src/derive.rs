@@ -318,6 +318,7 @@ mod tests {
             revision: None,
             package: None,
             member: None,
+            parts: None,
             path: Some("/models".into()),
             files: vec!["m.gguf".into()],
             sha256: BTreeMap::new(),

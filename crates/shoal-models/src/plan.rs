@@ -234,6 +234,7 @@ mod tests {
             revision: None,
             package: None,
             member: None,
+            parts: None,
             path: Some("/x".into()),
             files: files.iter().map(|f| (*f).to_owned()).collect(),
             sha256: sha

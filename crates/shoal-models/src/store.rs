@@ -535,7 +535,12 @@ fn io_error(path: &Path, source: io::Error) -> SourceError {
 fn describe(source: &ModelSource) -> String {
     let target = match source.kind {
         SourceKind::Hf => source.repo.as_deref(),
-        SourceKind::Pip => source.package.as_deref(),
+        SourceKind::Pip => match &source.parts {
+            Some(parts) => {
+                return parts.iter().map(|p| p.package.as_str()).collect::<Vec<_>>().join(" + ");
+            }
+            None => source.package.as_deref(),
+        },
         SourceKind::Path => source.path.as_deref(),
         SourceKind::Peer => None,
     };

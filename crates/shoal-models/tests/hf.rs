@@ -194,6 +194,7 @@ fn hf_source(repo: &str, bytes: &[u8]) -> ModelSource {
         revision: None,
         package: None,
         member: None,
+        parts: None,
         path: None,
         files: vec![FILE.to_owned()],
         sha256: BTreeMap::from([(FILE.to_owned(), sha(bytes))]),

