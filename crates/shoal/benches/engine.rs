@@ -17,6 +17,10 @@
 //! llama.cpp runs only with `LLAMA_BENCH=<path to llama-bench>`, with the same thread count and any extra flags of
 //! `SHOAL_BENCH_LLAMA_ARGS` (e.g. `--repack 0`). `SHOAL_BENCH_THREADS` (default 2) sets the threads;
 //! `SHOAL_BENCH_SKIP=smollm2,models,rss` leaves tables out.
+//!
+//! On a loaded machine run it under `OMP_WAIT_POLICY=passive` (llama-bench inherits it): llama.cpp's OpenMP threads
+//! otherwise spin at every barrier while the other thread is descheduled, and its decode collapses (BENCHMARKS.md,
+//! 2026-12-05).
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
 #[path = "../tests/common/mod.rs"]
