@@ -5,59 +5,17 @@
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use shoal_cluster::ClusterHandle;
 use shoal_types::State;
-use shoal_types::command::{Command, RejectReason};
+use shoal_types::command::Command;
 use shoal_types::ids::CommandId;
 
-use crate::error;
+use crate::error::ApiError;
 
 /// How long a handler waits for the master's answer before it gives up with 504.
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often an unanswered command is sent again.
 pub const RESEND_EVERY: Duration = Duration::from_secs(1);
-
-/// Why a command did not take effect, as an HTTP answer.
-#[derive(Debug)]
-pub struct Refusal {
-    pub status: StatusCode,
-    pub kind: &'static str,
-    pub message: String,
-}
-
-impl Refusal {
-    pub fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
-        Refusal {
-            status,
-            kind,
-            message: message.into(),
-        }
-    }
-}
-
-impl IntoResponse for Refusal {
-    fn into_response(self) -> Response {
-        error(self.status, self.kind, self.message)
-    }
-}
-
-/// The HTTP answer to a master's refusal: 404 for what does not exist, 400 with the reason otherwise (§11.1).
-fn rejected(reason: &RejectReason) -> Refusal {
-    let message = reason.to_string();
-    match reason {
-        RejectReason::NotFound | RejectReason::NoInstance { .. } => {
-            Refusal::new(StatusCode::NOT_FOUND, "not_found", message)
-        }
-        RejectReason::Placement(_) | RejectReason::UnknownModel { .. } => {
-            Refusal::new(StatusCode::BAD_REQUEST, "placement_error", message)
-        }
-        RejectReason::InUse { .. } => Refusal::new(StatusCode::CONFLICT, "conflict", message),
-        RejectReason::InvalidInstance { .. } | RejectReason::Invalid { .. } => {
-            Refusal::new(StatusCode::BAD_REQUEST, "invalid_request_error", message)
-        }
-    }
-}
 
 /// Sends `command` and waits until `effect` finds its result in State, the master refuses it, or
 /// [`ANSWER_TIMEOUT`] passes.
@@ -66,13 +24,12 @@ pub async fn command_and_wait<T>(
     command_id: CommandId,
     command: Command,
     effect: impl Fn(&State) -> Option<T>,
-) -> Result<T, Refusal> {
+) -> Result<T, ApiError> {
     // Subscribe before sending, so neither the effect nor a refusal can slip past.
     let mut rejections = cluster.rejections();
     let mut views = cluster.watch();
     let deadline = tokio::time::Instant::now() + ANSWER_TIMEOUT;
     let mut resend = tokio::time::interval(RESEND_EVERY);
-    let stopping = || Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "stopping", "the node is stopping");
     loop {
         if let Some(found) = effect(&views.borrow_and_update().state) {
             return Ok(found);
@@ -82,22 +39,22 @@ pub async fn command_and_wait<T>(
                 if cluster.view().status.session.is_none() {
                     continue; // no master known yet: wait for one
                 }
-                cluster.command(command_id, command.clone()).map_err(|_| stopping())?;
+                cluster.command(command_id, command.clone()).map_err(|_| ApiError::stopping())?;
             }
             changed = views.changed() => {
                 if changed.is_err() {
-                    return Err(stopping());
+                    return Err(ApiError::stopping());
                 }
             }
             rejection = rejections.recv() => {
                 if let Ok(rejection) = rejection
                     && rejection.command_id == command_id
                 {
-                    return Err(rejected(&rejection.reason));
+                    return Err(ApiError::from_reject(&rejection.reason));
                 }
             }
             _ = tokio::time::sleep_until(deadline) => {
-                return Err(Refusal::new(
+                return Err(ApiError::new(
                     StatusCode::GATEWAY_TIMEOUT,
                     "timeout",
                     format!("the master did not answer within {} s", ANSWER_TIMEOUT.as_secs()),

@@ -7,16 +7,22 @@
 //! registry; the registry closes the stream when State says its task or instance is gone, whichever way this node
 //! learned it.
 
-mod chat;
+pub mod anthropic;
 pub mod commands;
+pub mod error;
+pub mod fields;
+pub mod generation;
 mod models;
-pub mod request;
+pub mod ollama;
+pub mod openai;
+pub mod prompts;
 pub mod streams;
 
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, Path, State as AxumState};
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Request, State as AxumState};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -25,23 +31,19 @@ use shoal_cluster::ClusterHandle;
 use shoal_types::ids::CommandId;
 use shoal_types::{ModelCard, State};
 
+pub use error::{ApiError, BadRequest, Dialect};
 pub use streams::{StreamStats, Streams};
 
-/// The OpenAI error shape (§11.1): `{"error":{"message","type","code"}}`.
-pub fn error(status: StatusCode, kind: &str, message: impl Into<String>) -> Response {
-    error_with_code(status, kind, serde_json::Value::from(status.as_u16()), message)
+/// The OpenAI error shape (§11.1) for the cluster's own endpoints.
+pub fn error(status: StatusCode, code: &'static str, message: impl Into<String>) -> Response {
+    ApiError::new(status, code, message).into_response()
 }
 
-pub fn error_with_code(
-    status: StatusCode,
-    kind: &str,
-    code: serde_json::Value,
-    message: impl Into<String>,
-) -> Response {
-    let body = serde_json::json!({
-        "error": { "message": message.into(), "type": kind, "code": code }
-    });
-    (status, Json(body)).into_response()
+/// Reads a request body of at most [`openai::MAX_BODY_BYTES`]; more is a 413.
+pub async fn read_body(request: Request) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(request.into_body(), openai::MAX_BODY_BYTES)
+        .await
+        .map_err(|_| ApiError::payload_too_large(openai::MAX_BODY_BYTES))
 }
 
 /// What the API's handlers share.
@@ -52,6 +54,8 @@ pub struct Api {
     /// The node's model store, which `POST /models/add` reads headers and hashes files with; `None` on a node
     /// without one (the endpoint then answers 503).
     pub models: Option<Arc<shoal_models::ModelStore>>,
+    /// Tokenizers of the models this node holds, to count prompts.
+    pub prompts: Arc<prompts::Prompts>,
 }
 
 impl Api {
@@ -62,11 +66,13 @@ impl Api {
             cluster,
             streams,
             models: None,
+            prompts: Arc::new(prompts::Prompts::new(None)),
         }
     }
 
     /// Gives `POST /models/add` the node's model store.
     pub fn with_models(mut self, models: Arc<shoal_models::ModelStore>) -> Api {
+        self.prompts = Arc::new(prompts::Prompts::new(Some(models.clone())));
         self.models = Some(models);
         self
     }
@@ -107,8 +113,8 @@ impl Api {
 
 pub fn router(api: Api) -> Router {
     Router::new()
-        .route("/v1/chat/completions", post(chat::completions))
-        .route("/ollama/v1/chat/completions", post(chat::completions))
+        .route("/v1/chat/completions", post(openai::chat::completions))
+        .route("/ollama/v1/chat/completions", post(openai::chat::completions))
         .route("/v1/models", get(models_openai))
         .route("/models", get(list_models))
         .route("/models/add", post(models::add))
@@ -116,6 +122,9 @@ pub fn router(api: Api) -> Router {
         .route("/v1/cancel/{command_id}", post(cancel))
         // The handler reads the body with its own limit, so an oversized body is a 413 in the OpenAI shape.
         .layer(DefaultBodyLimit::disable())
+        .merge(openai::routes())
+        .merge(anthropic::routes())
+        .merge(ollama::routes())
         .with_state(api)
 }
 

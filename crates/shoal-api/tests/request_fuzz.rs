@@ -4,7 +4,7 @@
 
 use proptest::prelude::*;
 use serde_json::{Value, json};
-use shoal_api::request::parse_chat;
+use shoal_api::openai::chat_request::parse_chat;
 
 fn json_value() -> impl Strategy<Value = Value> {
     let leaf = prop_oneof![

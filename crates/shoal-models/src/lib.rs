@@ -18,6 +18,7 @@ mod error;
 mod hf;
 mod pip;
 pub mod plan;
+pub mod prompt;
 mod store;
 mod verify;
 

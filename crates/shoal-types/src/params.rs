@@ -11,6 +11,9 @@ pub const MAX_PARAMS_BYTES: usize = 4 * 1024 * 1024;
 pub struct GenerationParams {
     pub model: ModelId,
     pub messages: Vec<Message>,
+    /// A prompt given to the model as is, without the chat template (OpenAI Completions, Ollama `raw`); `messages`
+    /// is then empty.
+    pub raw_prompt: Option<String>,
     pub instructions: Option<String>,
     /// OpenAI function tools as a JSON string (postcard cannot carry free-form JSON values).
     pub tools: Option<String>,

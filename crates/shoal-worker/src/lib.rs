@@ -17,9 +17,7 @@
 //! on every rank. The runner protocol has no `Reset`, so a reset is a restart of the runner process that does not
 //! count as a failure.
 
-mod prompt;
-
-pub use prompt::{DEFAULT_MAX_TOKENS, Prompter, engine_params};
+pub use shoal_models::prompt::{DEFAULT_MAX_TOKENS, Prompter, engine_params};
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

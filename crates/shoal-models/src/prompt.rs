@@ -1,5 +1,7 @@
-//! Rank 0's share of a request (SYSTEM.md §10.4): the chat template (the card's override, else the model's own) and
-//! the tokenizer turn a task's messages into prompt tokens, and its parameters become the engine's.
+//! A request's prompt (SYSTEM.md §10.4): the chat template (the card's override, else the model's own) and the
+//! tokenizer turn a task's messages (or its raw prompt) into prompt tokens, and its parameters become the engine's.
+//! Rank 0 does it to run the task; the API node does the same to count a prompt before it sends anything (a prompt
+//! longer than the context is the client's 400, and Anthropic's `count_tokens` is exactly this count).
 
 use std::path::Path;
 
@@ -42,6 +44,19 @@ impl Prompter {
 
     /// The prompt tokens and engine parameters of a request; an error is the request's fault (`Invalid`).
     pub fn prepare(&self, params: &GenerationParams) -> Result<(Vec<u32>, GenerateParams), String> {
+        let prompt = self.tokens(params)?;
+        let room = self.context_length.saturating_sub(prompt.len()).max(1);
+        let max_tokens = params
+            .max_output_tokens
+            .map_or(DEFAULT_MAX_TOKENS.min(room), |m| m as usize);
+        Ok((prompt, engine_params(params, max_tokens)))
+    }
+
+    /// The prompt tokens of a request: its raw prompt as is, else its messages through the chat template.
+    pub fn tokens(&self, params: &GenerationParams) -> Result<Vec<u32>, String> {
+        if let Some(raw) = &params.raw_prompt {
+            return self.tokenizer.encode(raw).map_err(|e| e.to_string());
+        }
         let mut messages = Vec::with_capacity(params.messages.len() + 1);
         if let Some(instructions) = params.instructions.as_deref().filter(|i| !i.is_empty()) {
             messages.push(ChatMessage::new("system", instructions));
@@ -59,12 +74,12 @@ impl Prompter {
             .template
             .render(&messages, true)
             .map_err(|e| format!("cannot apply the chat template: {e}"))?;
-        let prompt = self.tokenizer.encode(&text).map_err(|e| e.to_string())?;
-        let room = self.context_length.saturating_sub(prompt.len()).max(1);
-        let max_tokens = params
-            .max_output_tokens
-            .map_or(DEFAULT_MAX_TOKENS.min(room), |m| m as usize);
-        Ok((prompt, engine_params(params, max_tokens)))
+        self.tokenizer.encode(&text).map_err(|e| e.to_string())
+    }
+
+    /// The context length the card gives the model.
+    pub fn context_length(&self) -> usize {
+        self.context_length
     }
 }
 

@@ -3,35 +3,10 @@
 //! fields shoal does not support are ignored as OpenAI clients expect.
 
 use serde_json::{Map, Value};
-use shoal_types::ModelCard;
-use shoal_types::params::{GenerationParams, MAX_PARAMS_BYTES, Message, Role};
+use shoal_types::params::{GenerationParams, Message, Role};
 
-/// Bodies larger than this are refused with 413 before parsing.
-pub const MAX_BODY_BYTES: usize = MAX_PARAMS_BYTES;
-/// OpenAI allows up to 4 stop sequences; a few more cost nothing, a thousand would.
-pub const MAX_STOP: usize = 16;
-
-/// A request that cannot be served as sent: 400 naming the field.
-#[derive(Debug, Clone, PartialEq)]
-pub struct BadRequest {
-    pub field: String,
-    pub message: String,
-}
-
-impl BadRequest {
-    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        BadRequest {
-            field: field.into(),
-            message: message.into(),
-        }
-    }
-}
-
-impl std::fmt::Display for BadRequest {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "`{}`: {}", self.field, self.message)
-    }
-}
+use crate::error::BadRequest;
+use crate::fields;
 
 /// What the adapter needs besides [`GenerationParams`].
 #[derive(Debug, Clone, PartialEq)]
@@ -43,19 +18,10 @@ pub struct ChatRequest {
     pub include_usage: bool,
 }
 
-/// Parses the body's JSON. The model must be resolved by the caller (unknown → 404), see [`fill_defaults`].
+/// Parses the body's JSON. The model is resolved later (unknown → 404).
 pub fn parse_chat(body: &[u8]) -> Result<ChatRequest, BadRequest> {
-    let value: Value =
-        serde_json::from_slice(body).map_err(|e| BadRequest::new("body", format!("not valid JSON: {e}")))?;
-    let Value::Object(obj) = value else {
-        return Err(BadRequest::new("body", "must be a JSON object"));
-    };
-    let model_name = match obj.get("model") {
-        Some(Value::String(m)) if !m.trim().is_empty() => m.clone(),
-        Some(Value::String(_)) => return Err(BadRequest::new("model", "must not be empty")),
-        Some(_) => return Err(BadRequest::new("model", "must be a string")),
-        None => return Err(BadRequest::new("model", "is required")),
-    };
+    let obj = fields::object(body)?;
+    let model_name = fields::model(&obj)?;
     let messages = messages(&obj)?;
     let mut params = GenerationParams {
         model: shoal_types::ModelId::new(model_name.clone()),
@@ -63,82 +29,32 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatRequest, BadRequest> {
         ..GenerationParams::default()
     };
     // `max_completion_tokens` is the newer name; either is accepted.
-    let max = opt_u64(&obj, "max_completion_tokens")?
-        .map(|m| ("max_completion_tokens", m))
-        .or(opt_u64(&obj, "max_tokens")?.map(|m| ("max_tokens", m)));
-    if let Some((field, max)) = max {
-        if max == 0 {
-            return Err(BadRequest::new(field, "must be at least 1"));
-        }
-        params.max_output_tokens = Some(u32::try_from(max).unwrap_or(u32::MAX));
-    }
-    params.temperature = opt_f32_in(&obj, "temperature", 0.0, 2.0)?;
-    params.top_p = opt_f32_in(&obj, "top_p", 0.0, 1.0)?;
-    if params.top_p == Some(0.0) {
-        return Err(BadRequest::new("top_p", "must be greater than 0"));
-    }
-    params.top_k = opt_u64(&obj, "top_k")?.map(|k| u32::try_from(k).unwrap_or(u32::MAX));
-    params.min_p = opt_f32_in(&obj, "min_p", 0.0, 1.0)?;
-    params.presence_penalty = opt_f32_in(&obj, "presence_penalty", -2.0, 2.0)?;
-    params.frequency_penalty = opt_f32_in(&obj, "frequency_penalty", -2.0, 2.0)?;
-    params.repetition_penalty = opt_f32_in(&obj, "repetition_penalty", 0.0, 10.0)?;
-    if params.repetition_penalty == Some(0.0) {
-        return Err(BadRequest::new("repetition_penalty", "must be greater than 0"));
-    }
-    params.seed = match obj.get("seed") {
-        None | Some(Value::Null) => None,
-        Some(Value::Number(n)) => Some(
-            n.as_u64()
-                .or_else(|| n.as_i64().map(|i| i as u64))
-                .ok_or_else(|| BadRequest::new("seed", "must be an integer"))?,
-        ),
-        Some(_) => return Err(BadRequest::new("seed", "must be an integer")),
+    params.max_output_tokens = match fields::opt_token_limit(&obj, "max_completion_tokens")? {
+        Some(max) => Some(max),
+        None => fields::opt_token_limit(&obj, "max_tokens")?,
     };
-    params.stop = match obj.get("stop") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Array(items)) => items
-            .iter()
-            .enumerate()
-            .map(|(i, v)| match v {
-                Value::String(s) => Ok(s.clone()),
-                _ => Err(BadRequest::new(format!("stop[{i}]"), "must be a string")),
-            })
-            .collect::<Result<_, _>>()?,
-        Some(_) => return Err(BadRequest::new("stop", "must be a string or an array of strings")),
-    };
-    if params.stop.len() > MAX_STOP {
-        return Err(BadRequest::new("stop", format!("at most {MAX_STOP} sequences")));
-    }
-    if let Some(i) = params.stop.iter().position(String::is_empty) {
-        return Err(BadRequest::new(format!("stop[{i}]"), "must not be empty"));
-    }
+    sampling(&obj, &mut params)?;
     match obj.get("n") {
         None | Some(Value::Null) => {}
         Some(Value::Number(n)) if n.as_u64() == Some(1) => {}
         Some(_) => return Err(BadRequest::new("n", "only n = 1 is supported")),
     }
-    params.logprobs = opt_bool(&obj, "logprobs")?.unwrap_or(false);
-    params.top_logprobs = opt_u64(&obj, "top_logprobs")?.map(|k| u32::try_from(k).unwrap_or(u32::MAX));
+    params.logprobs = fields::opt_bool(&obj, "logprobs")?.unwrap_or(false);
+    params.top_logprobs = fields::opt_u32(&obj, "top_logprobs")?;
     if let Some(tools) = obj.get("tools").filter(|t| !t.is_null()) {
         if !tools.is_array() {
             return Err(BadRequest::new("tools", "must be an array"));
         }
         params.tools = Some(tools.to_string());
     }
-    params.reasoning_effort = match obj.get("reasoning_effort") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s.clone()),
-        Some(_) => return Err(BadRequest::new("reasoning_effort", "must be a string")),
-    };
-    params.enable_thinking = opt_bool(&obj, "enable_thinking")?;
-    let stream = opt_bool(&obj, "stream")?.unwrap_or(false);
-    let include_usage = match obj.get("stream_options") {
-        None | Some(Value::Null) => false,
-        Some(Value::Object(o)) => opt_bool(o, "include_usage")
-            .map_err(|e| BadRequest::new(format!("stream_options.{}", e.field), e.message))?
+    params.reasoning_effort = fields::opt_string(&obj, "reasoning_effort")?;
+    params.enable_thinking = fields::opt_bool(&obj, "enable_thinking")?;
+    let stream = fields::opt_bool(&obj, "stream")?.unwrap_or(false);
+    let include_usage = match fields::opt_object(&obj, "stream_options")? {
+        None => false,
+        Some(o) => fields::opt_bool(o, "include_usage")
+            .map_err(|e| e.within("stream_options"))?
             .unwrap_or(false),
-        Some(_) => return Err(BadRequest::new("stream_options", "must be an object")),
     };
     Ok(ChatRequest {
         params,
@@ -148,29 +64,21 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatRequest, BadRequest> {
     })
 }
 
-/// Resolves the model to its card's id and fills unset sampling fields from the card's defaults (§2.3).
-pub fn fill_defaults(params: &mut GenerationParams, card: &ModelCard) {
-    params.model = card.id.clone();
-    let d = &card.sampling_defaults;
-    let mode = match params.enable_thinking {
-        Some(true) => d.thinking.as_ref(),
-        Some(false) => d.non_thinking.as_ref(),
-        None => None,
-    };
-    macro_rules! fill {
-        ($field:ident) => {
-            if params.$field.is_none() {
-                params.$field = mode.and_then(|m| m.$field).or(d.$field);
-            }
-        };
+/// The sampling fields OpenAI's Chat Completions, Completions and Responses share (each reads those it has).
+pub fn sampling(obj: &Map<String, Value>, params: &mut GenerationParams) -> Result<(), BadRequest> {
+    params.temperature = fields::opt_f32_in(obj, "temperature", 0.0, 2.0)?;
+    params.top_p = fields::opt_top_p(obj, "top_p")?;
+    params.top_k = fields::opt_u32(obj, "top_k")?;
+    params.min_p = fields::opt_f32_in(obj, "min_p", 0.0, 1.0)?;
+    params.presence_penalty = fields::opt_f32_in(obj, "presence_penalty", -2.0, 2.0)?;
+    params.frequency_penalty = fields::opt_f32_in(obj, "frequency_penalty", -2.0, 2.0)?;
+    params.repetition_penalty = fields::opt_f32_in(obj, "repetition_penalty", 0.0, 10.0)?;
+    if params.repetition_penalty == Some(0.0) {
+        return Err(BadRequest::new("repetition_penalty", "must be greater than 0"));
     }
-    fill!(temperature);
-    fill!(top_p);
-    fill!(top_k);
-    fill!(min_p);
-    fill!(repetition_penalty);
-    fill!(presence_penalty);
-    fill!(frequency_penalty);
+    params.seed = fields::opt_seed(obj, "seed")?;
+    params.stop = fields::stop_list(obj, "stop")?;
+    Ok(())
 }
 
 fn messages(obj: &Map<String, Value>) -> Result<Vec<Message>, BadRequest> {
@@ -263,44 +171,10 @@ fn messages(obj: &Map<String, Value>) -> Result<Vec<Message>, BadRequest> {
         .collect()
 }
 
-fn opt_bool(obj: &Map<String, Value>, name: &str) -> Result<Option<bool>, BadRequest> {
-    match obj.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(_) => Err(BadRequest::new(name, "must be true or false")),
-    }
-}
-
-fn opt_u64(obj: &Map<String, Value>, name: &str) -> Result<Option<u64>, BadRequest> {
-    match obj.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => match n.as_u64() {
-            Some(v) => Ok(Some(v)),
-            None if n.as_i64().is_some() => Err(BadRequest::new(name, "must not be negative")),
-            None => Err(BadRequest::new(name, "must be an integer")),
-        },
-        Some(_) => Err(BadRequest::new(name, "must be an integer")),
-    }
-}
-
-fn opt_f32_in(obj: &Map<String, Value>, name: &str, min: f32, max: f32) -> Result<Option<f32>, BadRequest> {
-    match obj.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => {
-            let v = n.as_f64().unwrap_or(f64::NAN) as f32;
-            if v.is_finite() && (min..=max).contains(&v) {
-                Ok(Some(v))
-            } else {
-                Err(BadRequest::new(name, format!("must be between {min} and {max}")))
-            }
-        }
-        Some(_) => Err(BadRequest::new(name, "must be a number")),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::generation::fill_defaults;
 
     fn parse(body: &str) -> Result<ChatRequest, BadRequest> {
         parse_chat(body.as_bytes())

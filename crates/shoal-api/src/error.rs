@@ -1,0 +1,309 @@
+//! Every error the API answers with, described once ([`ApiError`]: status, machine code, message, field) and written
+//! in each dialect's shape ([`Dialect`]): OpenAI's `{"error":{"message","type","param","code"}}` (Chat Completions,
+//! Completions, Responses and the cluster's own endpoints), Anthropic's `{"type":"error","error":{"type","message"}}`
+//! and Ollama's `{"error":"…"}`.
+//!
+//! The mapping from the registry's close reasons and the master's rejections to HTTP statuses (SYSTEM.md §11.3's
+//! table) lives here, in the HTTP crate; the pure core only says *why* a stream closed.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use shoal_core::registry::CloseReason;
+use shoal_types::command::RejectReason;
+
+/// A request that cannot be served as sent: 400 naming the field (`messages[1].role`, `temperature`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BadRequest {
+    pub field: String,
+    pub message: String,
+}
+
+impl BadRequest {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        BadRequest {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The same error under a parent field (`stream_options` + `include_usage` → `stream_options.include_usage`).
+    pub fn within(self, parent: &str) -> Self {
+        BadRequest::new(format!("{parent}.{}", self.field), self.message)
+    }
+}
+
+impl std::fmt::Display for BadRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "`{}`: {}", self.field, self.message)
+    }
+}
+
+/// One error, before a dialect writes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    /// Machine-readable: `model_not_found`, `context_length_exceeded`, `invalid_request`, `cancelled`, ...
+    pub code: &'static str,
+    pub message: String,
+    /// The request field at fault, where one is.
+    pub param: Option<String>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            param: None,
+        }
+    }
+
+    pub fn bad_request(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ApiError::from(BadRequest::new(field, message))
+    }
+
+    pub fn model_not_found(name: &str) -> Self {
+        ApiError {
+            param: Some("model".into()),
+            ..ApiError::new(
+                StatusCode::NOT_FOUND,
+                "model_not_found",
+                format!("`model`: no model card is named `{name}`"),
+            )
+        }
+    }
+
+    /// The prompt does not leave room for one generated token in the model's context (checked before any runner
+    /// sees the request).
+    pub fn context_length_exceeded(prompt_tokens: usize, context_length: u32) -> Self {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "context_length_exceeded",
+            format!(
+                "the prompt is {prompt_tokens} tokens; this model's context holds {context_length} tokens, \
+                 including at least one generated token"
+            ),
+        )
+    }
+
+    pub fn payload_too_large(limit: usize) -> Self {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request_too_large",
+            format!("the request body exceeds {limit} bytes"),
+        )
+    }
+
+    pub fn unauthorized() -> Self {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_api_key",
+            "this node needs an API key: send `Authorization: Bearer <key>` or `x-api-key: <key>`",
+        )
+    }
+
+    pub fn not_ready() -> Self {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "this node has not caught up with the cluster yet",
+        )
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", message)
+    }
+
+    /// The registry went away under a handler: the node is stopping.
+    pub fn stopping() -> Self {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "stopping", "the node is stopping")
+    }
+
+    /// SYSTEM.md §11.3's table: how a stream that closed before its final chunk is answered.
+    pub fn from_close(reason: &CloseReason) -> Self {
+        let (status, code) = match reason {
+            CloseReason::Rejected(reject) => return ApiError::from_reject(reject),
+            CloseReason::NotAccepted => (StatusCode::GATEWAY_TIMEOUT, "not_accepted"),
+            CloseReason::InstanceGone | CloseReason::TaskGone => {
+                (StatusCode::SERVICE_UNAVAILABLE, "instance_unavailable")
+            }
+            CloseReason::Failed { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "generation_failed"),
+            CloseReason::Cancelled => (StatusCode::CONFLICT, "cancelled"),
+            CloseReason::Incomplete | CloseReason::StreamGap => (StatusCode::BAD_GATEWAY, "stream_incomplete"),
+            // Nothing is written to a client that is gone; nginx's 499 is for logs only.
+            CloseReason::ClientGone => (
+                StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+                "client_gone",
+            ),
+        };
+        ApiError::new(status, code, reason.message())
+    }
+
+    /// The master's refusal of a command: 404 for what does not exist, 409 for what is in use, 400 otherwise.
+    pub fn from_reject(reason: &RejectReason) -> Self {
+        let (status, code) = match reason {
+            RejectReason::NoInstance { .. } | RejectReason::UnknownModel { .. } => {
+                (StatusCode::NOT_FOUND, "model_not_found")
+            }
+            RejectReason::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            RejectReason::InUse { .. } => (StatusCode::CONFLICT, "in_use"),
+            RejectReason::Placement(_) => (StatusCode::BAD_REQUEST, "placement_error"),
+            RejectReason::InvalidInstance { .. } | RejectReason::Invalid { .. } => {
+                (StatusCode::BAD_REQUEST, "invalid_request")
+            }
+        };
+        ApiError::new(status, code, reason.to_string())
+    }
+
+    /// OpenAI's error `type`: by status, as OpenAI's own server sets it.
+    fn openai_type(&self) -> &'static str {
+        match self.status.as_u16() {
+            401 => "authentication_error",
+            404 if self.code == "model_not_found" => "invalid_request_error",
+            404 => "not_found_error",
+            409 => "conflict_error",
+            400..=499 => "invalid_request_error",
+            _ => "server_error",
+        }
+    }
+
+    /// Anthropic's error `type`s (<https://docs.anthropic.com/en/api/errors>).
+    fn anthropic_type(&self) -> &'static str {
+        match self.status.as_u16() {
+            401 => "authentication_error",
+            403 => "permission_error",
+            404 => "not_found_error",
+            413 => "request_too_large",
+            429 => "rate_limit_error",
+            503 => "overloaded_error",
+            400..=499 => "invalid_request_error",
+            _ => "api_error",
+        }
+    }
+}
+
+impl From<BadRequest> for ApiError {
+    fn from(bad: BadRequest) -> Self {
+        ApiError {
+            message: bad.to_string(),
+            param: Some(bad.field),
+            ..ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", "")
+        }
+    }
+}
+
+/// The wire dialects; each writes errors (and streams) its own way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// OpenAI Chat Completions, Completions, Responses, and the cluster's own endpoints.
+    OpenAi,
+    Anthropic,
+    Ollama,
+}
+
+impl Dialect {
+    /// The dialect of a request path, for answers given before any handler runs (authentication, unknown routes).
+    pub fn of_path(path: &str) -> Dialect {
+        if path.starts_with("/v1/messages") {
+            Dialect::Anthropic
+        } else if path.starts_with("/api/") || path.starts_with("/ollama/api/") {
+            Dialect::Ollama
+        } else {
+            Dialect::OpenAi
+        }
+    }
+
+    /// The error object, as the body of an error response and as an in-band stream error.
+    pub fn error_body(self, e: &ApiError) -> Value {
+        match self {
+            Dialect::OpenAi => json!({ "error": {
+                "message": e.message, "type": e.openai_type(), "param": e.param, "code": e.code,
+            }}),
+            Dialect::Anthropic => json!({
+                "type": "error",
+                "error": { "type": e.anthropic_type(), "message": e.message },
+            }),
+            Dialect::Ollama => json!({ "error": e.message }),
+        }
+    }
+
+    pub fn error_response(self, e: &ApiError) -> Response {
+        (e.status, Json(self.error_body(e))).into_response()
+    }
+}
+
+/// An error for the OpenAI-shaped endpoints (the cluster's own and OpenAI's), so handlers can `?` and return it.
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        Dialect::OpenAi.error_response(&self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_dialect_writes_its_own_shape() {
+        let e = ApiError::bad_request("max_tokens", "is required");
+        let openai = Dialect::OpenAi.error_body(&e);
+        assert_eq!(openai["error"]["param"], "max_tokens");
+        assert_eq!(openai["error"]["type"], "invalid_request_error");
+        assert_eq!(openai["error"]["code"], "invalid_request");
+        let anthropic = Dialect::Anthropic.error_body(&e);
+        assert_eq!(anthropic["type"], "error");
+        assert_eq!(anthropic["error"]["type"], "invalid_request_error");
+        assert!(
+            anthropic["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("max_tokens"))
+        );
+        let ollama = Dialect::Ollama.error_body(&e);
+        assert!(ollama["error"].as_str().is_some_and(|m| m.contains("max_tokens")));
+    }
+
+    #[test]
+    fn close_reasons_follow_the_spec_table() {
+        let cases = [
+            (CloseReason::NotAccepted, 504, "not_accepted"),
+            (CloseReason::InstanceGone, 503, "instance_unavailable"),
+            (CloseReason::TaskGone, 503, "instance_unavailable"),
+            (CloseReason::Failed { message: "boom".into() }, 500, "generation_failed"),
+            (CloseReason::Cancelled, 409, "cancelled"),
+            (CloseReason::Incomplete, 502, "stream_incomplete"),
+            (CloseReason::StreamGap, 502, "stream_incomplete"),
+            (CloseReason::ClientGone, 499, "client_gone"),
+            (
+                CloseReason::Rejected(RejectReason::NoInstance {
+                    model: shoal_types::ModelId::new("m"),
+                }),
+                404,
+                "model_not_found",
+            ),
+            (CloseReason::Rejected(RejectReason::NotFound), 404, "not_found"),
+        ];
+        for (reason, status, code) in cases {
+            let e = ApiError::from_close(&reason);
+            assert_eq!((e.status.as_u16(), e.code), (status, code), "{reason:?}");
+            assert_eq!(e.message, reason.message());
+        }
+        let failed = ApiError::from_close(&CloseReason::Failed {
+            message: "the runner died".into(),
+        });
+        assert_eq!(failed.message, "the runner died");
+        assert_eq!(Dialect::Anthropic.error_body(&failed)["error"]["type"], "api_error");
+        assert_eq!(Dialect::OpenAi.error_body(&failed)["error"]["type"], "server_error");
+    }
+
+    #[test]
+    fn paths_pick_their_dialect() {
+        assert_eq!(Dialect::of_path("/v1/messages/count_tokens"), Dialect::Anthropic);
+        assert_eq!(Dialect::of_path("/api/chat"), Dialect::Ollama);
+        assert_eq!(Dialect::of_path("/ollama/api/tags"), Dialect::Ollama);
+        assert_eq!(Dialect::of_path("/v1/responses"), Dialect::OpenAi);
+        assert_eq!(Dialect::of_path("/state"), Dialect::OpenAi);
+    }
+}

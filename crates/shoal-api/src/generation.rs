@@ -1,0 +1,366 @@
+//! The path every dialect shares between parsing its request and writing its answer (SYSTEM.md §11.2):
+//! [`start`] resolves the model, fills the card's defaults, refuses a prompt the context cannot hold, registers the
+//! stream and sends its command; then either [`collect`] gathers the whole answer (non-streaming: nothing is written
+//! until it is complete) or [`stream`] writes it as it comes through the dialect's [`Encoder`].
+//!
+//! A streaming response sends its status line at the first chunk, at observation in State, or after
+//! [`HEADERS_AFTER`], whichever comes first; a stream that closes before then is a real HTTP error in the dialect's
+//! shape, and one that closes later ends with the dialect's in-band error and terminator. Dropping the response body
+//! (the client went away) drops the [`StreamHandle`], which cancels the task.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::Response;
+use futures_util::stream;
+use shoal_types::ModelCard;
+use shoal_types::chunk::{Chunk, FinishReason, Usage};
+use shoal_types::command::Command;
+use shoal_types::params::{GenerationParams, MAX_PARAMS_BYTES};
+
+use crate::Api;
+use crate::error::{ApiError, Dialect};
+use crate::streams::{End, StreamEvent, StreamHandle};
+
+/// A streaming response starts at the latest this long after registration (§11.2 step 4).
+pub const HEADERS_AFTER: Duration = Duration::from_secs(1);
+/// After this much silence a stream writes its dialect's keep-alive, so proxies and clients do not time it out.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(10);
+
+/// A registered generation.
+pub struct Started {
+    pub handle: StreamHandle,
+    /// The model's card (the request's model resolved).
+    pub card: ModelCard,
+    /// The prompt's length in tokens, where this node holds the model and could count it.
+    pub prompt_tokens: Option<usize>,
+}
+
+/// §11.2 steps 1–2 for a parsed request: unknown model → 404, prompt over the context → 400, too large → 413;
+/// otherwise the stream is registered and its command sent.
+pub async fn start(api: &Api, mut params: GenerationParams) -> Result<Started, ApiError> {
+    let card = {
+        let state = api.cluster.view().state;
+        shoal_core::placement::resolve_card(&state, &params.model)
+            .ok_or_else(|| ApiError::model_not_found(params.model.as_str()))?
+    };
+    fill_defaults(&mut params, &card);
+    let prompt_tokens = api.prompts.count(&card, &params).await?;
+    if let Some(n) = prompt_tokens
+        && n >= card.context_length as usize
+    {
+        return Err(ApiError::context_length_exceeded(n, card.context_length));
+    }
+    let encoded = shoal_types::codec::encode(&params)
+        .map(|b| b.len())
+        .unwrap_or(usize::MAX);
+    if encoded > MAX_PARAMS_BYTES {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request_too_large",
+            format!("the request is {encoded} bytes once encoded; the limit is {MAX_PARAMS_BYTES}"),
+        ));
+    }
+    let handle = api.streams.open(Command::TextGeneration { params });
+    Ok(Started {
+        handle,
+        card,
+        prompt_tokens,
+    })
+}
+
+/// Resolves the model to its card's id and fills unset sampling fields from the card's defaults (§2.3).
+pub fn fill_defaults(params: &mut GenerationParams, card: &ModelCard) {
+    params.model = card.id.clone();
+    let d = &card.sampling_defaults;
+    let mode = match params.enable_thinking {
+        Some(true) => d.thinking.as_ref(),
+        Some(false) => d.non_thinking.as_ref(),
+        None => None,
+    };
+    macro_rules! fill {
+        ($field:ident) => {
+            if params.$field.is_none() {
+                params.$field = mode.and_then(|m| m.$field).or(d.$field);
+            }
+        };
+    }
+    fill!(temperature);
+    fill!(top_p);
+    fill!(top_k);
+    fill!(min_p);
+    fill!(repetition_penalty);
+    fill!(presence_penalty);
+    fill!(frequency_penalty);
+}
+
+/// A whole answer.
+#[derive(Debug, Clone, Default)]
+pub struct Completion {
+    pub text: String,
+    /// Text the model marked as thinking (reasoning models), kept apart from `text`.
+    pub reasoning: String,
+    pub finish: Option<FinishReason>,
+    pub usage: Usage,
+}
+
+impl Completion {
+    pub fn finish(&self) -> FinishReason {
+        self.finish.unwrap_or(FinishReason::Stop)
+    }
+}
+
+/// Waits for the whole answer (non-streaming): nothing has been written, so every failure is a real HTTP error.
+pub async fn collect(handle: &mut StreamHandle) -> Result<Completion, ApiError> {
+    let mut done = Completion::default();
+    loop {
+        match handle.next().await {
+            Some(StreamEvent::Observed) => {}
+            Some(StreamEvent::Chunk(Chunk::Token {
+                text,
+                is_thinking,
+                finish,
+                usage,
+                ..
+            })) => {
+                if is_thinking {
+                    done.reasoning.push_str(&text);
+                } else {
+                    done.text.push_str(&text);
+                }
+                done.finish = finish.or(done.finish);
+                if let Some(usage) = usage {
+                    done.usage = usage;
+                }
+            }
+            Some(StreamEvent::Chunk(_)) => {}
+            Some(StreamEvent::End(End::Finished)) => return Ok(done),
+            Some(StreamEvent::End(End::Closed(reason))) => return Err(ApiError::from_close(&reason)),
+            None => return Err(ApiError::stopping()),
+        }
+    }
+}
+
+/// One unit a dialect writes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Frame {
+    /// A server-sent event: `event: <name>` (when named) and `data: <data>`.
+    Event { name: Option<&'static str>, data: String },
+    /// An SSE comment line (`: <text>`), ignored by clients.
+    Comment(&'static str),
+    /// One line of newline-delimited JSON.
+    Line(String),
+}
+
+impl Frame {
+    pub fn data(data: impl Into<String>) -> Frame {
+        Frame::Event {
+            name: None,
+            data: data.into(),
+        }
+    }
+
+    pub fn event(name: &'static str, data: impl Into<String>) -> Frame {
+        Frame::Event {
+            name: Some(name),
+            data: data.into(),
+        }
+    }
+
+    fn write(&self, out: &mut Vec<u8>) {
+        match self {
+            Frame::Event { name, data } => {
+                if let Some(name) = name {
+                    out.extend_from_slice(b"event: ");
+                    out.extend_from_slice(name.as_bytes());
+                    out.push(b'\n');
+                }
+                // A data field cannot hold a newline: each line is its own `data:` (JSON text never has one).
+                for line in data.split('\n') {
+                    out.extend_from_slice(b"data: ");
+                    out.extend_from_slice(line.as_bytes());
+                    out.push(b'\n');
+                }
+                out.push(b'\n');
+            }
+            Frame::Comment(text) => {
+                out.extend_from_slice(b": ");
+                out.extend_from_slice(text.as_bytes());
+                out.extend_from_slice(b"\n\n");
+            }
+            Frame::Line(line) => {
+                out.extend_from_slice(line.as_bytes());
+                out.push(b'\n');
+            }
+        }
+    }
+}
+
+/// How a stream is framed on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wire {
+    /// `text/event-stream`.
+    Sse,
+    /// `application/x-ndjson` (Ollama).
+    NdJson,
+}
+
+/// A dialect's streaming wire format: what it writes at each step of a stream. Each method appends frames to `out`.
+pub trait Encoder: Send + 'static {
+    fn wire(&self) -> Wire;
+    fn dialect(&self) -> Dialect;
+    /// The frames that open the stream, written with the headers (OpenAI's role delta, Anthropic's `message_start`).
+    fn open(&mut self, out: &mut Vec<Frame>);
+    /// Generated text (`thinking`: the model marked it as reasoning).
+    fn text(&mut self, text: &str, thinking: bool, out: &mut Vec<Frame>);
+    /// The final chunk's finish reason and usage.
+    fn finish(&mut self, finish: FinishReason, usage: &Usage, out: &mut Vec<Frame>);
+    /// After the final chunk: the terminator (OpenAI's `[DONE]`), if the dialect has one beyond `finish`'s frames.
+    fn done(&mut self, out: &mut Vec<Frame>);
+    /// The stream failed after its headers were sent: the dialect's in-band error and terminator.
+    fn fail(&mut self, error: &ApiError, out: &mut Vec<Frame>);
+    /// What to write after [`KEEP_ALIVE`] of silence; `None` writes nothing.
+    fn keep_alive(&self) -> Option<Frame> {
+        match self.wire() {
+            Wire::Sse => Some(Frame::Comment("keep-alive")),
+            Wire::NdJson => None,
+        }
+    }
+}
+
+/// Writes a registered generation as a stream in `encoder`'s format (§11.2 step 4).
+pub async fn stream(mut handle: StreamHandle, encoder: impl Encoder) -> Response {
+    let first = match tokio::time::timeout(HEADERS_AFTER, handle.next()).await {
+        Ok(Some(StreamEvent::End(End::Closed(reason)))) => {
+            return encoder.dialect().error_response(&ApiError::from_close(&reason));
+        }
+        Ok(None) => return encoder.dialect().error_response(&ApiError::stopping()),
+        Ok(Some(event)) => Some(event),
+        Err(_) => None,
+    };
+    handle.mark_bytes_sent();
+    let wire = encoder.wire();
+    let mut writer = Writer {
+        handle,
+        first,
+        queue: VecDeque::new(),
+        done: false,
+        encoder,
+    };
+    let mut opening = Vec::new();
+    writer.encoder.open(&mut opening);
+    writer.queue.extend(opening);
+    let body = stream::unfold(writer, |mut w| async move {
+        loop {
+            if !w.queue.is_empty() {
+                // Everything ready goes out in one write.
+                let mut bytes = Vec::new();
+                for frame in w.queue.drain(..) {
+                    frame.write(&mut bytes);
+                }
+                return Some((Ok::<_, Infallible>(Bytes::from(bytes)), w));
+            }
+            if w.done {
+                return None;
+            }
+            let next = match w.first.take() {
+                Some(event) => Some(event),
+                None => match tokio::time::timeout(KEEP_ALIVE, w.handle.next()).await {
+                    Ok(event) => event,
+                    Err(_) => {
+                        if let Some(frame) = w.encoder.keep_alive() {
+                            w.queue.push_back(frame);
+                        }
+                        continue;
+                    }
+                },
+            };
+            w.push(next);
+        }
+    });
+    let content_type = match wire {
+        Wire::Sse => "text/event-stream",
+        Wire::NdJson => "application/x-ndjson",
+    };
+    let mut response = Response::new(Body::from_stream(body));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
+
+struct Writer<E> {
+    handle: StreamHandle,
+    /// The event that arrived while the handler decided to answer.
+    first: Option<StreamEvent>,
+    queue: VecDeque<Frame>,
+    done: bool,
+    encoder: E,
+}
+
+impl<E: Encoder> Writer<E> {
+    fn push(&mut self, event: Option<StreamEvent>) {
+        let mut out = Vec::new();
+        match event {
+            Some(StreamEvent::Observed) | Some(StreamEvent::Chunk(Chunk::PrefillProgress { .. })) => {}
+            Some(StreamEvent::Chunk(Chunk::Token {
+                text,
+                is_thinking,
+                finish,
+                usage,
+                ..
+            })) => {
+                if !text.is_empty() {
+                    self.encoder.text(&text, is_thinking, &mut out);
+                }
+                if let Some(finish) = finish {
+                    self.encoder.finish(finish, &usage.unwrap_or_default(), &mut out);
+                }
+            }
+            // Tool calls are not produced yet (the Tools milestone); an error chunk closes the stream in the
+            // registry, which sends `End::Closed` next.
+            Some(StreamEvent::Chunk(Chunk::ToolCall { .. } | Chunk::Error { .. })) => {}
+            Some(StreamEvent::End(End::Finished)) => {
+                self.encoder.done(&mut out);
+                self.done = true;
+            }
+            Some(StreamEvent::End(End::Closed(reason))) => {
+                if reason.writes_response() {
+                    self.encoder.fail(&ApiError::from_close(&reason), &mut out);
+                }
+                self.done = true;
+            }
+            None => self.done = true,
+        }
+        self.queue.extend(out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn written(frames: &[Frame]) -> String {
+        let mut out = Vec::new();
+        for f in frames {
+            f.write(&mut out);
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    #[test]
+    fn frames_are_written_as_their_wire_defines() {
+        assert_eq!(written(&[Frame::data("[DONE]")]), "data: [DONE]\n\n");
+        assert_eq!(
+            written(&[Frame::event("ping", r#"{"type":"ping"}"#)]),
+            "event: ping\ndata: {\"type\":\"ping\"}\n\n"
+        );
+        assert_eq!(written(&[Frame::data("a\nb")]), "data: a\ndata: b\n\n");
+        assert_eq!(written(&[Frame::Comment("keep-alive")]), ": keep-alive\n\n");
+        assert_eq!(written(&[Frame::Line("{\"done\":true}".into())]), "{\"done\":true}\n");
+    }
+}

@@ -1,0 +1,6 @@
+//! Ollama (to be written).
+
+/// The Ollama routes.
+pub fn routes() -> axum::Router<crate::Api> {
+    axum::Router::new()
+}
