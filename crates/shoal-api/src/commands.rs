@@ -1,6 +1,7 @@
-//! Commands sent from an HTTP handler (§11.2's waiters): send the command, answer once State shows its effect or the
-//! master refuses it, resending the same command id every second meanwhile (commands are idempotent by id), which
-//! also carries it across a master change.
+//! The one way the API sends a command (§11.2's waiters): send it, wait until State shows its effect or the master
+//! refuses it, resending the same command id every second meanwhile (commands are idempotent by id), which also
+//! carries it across a master change. Handlers wait for the answer; the stream registry spawns the same wait for a
+//! stream's `TextGeneration` (until State shows its task) and for its `TaskCancelled` and `TaskFinished`.
 
 use std::time::Duration;
 
@@ -25,10 +26,22 @@ pub async fn command_and_wait<T>(
     command: Command,
     effect: impl Fn(&State) -> Option<T>,
 ) -> Result<T, ApiError> {
+    command_and_wait_for(cluster, command_id, command, effect, ANSWER_TIMEOUT).await
+}
+
+/// [`command_and_wait`] with its own time limit. `effect` is checked after every State change and before every
+/// resend, so an effect that also reads something outside State (a stream still open) is seen within a second.
+pub async fn command_and_wait_for<T>(
+    cluster: &ClusterHandle,
+    command_id: CommandId,
+    command: Command,
+    effect: impl Fn(&State) -> Option<T>,
+    timeout: Duration,
+) -> Result<T, ApiError> {
     // Subscribe before sending, so neither the effect nor a refusal can slip past.
     let mut rejections = cluster.rejections();
     let mut views = cluster.watch();
-    let deadline = tokio::time::Instant::now() + ANSWER_TIMEOUT;
+    let deadline = tokio::time::Instant::now() + timeout;
     let mut resend = tokio::time::interval(RESEND_EVERY);
     loop {
         if let Some(found) = effect(&views.borrow_and_update().state) {
@@ -57,7 +70,7 @@ pub async fn command_and_wait<T>(
                 return Err(ApiError::new(
                     StatusCode::GATEWAY_TIMEOUT,
                     "timeout",
-                    format!("the master did not answer within {} s", ANSWER_TIMEOUT.as_secs()),
+                    format!("the master did not answer within {} s", timeout.as_secs()),
                 ));
             }
         }

@@ -176,3 +176,50 @@ pub async fn delete(AxumState(api): AxumState<Api>, Path(id): Path<String>) -> R
         Err(refusal) => refusal.into_response(),
     }
 }
+
+/// Every card this node knows: built-ins, then custom cards from State.
+pub fn all_cards(state: &State) -> Vec<ModelCard> {
+    let mut cards = shoal_types::card::builtin_cards();
+    for card in state.model_cards.values() {
+        if !cards.iter().any(|c| c.id == card.id) {
+            cards.push(card.as_ref().clone());
+        }
+    }
+    cards
+}
+
+/// Whether an instance of the model has every runner serving.
+fn ready(state: &State, card: &ModelCard) -> bool {
+    state.instances.values().any(|i| {
+        i.model.id == card.id
+            && i.assignments
+                .shards
+                .keys()
+                .all(|r| state.runners.get(r).is_some_and(|rec| rec.status.is_serving()))
+    })
+}
+
+pub async fn models_openai(AxumState(api): AxumState<Api>) -> Response {
+    let state = api.cluster.view().state;
+    let data: Vec<serde_json::Value> = all_cards(&state)
+        .iter()
+        .map(|c| {
+            serde_json::json!({
+                "id": c.id.as_str(),
+                "object": "model",
+                "created": 0,
+                "owned_by": "shoal",
+                "aliases": c.aliases,
+                "n_layers": c.n_layers,
+                "storage_size": c.storage_size,
+                "context_length": c.context_length,
+                "ready": ready(&state, c),
+            })
+        })
+        .collect();
+    Json(serde_json::json!({ "object": "list", "data": data })).into_response()
+}
+
+pub async fn list_models(AxumState(api): AxumState<Api>) -> Response {
+    Json(all_cards(&api.cluster.view().state)).into_response()
+}

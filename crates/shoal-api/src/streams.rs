@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use prometheus_client::metrics::histogram::Histogram;
 use shoal_cluster::{ChunkMsg, ClusterHandle};
 use shoal_core::registry::{ChunkVerdict, CloseReason, Registry, StreamAction};
 use shoal_types::State;
@@ -18,8 +19,8 @@ use shoal_types::command::Command;
 use shoal_types::ids::CommandId;
 use tokio::sync::{Notify, mpsc};
 
-/// A stream's command is sent again this often until State shows its task (§11.2 step 3).
-const RESEND_EVERY: Duration = Duration::from_secs(1);
+use crate::commands;
+
 /// `TaskCancelled` and `TaskFinished` are sent again while State still shows their effect missing, this long at most.
 const FOLLOW_UP_FOR: Duration = Duration::from_secs(10);
 
@@ -47,63 +48,21 @@ pub fn unix_ms() -> u64 {
         .unwrap_or_default()
 }
 
-/// A Prometheus histogram of durations (seconds), with fixed buckets.
-#[derive(Debug, Clone)]
-pub struct Histogram {
-    /// Upper bounds in seconds; the `+Inf` bucket is implied.
-    pub bounds: &'static [f64],
-    /// Per bucket (not cumulative), plus one for `+Inf`.
-    pub counts: Vec<u64>,
-    pub sum: f64,
-    pub count: u64,
-}
-
-const LATENCY_BOUNDS: &[f64] = &[
+/// Bucket bounds of the latency histograms, in seconds.
+const LATENCY_BOUNDS: [f64; 13] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-impl Histogram {
-    fn latency() -> Histogram {
-        Histogram {
-            bounds: LATENCY_BOUNDS,
-            counts: vec![0; LATENCY_BOUNDS.len() + 1],
-            sum: 0.0,
-            count: 0,
-        }
-    }
-
-    fn observe(&mut self, d: Duration) {
-        let s = d.as_secs_f64();
-        let i = self.bounds.iter().position(|b| s <= *b).unwrap_or(self.bounds.len());
-        self.counts[i] += 1;
-        self.sum += s;
-        self.count += 1;
-    }
-
-    /// Prometheus text lines for `name`.
-    pub fn render(&self, name: &str, out: &mut String) {
-        use std::fmt::Write as _;
-        let _ = writeln!(out, "# TYPE {name} histogram");
-        let mut cumulative = 0;
-        for (bound, n) in self.bounds.iter().zip(&self.counts) {
-            cumulative += n;
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
-        }
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", self.count);
-        let _ = writeln!(out, "{name}_sum {}\n{name}_count {}", self.sum, self.count);
-    }
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BOUNDS)
 }
 
 struct Inner {
     registry: Registry,
     /// When each stream opened and when its last chunk came, for the latency histograms.
     timing: HashMap<CommandId, (Instant, Option<Instant>)>,
-    ttft: Histogram,
-    inter_token: Histogram,
     tokens: u64,
     outs: HashMap<CommandId, mpsc::UnboundedSender<StreamEvent>>,
-    /// The command of each stream not yet observed, for resending.
-    unobserved: HashMap<CommandId, Command>,
     closes: BTreeMap<&'static str, u64>,
     finished: u64,
     chunks_unknown: u64,
@@ -111,6 +70,9 @@ struct Inner {
 
 /// The node's stream registry.
 pub struct Streams {
+    /// From registration (the request) to the first chunk, and between consecutive chunks of a stream (seconds).
+    pub ttft: Histogram,
+    pub inter_token: Histogram,
     inner: Mutex<Inner>,
     cluster: ClusterHandle,
     runtime: tokio::runtime::Handle,
@@ -126,10 +88,6 @@ pub struct StreamStats {
     pub open: usize,
     /// Chunks delivered to clients.
     pub tokens: u64,
-    /// From registration (the request) to the first chunk.
-    pub ttft: Histogram,
-    /// Between consecutive chunks of a stream.
-    pub inter_token: Histogram,
     pub finished: u64,
     pub closes: BTreeMap<&'static str, u64>,
     pub chunks_unknown: u64,
@@ -142,15 +100,14 @@ impl Streams {
             inner: Mutex::new(Inner {
                 registry: Registry::new(),
                 timing: HashMap::new(),
-                ttft: Histogram::latency(),
-                inter_token: Histogram::latency(),
                 tokens: 0,
                 outs: HashMap::new(),
-                unobserved: HashMap::new(),
                 closes: BTreeMap::new(),
                 finished: 0,
                 chunks_unknown: 0,
             }),
+            ttft: latency_histogram(),
+            inter_token: latency_histogram(),
             cluster: cluster.clone(),
             runtime: tokio::runtime::Handle::current(),
             wake: Notify::new(),
@@ -166,7 +123,6 @@ impl Streams {
         // The loops live as long as the node (so does the registry).
         tokio::spawn(reconcile_loop(streams.clone(), cluster.clone()));
         tokio::spawn(rejection_loop(streams.clone(), cluster.clone()));
-        tokio::spawn(resend_loop(streams.clone()));
         streams
     }
 
@@ -183,11 +139,21 @@ impl Streams {
             inner.registry.register(command_id, unix_ms());
             inner.timing.insert(command_id, (Instant::now(), None));
             inner.outs.insert(command_id, tx);
-            inner.unobserved.insert(command_id, command.clone());
         }
         self.wake.notify_one();
         tracing::debug!(%command_id, "stream registered; sending its command");
-        self.send_command(command_id, command);
+        // Sent now and every second until State shows the task (§11.2 step 3), the stream closes, or the TTL passes.
+        self.send_command(command_id, command.clone());
+        let streams = Arc::downgrade(self);
+        let cluster = self.cluster.clone();
+        let ttl = Duration::from_millis(self.ttl_ms);
+        self.runtime.spawn(async move {
+            let effect = |state: &State| {
+                let open = streams.upgrade().is_some_and(|s| s.is_open(&command_id));
+                (!open || state.task_for_command(&command_id).is_some()).then_some(())
+            };
+            let _ = commands::command_and_wait_for(&cluster, command_id, command, effect, ttl).await;
+        });
         StreamHandle {
             command_id,
             rx,
@@ -215,8 +181,6 @@ impl Streams {
         StreamStats {
             open: inner.registry.len(),
             tokens: inner.tokens,
-            ttft: inner.ttft.clone(),
-            inter_token: inner.inter_token.clone(),
             finished: inner.finished,
             closes: inner.closes.clone(),
             chunks_unknown: inner.chunks_unknown,
@@ -239,9 +203,9 @@ impl Streams {
                     match last {
                         None => {
                             tracing::debug!(command_id = %msg.command_id, "first chunk delivered");
-                            state.ttft.observe(now - *opened)
+                            self.ttft.observe((now - *opened).as_secs_f64())
                         }
-                        Some(last) => state.inter_token.observe(now - *last),
+                        Some(last) => self.inter_token.observe((now - *last).as_secs_f64()),
                     }
                     *last = Some(now);
                 }
@@ -269,7 +233,6 @@ impl Streams {
                 StreamAction::MarkObserved { command_id, .. } => {
                     tracing::debug!(%command_id, "stream observed in State");
                     inner.registry.apply(&action);
-                    inner.unobserved.remove(command_id);
                     if let Some(out) = inner.outs.get(command_id) {
                         let _ = out.send(StreamEvent::Observed);
                     }
@@ -321,7 +284,6 @@ impl Streams {
         if inner.registry.remove(&command_id).is_none() {
             return;
         }
-        inner.unobserved.remove(&command_id);
         inner.timing.remove(&command_id);
         let finished = match &end {
             End::Finished => {
@@ -329,7 +291,10 @@ impl Streams {
                 true
             }
             End::Closed(reason) => {
-                *inner.closes.entry(reason.code()).or_default() += 1;
+                *inner
+                    .closes
+                    .entry(crate::error::ApiError::from_close(reason).code)
+                    .or_default() += 1;
                 reason.finished()
             }
         };
@@ -343,21 +308,14 @@ impl Streams {
         }
     }
 
-    /// Sends `command` now, then every second while `pending(State)` holds, for at most [`FOLLOW_UP_FOR`]. Commands
-    /// are idempotent by id, so a repeat is harmless.
-    fn follow_up(&self, command: Command, pending: impl Fn(&State) -> bool + Send + 'static) {
+    /// Sends `command` now, then every second while `pending(State)` holds, for at most [`FOLLOW_UP_FOR`].
+    fn follow_up(&self, command: Command, pending: impl Fn(&State) -> bool + Send + Sync + 'static) {
         let command_id = CommandId::new_random();
         self.send_command(command_id, command.clone());
         let cluster = self.cluster.clone();
         self.runtime.spawn(async move {
-            let deadline = tokio::time::Instant::now() + FOLLOW_UP_FOR;
-            loop {
-                tokio::time::sleep(RESEND_EVERY).await;
-                if tokio::time::Instant::now() >= deadline || !pending(&cluster.view().state) {
-                    return;
-                }
-                let _ = cluster.command(command_id, command.clone());
-            }
+            let effect = |state: &State| (!pending(state)).then_some(());
+            let _ = commands::command_and_wait_for(&cluster, command_id, command, effect, FOLLOW_UP_FOR).await;
         });
     }
 }
@@ -437,30 +395,6 @@ async fn rejection_loop(streams: Arc<Streams>, cluster: ClusterHandle) {
             }
             Err(RecvError::Lagged(_)) => {}
             Err(RecvError::Closed) => return,
-        }
-    }
-}
-
-async fn resend_loop(streams: Arc<Streams>) {
-    loop {
-        tokio::time::sleep(RESEND_EVERY).await;
-        let now = unix_ms();
-        let due: Vec<(CommandId, Command)> = {
-            let inner = streams.lock();
-            inner
-                .unobserved
-                .iter()
-                .filter(|(id, _)| {
-                    inner
-                        .registry
-                        .get(id)
-                        .is_some_and(|e| now.saturating_sub(e.registered_ms) >= RESEND_EVERY.as_millis() as u64)
-                })
-                .map(|(id, c)| (*id, c.clone()))
-                .collect()
-        };
-        for (command_id, command) in due {
-            streams.send_command(command_id, command);
         }
     }
 }

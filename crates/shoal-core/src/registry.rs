@@ -26,8 +26,8 @@ pub const STREAM_TTL_MS: u64 = 10_000;
 /// How long a stream whose task is `Complete` in State waits for the final chunk before it closes `Incomplete`.
 pub const COMPLETE_GRACE_MS: u64 = 5_000;
 
-/// Why a stream ends other than by its final chunk (SYSTEM.md §11.3). Each maps to an HTTP status and error code,
-/// used as the response when no byte was sent yet and as the in-band error otherwise.
+/// Why a stream ends other than by its final chunk (SYSTEM.md §11.3). The API crate maps each to an HTTP status and
+/// error code (the response when no byte was sent yet, the in-band error otherwise); the core only says why.
 #[derive(Clone, Debug, PartialEq)]
 pub enum CloseReason {
     /// The master refused the command (`CommandRejected`, session-filtered by the shell).
@@ -51,53 +51,6 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
-    /// The HTTP status of the error response (the table at the end of SYSTEM.md §11.3). `ClientGone` gets nginx's
-    /// 499 for logs and metrics only: nothing is written to a client that is gone.
-    pub fn http_status(&self) -> u16 {
-        match self {
-            CloseReason::Rejected(r) => match r {
-                RejectReason::NoInstance { .. } | RejectReason::UnknownModel { .. } | RejectReason::NotFound => 404,
-                RejectReason::Placement(_) | RejectReason::Invalid { .. } | RejectReason::InvalidInstance { .. } => 400,
-                RejectReason::InUse { .. } => 409,
-            },
-            CloseReason::NotAccepted => 504,
-            CloseReason::InstanceGone | CloseReason::TaskGone => 503,
-            CloseReason::Failed { .. } => 500,
-            CloseReason::Cancelled => 409,
-            CloseReason::Incomplete | CloseReason::StreamGap => 502,
-            CloseReason::ClientGone => 499,
-        }
-    }
-
-    /// The error object's `code`.
-    pub fn code(&self) -> &'static str {
-        match self {
-            CloseReason::Rejected(r) => match r {
-                RejectReason::NoInstance { .. } | RejectReason::UnknownModel { .. } => "model_not_found",
-                RejectReason::NotFound => "not_found",
-                RejectReason::Placement(_) | RejectReason::Invalid { .. } | RejectReason::InvalidInstance { .. } => {
-                    "invalid_request"
-                }
-                RejectReason::InUse { .. } => "in_use",
-            },
-            CloseReason::NotAccepted => "not_accepted",
-            CloseReason::InstanceGone | CloseReason::TaskGone => "instance_unavailable",
-            CloseReason::Failed { .. } => "generation_failed",
-            CloseReason::Cancelled => "cancelled",
-            CloseReason::Incomplete | CloseReason::StreamGap => "stream_incomplete",
-            CloseReason::ClientGone => "client_gone",
-        }
-    }
-
-    /// The OpenAI-style error `type`: `invalid_request_error` for a 4xx status, `server_error` for a 5xx one.
-    pub fn error_type(&self) -> &'static str {
-        if self.http_status() >= 500 {
-            "server_error"
-        } else {
-            "invalid_request_error"
-        }
-    }
-
     /// Human text for the error object; `Failed` carries the task's (or the error chunk's) message.
     pub fn message(&self) -> String {
         match self {

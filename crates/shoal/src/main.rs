@@ -2,10 +2,10 @@
 
 mod facts;
 mod generate;
-mod http;
-mod instances;
+mod metrics;
 mod node_id;
 mod progress;
+mod startup;
 mod watchdog;
 
 use std::path::{Path, PathBuf};
@@ -37,7 +37,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Start a node (the default).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Delete the persisted node id, so the next start creates a new one (for cloned disks).
     ResetId(DataDirArg),
     /// Create a cluster key (a CA certificate and its private key in one file; §12). Give the same file to every
@@ -126,6 +126,34 @@ struct RunArgs {
     /// Seconds a request waits for its task to appear in State before it fails with 504 (§11.3's ttl).
     #[arg(long, default_value_t = 10, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=3600))]
     stream_ttl: u64,
+    /// Require this key on every HTTP endpoint but GET /health (`Authorization: Bearer KEY` or `x-api-key: KEY`).
+    #[arg(long, env = "SHOAL_API_KEY", value_name = "KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Allow browsers on this origin only, e.g. http://localhost:3000 (repeatable) [default: any origin].
+    #[arg(long, value_name = "ORIGIN", value_parser = parse_origin)]
+    cors_origin: Vec<String>,
+}
+
+/// A key a client can send in a header: printable ASCII, no spaces. Checked here rather than by clap, whose error
+/// would echo the key.
+fn check_api_key(key: Option<&str>) -> anyhow::Result<()> {
+    match key {
+        Some(key) if key.is_empty() || !key.bytes().all(|b| b.is_ascii_graphic()) => {
+            anyhow::bail!("--api-key (or SHOAL_API_KEY): must be non-empty printable ASCII without spaces")
+        }
+        _ => Ok(()),
+    }
+}
+
+fn parse_origin(text: &str) -> Result<String, String> {
+    let valid = (text.starts_with("http://") || text.starts_with("https://"))
+        && axum::http::HeaderValue::from_str(text).is_ok()
+        && !text.ends_with('/');
+    if valid {
+        Ok(text.to_owned())
+    } else {
+        Err("must be an origin such as https://example.com (scheme and host, no trailing slash)".to_owned())
+    }
 }
 
 fn parse_namespace(text: &str) -> Result<String, String> {
@@ -228,6 +256,7 @@ fn models_to_place(
 fn run(args: &RunArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     raise_open_files_limit();
+    check_api_key(args.api_key.as_deref())?;
     for dir in &args.models_dir {
         if !dir.is_dir() {
             anyhow::bail!("--models-dir {}: not a directory", dir.display());
@@ -314,25 +343,28 @@ fn run(args: &RunArgs) -> anyhow::Result<()> {
         Some(shoal_worker::Worker::start(handle.clone(), store, config)?)
     };
     for (card, custom) in models {
-        runtime.spawn(instances::place_at_start(handle.clone(), card, custom, !args.no_worker));
+        runtime.spawn(startup::place_at_start(handle.clone(), card, custom, !args.no_worker));
     }
 
     if !args.no_api {
-        let listener = runtime.block_on(http::bind(args.api_port))?;
+        let listener = runtime.block_on(bind(args.api_port))?;
         let addr = listener.local_addr()?;
         info!(%addr, "api listening");
-        let api = runtime.block_on(async { shoal_api::Api::start(handle.clone(), args.stream_ttl * 1000) });
-        // `POST /models/add` reads headers and hashes files with a store over the same directories as the worker's.
-        let api = api.with_models(std::sync::Arc::new(shoal_models::ModelStore::new(
+        // The API reads headers, hashes files and counts prompts with a store over the same directories as the
+        // worker's.
+        let store = std::sync::Arc::new(shoal_models::ModelStore::new(
             dir.join("models"),
             args.models_dir.clone(),
-        )));
-        let sources = http::MetricsSources {
-            api: Some(api),
-            runners: worker.as_ref().map(|w| w.reports()),
-            worker: worker.as_ref().map(|w| w.counters()),
+        ));
+        let access = shoal_api::Access {
+            api_key: args.api_key.clone(),
+            cors_origins: args.cors_origin.clone(),
         };
-        let router = http::router(handle.clone(), sources);
+        let collectors = worker.as_ref().map(metrics::collectors).unwrap_or_default();
+        let api = runtime.block_on(async {
+            shoal_api::Api::start(handle.clone(), args.stream_ttl * 1000, Some(store), access, collectors)
+        });
+        let router = shoal_api::router(api);
         runtime.spawn(async move {
             if let Err(e) = axum::serve(listener, router).await {
                 tracing::error!(error = %e, "the HTTP server stopped");
@@ -346,6 +378,14 @@ fn run(args: &RunArgs) -> anyhow::Result<()> {
     cluster.shutdown();
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     Ok(())
+}
+
+/// Binds the API port; the caller logs the bound address (tests start nodes on port 0 and read it).
+async fn bind(port: u16) -> anyhow::Result<tokio::net::TcpListener> {
+    let addr = std::net::SocketAddr::from(([0, 0, 0, 0], port));
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("--api-port {port}: cannot listen on {addr}: {e}"))
 }
 
 /// The runners' data plane follows the node's cluster endpoints: pinned `--listen` addresses (tests pin loopback)

@@ -152,6 +152,11 @@ fn bad_cluster_flags_name_the_flag() {
     assert!(stderr.contains("--threads"), "{stderr}");
     let stderr = run(&["--stream-ttl", "0"]);
     assert!(stderr.contains("--stream-ttl"), "{stderr}");
+    let stderr = run(&["--api-key", "has space"]);
+    assert!(stderr.contains("--api-key") && stderr.contains("printable"), "{stderr}");
+    assert!(!stderr.contains("has space"), "the key is never echoed: {stderr}");
+    let stderr = run(&["--cors-origin", "localhost:3000"]);
+    assert!(stderr.contains("--cors-origin"), "{stderr}");
     let stderr = run(&["--models-dir", "/no/such/dir"]);
     assert!(stderr.contains("--models-dir /no/such/dir"), "{stderr}");
     let stderr = run(&["--model", "no-such-model"]);

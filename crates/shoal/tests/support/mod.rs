@@ -32,6 +32,8 @@ pub struct Node {
     pub peers: Vec<u16>,
     pub extra: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// Headers every request of the helpers sends (the `--api-key`, for a node started with one).
+    pub headers: Vec<(String, String)>,
     pub log: Arc<Mutex<Vec<String>>>,
 }
 
@@ -45,6 +47,7 @@ impl Node {
             peers: peers.to_vec(),
             extra: Vec::new(),
             env: Vec::new(),
+            headers: Vec::new(),
             log: Arc::new(Mutex::new(Vec::new())),
         }
     }
@@ -98,7 +101,13 @@ impl Node {
     }
 
     pub fn get(&self, path: &str) -> Option<(u16, String)> {
-        http_get(self.api, path)
+        self.http("GET", path, None)
+    }
+
+    /// A request with this node's headers.
+    pub fn http(&self, method: &str, path: &str, body: Option<&Value>) -> Option<(u16, String)> {
+        let headers: Vec<(&str, &str)> = self.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        http_with(self.api, method, path, &headers, body.map(|b| b.to_string()).as_deref())
     }
 
     pub fn status(&self) -> Option<Value> {
@@ -123,22 +132,46 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
 }
 
 pub fn http(port: u16, method: &str, path: &str, body: Option<&Value>) -> Option<(u16, String)> {
+    http_with(port, method, path, &[], body.map(|b| b.to_string()).as_deref())
+}
+
+/// One HTTP/1.1 request with extra headers; the status and the body.
+pub fn http_with(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> Option<(u16, String)> {
+    let (code, _, body) = http_full(port, method, path, headers, body)?;
+    Some((code, body))
+}
+
+/// One HTTP/1.1 request with extra headers; the status, the response's head and its body.
+pub fn http_full(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> Option<(u16, String, String)> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
     // Placement commands wait for the master's answer (≤ 10 s).
     stream.set_read_timeout(Some(Duration::from_secs(15))).ok()?;
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let body = body.unwrap_or_default();
+    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
     write!(
         stream,
         "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\n\r\n{body}",
+         {extra}Content-Length: {}\r\n\r\n{body}",
         body.len()
     )
     .ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     let code = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response.split_once("\r\n\r\n")?.1.to_owned();
-    Some((code, body))
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    Some((code, head.to_owned(), body.to_owned()))
 }
 
 pub fn cluster(root: &Path, n: usize) -> Vec<Node> {
@@ -167,13 +200,13 @@ pub fn start(n: usize) -> (tempfile::TempDir, Vec<Node>) {
 
 /// Places the test model on `min_nodes` nodes and waits until every runner is Ready; returns the instance.
 pub fn place(nodes: &[Node], min_nodes: usize) -> Value {
-    let (code, body) = http(
-        nodes[0].api,
-        "POST",
-        "/place_instance",
-        Some(&json!({"model_id": "smollm2-135m", "min_nodes": min_nodes})),
-    )
-    .unwrap();
+    let (code, body) = nodes[0]
+        .http(
+            "POST",
+            "/place_instance",
+            Some(&json!({"model_id": "smollm2-135m", "min_nodes": min_nodes})),
+        )
+        .unwrap();
     assert_eq!(code, 201, "{body}");
     let placed = json_of(&body);
     wait_for(Duration::from_secs(60), "every runner Ready", || {
