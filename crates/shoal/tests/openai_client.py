@@ -167,15 +167,14 @@ def main():
     assert getattr(named[0], "ready", None) is True, named[0].model_dump()
     ok("(h) models.list", f"{len(models)} models; {MODEL} is {named[0].id!r}, ready")
 
-    responses_checks(client, text_of_chat=text)
+    responses_checks(client)
     completions_checks(client, chat_prompt_tokens=usage.prompt_tokens)
 
     print("all checks passed", flush=True)
 
 
-def responses_checks(client, text_of_chat):
+def responses_checks(client):
     """OpenAI Responses (issue 12): non-streaming, incomplete, streaming raw and through the SDK's helper, errors."""
-    del text_of_chat  # Responses renders the same chat template; its text is checked against its own stream.
     question = "What is the capital of France?"
 
     # (i) Non-streaming: the Response object, `output_text`, usage, echoed fields.
