@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Drives a shoal node's OpenAI-compatible API with the official `openai` Python client (issue 5).
+"""Drives a shoal node's OpenAI-compatible API with the official `openai` Python client (issue 5): Chat
+Completions, and (issue 12) Responses and Completions.
 
 Usage: openai_client.py http://127.0.0.1:PORT/v1
 
@@ -166,7 +167,203 @@ def main():
     assert getattr(named[0], "ready", None) is True, named[0].model_dump()
     ok("(h) models.list", f"{len(models)} models; {MODEL} is {named[0].id!r}, ready")
 
+    responses_checks(client)
+    completions_checks(client, chat_prompt_tokens=usage.prompt_tokens)
+
     print("all checks passed", flush=True)
+
+
+def responses_checks(client):
+    """OpenAI Responses (issue 12): non-streaming, incomplete, streaming raw and through the SDK's helper, errors."""
+    question = "What is the capital of France?"
+
+    # (i) Non-streaming: the Response object, `output_text`, usage, echoed fields.
+    whole = client.responses.create(
+        model=MODEL,
+        input=question,
+        instructions="Answer briefly.",
+        temperature=0,
+        max_output_tokens=24,
+        metadata={"suite": "shoal"},
+    )
+    assert whole.object == "response", whole
+    assert whole.id.startswith("resp_"), whole.id
+    assert whole.status in ("completed", "incomplete"), whole.status
+    assert whole.error is None, whole.error
+    text = whole.output_text
+    assert text, f"non-empty output_text: {whole}"
+    assert len(whole.output) == 1 and whole.output[0].type == "message", whole.output
+    assert whole.output[0].role == "assistant", whole.output[0]
+    assert whole.output[0].id.startswith("msg_"), whole.output[0].id
+    usage = whole.usage
+    assert usage.input_tokens > 0, usage
+    assert 0 < usage.output_tokens <= 24, usage
+    assert usage.total_tokens == usage.input_tokens + usage.output_tokens, usage
+    assert usage.input_tokens_details.cached_tokens == 0, usage
+    assert usage.output_tokens_details.reasoning_tokens == 0, usage
+    assert whole.metadata == {"suite": "shoal"}, whole.metadata
+    assert whole.instructions == "Answer briefly.", whole.instructions
+    assert whole.max_output_tokens == 24, whole.max_output_tokens
+    assert whole.temperature == 0, whole.temperature
+    if whole.status == "incomplete":
+        assert whole.incomplete_details.reason == "max_output_tokens", whole.incomplete_details
+        assert usage.output_tokens == 24, usage
+    else:
+        assert whole.incomplete_details is None, whole.incomplete_details
+    ok("(i) responses.create", f"{text!r}, status {whole.status}, usage {usage.model_dump()}")
+
+    # (j) A small max_output_tokens: `incomplete`, for that reason, with exactly that many tokens.
+    short = client.responses.create(model=MODEL, input=COUNT_PROMPT, temperature=0, max_output_tokens=4)
+    assert short.status == "incomplete", short
+    assert short.incomplete_details.reason == "max_output_tokens", short.incomplete_details
+    assert short.usage.output_tokens == 4, short.usage
+    assert short.output_text, short
+    assert short.output[0].status == "incomplete", short.output[0]
+    ok("(j) responses incomplete", f"{short.output_text!r}, reason max_output_tokens, 4 tokens")
+
+    # (k) Streaming the request of (i): every event in order, sequence numbers from 0, deltas == the final text.
+    stream = client.responses.create(
+        model=MODEL,
+        input=question,
+        instructions="Answer briefly.",
+        temperature=0,
+        max_output_tokens=24,
+        stream=True,
+    )
+    kinds, sequence, deltas, final, done_text = [], [], [], None, None
+    for event in stream:
+        kinds.append(event.type)
+        sequence.append(event.sequence_number)
+        if event.type == "response.output_text.delta":
+            assert event.output_index == 0 and event.content_index == 0, event
+            assert event.item_id.startswith("msg_"), event
+            deltas.append(event.delta)
+        elif event.type == "response.output_text.done":
+            done_text = event.text
+        elif event.type in ("response.completed", "response.incomplete"):
+            final = event.response
+    assert sequence == list(range(len(sequence))), f"sequence numbers count from 0: {sequence}"
+    terminal = "response.completed" if whole.status == "completed" else "response.incomplete"
+    expected = [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+        *["response.output_text.delta"] * len(deltas),
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        terminal,
+    ]
+    assert kinds == expected, f"events in order: {kinds}"
+    streamed = "".join(deltas)
+    assert final is not None, kinds
+    assert streamed == final.output_text == done_text, (streamed, final.output_text, done_text)
+    assert streamed == text, f"streamed {streamed!r} != non-streaming {text!r}"
+    assert final.usage.output_tokens == usage.output_tokens, (final.usage, usage)
+    assert final.usage.input_tokens == usage.input_tokens, (final.usage, usage)
+    ok("(k) responses streaming", f"{len(kinds)} events, {len(deltas)} deltas, {terminal}")
+
+    # (l) The SDK's streaming helper accumulates the same text and returns the completed Response.
+    with client.responses.stream(
+        model=MODEL, input="Say hello.", temperature=0, max_output_tokens=200
+    ) as helper:
+        snapshots = [e.snapshot for e in helper if e.type == "response.output_text.delta"]
+        final = helper.get_final_response()
+    assert final.status == "completed", final
+    assert snapshots and snapshots[-1] == final.output_text, (snapshots[-1:], final.output_text)
+    ok("(l) responses.stream helper", f"{final.output_text!r} in {len(snapshots)} deltas")
+
+    # (m) Errors: an unknown model is a 404; a bad field is a 400 naming it.
+    try:
+        client.responses.create(model="no-such-model", input="x")
+    except openai.NotFoundError as e:
+        assert e.status_code == 404, e
+    else:
+        raise AssertionError("an unknown model raises NotFoundError")
+    for bad, field in (({"max_output_tokens": 0}, "max_output_tokens"), ({"store": True}, "store")):
+        try:
+            client.responses.create(model=MODEL, input="x", **bad)
+        except openai.BadRequestError as e:
+            assert e.status_code == 400 and field in e.message, e
+        else:
+            raise AssertionError(f"{bad} raises BadRequestError")
+    ok("(m) responses errors", "unknown model NotFoundError; max_output_tokens=0, store=True BadRequestError")
+
+
+def completions_checks(client, chat_prompt_tokens):
+    """OpenAI Completions (issue 12): the prompt as is, non-streaming and streaming, the default length, errors."""
+    # A text to continue (a bare question gets an end-of-text token at once from a chat-tuned model).
+    prompt = "The capital of France is"
+
+    # (n) Non-streaming: no chat template (fewer prompt tokens than the chat request), text, usage.
+    whole = client.completions.create(model=MODEL, prompt=prompt, temperature=0, max_tokens=12)
+    assert whole.object == "text_completion", whole
+    assert whole.id.startswith("cmpl-"), whole.id
+    assert len(whole.choices) == 1, whole
+    choice = whole.choices[0]
+    assert choice.text, whole
+    assert choice.index == 0 and choice.logprobs is None, choice
+    assert choice.finish_reason in ("stop", "length"), choice
+    usage = whole.usage
+    assert 0 < usage.prompt_tokens < chat_prompt_tokens, (usage, chat_prompt_tokens)
+    assert 0 < usage.completion_tokens <= 12, usage
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens, usage
+    if choice.finish_reason == "length":
+        assert usage.completion_tokens == 12, usage
+    ok("(n) completions.create", f"{choice.text!r}, finish {choice.finish_reason}, usage {usage.model_dump()}")
+
+    # (o) OpenAI's default max_tokens for Completions is 16: a long answer stops there with `length`.
+    default = client.completions.create(model=MODEL, prompt=COUNT_PROMPT + "\n1\n2\n", temperature=0)
+    assert default.choices[0].finish_reason == "length", default
+    assert default.usage.completion_tokens == 16, default.usage
+    short = client.completions.create(model=MODEL, prompt=COUNT_PROMPT, temperature=0, max_tokens=3)
+    assert short.choices[0].finish_reason == "length" and short.usage.completion_tokens == 3, short
+    ok("(o) completions length", "16 tokens by default, 3 with max_tokens=3, finish length")
+
+    # (p) Streaming the request of (n): pieces join to the same text; one finish reason; usage last.
+    stream = client.completions.create(
+        model=MODEL,
+        prompt=prompt,
+        temperature=0,
+        max_tokens=12,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    pieces, finishes, usages, ids = [], [], [], set()
+    for chunk in stream:
+        assert chunk.object == "text_completion", chunk
+        ids.add(chunk.id)
+        if chunk.usage is not None:
+            assert not chunk.choices, chunk
+            usages.append(chunk.usage)
+        for c in chunk.choices:
+            pieces.append(c.text)
+            if c.finish_reason is not None:
+                finishes.append(c.finish_reason)
+    streamed = "".join(pieces)
+    assert streamed == choice.text, f"streamed {streamed!r} != non-streaming {choice.text!r}"
+    assert len(ids) == 1, ids
+    assert finishes == [choice.finish_reason], finishes
+    assert len(usages) == 1 and usages[0].completion_tokens == usage.completion_tokens, (usages, usage)
+    ok("(p) completions streaming", f"{len(pieces)} chunks, finish {finishes[0]}, usage last")
+
+    # (q) Errors: an unknown model is a 404; a bad field is a 400 naming it.
+    try:
+        client.completions.create(model="no-such-model", prompt="x")
+    except openai.NotFoundError as e:
+        assert e.status_code == 404, e
+    else:
+        raise AssertionError("an unknown model raises NotFoundError")
+    for bad, field in (({"echo": True}, "echo"), ({"prompt": ["a", "b"]}, "prompt"), ({"n": 2}, "n")):
+        kwargs = {"model": MODEL, "prompt": "x", **bad}
+        try:
+            client.completions.create(**kwargs)
+        except openai.BadRequestError as e:
+            assert e.status_code == 400 and f"`{field}`" in e.message, e
+        else:
+            raise AssertionError(f"{bad} raises BadRequestError")
+    ok("(q) completions errors", "unknown model NotFoundError; echo, two prompts, n=2 BadRequestError")
 
 
 if __name__ == "__main__":

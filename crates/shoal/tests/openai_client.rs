@@ -1,7 +1,8 @@
 //! The API driven by the official `openai` Python client (issue 5): one real `shoal run` node with the real model,
 //! and `openai_client.py` beside this file checks non-streaming and streaming chat, a stop string, a seed
 //! reproducing a sampled reply, cancellation by closing the stream, and the client's error classes for a 404 and a
-//! 400.
+//! 400; and (issue 12) Responses (`responses.create` whole, incomplete and streaming, the `responses.stream` helper)
+//! and Completions (whole, streaming, the default length), each with its 404 and 400.
 //!
 //! The client is a Python package (`pip install openai`; `.ci/run` installs it). Where `python3 -c "import openai"`
 //! fails, the test fails if the environment variable `CI` is set (CI must run it) and otherwise prints a notice and
@@ -19,7 +20,7 @@ use std::time::{Duration, Instant};
 use support::*;
 
 /// How long the script may run: a few dozen short generations on a 2-core machine take well under this.
-const SCRIPT_TIMEOUT: Duration = Duration::from_secs(120);
+const SCRIPT_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// Whether `python3` can import `openai`; the reason when it cannot.
 fn openai_importable() -> Result<(), String> {

@@ -3,6 +3,9 @@
 
 pub mod chat;
 pub mod chat_request;
+pub mod completions;
+pub mod responses;
+pub mod responses_request;
 
 use serde_json::{Value, json};
 use shoal_types::chunk::{FinishReason, Usage};
@@ -28,7 +31,12 @@ pub fn usage_json(usage: &Usage) -> Value {
     })
 }
 
-/// The OpenAI routes beyond Chat Completions.
+/// The OpenAI routes beyond Chat Completions (which lib.rs registers): Completions and Responses.
 pub fn routes() -> axum::Router<crate::Api> {
+    use axum::routing::post;
     axum::Router::new()
+        .route("/v1/completions", post(completions::create))
+        .route("/v1/responses", post(responses::create))
+        // The handlers read the body with their own limit, so an oversized body is a 413 in the OpenAI shape.
+        .layer(axum::extract::DefaultBodyLimit::disable())
 }
