@@ -44,6 +44,8 @@ def final_counts(r, limit):
     for field in ("total_duration", "prompt_eval_duration", "eval_duration"):
         assert isinstance(getattr(r, field), int) and getattr(r, field) >= 0, (field, r)
     assert r.total_duration >= r.eval_duration, r
+    # Clients divide eval_count by eval_duration for tokens per second.
+    assert r.eval_duration > 0 and r.prompt_eval_duration > 0, r
     assert r.created_at and r.created_at.endswith("Z"), r.created_at
 
 

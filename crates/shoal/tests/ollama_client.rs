@@ -329,6 +329,32 @@ fn exos_ollama_paths_answer_refuse_and_end_streams_in_band() {
     .unwrap();
     assert_eq!((code, json_of(&body)), (200, json!({"status": "success"})), "{body}");
 
+    // A pull that fails: the card's file is gone from its source. Streaming, the last line is the error; not
+    // streaming, a 500.
+    let source = elsewhere.path().join("fail-me.gguf");
+    std::fs::copy(common::model_path(), &source).unwrap();
+    let (code, body) = http(
+        api,
+        "POST",
+        "/models/add",
+        Some(&json!({"source": source.display().to_string(), "id": "fail-me"})),
+    )
+    .unwrap();
+    assert_eq!(code, 201, "{body}");
+    std::fs::remove_file(&source).unwrap();
+    let lines = NdJson::open(api, "/api/pull", &json!({"model": "fail-me"})).rest();
+    let last = lines.last().unwrap();
+    assert!(last["error"].as_str().is_some_and(|e| !e.is_empty()), "{lines:?}");
+    let (code, body) = http(
+        api,
+        "POST",
+        "/api/pull",
+        Some(&json!({"model": "fail-me", "stream": false})),
+    )
+    .unwrap();
+    assert_eq!(code, 500, "{body}");
+    assert!(json_of(&body)["error"].is_string(), "{body}");
+
     // Errors in Ollama's shape: an unknown model is a 404, a bad field a 400 naming it.
     let mut unknown = chat_body("Hi", 4, true);
     unknown["model"] = json!("no-such-model");

@@ -77,9 +77,7 @@ async fn answer(api: Api, request: Request, kind: Kind) -> Result<Response, ApiE
     }
     let mut handle = started.handle;
     let done = generation::collect(&mut handle).await?;
-    if !done.text.is_empty() || !done.reasoning.is_empty() {
-        reply.first_text.get_or_insert_with(Instant::now);
-    }
+    reply.first_text = done.first_token_at;
     let mut whole = reply.line(Some(&done.text), false);
     if !done.reasoning.is_empty() {
         reply.put_text(&mut whole, &done.reasoning, true);

@@ -164,6 +164,7 @@ fn options(obj: &Map<String, Value>, params: &mut GenerationParams) -> Result<Op
         None | Some(Value::Null) => None,
         // -1: until the context is full; -2: until the context is full, then stop (Ollama's "fill").
         Some(Value::Number(n)) if matches!(n.as_i64(), Some(-1 | -2)) => None,
+        Some(Value::Number(n)) if n.is_f64() => return Err(BadRequest::new("num_predict", "must be an integer")),
         Some(Value::Number(n)) => match n.as_u64() {
             Some(0) | None => {
                 return Err(BadRequest::new("num_predict", "must be at least 1, or -1 for no limit"));
