@@ -415,6 +415,7 @@ mod tests {
             (format!(r#"{{"model":"m",{user},"options":{{"num_predict":0}}}}"#), "options.num_predict"),
             (format!(r#"{{"model":"m",{user},"options":{{"num_predict":-3}}}}"#), "options.num_predict"),
             (format!(r#"{{"model":"m",{user},"options":{{"num_predict":"9"}}}}"#), "options.num_predict"),
+            (format!(r#"{{"model":"m",{user},"options":{{"num_predict":1.5}}}}"#), "options.num_predict"),
             (format!(r#"{{"model":"m",{user},"options":{{"temperature":"hot"}}}}"#), "options.temperature"),
             (format!(r#"{{"model":"m",{user},"options":{{"temperature":9}}}}"#), "options.temperature"),
             (format!(r#"{{"model":"m",{user},"options":{{"top_p":0}}}}"#), "options.top_p"),
