@@ -105,6 +105,8 @@ pub struct Completion {
     pub reasoning: String,
     pub finish: Option<FinishReason>,
     pub usage: Usage,
+    /// When the first token arrived: where the prompt's evaluation ended (Ollama reports the two durations).
+    pub first_token_at: Option<std::time::Instant>,
 }
 
 impl Completion {
@@ -126,6 +128,7 @@ pub async fn collect(handle: &mut StreamHandle) -> Result<Completion, ApiError> 
                 usage,
                 ..
             })) => {
+                done.first_token_at.get_or_insert_with(std::time::Instant::now);
                 if is_thinking {
                     done.reasoning.push_str(&text);
                 } else {

@@ -1,0 +1,285 @@
+//! Ollama's model endpoints: `GET /api/tags` (every card), `GET /api/ps` (the models with an instance), `POST
+//! /api/show` (one card), `GET /api/version`, `POST /api/pull` (the card's files fetched into this node's model
+//! store, with NDJSON progress), and `GET`/`HEAD /`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State as AxumState};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use shoal_models::ModelStore;
+use shoal_types::{DownloadProgress, ModelCard};
+use tokio::sync::mpsc;
+
+use super::request::{parse_pull, parse_show};
+use super::{details, digest, error_response, now_micros, parameter_size, resolve, rfc3339};
+use crate::error::ApiError;
+use crate::{Api, all_cards, read_body};
+
+/// The version `GET /api/version` reports. Clients compare it with the Ollama release that brought a feature (and
+/// some refuse servers older than a minimum), so shoal's own 0.1.x would read as an ancient Ollama; this is the
+/// Ollama release whose chat, generate, tags, ps, show and pull shoal serves as described.
+pub const OLLAMA_VERSION: &str = "0.6.4";
+/// Progress lines buffered between the store's blocking thread and the response; a slow client holds the download
+/// back rather than letting lines pile up.
+const PULL_CHANNEL: usize = 16;
+/// `modified_at` of every card: cards carry no time (built-ins are compiled in), and the Unix epoch says "unknown"
+/// while still parsing as a date.
+const MODIFIED_AT_MICROS: u64 = 0;
+/// How far ahead `expires_at` lies: shoal keeps a model until its instance is deleted, which Ollama writes as the
+/// longest keep-alive (about 292 years, Go's largest duration).
+const NEVER_EXPIRES_MICROS: u64 = (i64::MAX as u64) / 1_000;
+
+/// `GET /` and `HEAD /`: what Ollama answers, which clients (the official ones, Open WebUI) probe for.
+pub async fn running() -> &'static str {
+    "Ollama is running"
+}
+
+pub async fn version() -> Response {
+    Json(json!({ "version": OLLAMA_VERSION, "shoal": env!("CARGO_PKG_VERSION") })).into_response()
+}
+
+/// A card as `tags` lists it.
+fn listed(card: &ModelCard) -> Value {
+    let name = card.id.as_str();
+    json!({
+        "name": name,
+        "model": name,
+        "modified_at": rfc3339(MODIFIED_AT_MICROS),
+        "size": card.storage_size,
+        "digest": digest(card).unwrap_or_default(),
+        "details": details(card),
+    })
+}
+
+/// `GET /api/tags`: every card this node knows.
+pub async fn tags(AxumState(api): AxumState<Api>) -> Response {
+    let state = api.cluster.view().state;
+    let models: Vec<Value> = all_cards(&state).iter().map(listed).collect();
+    Json(json!({ "models": models })).into_response()
+}
+
+/// `GET /api/ps`: the models with an instance in State (once each, however many instances).
+pub async fn ps(AxumState(api): AxumState<Api>) -> Response {
+    let state = api.cluster.view().state;
+    let mut cards: Vec<&ModelCard> = Vec::new();
+    for instance in state.instances.values() {
+        if !cards.iter().any(|c| c.id == instance.model.id) {
+            cards.push(&instance.model);
+        }
+    }
+    let expires_at = rfc3339(now_micros().saturating_add(NEVER_EXPIRES_MICROS));
+    let models: Vec<Value> = cards
+        .into_iter()
+        .map(|card| {
+            let mut line = listed(card);
+            line["size_vram"] = json!(0);
+            line["expires_at"] = Value::from(expires_at.clone());
+            line["context_length"] = json!(card.context_length);
+            line
+        })
+        .collect();
+    Json(json!({ "models": models })).into_response()
+}
+
+pub async fn show(AxumState(api): AxumState<Api>, request: Request) -> Response {
+    let answer = async {
+        let body = read_body(request).await?;
+        let name = parse_show(&body)?;
+        let card = resolve(&api.cluster.view().state, &name)?;
+        Ok::<_, ApiError>(Json(shown(&card)).into_response())
+    };
+    answer.await.unwrap_or_else(|e| error_response(&e))
+}
+
+/// `POST /api/show`'s answer for a card.
+fn shown(card: &ModelCard) -> Value {
+    let d = &card.sampling_defaults;
+    let mut parameters = Vec::new();
+    let defaults = [
+        ("temperature", d.temperature),
+        ("top_p", d.top_p),
+        ("min_p", d.min_p),
+        ("repeat_penalty", d.repetition_penalty),
+        ("presence_penalty", d.presence_penalty),
+        ("frequency_penalty", d.frequency_penalty),
+    ];
+    for (name, value) in defaults {
+        if let Some(v) = value {
+            parameters.push(format!("{name} {v}"));
+        }
+    }
+    if let Some(k) = d.top_k {
+        parameters.push(format!("top_k {k}"));
+    }
+    let template = card
+        .chat_template
+        .template_override
+        .clone()
+        .or_else(|| card.chat_template.model.clone())
+        .unwrap_or_default();
+    let mut modelfile = format!("# Modelfile generated by shoal for {}\nFROM {}\n", card.id, card.id);
+    for p in &parameters {
+        modelfile.push_str(&format!("PARAMETER {p}\n"));
+    }
+    let arch = card.family.as_str();
+    let mut capabilities = vec!["completion"];
+    if card.capabilities.contains(&shoal_types::card::Capability::Thinking) {
+        capabilities.push("thinking");
+    }
+    json!({
+        "modelfile": modelfile,
+        "parameters": parameters.join("\n"),
+        "template": template,
+        "details": details(card),
+        "model_info": {
+            "general.architecture": arch,
+            "general.basename": card.id.as_str().rsplit('/').next().unwrap_or_default(),
+            "general.size_label": parameter_size(card),
+            "general.file_type": card.quantization,
+            format!("{arch}.context_length"): card.context_length,
+            format!("{arch}.embedding_length"): card.hidden_size,
+            format!("{arch}.block_count"): card.n_layers,
+            format!("{arch}.attention.head_count"): card.num_attention_heads,
+            format!("{arch}.attention.head_count_kv"): card.num_key_value_heads,
+            format!("{arch}.vocab_size"): card.vocab_size,
+        },
+        "capabilities": capabilities,
+        "modified_at": rfc3339(MODIFIED_AT_MICROS),
+    })
+}
+
+/// `POST /api/pull`: makes the card's files present and verified in this node's model store (§10), reporting
+/// progress as Ollama does: `pulling manifest`, `pulling <file>` with `total`/`completed`, `verifying sha256
+/// digest`, `success`; a model already present goes straight to `success`. The download runs on a blocking thread
+/// and goes on to the end if the client leaves (what it installed serves the next placement).
+pub async fn pull(AxumState(api): AxumState<Api>, request: Request) -> Response {
+    let answer = async {
+        let body = read_body(request).await?;
+        let (name, stream) = parse_pull(&body)?;
+        let card = resolve(&api.cluster.view().state, &name)?;
+        let Some(store) = api.models.clone() else {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "this node has no model store (it runs with --no-worker)",
+            ));
+        };
+        let lines = start_pull(store, card);
+        if stream {
+            return Ok(ndjson(lines));
+        }
+        whole(lines).await
+    };
+    answer.await.unwrap_or_else(|e| error_response(&e))
+}
+
+/// One progress line, or the failure that ends the pull.
+type PullLine = Result<Value, String>;
+
+/// Runs the fetch on a blocking thread; its progress comes back as Ollama's lines through a bounded channel.
+fn start_pull(store: Arc<ModelStore>, card: ModelCard) -> mpsc::Receiver<PullLine> {
+    let (tx, rx) = mpsc::channel(PULL_CHANNEL);
+    tokio::task::spawn_blocking(move || {
+        // A client that left drops the receiver; the fetch still completes.
+        let send = |line: PullLine| {
+            let _ = tx.blocking_send(line);
+        };
+        if store.locate(&card).is_some() {
+            send(Ok(json!({ "status": "success" })));
+            return;
+        }
+        let file = card
+            .sources
+            .iter()
+            .find_map(|s| s.files.first().cloned())
+            .unwrap_or_else(|| card.id.to_string());
+        let layer = digest(&card).map(|hex| format!("sha256:{hex}"));
+        let mut progress = |p: DownloadProgress| match p {
+            DownloadProgress::Pending => send(Ok(json!({ "status": "pulling manifest" }))),
+            DownloadProgress::Ongoing { done, total } => send(Ok(json!({
+                "status": format!("pulling {file}"),
+                "digest": layer,
+                "total": total,
+                "completed": done,
+            }))),
+            DownloadProgress::Completed { .. } => send(Ok(json!({ "status": "verifying sha256 digest" }))),
+            // Reported once more as the fetch's error below.
+            DownloadProgress::Failed { .. } => {}
+        };
+        match store.fetch(&card, &mut progress) {
+            Ok(_) => send(Ok(json!({ "status": "success" }))),
+            Err(e) => send(Err(e.to_string())),
+        }
+    });
+    rx
+}
+
+/// The progress as an NDJSON stream; a failure is the last line, `{"error":"…"}`.
+fn ndjson(lines: mpsc::Receiver<PullLine>) -> Response {
+    let body = futures_util::stream::unfold(lines, |mut lines| async move {
+        let line = match lines.recv().await? {
+            Ok(line) => line,
+            Err(message) => json!({ "error": message }),
+        };
+        let mut bytes = line.to_string().into_bytes();
+        bytes.push(b'\n');
+        Some((Ok::<_, Infallible>(Bytes::from(bytes)), lines))
+    });
+    let mut response = Response::new(Body::from_stream(body));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
+    response
+}
+
+/// Without streaming: `{"status":"success"}` once done, or a 500 with the failure.
+async fn whole(mut lines: mpsc::Receiver<PullLine>) -> Result<Response, ApiError> {
+    let mut last = None;
+    while let Some(line) = lines.recv().await {
+        last = Some(line.map_err(ApiError::internal)?);
+    }
+    match last {
+        Some(line) if line["status"] == "success" => Ok(Json(line).into_response()),
+        _ => Err(ApiError::internal("the pull ended without a result")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn card() -> ModelCard {
+        shoal_types::card::find_card(&shoal_types::card::builtin_cards(), "smollm2-135m")
+            .cloned()
+            .expect("built-in card")
+    }
+
+    #[test]
+    fn tags_and_show_describe_the_card() {
+        let card = card();
+        let listed = listed(&card);
+        assert_eq!(listed["name"], "HuggingFaceTB/SmolLM2-135M-Instruct");
+        assert_eq!(listed["size"], 98_362_432);
+        assert_eq!(listed["modified_at"], "1970-01-01T00:00:00.000000Z");
+        assert_eq!(listed["details"]["quantization_level"], "Q4_1");
+        let shown = shown(&card);
+        assert_eq!(shown["model_info"]["general.architecture"], "llama");
+        assert_eq!(shown["model_info"]["llama.context_length"], 8192);
+        assert_eq!(shown["capabilities"], json!(["completion"]));
+        assert!(
+            shown["parameters"]
+                .as_str()
+                .is_some_and(|p| p.contains("temperature 0.2"))
+        );
+        assert!(
+            shown["modelfile"]
+                .as_str()
+                .is_some_and(|m| m.contains("FROM HuggingFaceTB/"))
+        );
+    }
+}
