@@ -325,3 +325,36 @@ fn the_official_anthropic_client_and_raw_streams_get_messages_in_anthropics_shap
     );
     wait_for(Duration::from_secs(5), "the task deleted", || no_task_left(node));
 }
+
+/// A node that does not hold the model's file cannot count its tokens: `count_tokens` is a 503 that says so, and a
+/// generation with no instance anywhere is Anthropic's 404; both in Anthropic's error shape.
+#[test]
+fn a_node_without_the_models_file_refuses_to_count_in_anthropics_shape() {
+    let _serial = serial();
+    let root = tempfile::tempdir().unwrap();
+    // No `--models-dir`: the node's own model directory is empty.
+    let mut nodes = cluster(root.path(), 1);
+    nodes[0].start();
+    let node = &nodes[0];
+    wait_for(Duration::from_secs(15), "the node ready", || {
+        (node.status()?["ready"] == true).then_some(())
+    });
+    let request = json!({"model": "smollm2-135m", "messages": [{"role": "user", "content": "Hi"}]});
+    let (code, text) = http(node.api, "POST", "/v1/messages/count_tokens", Some(&request)).unwrap();
+    assert_eq!(code, 503, "{text}");
+    let error = json_of(&text);
+    assert_eq!(error["type"], "error", "{error}");
+    assert_eq!(error["error"]["type"], "overloaded_error", "{error}");
+    assert!(
+        error["error"]["message"].as_str().unwrap().contains("cannot count"),
+        "{error}"
+    );
+
+    let mut generate = request.clone();
+    generate["max_tokens"] = json!(4);
+    let (code, text) = http(node.api, "POST", "/v1/messages", Some(&generate)).unwrap();
+    assert_eq!(code, 404, "no instance: {text}");
+    let error = json_of(&text);
+    assert_eq!(error["type"], "error", "{error}");
+    assert_eq!(error["error"]["type"], "not_found_error", "{error}");
+}
