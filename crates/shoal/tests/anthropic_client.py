@@ -83,7 +83,14 @@ def main():
     assert counting.stop_reason == "stop_sequence", counting
     assert counting.stop_sequence == "3", counting
     assert "3" not in counting.content[0].text, counting.content
-    ok("(e) stop_sequences", f"{counting.content[0].text!r}, stopped on {counting.stop_sequence!r}")
+    with client.messages.stream(
+        model=MODEL, messages=user(COUNT_PROMPT), temperature=0, max_tokens=64, stop_sequences=["7", "3"]
+    ) as stream:
+        streamed = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert streamed == counting.content[0].text, (streamed, counting.content)
+    assert (final.stop_reason, final.stop_sequence) == ("stop_sequence", "3"), final
+    ok("(e) stop_sequences", f"{counting.content[0].text!r}, stopped on {counting.stop_sequence!r}, streamed too")
 
     # (f) An unknown model is Anthropic's 404, for a generation and a count.
     for call in (
