@@ -52,12 +52,14 @@ impl GenerateParams {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum FinishReason {
-    /// End-of-generation token or stop string.
+    /// End-of-generation token.
     Stop,
     /// `max_tokens` reached.
     Length,
     /// The context window is full.
     ContextLength,
+    /// A stop string: its index in [`GenerateParams::stop`] (Anthropic's `stop_sequence` names the one matched).
+    StopSequence(u32),
 }
 
 #[derive(Debug, Clone)]
@@ -156,10 +158,10 @@ impl<'t> Decoding<'t> {
         let finish = if self.tokenizer.is_end_of_generation(token) {
             Some(FinishReason::Stop)
         } else {
-            let (out, stopped) = self.stops.push(&self.decoder.push(token));
+            let (out, _) = self.stops.push(&self.decoder.push(token));
             text = out;
-            if stopped {
-                Some(FinishReason::Stop)
+            if let Some(index) = self.stops.matched() {
+                Some(FinishReason::StopSequence(u32::try_from(index).unwrap_or(u32::MAX)))
             } else if n >= self.max_tokens {
                 Some(FinishReason::Length)
             } else if self.history.len() >= self.context_limit {
@@ -469,34 +471,51 @@ pub fn generate_batch(
 /// until it is disambiguated, so a client never receives the beginning of a stop string.
 #[derive(Debug)]
 pub struct StopMatcher {
-    stops: Vec<String>,
+    /// The non-empty stop strings, each with its index in the list it was given (reported by [`Self::matched`]).
+    stops: Vec<(usize, String)>,
     pending: String,
-    stopped: bool,
+    matched: Option<usize>,
 }
 
 impl StopMatcher {
     pub fn new(stops: &[String]) -> Self {
         Self {
-            stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(),
+            stops: stops
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| !s.is_empty())
+                .map(|(i, s)| (i, s.clone()))
+                .collect(),
             pending: String::new(),
-            stopped: false,
+            matched: None,
         }
     }
 
     pub fn stopped(&self) -> bool {
-        self.stopped
+        self.matched.is_some()
+    }
+
+    /// The index (in the list given to [`Self::new`]) of the stop string that ended the text, once one has.
+    pub fn matched(&self) -> Option<usize> {
+        self.matched
     }
 
     /// Returns the text that is safe to emit and whether a stop string was hit.
     pub fn push(&mut self, text: &str) -> (String, bool) {
-        if self.stopped {
+        if self.stopped() {
             return (String::new(), true);
         }
         self.pending.push_str(text);
-        if let Some(at) = self.stops.iter().filter_map(|s| self.pending.find(s.as_str())).min() {
+        // The earliest match wins; of two at the same place, the one listed first.
+        let first = self
+            .stops
+            .iter()
+            .filter_map(|(i, s)| self.pending.find(s.as_str()).map(|at| (at, *i)))
+            .min();
+        if let Some((at, index)) = first {
             let out = self.pending[..at].to_string();
             self.pending.clear();
-            self.stopped = true;
+            self.matched = Some(index);
             return (out, true);
         }
         let hold = self.longest_partial_suffix();
@@ -515,7 +534,7 @@ impl StopMatcher {
     fn longest_partial_suffix(&self) -> usize {
         let p = &self.pending;
         let mut best = 0;
-        for stop in &self.stops {
+        for (_, stop) in &self.stops {
             let max = (stop.len() - 1).min(p.len());
             for len in (best + 1..=max).rev() {
                 let start = p.len() - len;
@@ -635,6 +654,19 @@ mod tests {
     fn earliest_of_several_stops_wins_and_unicode_is_safe() {
         assert_eq!(run(&["zz", "é!"], &["aé", "!zz"]), ("a".into(), true));
         assert_eq!(run(&["ééx"], &["ab é", "é", "y"]), ("ab ééy".into(), false));
+    }
+
+    #[test]
+    fn the_matched_stop_is_reported_by_its_index_in_the_given_list() {
+        let stops: Vec<String> = ["", "zz", "é!"].iter().map(|s| s.to_string()).collect();
+        let mut m = StopMatcher::new(&stops);
+        assert_eq!(m.matched(), None);
+        assert_eq!(m.push("aé"), ("a".into(), false));
+        assert_eq!(m.push("!zz"), ("".into(), true));
+        assert_eq!(m.matched(), Some(2), "the empty string keeps its place in the list");
+        let mut tie = StopMatcher::new(&["abc".to_string(), "ab".to_string()]);
+        assert_eq!(tie.push("xabc"), ("x".into(), true));
+        assert_eq!(tie.matched(), Some(0), "at the same place, the first listed");
     }
 
     #[test]

@@ -236,7 +236,7 @@ fn stop_strings_and_max_tokens() {
     };
     let mut streamed = String::new();
     let g = generate(&mut p, &tok, 0, &prompt, &stop, &mut |s| streamed.push_str(s)).unwrap();
-    assert_eq!(g.finish_reason, FinishReason::Stop);
+    assert_eq!(g.finish_reason, FinishReason::StopSequence(0));
     assert_eq!(g.text, reference.text[..at]);
     assert_eq!(streamed, g.text);
 }

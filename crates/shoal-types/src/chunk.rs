@@ -52,9 +52,13 @@ pub struct TopLogprob {
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub enum FinishReason {
+    /// The model ended its answer (an end-of-generation token).
     Stop,
     Length,
     ContentFilter,
+    /// One of the request's stop strings: its index in `GenerationParams::stop` (Anthropic's `stop_sequence` names
+    /// it; OpenAI's dialects say `stop` for either). Last, so the encoding of the others is unchanged.
+    StopSequence(u32),
 }
 
 /// Token counts as OpenAI reports them.

@@ -961,6 +961,7 @@ fn stop_in_background(process: RunnerProcess) {
 fn finish_reason(end: ChunkEnd) -> FinishReason {
     match end.finish {
         shoal_engine::FinishReason::Stop => FinishReason::Stop,
+        shoal_engine::FinishReason::StopSequence(index) => FinishReason::StopSequence(index),
         shoal_engine::FinishReason::Length | shoal_engine::FinishReason::ContextLength => FinishReason::Length,
     }
 }

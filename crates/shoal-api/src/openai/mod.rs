@@ -16,7 +16,7 @@ pub const MAX_BODY_BYTES: usize = shoal_types::params::MAX_PARAMS_BYTES;
 /// `finish_reason` as Chat Completions and Completions write it.
 pub fn finish_text(finish: FinishReason) -> &'static str {
     match finish {
-        FinishReason::Stop => "stop",
+        FinishReason::Stop | FinishReason::StopSequence(_) => "stop",
         FinishReason::Length => "length",
         FinishReason::ContentFilter => "content_filter",
     }
