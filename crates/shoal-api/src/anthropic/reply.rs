@@ -283,6 +283,7 @@ mod tests {
             reasoning: String::new(),
             finish: Some(FinishReason::StopSequence(0)),
             usage: usage(11, 5),
+            ..Completion::default()
         };
         let m = message_json(&reply(), &done);
         assert_eq!(m["type"], "message");

@@ -66,7 +66,7 @@ pub fn resolve(state: &State, name: &str) -> Result<ModelCard, ApiError> {
 pub fn done_reason(finish: FinishReason) -> &'static str {
     match finish {
         FinishReason::Length => "length",
-        FinishReason::Stop | FinishReason::ContentFilter => "stop",
+        FinishReason::Stop | FinishReason::StopSequence(_) | FinishReason::ContentFilter => "stop",
     }
 }
 

@@ -75,7 +75,7 @@ async fn answer(api: Api, request: Request) -> Result<Response, ApiError> {
 /// The Response's status and `incomplete_details.reason` for a finish reason.
 fn outcome(finish: FinishReason) -> (&'static str, Option<&'static str>) {
     match finish {
-        FinishReason::Stop => ("completed", None),
+        FinishReason::Stop | FinishReason::StopSequence(_) => ("completed", None),
         // The length limit is almost always `max_output_tokens`; a full context is reported the same way.
         FinishReason::Length => ("incomplete", Some("max_output_tokens")),
         FinishReason::ContentFilter => ("incomplete", Some("content_filter")),
