@@ -125,6 +125,10 @@ impl ApiError {
     /// SYSTEM.md §11.3's table: how a stream that closed before its final chunk is answered.
     pub fn from_close(reason: &CloseReason) -> Self {
         let (status, code) = match reason {
+            // A generation for a model nothing serves (or the master does not know) is the client's 404.
+            CloseReason::Rejected(RejectReason::NoInstance { .. } | RejectReason::UnknownModel { .. }) => {
+                (StatusCode::NOT_FOUND, "model_not_found")
+            }
             CloseReason::Rejected(reject) => return ApiError::from_reject(reject),
             CloseReason::NotAccepted => (StatusCode::GATEWAY_TIMEOUT, "not_accepted"),
             CloseReason::InstanceGone | CloseReason::TaskGone => {
@@ -142,15 +146,16 @@ impl ApiError {
         ApiError::new(status, code, reason.message())
     }
 
-    /// The master's refusal of a command: 404 for what does not exist, 409 for what is in use, 400 otherwise.
+    /// The master's refusal of a placement or model command: 404 for what does not exist, 409 for what is in use,
+    /// 400 otherwise (placing a model the master does not know is a placement error, §11.1).
     pub fn from_reject(reason: &RejectReason) -> Self {
         let (status, code) = match reason {
-            RejectReason::NoInstance { .. } | RejectReason::UnknownModel { .. } => {
-                (StatusCode::NOT_FOUND, "model_not_found")
+            RejectReason::NoInstance { .. } => (StatusCode::NOT_FOUND, "model_not_found"),
+            RejectReason::UnknownModel { .. } | RejectReason::Placement(_) => {
+                (StatusCode::BAD_REQUEST, "placement_error")
             }
             RejectReason::NotFound => (StatusCode::NOT_FOUND, "not_found"),
             RejectReason::InUse { .. } => (StatusCode::CONFLICT, "in_use"),
-            RejectReason::Placement(_) => (StatusCode::BAD_REQUEST, "placement_error"),
             RejectReason::InvalidInstance { .. } | RejectReason::Invalid { .. } => {
                 (StatusCode::BAD_REQUEST, "invalid_request")
             }
@@ -283,6 +288,13 @@ mod tests {
                 404,
                 "model_not_found",
             ),
+            (
+                CloseReason::Rejected(RejectReason::UnknownModel {
+                    model: shoal_types::ModelId::new("m"),
+                }),
+                404,
+                "model_not_found",
+            ),
             (CloseReason::Rejected(RejectReason::NotFound), 404, "not_found"),
         ];
         for (reason, status, code) in cases {
@@ -296,6 +308,33 @@ mod tests {
         assert_eq!(failed.message, "the runner died");
         assert_eq!(Dialect::Anthropic.error_body(&failed)["error"]["type"], "api_error");
         assert_eq!(Dialect::OpenAi.error_body(&failed)["error"]["type"], "server_error");
+    }
+
+    #[test]
+    fn rejected_commands_follow_the_placement_endpoints_table() {
+        let model = shoal_types::ModelId::new("m");
+        let cases = [
+            (
+                RejectReason::NoInstance { model: model.clone() },
+                404,
+                "model_not_found",
+            ),
+            (RejectReason::UnknownModel { model }, 400, "placement_error"),
+            (RejectReason::NotFound, 404, "not_found"),
+            (
+                RejectReason::InUse {
+                    model: shoal_types::ModelId::new("m"),
+                },
+                409,
+                "in_use",
+            ),
+            (RejectReason::Invalid { message: "bad".into() }, 400, "invalid_request"),
+        ];
+        for (reason, status, code) in cases {
+            let e = ApiError::from_reject(&reason);
+            assert_eq!((e.status.as_u16(), e.code), (status, code), "{reason:?}");
+            assert_eq!(e.message, reason.to_string());
+        }
     }
 
     #[test]

@@ -28,7 +28,11 @@ const ROUTES: &[(&str, &str, Dialect)] = &[
     ("POST", "/place_instance", Dialect::OpenAi),
     ("POST", "/instance", Dialect::OpenAi),
     ("GET", "/instance/previews?model_id=smollm2-135m", Dialect::OpenAi),
-    ("GET", "/instance/await?model_id=smollm2-135m", Dialect::OpenAi),
+    (
+        "GET",
+        "/instance/await?model_id=smollm2-135m&timeout_seconds=0",
+        Dialect::OpenAi,
+    ),
     ("GET", "/instance/00000000-0000-0000-0000-000000000000", Dialect::OpenAi),
     (
         "POST",
