@@ -6,7 +6,7 @@ use axum::extract::{Query, State as AxumState};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use shoal_cluster::{ClusterHandle, EVENTS_MAX};
+use shoal_cluster::{ClusterHandle, EVENTS_MAX, NodeStatus};
 
 use crate::error;
 use crate::error::ApiError;
@@ -18,7 +18,11 @@ fn not_ready() -> Response {
 /// `GET /health`: 200 `{"status":"ok",…}` once the node is ready (it follows a master and has caught up with its
 /// State), 503 in the same shape before.
 pub async fn health(AxumState(cluster): AxumState<ClusterHandle>) -> Response {
-    let status = cluster.view().status;
+    let (code, body) = health_of(&cluster.view().status);
+    (code, Json(body)).into_response()
+}
+
+fn health_of(status: &NodeStatus) -> (StatusCode, serde_json::Value) {
     let body = serde_json::json!({
         "status": if status.ready { "ok" } else { "starting" },
         "node_id": status.node.to_string(),
@@ -30,7 +34,7 @@ pub async fn health(AxumState(cluster): AxumState<ClusterHandle>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (code, Json(body)).into_response()
+    (code, body)
 }
 
 pub async fn node_id(AxumState(cluster): AxumState<ClusterHandle>) -> Response {
@@ -91,5 +95,32 @@ pub async fn events(
         Ok(Ok(events)) => Json(events).into_response(),
         Ok(Err(message)) => error(StatusCode::GONE, "pruned", message),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "stopping", e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_is_503_until_the_node_is_ready() {
+        let mut status = NodeStatus {
+            node: shoal_types::ids::NodeId::new_random(),
+            role: "campaigning",
+            session: None,
+            ready: false,
+            pos: shoal_types::ids::Pos::EMPTY,
+        };
+        let (code, body) = health_of(&status);
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body["status"], "starting");
+        status.ready = true;
+        status.role = "follower";
+        let (code, body) = health_of(&status);
+        assert_eq!(code, StatusCode::OK);
+        assert_eq!(
+            (body["status"].as_str(), body["role"].as_str()),
+            (Some("ok"), Some("follower"))
+        );
     }
 }
