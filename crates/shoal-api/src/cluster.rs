@@ -105,7 +105,7 @@ mod tests {
     #[test]
     fn health_is_503_until_the_node_is_ready() {
         let mut status = NodeStatus {
-            node: shoal_types::ids::NodeId::new_random(),
+            node: shoal_types::ids::NodeId::from_bytes([0x17; 16]),
             role: "campaigning",
             session: None,
             ready: false,
