@@ -17,19 +17,21 @@ fn not_ready() -> Response {
 
 /// `GET /health`: 200 `{"status":"ok",…}` once the node is ready (it follows a master and has caught up with its
 /// State), 503 in the same shape before.
-pub async fn health(AxumState(cluster): AxumState<ClusterHandle>) -> Response {
-    let (code, body) = health_of(&cluster.view().status);
+pub async fn health(AxumState(api): AxumState<crate::Api>) -> Response {
+    let (code, body) = health_of(&api.cluster.view().status, api.streams.is_stopping());
     (code, Json(body)).into_response()
 }
 
-fn health_of(status: &NodeStatus) -> (StatusCode, serde_json::Value) {
+/// 503 while starting and once stopping (load balancers move on), 200 in between.
+fn health_of(status: &NodeStatus, stopping: bool) -> (StatusCode, serde_json::Value) {
+    let ready = status.ready && !stopping;
     let body = serde_json::json!({
-        "status": if status.ready { "ok" } else { "starting" },
+        "status": if stopping { "stopping" } else if status.ready { "ok" } else { "starting" },
         "node_id": status.node.to_string(),
         "role": status.role,
         "idx": status.pos.idx,
     });
-    let code = if status.ready {
+    let code = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -103,7 +105,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn health_is_503_until_the_node_is_ready() {
+    fn health_is_503_until_the_node_is_ready_and_once_it_stops() {
         let mut status = NodeStatus {
             node: shoal_types::ids::NodeId::from_bytes([0x17; 16]),
             role: "campaigning",
@@ -111,16 +113,19 @@ mod tests {
             ready: false,
             pos: shoal_types::ids::Pos::EMPTY,
         };
-        let (code, body) = health_of(&status);
+        let (code, body) = health_of(&status, false);
         assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(body["status"], "starting");
         status.ready = true;
         status.role = "follower";
-        let (code, body) = health_of(&status);
+        let (code, body) = health_of(&status, false);
         assert_eq!(code, StatusCode::OK);
         assert_eq!(
             (body["status"].as_str(), body["role"].as_str()),
             (Some("ok"), Some("follower"))
         );
+        let (code, body) = health_of(&status, true);
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body["status"], "stopping");
     }
 }

@@ -117,6 +117,15 @@ impl ApiError {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", message)
     }
 
+    /// A request that arrives while the node is stopping.
+    pub fn shutting_down() -> Self {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "this node is shutting down; send the request to another node",
+        )
+    }
+
     /// The registry went away under a handler: the node is stopping.
     pub fn stopping() -> Self {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "stopping", "the node is stopping")
@@ -137,6 +146,7 @@ impl ApiError {
             CloseReason::Failed { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "generation_failed"),
             CloseReason::Cancelled => (StatusCode::CONFLICT, "cancelled"),
             CloseReason::Incomplete | CloseReason::StreamGap => (StatusCode::BAD_GATEWAY, "stream_incomplete"),
+            CloseReason::NodeStopping { .. } => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             // Nothing is written to a client that is gone; nginx's 499 is for logs only.
             CloseReason::ClientGone => (
                 StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
@@ -281,6 +291,13 @@ mod tests {
             (CloseReason::Incomplete, 502, "stream_incomplete"),
             (CloseReason::StreamGap, 502, "stream_incomplete"),
             (CloseReason::ClientGone, 499, "client_gone"),
+            (
+                CloseReason::NodeStopping {
+                    message: "the node is shutting down".into(),
+                },
+                503,
+                "shutting_down",
+            ),
             (
                 CloseReason::Rejected(RejectReason::NoInstance {
                     model: shoal_types::ModelId::new("m"),

@@ -42,6 +42,9 @@ pub struct Started {
 /// §11.2 steps 1–2 for a parsed request: unknown model → 404, prompt over the context → 400, too large → 413;
 /// otherwise the stream is registered and its command sent.
 pub async fn start(api: &Api, mut params: GenerationParams) -> Result<Started, ApiError> {
+    if api.streams.is_stopping() {
+        return Err(ApiError::shutting_down());
+    }
     let card = {
         let state = api.cluster.view().state;
         shoal_core::placement::resolve_card(&state, &params.model)

@@ -78,6 +78,10 @@ pub struct Streams {
     runtime: tokio::runtime::Handle,
     /// A new stream may have an earlier deadline than the reconcile loop sleeps towards.
     wake: Notify,
+    /// Set once the node stops: no new stream opens, every open one has been closed.
+    stopping: std::sync::atomic::AtomicBool,
+    /// Set on the fatal path: no more commands are sent (see [`Streams::stop_all`]).
+    silent: std::sync::atomic::AtomicBool,
     ttl_ms: u64,
     grace_ms: u64,
 }
@@ -113,6 +117,8 @@ impl Streams {
             wake: Notify::new(),
             ttl_ms,
             grace_ms: shoal_core::registry::COMPLETE_GRACE_MS,
+            stopping: std::sync::atomic::AtomicBool::new(false),
+            silent: std::sync::atomic::AtomicBool::new(false),
         });
         let sink = Arc::downgrade(&streams);
         cluster.set_chunk_sink(Arc::new(move |msg: ChunkMsg| {
@@ -170,6 +176,34 @@ impl Streams {
 
     pub fn mark_bytes_sent(&self, command_id: &CommandId) {
         self.lock().registry.mark_bytes_sent(command_id);
+    }
+
+    /// Whether the node is stopping (new generations are refused with 503 `shutting_down`).
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The node is stopping (SIGTERM, or a fatal error): refuses new streams and closes every open one with
+    /// `message`, so each client reads an error and its dialect's terminator before the node exits. With `cancel`,
+    /// each stream's task is cancelled too; without it no command is sent at all (the fatal path runs on the node
+    /// loop's own thread, which must not wait on its own input queue), leaving the tasks to the master's sweep of a
+    /// lost API node.
+    /// Returns how many streams it closed.
+    pub fn stop_all(&self, message: &str, cancel: bool) -> usize {
+        self.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.silent.store(!cancel, std::sync::atomic::Ordering::SeqCst);
+        let mut inner = self.lock();
+        let open: Vec<CommandId> = inner.outs.keys().copied().collect();
+        for command_id in &open {
+            if cancel {
+                self.cancel_task(*command_id);
+            }
+            let reason = CloseReason::NodeStopping {
+                message: message.to_owned(),
+            };
+            self.end(&mut inner, *command_id, End::Closed(reason));
+        }
+        open.len()
     }
 
     pub fn is_open(&self, command_id: &CommandId) -> bool {
@@ -310,6 +344,9 @@ impl Streams {
 
     /// Sends `command` now, then every second while `pending(State)` holds, for at most [`FOLLOW_UP_FOR`].
     fn follow_up(&self, command: Command, pending: impl Fn(&State) -> bool + Send + Sync + 'static) {
+        if self.silent.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
         let command_id = CommandId::new_random();
         self.send_command(command_id, command.clone());
         let cluster = self.cluster.clone();

@@ -21,6 +21,8 @@ pub struct Faults {
     pub down_blackout: Option<PathBuf>,
     /// Chunks with this `seq` are not sent.
     pub drop_chunk_seq: Option<u32>,
+    /// While this file exists, the master's durable commit fails as a full disk would make it fail.
+    pub store_fail: Option<PathBuf>,
     rng: Arc<AtomicU64>,
 }
 
@@ -31,6 +33,7 @@ impl Faults {
             dup_permille: dup_permille.min(1_000),
             down_blackout: None,
             drop_chunk_seq: None,
+            store_fail: None,
             rng: Arc::new(AtomicU64::new(seed | 1)),
         }
     }
@@ -52,12 +55,18 @@ impl Faults {
         faults.drop_chunk_seq = std::env::var("SHOAL_FAULT_DROP_CHUNK_SEQ")
             .ok()
             .and_then(|v| v.parse().ok());
-        if faults.active() || faults.down_blackout.is_some() || faults.drop_chunk_seq.is_some() {
+        faults.store_fail = std::env::var_os("SHOAL_FAULT_STORE_FAIL_FILE").map(PathBuf::from);
+        if faults.active()
+            || faults.down_blackout.is_some()
+            || faults.drop_chunk_seq.is_some()
+            || faults.store_fail.is_some()
+        {
             tracing::warn!(
                 drop_permille = faults.drop_permille,
                 dup_permille = faults.dup_permille,
                 down_blackout = ?faults.down_blackout,
                 drop_chunk_seq = ?faults.drop_chunk_seq,
+                store_fail = ?faults.store_fail,
                 "fault injection is on: messages are dropped and duplicated on purpose"
             );
         }
@@ -90,6 +99,11 @@ impl Faults {
         } else {
             1
         }
+    }
+
+    /// Whether the store must fail its next durable commit (a full disk, which a test cannot cause portably).
+    pub fn store_fails(&self) -> bool {
+        self.store_fail.as_ref().is_some_and(|f| f.exists())
     }
 
     /// Whether incoming `down` messages are blacked out right now.

@@ -28,6 +28,9 @@ use shoal_types::{Event, IndexedEvent, NodeId, Pos, SessionId, State};
 use tokio::sync::{broadcast, oneshot, watch};
 
 pub use chunks::{ChunkMsg, ChunkSink};
+
+/// See [`ClusterHandle::set_fatal_hook`]; gets the fatal error's message.
+pub type FatalHook = Arc<dyn Fn(&str) + Send + Sync>;
 pub use faults::Faults;
 
 /// Capacity of the State-change broadcast (§6, §13).
@@ -168,6 +171,7 @@ pub struct ClusterHandle {
     counters: Arc<NetCounters>,
     beats: Arc<std::sync::atomic::AtomicU64>,
     chunks: chunks::ChunkRoute,
+    fatal_hook: Arc<std::sync::RwLock<Option<FatalHook>>>,
 }
 
 impl ClusterHandle {
@@ -222,6 +226,12 @@ impl ClusterHandle {
 
     /// Installs where this node's incoming chunks go (the API's stream registry). Called from zenoh's callback
     /// thread or the sender's thread: the sink must not block.
+    /// Installs what runs on the node loop's thread just before the process exits on a fatal error (the API ends
+    /// its clients' streams with an error). It must return promptly: the process exits when it does.
+    pub fn set_fatal_hook(&self, hook: FatalHook) {
+        *self.fatal_hook.write().unwrap_or_else(|e| e.into_inner()) = Some(hook);
+    }
+
     pub fn set_chunk_sink(&self, sink: ChunkSink) {
         *self.chunks.sink.write().unwrap_or_else(|e| e.into_inner()) = Some(sink);
     }

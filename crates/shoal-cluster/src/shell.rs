@@ -111,6 +111,8 @@ struct Shell {
     last_checkpoint_check: Instant,
     stop: bool,
     beats: Arc<AtomicU64>,
+    /// Called before the process exits on a fatal error, so the API can end its clients' streams with a word.
+    fatal_hook: Arc<std::sync::RwLock<Option<crate::FatalHook>>>,
 }
 
 pub(crate) fn start(config: ClusterConfig, store: Store) -> Result<(ClusterHandle, JoinHandle<()>), ClusterError> {
@@ -162,6 +164,7 @@ pub(crate) fn start(config: ClusterConfig, store: Store) -> Result<(ClusterHandl
         last_checkpoint_check: Instant::now(),
         stop: false,
         beats: Arc::new(AtomicU64::new(0)),
+        fatal_hook: Default::default(),
     };
     let static_decls = shell.declare_static()?;
     // The node token is declared once the duplicate-id check has passed (§2.2), off the start-up path: the check
@@ -188,6 +191,7 @@ pub(crate) fn start(config: ClusterConfig, store: Store) -> Result<(ClusterHandl
         counters,
         beats: shell.beats.clone(),
         chunks,
+        fatal_hook: shell.fatal_hook.clone(),
     };
     let thread = std::thread::Builder::new().name("shoal-node".into()).spawn(move || {
         shell.run(rx);
@@ -495,7 +499,12 @@ impl Shell {
         }
         if !self.to_commit.is_empty() {
             let events = std::mem::take(&mut self.to_commit);
-            if let Err(error) = self.store.append(&events, Commit::Fsync) {
+            let appended = if self.faults.store_fails() {
+                Err("injected store failure (SHOAL_FAULT_STORE_FAIL_FILE)".to_owned())
+            } else {
+                self.store.append(&events, Commit::Fsync).map_err(|e| e.to_string())
+            };
+            if let Err(error) = appended {
                 // Publishing what is not durable would let followers hold what a crash loses (§5.2).
                 self.fatal(&format!("master commit failed: {error}"));
                 return;
@@ -901,6 +910,10 @@ impl Shell {
     fn fatal(&mut self, message: &str) {
         tracing::error!("{message}; stopping the node");
         eprintln!("shoal: {message}");
+        let hook = self.fatal_hook.read().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(hook) = hook {
+            hook(message);
+        }
         std::process::exit(70);
     }
 

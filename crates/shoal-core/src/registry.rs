@@ -48,6 +48,8 @@ pub enum CloseReason {
     StreamGap,
     /// The client disconnected; nothing is written.
     ClientGone,
+    /// The API node is stopping (SIGTERM, or a fatal error such as a full disk); carries why.
+    NodeStopping { message: String },
 }
 
 impl CloseReason {
@@ -63,6 +65,7 @@ impl CloseReason {
             CloseReason::Incomplete => "the generation completed but its final chunk never arrived".to_owned(),
             CloseReason::StreamGap => "the stream lost a chunk".to_owned(),
             CloseReason::ClientGone => "the client disconnected".to_owned(),
+            CloseReason::NodeStopping { message } => message.clone(),
         }
     }
 

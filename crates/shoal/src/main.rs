@@ -346,6 +346,7 @@ fn run(args: &RunArgs) -> anyhow::Result<()> {
         runtime.spawn(startup::place_at_start(handle.clone(), card, custom, !args.no_worker));
     }
 
+    let mut http = None;
     if !args.no_api {
         let listener = runtime.block_on(bind(args.api_port))?;
         let addr = listener.local_addr()?;
@@ -364,21 +365,43 @@ fn run(args: &RunArgs) -> anyhow::Result<()> {
         let api = runtime.block_on(async {
             shoal_api::Api::start(handle.clone(), args.stream_ttl * 1000, Some(store), access, collectors)
         });
-        let router = shoal_api::router(api);
-        runtime.spawn(async move {
-            if let Err(e) = axum::serve(listener, router).await {
+        let router = shoal_api::router(api.clone());
+        let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = runtime.spawn(async move {
+            let serve = axum::serve(listener, router).with_graceful_shutdown(async {
+                let _ = http_stopped.await;
+            });
+            if let Err(e) = serve.await {
                 tracing::error!(error = %e, "the HTTP server stopped");
             }
         });
+        http = Some((api, stop_http, server));
     }
     info!(elapsed_ms = started.elapsed().as_millis() as u64, "node ready");
     runtime.block_on(shutdown);
     info!("shutting down");
+    if let Some((api, stop_http, server)) = http {
+        // Every open stream ends with an error and its dialect's terminator, new requests get 503, then the server
+        // stops accepting and waits (bounded) for the responses in flight to be written.
+        let closed = api.streams.stop_all("the node is shutting down", true);
+        info!(closed, "open streams ended");
+        let _ = stop_http.send(());
+        // The timer needs the runtime's context: built inside the future.
+        if runtime
+            .block_on(async { tokio::time::timeout(HTTP_DRAIN, server).await })
+            .is_err()
+        {
+            tracing::warn!("responses still open after {} ms; closing them", HTTP_DRAIN.as_millis());
+        }
+    }
     drop(worker);
     cluster.shutdown();
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     Ok(())
 }
+
+/// How long a stopping node waits for its open HTTP responses to be written.
+const HTTP_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Binds the API port; the caller logs the bound address (tests start nodes on port 0 and read it).
 async fn bind(port: u16) -> anyhow::Result<tokio::net::TcpListener> {
