@@ -52,6 +52,7 @@ pub async fn start(api: &Api, mut params: GenerationParams) -> Result<Started, A
     };
     fill_defaults(&mut params, &card);
     let prompt_tokens = api.prompts.count(&card, &params).await?;
+    wait_until_servable(api, &card.id).await?;
     if let Some(n) = prompt_tokens
         && n >= card.context_length as usize
     {
@@ -73,6 +74,35 @@ pub async fn start(api: &Api, mut params: GenerationParams) -> Result<Started, A
         card,
         prompt_tokens,
     })
+}
+
+/// Waits, reconciled from State, until an instance of `model` serves (or nothing of it is placed: the master then
+/// answers), for at most the stream TTL: a model still downloading or loading is a 503 `model_loading` naming where
+/// each stage stands, a failed deployment a 503 `model_failed` with its reason, never a stream that stays silent.
+async fn wait_until_servable(api: &Api, model: &shoal_types::ModelId) -> Result<(), ApiError> {
+    use shoal_core::readiness::{Readiness, readiness};
+    let mut views = api.cluster.watch();
+    let deadline = tokio::time::Instant::now() + api.streams.ttl();
+    loop {
+        let now = readiness(&views.borrow_and_update().state, model);
+        let detail = match now {
+            Readiness::Serving | Readiness::Unplaced => return Ok(()),
+            Readiness::Failed { reason } => {
+                return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "model_failed", reason));
+            }
+            Readiness::NotReady { detail } => detail,
+        };
+        tokio::select! {
+            changed = views.changed() => {
+                if changed.is_err() {
+                    return Err(ApiError::stopping());
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "model_loading", detail));
+            }
+        }
+    }
 }
 
 /// Resolves the model to its card's id and fills unset sampling fields from the card's defaults (§2.3).

@@ -178,6 +178,11 @@ impl Streams {
         self.lock().registry.mark_bytes_sent(command_id);
     }
 
+    /// How long a request may wait for the cluster to take it (`--stream-ttl`).
+    pub fn ttl(&self) -> Duration {
+        Duration::from_millis(self.ttl_ms)
+    }
+
     /// Whether the node is stopping (new generations are refused with 503 `shutting_down`).
     pub fn is_stopping(&self) -> bool {
         self.stopping.load(std::sync::atomic::Ordering::SeqCst)

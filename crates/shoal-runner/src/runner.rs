@@ -106,7 +106,9 @@ pub fn run(socket: &Path) -> Result<(), RunnerError> {
     let (stage, tokenizer) = match loaded {
         Ok(x) => x,
         Err(e) => {
-            worker.send(&FromRunner::Status(RunnerStatus::Failed(e.to_string())));
+            // The file's name goes with the reason: it reaches `/state`, the node's log and the client's error.
+            let why = format!("cannot load {}: {e}", spec.model_path.display());
+            worker.send(&FromRunner::Status(RunnerStatus::Failed(why)));
             return Err(e.into());
         }
     };
