@@ -262,7 +262,7 @@ fn delete_instance(s: &mut State, instance_id: &InstanceId, reason: DeleteReason
     for runner in instance.assignments.shards.keys() {
         s.runners.remove(runner);
     }
-    let message = match (reason, runner_error) {
+    let message = match (reason, runner_error.as_ref()) {
         (DeleteReason::RunnerFailures, Some(error)) => {
             format!("instance {instance_id} deleted: {reason}; the last error: {error}")
         }
@@ -299,8 +299,15 @@ fn delete_instance(s: &mut State, instance_id: &InstanceId, reason: DeleteReason
             d.failures += 1;
             d.retry_at_ms = time_ms + deployment_backoff_ms(d.failures);
             d.status = if d.failures >= DEPLOYMENT_MAX_FAILURES {
+                // The last runner error (a file the engine cannot load names the file) is what the operator needs.
                 DeploymentStatus::Failed {
-                    reason: format!("runners failed; instance deleted {} times", d.failures),
+                    reason: match &runner_error {
+                        Some(error) => format!(
+                            "runners failed; instance deleted {} times; the last error: {error}",
+                            d.failures
+                        ),
+                        None => format!("runners failed; instance deleted {} times", d.failures),
+                    },
                 }
             } else {
                 DeploymentStatus::Placing

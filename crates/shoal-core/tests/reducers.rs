@@ -457,6 +457,11 @@ fn instance_deleted_for_runner_failures_backs_off_then_fails_the_deployment() {
     for round in 1..=3u32 {
         let i = instance(u128::from(round), &[node(1)], Some(did));
         log.push(Event::InstanceCreated { instance: i.clone() });
+        let failed = RunnerStatus::Failed {
+            error: "cannot load /models/broken.gguf: bad magic".into(),
+            attempt: 5,
+        };
+        log.push(runner_status(&i, node(1), failed));
         log.push(Event::InstanceDeleted {
             instance_id: i.id,
             reason: DeleteReason::RunnerFailures,
@@ -470,7 +475,15 @@ fn instance_deleted_for_runner_failures_backs_off_then_fails_the_deployment() {
         if round < 3 {
             assert_eq!(d.status, DeploymentStatus::Placing);
         } else {
-            assert!(matches!(d.status, DeploymentStatus::Failed { .. }));
+            match &d.status {
+                DeploymentStatus::Failed { reason } => {
+                    assert!(
+                        reason.contains("/models/broken.gguf: bad magic"),
+                        "the last error: {reason}"
+                    )
+                }
+                other => panic!("{other:?}"),
+            }
         }
     }
     assert_eq!(shoal_core::apply::deployment_backoff_ms(1), 2_000);
