@@ -13,6 +13,7 @@ pub mod node;
 pub mod outbox;
 pub mod placement;
 pub mod registry;
+pub mod runner_health;
 pub mod snapshot;
 #[cfg(feature = "testing")]
 pub mod testing;
