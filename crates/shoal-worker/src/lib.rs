@@ -16,9 +16,19 @@
 //! client hears of it at once rather than when State catches up. `Cancel` goes to rank 0, which releases the sequence
 //! on every rank. The runner protocol has no `Reset`, so a reset is a restart of the runner process that does not
 //! count as a failure.
+//!
+//! A runner silent for [`RUNNER_HUNG_AFTER`] (its heartbeat comes every second from a thread of its own, so a
+//! SIGSTOPped process falls silent), or inside one forward step that long, is hung (§13): it is SIGKILLed, its tasks
+//! fail like a dead runner's, and it is respawned after the usual backoff ([`health`]). The decisions (which tasks
+//! fail, when a runner is hung) are pure, in `shoal_core::runner_health`.
+//!
+//! The modules, by job: [`lifecycle`] (spawn, load, warm up, reset, stop runners), [`health`] (the hang watch),
+//! [`tasks`] (task routing and chunk translation), [`downloads`], [`data_plane`] (addresses); this file wires them to
+//! the worker's one thread.
 
 mod data_plane;
 mod downloads;
+mod health;
 mod lifecycle;
 mod tasks;
 
@@ -30,7 +40,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use shoal_cluster::ClusterHandle;
 use shoal_core::worker::{Action, ActionKey, LocalView, plan};
@@ -42,6 +52,9 @@ use shoal_types::model::DownloadProgress;
 use shoal_types::{NodeId, State};
 
 use tasks::RunnerTasks;
+
+/// A runner silent or stuck in one step this long is hung (§13); see [`WorkerConfig::hung_after`].
+pub const RUNNER_HUNG_AFTER: Duration = Duration::from_millis(shoal_core::runner_health::RUNNER_HUNG_AFTER_MS);
 
 /// The plan runs at least this often (§10.2).
 const TICK: Duration = Duration::from_millis(250);
@@ -57,6 +70,9 @@ pub struct WorkerConfig {
     pub threads: usize,
     /// Where runners listen for their ring neighbours, and so which addresses go into `data_addrs`.
     pub data_plane: DataPlane,
+    /// A runner silent this long, or stuck this long inside one step, is killed as hung (§13);
+    /// [`RUNNER_HUNG_AFTER`] unless very slow hardware needs more (`shoal run --runner-hung-after`).
+    pub hung_after: Duration,
     /// Told every download report of this node (the CLI's progress bar); State gets them throttled (§10.2).
     pub on_progress: Option<ProgressHook>,
 }
@@ -137,6 +153,9 @@ impl Worker {
             tags: HashMap::new(),
             next_tag: 0,
             gguf: BTreeMap::new(),
+            watches: BTreeMap::new(),
+            last_watch_ms: None,
+            epoch: Instant::now(),
         };
         let thread = std::thread::Builder::new()
             .name("shoal-worker".into())
@@ -188,6 +207,19 @@ pub(crate) struct Shell {
     next_tag: u32,
     /// The verified weights file of each model this node holds.
     gguf: BTreeMap<ModelId, PathBuf>,
+    /// The progress of each live runner, for the hang check (§13).
+    watches: BTreeMap<RunnerId, health::Watch>,
+    /// When the hang check last ran (monotonic ms): a long gap means the worker itself was paused.
+    last_watch_ms: Option<u64>,
+    /// The origin of the monotonic clock the hang check runs on (a wall clock that jumps must not kill runners).
+    epoch: Instant,
+}
+
+impl Shell {
+    /// Milliseconds on the monotonic clock of the hang check.
+    fn mono_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
 }
 
 fn unix_ms() -> u64 {
@@ -268,6 +300,7 @@ impl Shell {
 
     fn step(&mut self, state: &State, spawner: &Sender<(RunnerId, u32)>) {
         let now = unix_ms();
+        self.kill_hung(state, self.mono_ms());
         self.scan_held_files(state, now);
         for action in plan(state, &self.local, now) {
             self.local.start(&action, now);
@@ -304,6 +337,7 @@ impl Shell {
                 let Some(runner) = self.tags.get(&tag).copied() else {
                     return; // a runner that was stopped since
                 };
+                self.heard(runner, &msg, self.mono_ms());
                 self.on_runner(runner, tag, msg, now);
             }
             Input::Progress(model, progress) => self.on_download_progress(model, progress),

@@ -112,6 +112,7 @@ impl Shell {
                 r.data_addrs.clear();
                 r.open_tasks.clear();
                 self.processes.insert(runner, process);
+                self.watch_started(runner, self.mono_ms());
             }
             Err(error) => {
                 self.tags.remove(&tag);
@@ -229,7 +230,7 @@ impl Shell {
                 }
             }
             FromRunner::Hello { .. }
-            | FromRunner::Heartbeat
+            | FromRunner::Heartbeat { .. }
             | FromRunner::Weights { .. }
             | FromRunner::Listening { .. }
             | FromRunner::Accepted { .. }
@@ -264,7 +265,7 @@ impl Shell {
         self.lock_reports().insert(runner, report);
     }
 
-    fn failed(r: &mut LocalRunner, now: u64, error: String) {
+    pub(crate) fn failed(r: &mut LocalRunner, now: u64, error: String) {
         r.alive = false;
         r.attempts = r.attempts.saturating_add(1);
         r.last_exit_ms = Some(now);
@@ -278,6 +279,6 @@ impl Shell {
 }
 
 /// Stops a runner off the worker thread: `Shutdown`, then SIGKILL after its grace (the process's `Drop`).
-fn stop_in_background(process: RunnerProcess) {
+pub(crate) fn stop_in_background(process: RunnerProcess) {
     std::thread::spawn(move || drop(process));
 }
