@@ -1,7 +1,7 @@
 //! The worker's decisions about a runner that went wrong (SYSTEM.md §10.2, §13): which tasks fail when a runner dies,
 //! hangs or is reset, and when a runner counts as hung.
 //!
-//! Pure: State, what the shell knows of the runner and the clock are arguments. The shell ([`shoal-worker`]) records
+//! Pure: State, what the shell knows of the runner and the clock are arguments. The shell (`shoal-worker`) records
 //! when each runner last spoke and last made progress, asks [`hang`] on every tick, and carries out the verdict
 //! (SIGKILL, fail the tasks [`tasks_to_fail`] names, respawn with the usual backoff).
 

@@ -19,11 +19,11 @@
 //!
 //! A runner silent for [`RUNNER_HUNG_AFTER`] (its heartbeat comes every second from a thread of its own, so a
 //! SIGSTOPped process falls silent), or inside one forward step that long, is hung (§13): it is SIGKILLed, its tasks
-//! fail like a dead runner's, and it is respawned after the usual backoff ([`health`]). The decisions (which tasks
+//! fail like a dead runner's, and it is respawned after the usual backoff (`health`). The decisions (which tasks
 //! fail, when a runner is hung) are pure, in `shoal_core::runner_health`.
 //!
-//! The modules, by job: [`lifecycle`] (spawn, load, warm up, reset, stop runners), [`health`] (the hang watch),
-//! [`tasks`] (task routing and chunk translation), [`downloads`], [`data_plane`] (addresses); this file wires them to
+//! The modules, by job: `lifecycle` (spawn, load, warm up, reset, stop runners), `health` (the hang watch),
+//! `tasks` (task routing and chunk translation), `downloads`, `data_plane` (addresses); this file wires them to
 //! the worker's one thread.
 
 mod data_plane;
