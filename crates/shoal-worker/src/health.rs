@@ -82,6 +82,9 @@ impl Shell {
             let message = why.to_string();
             let pid = self.processes.get(&runner).map(|p| p.pid());
             tracing::warn!(%runner, ?pid, %message, "killing a hung runner");
+            // The tasks fail before the kill, so their clients hear of the hang before a neighbour reports the
+            // broken pipeline edge the kill causes.
+            self.fail_tasks_of(runner, state, ErrorKind::Runner, &message);
             if let Some(mut process) = self.processes.remove(&runner) {
                 process.kill();
                 stop_in_background(process);
@@ -89,7 +92,6 @@ impl Shell {
             // Its channel's close, when it comes, is not news.
             self.tags.retain(|_, r| *r != runner);
             self.watches.remove(&runner);
-            self.fail_tasks_of(runner, state, ErrorKind::Runner, &message);
             self.lock_reports().remove(&runner);
             if let Some(r) = self.local.runners.get_mut(&runner) {
                 Self::failed(r, now, message);
