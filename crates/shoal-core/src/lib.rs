@@ -14,6 +14,7 @@ pub mod outbox;
 pub mod placement;
 pub mod readiness;
 pub mod registry;
+pub mod runner_health;
 pub mod snapshot;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -121,6 +121,14 @@ impl RunnerProcess {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// SIGKILL at once, without the `Shutdown` grace: for a runner that is hung (it may be SIGSTOPped, and would
+    /// never read a `Shutdown`). The process is reaped when this is dropped.
+    pub fn kill(&mut self) {
+        if let Err(error) = self.child.kill() {
+            tracing::debug!(%error, pid = self.child.id(), "cannot SIGKILL the runner (it has exited)");
+        }
+    }
 }
 
 impl Drop for RunnerProcess {

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use shoal_engine::{FinishReason, GenerateParams, SeqSlot};
 
 /// Protocol revision exchanged in `Hello`; a worker refuses a runner of another revision.
-pub const PROTOCOL: u32 = 2;
+pub const PROTOCOL: u32 = 3;
 
 /// A task handle chosen by the worker, unique among the runner's live tasks.
 pub type TaskHandle = u64;
@@ -123,7 +123,15 @@ pub enum FromRunner {
         task: TaskHandle,
         outcome: Outcome,
     },
-    Heartbeat,
+    /// Every second, from a thread independent of compute: the runner is alive, and how far its compute loop got.
+    /// The worker declares it hung when these stop, or when it sits inside one step for too long (§13).
+    Heartbeat {
+        /// Steps (forward passes: prefill chunks and decode steps) this rank has finished; a long prefill moves it
+        /// with every chunk, so it is never mistaken for a hang.
+        steps: u64,
+        /// The rank is inside a step now (not waiting for its neighbours or for work).
+        stepping: bool,
+    },
 }
 
 /// Sent by the dialing rank on a new ring edge; the acceptor closes the edge on any mismatch.

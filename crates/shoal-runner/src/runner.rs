@@ -11,6 +11,7 @@ use std::io::{BufReader, BufWriter};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -58,6 +59,13 @@ enum Input {
     PrevConnected,
 }
 
+/// How far the compute loop got, read by the heartbeat thread (§13: a hung runner is one that stopped advancing).
+#[derive(Default)]
+struct Progress {
+    steps: AtomicU64,
+    stepping: AtomicBool,
+}
+
 /// Writes to the worker; shared by the compute loop and the heartbeat thread.
 #[derive(Clone)]
 struct Worker(Arc<Mutex<BufWriter<UnixStream>>>);
@@ -83,10 +91,15 @@ pub fn run(socket: &Path) -> Result<(), RunnerError> {
     let (tx, rx) = mpsc::channel();
     spawn_control_reader(stream, tx.clone());
     let heartbeat = worker.clone();
+    let progress = Arc::new(Progress::default());
+    let reported = progress.clone();
     std::thread::spawn(move || {
         loop {
             std::thread::sleep(HEARTBEAT);
-            heartbeat.send(&FromRunner::Heartbeat);
+            heartbeat.send(&FromRunner::Heartbeat {
+                steps: reported.steps.load(Ordering::Relaxed),
+                stepping: reported.stepping.load(Ordering::Relaxed),
+            });
         }
     });
 
@@ -128,6 +141,7 @@ pub fn run(socket: &Path) -> Result<(), RunnerError> {
         model,
         stage,
         worker,
+        progress,
         next: None,
         prev_up: false,
         ready: false,
@@ -277,6 +291,7 @@ struct Rank {
     model: String,
     stage: Stage,
     worker: Worker,
+    progress: Arc<Progress>,
     next: Option<BufWriter<TcpStream>>,
     prev_up: bool,
     ready: bool,
@@ -497,7 +512,7 @@ impl Rank {
         let Some(step) = self.scheduler.next_step() else {
             return Ok(());
         };
-        let out = match self.stage.forward_batch(&step.chunks, StageInput::Tokens(&step.tokens)) {
+        let out = match self.forward(&step.chunks, StageInput::Tokens(&step.tokens)) {
             Ok(out) => out,
             Err(e) => {
                 self.fail_step(&step, &e.to_string());
@@ -539,6 +554,15 @@ impl Rank {
             }
         }
         Ok(())
+    }
+
+    /// One forward pass of this rank's layers, counted for the heartbeat.
+    fn forward(&mut self, chunks: &[SeqChunk], input: StageInput<'_>) -> Result<StageOutput, EngineError> {
+        self.progress.stepping.store(true, Ordering::Relaxed);
+        let out = self.stage.forward_batch(chunks, input);
+        self.progress.steps.fetch_add(1, Ordering::Relaxed);
+        self.progress.stepping.store(false, Ordering::Relaxed);
+        out
     }
 
     fn fail_step(&mut self, step: &ScheduledStep, why: &str) {
@@ -600,8 +624,7 @@ impl Rank {
                     }
                 }
                 let out = self
-                    .stage
-                    .forward_batch(&chunks, StageInput::Hidden(&activations))
+                    .forward(&chunks, StageInput::Hidden(&activations))
                     .map_err(|e| RunnerError::DataPlane(format!("forward frame {microbatch}: {e}")))?;
                 match out {
                     StageOutput::Hidden(activations) => self.send_next(&DataFrame::Forward {

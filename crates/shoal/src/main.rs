@@ -70,6 +70,17 @@ struct DataDirArg {
     data_dir: Option<PathBuf>,
 }
 
+/// `--runner-hung-after`: a positive number of seconds, at most a day (beyond that a hang is never caught).
+fn hung_after_secs(text: &str) -> Result<f64, String> {
+    const MAX_SECS: f64 = 86_400.0;
+    let secs: f64 = text.parse().map_err(|e| format!("{e}"))?;
+    if secs > 0.0 && secs <= MAX_SECS {
+        Ok(secs)
+    } else {
+        Err(format!("must be more than 0 and at most {MAX_SECS} seconds"))
+    }
+}
+
 #[derive(clap::Args, Debug, Clone)]
 struct RunArgs {
     #[command(flatten)]
@@ -120,6 +131,10 @@ struct RunArgs {
     /// Sequences a runner of this node admits at once (continuous batching).
     #[arg(long, default_value_t = shoal_core::worker::DEFAULT_MAX_SEQS, value_parser = clap::value_parser!(u32).range(1..=256))]
     max_seqs: u32,
+    /// Seconds a runner may stay silent, or inside one forward step, before it is killed as hung and its requests
+    /// fail (raise it on very slow hardware, where one prefill chunk takes longer).
+    #[arg(long, default_value_t = shoal_worker::RUNNER_HUNG_AFTER.as_secs_f64(), value_parser = hung_after_secs)]
+    runner_hung_after: f64,
     /// Compute threads per runner [default: the number of CPUs].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=256))]
     threads: Option<u32>,
@@ -333,6 +348,7 @@ fn run(args: &RunArgs) -> anyhow::Result<()> {
         let config = shoal_worker::WorkerConfig {
             exe: std::env::current_exe().context("cannot find the shoal binary to start runners")?,
             max_seqs: args.max_seqs,
+            hung_after: std::time::Duration::from_secs_f64(args.runner_hung_after),
             threads: args.threads.map_or_else(
                 || std::thread::available_parallelism().map_or(1, |n| n.get()),
                 |t| t as usize,
