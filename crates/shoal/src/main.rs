@@ -186,7 +186,7 @@ fn main() -> std::process::ExitCode {
             tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(|| LogSink(std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
@@ -414,6 +414,23 @@ fn run(args: &RunArgs) -> anyhow::Result<()> {
     cluster.shutdown();
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     Ok(())
+}
+
+/// The log's writer: stderr, where a write that fails (the terminal or the pipe that read the log went away) is
+/// dropped. tracing-subscriber reports a failed write by printing to stderr, which panics on a closed pipe and
+/// would kill a node that must keep serving (or stop cleanly) without its log reader.
+struct LogSink(std::io::Stderr);
+
+impl std::io::Write for LogSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = self.0.write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = self.0.flush();
+        Ok(())
+    }
 }
 
 /// How long a stopping node waits for its open HTTP responses to be written.
