@@ -1,0 +1,88 @@
+//! The chaos suite's `cargo test` version (issue 13 item 7): [`TRIALS`] trials of each fault that is handled today,
+//! on 3 real nodes with the test model placed over them (`chaos_support`), with [`STREAMS`] concurrent streams per
+//! trial (the bench runs 8; 4 keeps this file within the CI budget on a 2-core machine). Asserted per trial: no
+//! stream hung or cut, no event lost, every stream ended within the fault's bound, and the deployment serving again.
+#![allow(clippy::unwrap_used, clippy::print_stderr)]
+
+mod chaos_support;
+mod common;
+mod support;
+
+use std::time::Duration;
+
+use chaos_support::*;
+use support::serial;
+
+const TRIALS: usize = 3;
+const STREAMS: usize = 4;
+/// Every stream ends this soon after a kill (issue 13's goal is 1 s at p99; this is generous for a loaded CI box).
+const KILL_BOUND: Duration = Duration::from_secs(3);
+/// … and after a stop (the zenoh lease is 3 s; the goal is 6 s at p99).
+const STOP_BOUND: Duration = Duration::from_secs(8);
+
+/// The faults this test runs. `RunnerStop` is missing until hung-runner detection (issue 13 item 1) is merged: a
+/// stopped runner hangs its streams today. Enable it by adding it here.
+const FAULTS: &[Fault] = &[
+    Fault::RunnerKill,
+    Fault::NodeKill,
+    Fault::NodeStop,
+    Fault::MasterKill,
+    Fault::MasterStop,
+    Fault::ApiTerm,
+    Fault::ClusterKill,
+];
+/// Not run yet (see [`FAULTS`]); listed so that they are not forgotten.
+const PENDING: &[Fault] = &[Fault::RunnerStop];
+
+fn bound(fault: Fault) -> Duration {
+    match fault {
+        Fault::RunnerStop | Fault::NodeStop | Fault::MasterStop | Fault::Partition => STOP_BOUND,
+        _ => KILL_BOUND,
+    }
+}
+
+#[test]
+fn every_fault_ends_every_stream_with_a_word_loses_no_event_and_the_model_serves_again() {
+    let _serial = serial();
+    eprintln!("pending until hung-runner detection: {PENDING:?}");
+    let mut chaos = Chaos::new(STREAMS);
+    for &fault in FAULTS {
+        for trial in 0..TRIALS {
+            let result = chaos
+                .trial(fault)
+                .unwrap_or_else(|e| panic!("{} trial {trial}: {e}", fault.name()));
+            let times: Vec<Duration> = result.streams.iter().map(|s| s.after_fault).collect();
+            eprintln!(
+                "{} trial {trial}: {:?}, ended after {times:?}, served after {:?}, notes {:?}",
+                fault.name(),
+                result.streams.iter().map(|s| s.ending).collect::<Vec<_>>(),
+                result.served_after,
+                result.notes
+            );
+            for s in &result.streams {
+                let expected = if fault.kills_api_node() {
+                    // Nothing is left to write an error when the clients' own node is SIGKILLed.
+                    Ending::Cut
+                } else {
+                    Ending::Error
+                };
+                assert_eq!(s.ending, expected, "{} trial {trial}: {s:?}", fault.name());
+                if expected == Ending::Error {
+                    assert!(s.after_fault <= bound(fault), "{} trial {trial}: {s:?}", fault.name());
+                }
+            }
+            assert_eq!(
+                result.events_lost,
+                0,
+                "{} trial {trial}: {:?}",
+                fault.name(),
+                result.notes
+            );
+            assert!(
+                result.served_after.is_some(),
+                "{} trial {trial}: never served again",
+                fault.name()
+            );
+        }
+    }
+}
