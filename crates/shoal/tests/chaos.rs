@@ -13,6 +13,7 @@ use std::time::Duration;
 use chaos_support::*;
 use support::serial;
 
+/// Trials per fault; `SHOAL_CHAOS_TRIALS` overrides it (the bench runs many more).
 const TRIALS: usize = 3;
 const STREAMS: usize = 4;
 /// Every stream ends this soon after a kill (issue 13's goal is 1 s at p99; this is generous for a loaded CI box).
@@ -45,9 +46,13 @@ fn bound(fault: Fault) -> Duration {
 fn every_fault_ends_every_stream_with_a_word_loses_no_event_and_the_model_serves_again() {
     let _serial = serial();
     eprintln!("pending until hung-runner detection: {PENDING:?}");
+    let trials = std::env::var("SHOAL_CHAOS_TRIALS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(TRIALS);
     let mut chaos = Chaos::new(STREAMS);
     for &fault in FAULTS {
-        for trial in 0..TRIALS {
+        for trial in 0..trials {
             let result = chaos
                 .trial(fault)
                 .unwrap_or_else(|e| panic!("{} trial {trial}: {e}", fault.name()));

@@ -39,6 +39,8 @@ const MONITOR_EVERY: Duration = Duration::from_millis(100);
 const PROBE_EVERY: Duration = Duration::from_millis(250);
 /// How long SIGTERM may take to stop the API node before the trial kills it.
 const TERM_EXIT_WITHIN: Duration = Duration::from_secs(15);
+/// How long a placement made by the trial may take before it is tried again.
+const PLACE_AGAIN_AFTER: Duration = Duration::from_secs(20);
 /// Lines of each node's log a failure message quotes.
 const LOG_TAIL: usize = 25;
 const PROMPT: &str = "Count from 1 to 500, one number per line.";
@@ -377,9 +379,10 @@ impl Chaos {
                 if runners.len() == 3 && runners.iter().all(|(_, s)| s == "Ready") {
                     return Ok(master);
                 }
-                let no_instance = state["instances"].as_object().is_some_and(|i| i.is_empty());
-                // An instance that cannot come back (its deployment gave up) is replaced by a new placement.
-                if no_instance && placed_at.is_none_or(|p| p.elapsed() > Duration::from_secs(20)) {
+                // A deployment re-places its instance by itself; only a cluster that has none left (it gave up)
+                // gets a new placement.
+                let no_deployment = state["deployments"].as_object().is_some_and(|d| d.is_empty());
+                if no_deployment && placed_at.is_none_or(|p| p.elapsed() > PLACE_AGAIN_AFTER) {
                     let _ = self.nodes[master].http(
                         "POST",
                         "/place_instance",
@@ -548,12 +551,21 @@ impl Chaos {
         // A new request, to the clients' node (restarted if it died).
         let probe_port = self.nodes[api].api;
         let mut served_after = None;
+        let mut last_answer = None;
         while healed.elapsed() < SERVE_CAP {
-            if let Some((200, _)) = http(probe_port, "POST", "/v1/chat/completions", Some(&chat_body(4, false))) {
-                served_after = Some(fault_at.elapsed());
-                break;
+            match http(probe_port, "POST", "/v1/chat/completions", Some(&chat_body(4, false))) {
+                Some((200, _)) => {
+                    served_after = Some(fault_at.elapsed());
+                    break;
+                }
+                other => last_answer = other,
             }
             std::thread::sleep(PROBE_EVERY);
+        }
+        if served_after.is_none() {
+            notes.push(format!(
+                "not served {SERVE_CAP:?} after the heal; last answer {last_answer:?}"
+            ));
         }
 
         self.whole(WHOLE_WITHIN)?;
