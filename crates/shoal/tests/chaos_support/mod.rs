@@ -114,6 +114,10 @@ pub struct StreamResult {
     /// From the fault to the error object (for [`Ending::Error`]) or to the end (otherwise).
     pub after_fault: Duration,
     pub error: Option<Value>,
+    /// The last finish reason the stream gave, and how many content deltas it carried: a "normal" end after a fault
+    /// that took a stage is a stream cut short and passed off as finished.
+    pub finish: Option<String>,
+    pub deltas: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -256,6 +260,8 @@ fn read_stream(
         ending: Ending::Cut,
         after_fault: since(fault_at),
         error: None,
+        finish: None,
+        deltas: 0,
     };
     let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
         return cut(fault_at);
@@ -274,6 +280,7 @@ fn read_stream(
     let mut head_done = false;
     let mut deltas = 0;
     let mut error: Option<(Value, Duration)> = None;
+    let mut finish: Option<String> = None;
     let mut chunk = [0u8; 8192];
     loop {
         // The hang limit counts from the fault; before it, from the opening (a stream that never starts).
@@ -286,13 +293,15 @@ fn read_stream(
                 ending: Ending::Hung,
                 after_fault: since(fault_at),
                 error: error.map(|(e, _)| e),
+                finish,
+                deltas,
             };
         }
         let n = match stream.read(&mut chunk) {
-            Ok(0) => return cut_or(error, fault_at),
+            Ok(0) => return cut_or(error, fault_at, finish, deltas),
             Ok(n) => n,
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => continue,
-            Err(_) => return cut_or(error, fault_at),
+            Err(_) => return cut_or(error, fault_at, finish, deltas),
         };
         buf.extend_from_slice(&chunk[..n]);
         if !head_done {
@@ -314,17 +323,24 @@ fn read_stream(
                         ending: Ending::Error,
                         after_fault: at,
                         error: Some(e),
+                        finish,
+                        deltas,
                     },
                     None => StreamResult {
                         ending: Ending::Normal,
                         after_fault: since(fault_at),
                         error: None,
+                        finish,
+                        deltas,
                     },
                 };
             }
             let Ok(event) = serde_json::from_str::<Value>(data) else {
                 continue;
             };
+            if let Some(reason) = event["choices"][0]["finish_reason"].as_str() {
+                finish = Some(reason.to_owned());
+            }
             if let Some(e) = event.get("error") {
                 error.get_or_insert((e.clone(), since(fault_at)));
             }
@@ -344,11 +360,18 @@ fn read_stream(
 }
 
 /// The connection closed before the terminator: cut, whether or not an error object came.
-fn cut_or(error: Option<(Value, Duration)>, fault_at: &OnceLock<Instant>) -> StreamResult {
+fn cut_or(
+    error: Option<(Value, Duration)>,
+    fault_at: &OnceLock<Instant>,
+    finish: Option<String>,
+    deltas: usize,
+) -> StreamResult {
     StreamResult {
         ending: Ending::Cut,
         after_fault: fault_at.get().map(|f| f.elapsed()).unwrap_or_default(),
         error: error.map(|(e, _)| e),
+        finish,
+        deltas,
     }
 }
 
