@@ -416,8 +416,11 @@ impl Chaos {
             }
             if Instant::now() > deadline {
                 let statuses: Vec<_> = self.nodes.iter().map(|n| n.status()).collect();
+                let state = self.nodes.iter().find_map(|n| n.state());
+                let runners = state.as_ref().map(runner_statuses);
+                let deployments = state.map(|s| s["deployments"].clone());
                 return Err(format!(
-                    "not whole after {within:?}: {statuses:?}\n{}",
+                    "not whole after {within:?}: {statuses:?}\nrunners {runners:?}\ndeployments {deployments:?}\n{}",
                     self.log_tails()
                 ));
             }
