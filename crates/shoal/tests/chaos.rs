@@ -1,0 +1,105 @@
+//! The chaos suite's `cargo test` version (issue 13 item 7): [`TRIALS`] trials of each fault that is handled today,
+//! on 3 real nodes with the test model placed over them (`chaos_support`), with [`STREAMS`] concurrent streams per
+//! trial (the bench runs 8; 4 keeps this file within the CI budget on a 2-core machine). Asserted per trial: no
+//! stream hung or cut, no event lost, every stream ended within the fault's bound, and the deployment serving again.
+#![allow(clippy::unwrap_used, clippy::print_stderr)]
+
+mod chaos_support;
+mod common;
+mod support;
+
+use std::time::Duration;
+
+use chaos_support::*;
+use support::serial;
+
+/// Trials per fault; `SHOAL_CHAOS_TRIALS` overrides it (the bench runs many more).
+const TRIALS: usize = 3;
+const STREAMS: usize = 4;
+/// Every stream ends this soon after a kill (issue 13's goal is 1 s at p99; this is generous for a loaded CI box).
+const KILL_BOUND: Duration = Duration::from_secs(3);
+/// … and after a stop (the zenoh lease is 3 s; the goal is 6 s at p99).
+const STOP_BOUND: Duration = Duration::from_secs(8);
+
+/// The faults this test runs. Missing, in [`PENDING`] (move a fault here once it is fixed):
+/// - `RunnerStop`: a stopped runner hangs its streams until hung-runner detection (issue 13 item 1) is merged.
+/// - `MasterStop`: after a master SIGSTOP, the streams sometimes end ~5.4 s later with `finish_reason: "stop"` and
+///   `[DONE]` after ~120 tokens of the 2,000 asked, no error: cut short and passed off as finished (in both full runs
+///   of this test that reached it, after the master-kill trials; not in 4 trials run alone nor in 5 bench trials
+///   with 8 streams).
+/// - `Partition`: needs the network-namespace lab, not written yet.
+const FAULTS: &[Fault] = &[
+    Fault::RunnerKill,
+    Fault::NodeKill,
+    Fault::NodeStop,
+    Fault::MasterKill,
+    Fault::ApiTerm,
+    Fault::ClusterKill,
+];
+/// Not run yet (see [`FAULTS`]); listed so that they are not forgotten. `SHOAL_CHAOS_FAULTS` runs them anyway.
+const PENDING: &[Fault] = &[Fault::RunnerStop, Fault::MasterStop, Fault::Partition];
+
+fn bound(fault: Fault) -> Duration {
+    match fault {
+        Fault::RunnerStop | Fault::NodeStop | Fault::MasterStop | Fault::Partition => STOP_BOUND,
+        _ => KILL_BOUND,
+    }
+}
+
+#[test]
+fn every_fault_ends_every_stream_with_a_word_loses_no_event_and_the_model_serves_again() {
+    let _serial = serial();
+    eprintln!("pending until hung-runner detection: {PENDING:?}");
+    let trials = std::env::var("SHOAL_CHAOS_TRIALS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(TRIALS);
+    // `SHOAL_CHAOS_FAULTS=master-stop,…` runs only those (for a rerun of one fault).
+    let only: Option<Vec<Fault>> = std::env::var("SHOAL_CHAOS_FAULTS")
+        .ok()
+        .map(|list| list.split(',').filter_map(|n| Fault::parse(n.trim())).collect());
+    let mut chaos = Chaos::new(STREAMS);
+    let faults: Vec<Fault> = match only {
+        Some(only) => only,
+        None => FAULTS.to_vec(),
+    };
+    for fault in faults {
+        for trial in 0..trials {
+            let result = chaos
+                .trial(fault)
+                .unwrap_or_else(|e| panic!("{} trial {trial}: {e}", fault.name()));
+            let times: Vec<Duration> = result.streams.iter().map(|s| s.after_fault).collect();
+            eprintln!(
+                "{} trial {trial}: {:?}, ended after {times:?}, served after {:?}, notes {:?}",
+                fault.name(),
+                result.streams.iter().map(|s| s.ending).collect::<Vec<_>>(),
+                result.served_after,
+                result.notes
+            );
+            for s in &result.streams {
+                let expected = if fault.kills_api_node() {
+                    // Nothing is left to write an error when the clients' own node is SIGKILLed.
+                    Ending::Cut
+                } else {
+                    Ending::Error
+                };
+                assert_eq!(s.ending, expected, "{} trial {trial}: {s:?}", fault.name());
+                if expected == Ending::Error {
+                    assert!(s.after_fault <= bound(fault), "{} trial {trial}: {s:?}", fault.name());
+                }
+            }
+            assert_eq!(
+                result.events_lost,
+                0,
+                "{} trial {trial}: {:?}",
+                fault.name(),
+                result.notes
+            );
+            assert!(
+                result.served_after.is_some(),
+                "{} trial {trial}: never served again",
+                fault.name()
+            );
+        }
+    }
+}
