@@ -12,10 +12,8 @@
 mod common;
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::wait_for;
@@ -25,81 +23,6 @@ use support::*;
 /// How long the script may run: a dozen short generations on a 2-core machine take well under this.
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(120);
 const LONG_PROMPT: &str = "Count from 1 to 500, one number per line.";
-
-/// Whether `python3` can import `anthropic`; the reason when it cannot.
-fn anthropic_importable() -> Result<(), String> {
-    match Command::new("python3").args(["-c", "import anthropic"]).output() {
-        Ok(out) if out.status.success() => Ok(()),
-        Ok(out) => Err(String::from_utf8_lossy(&out.stderr)
-            .lines()
-            .last()
-            .unwrap_or_default()
-            .to_owned()),
-        Err(e) => Err(format!("cannot run python3: {e}")),
-    }
-}
-
-fn run_script(node: &Node) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/anthropic_client.py");
-    let base_url = format!("http://127.0.0.1:{}", node.api);
-    let mut child = Command::new("python3")
-        .arg(&script)
-        .arg(&base_url)
-        .env("PYTHONUNBUFFERED", "1")
-        // Talk to the node directly, whatever proxy the environment names.
-        .env("NO_PROXY", "127.0.0.1")
-        .env("no_proxy", "127.0.0.1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let read_all = |mut pipe: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = pipe.read_to_string(&mut text);
-            text
-        })
-    };
-    let stdout = read_all(Box::new(child.stdout.take().unwrap()));
-    let stderr = read_all(Box::new(child.stderr.take().unwrap()));
-    let began = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
-        }
-        if began.elapsed() > SCRIPT_TIMEOUT {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let (stdout, stderr) = (stdout.join().unwrap(), stderr.join().unwrap());
-    println!("{stdout}");
-    if !stderr.is_empty() {
-        eprintln!("{stderr}");
-    }
-    eprintln!("anthropic_client.py ran for {:?}", began.elapsed());
-    let node_log = || {
-        let log = node.log_text();
-        let tail: Vec<&str> = log.lines().rev().take(40).collect();
-        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-    };
-    let status = status.unwrap_or_else(|| {
-        panic!(
-            "anthropic_client.py did not finish within {SCRIPT_TIMEOUT:?}\n--- stdout\n{stdout}\n--- stderr\n\
-             {stderr}\n--- node log (tail)\n{}",
-            node_log()
-        )
-    });
-    assert!(
-        status.success(),
-        "anthropic_client.py failed ({status})\n--- stdout\n{stdout}\n--- stderr\n{stderr}\n--- node log (tail)\n{}",
-        node_log()
-    );
-    assert!(stdout.contains("all checks passed"), "{stdout}");
-}
 
 /// A streaming `POST /v1/messages` read event by event (HTTP/1.0, so the body ends when the connection closes),
 /// with the headers Anthropic's clients send.
@@ -208,15 +131,9 @@ fn the_official_anthropic_client_and_raw_streams_get_messages_in_anthropics_shap
     let node = &nodes[0];
     let api = node.api;
 
-    match anthropic_importable() {
-        Ok(()) => run_script(node),
-        Err(why) => {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "CI is set but the anthropic Python client is missing (.ci/run installs it): {why}"
-            );
-            eprintln!("SKIPPED the client's checks: the anthropic Python client is not installed: {why}");
-        }
+    if python::client_available("anthropic") {
+        let base_url = format!("http://127.0.0.1:{}", node.api);
+        python::run_client_script("anthropic_client.py", &base_url, SCRIPT_TIMEOUT, node);
     }
 
     // The stream's events, in Anthropic's order, each naming its type in its data.

@@ -12,11 +12,9 @@
 mod common;
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
-use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::wait_for;
 use serde_json::{Value, json};
@@ -26,93 +24,17 @@ use support::*;
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(120);
 const LONG_PROMPT: &str = "Count from 1 to 500, one number per line.";
 
-/// Whether `python3` can import `ollama`; the reason when it cannot.
-fn ollama_importable() -> Result<(), String> {
-    match Command::new("python3").args(["-c", "import ollama"]).output() {
-        Ok(out) if out.status.success() => Ok(()),
-        Ok(out) => Err(String::from_utf8_lossy(&out.stderr)
-            .lines()
-            .last()
-            .unwrap_or_default()
-            .to_owned()),
-        Err(e) => Err(format!("cannot run python3: {e}")),
-    }
-}
-
 #[test]
 fn the_official_ollama_python_client_chats_generates_lists_shows_and_pulls() {
-    if let Err(why) = ollama_importable() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI is set but the ollama Python client is missing (.ci/run installs it): {why}"
-        );
-        eprintln!("SKIPPED: the ollama Python client is not installed (pip install ollama): {why}");
+    if !python::client_available("ollama") {
         return;
     }
     let _serial = serial();
     let (_root, nodes) = start(1);
     place(&nodes, 1);
 
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ollama_client.py");
     let host = format!("http://127.0.0.1:{}", nodes[0].api);
-    let mut child = Command::new("python3")
-        .arg(&script)
-        .arg(&host)
-        .env("PYTHONUNBUFFERED", "1")
-        // Talk to the node directly, whatever proxy the environment names.
-        .env("NO_PROXY", "127.0.0.1")
-        .env("no_proxy", "127.0.0.1")
-        .env_remove("OLLAMA_HOST")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let read_all = |mut pipe: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = pipe.read_to_string(&mut text);
-            text
-        })
-    };
-    let stdout = read_all(Box::new(child.stdout.take().unwrap()));
-    let stderr = read_all(Box::new(child.stderr.take().unwrap()));
-    let began = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
-        }
-        if began.elapsed() > SCRIPT_TIMEOUT {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let (stdout, stderr) = (stdout.join().unwrap(), stderr.join().unwrap());
-    println!("{stdout}");
-    if !stderr.is_empty() {
-        eprintln!("{stderr}");
-    }
-    eprintln!("ollama_client.py ran for {:?}", began.elapsed());
-    let node_log = || {
-        let log = nodes[0].log_text();
-        let tail: Vec<&str> = log.lines().rev().take(40).collect();
-        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-    };
-    let status = status.unwrap_or_else(|| {
-        panic!(
-            "ollama_client.py did not finish within {SCRIPT_TIMEOUT:?}\n--- stdout\n{stdout}\n--- stderr\n{stderr}\n\
-             --- node log (tail)\n{}",
-            node_log()
-        )
-    });
-    assert!(
-        status.success(),
-        "ollama_client.py failed ({status})\n--- stdout\n{stdout}\n--- stderr\n{stderr}\n--- node log (tail)\n{}",
-        node_log()
-    );
-    assert!(stdout.contains("all checks passed"), "{stdout}");
+    python::run_client_script("ollama_client.py", &host, SCRIPT_TIMEOUT, &nodes[0]);
 }
 
 /// A streaming Ollama request read line by line (HTTP/1.0, so the body ends when the connection closes).

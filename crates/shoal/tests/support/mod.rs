@@ -12,6 +12,8 @@ use serde_json::{Value, json};
 
 use crate::common::{self, wait_for};
 
+pub mod python;
+
 /// The tests of this file run one at a time: two of them measure failover and agreement times, which a 2-core
 /// machine running four other clusters at once would distort.
 pub static SERIAL: Mutex<()> = Mutex::new(());
