@@ -2,40 +2,17 @@
 //! return a request or a 400 that names a field; they never panic. Arbitrary bytes, arbitrary JSON, and valid
 //! requests with one field replaced by an arbitrary JSON value.
 
+mod fuzz_support;
+
 use proptest::prelude::*;
 use serde_json::{Value, json};
 use shoal_api::anthropic::request::{parse_count_tokens, parse_messages};
 
 fn json_value() -> impl Strategy<Value = Value> {
-    let leaf = prop_oneof![
-        Just(Value::Null),
-        any::<bool>().prop_map(Value::Bool),
-        any::<i64>().prop_map(Value::from),
-        any::<f64>().prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
-        ".{0,12}".prop_map(Value::String),
-        Just(Value::String("user".into())),
-        Just(Value::String("text".into())),
-        Just(Value::String("image".into())),
-        Just(Value::String("enabled".into())),
-    ];
-    leaf.prop_recursive(4, 32, 6, |inner| {
-        prop_oneof![
-            prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
-            prop::collection::btree_map(
-                prop_oneof![
-                    Just("role".to_string()),
-                    Just("content".to_string()),
-                    Just("type".to_string()),
-                    Just("text".to_string()),
-                    Just("thinking".to_string()),
-                    "[a-z_]{1,10}"
-                ],
-                inner,
-                0..6
-            )
-            .prop_map(|m| Value::Object(m.into_iter().collect())),
-        ]
-    })
+    fuzz_support::json_value(
+        &["user", "text", "image", "enabled"],
+        &["role", "content", "type", "text", "thinking"],
+    )
 }
 
 const FIELDS: &[&str] = &[
@@ -54,15 +31,8 @@ const FIELDS: &[&str] = &[
     "tool_choice",
 ];
 
-fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(512)
-}
-
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(cases()))]
+    #![proptest_config(ProptestConfig::with_cases(fuzz_support::cases()))]
 
     #[test]
     fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {

@@ -2,45 +2,25 @@
 //! and `parse_responses` return a request or a 400 that names a field; they never panic. Arbitrary bytes, arbitrary
 //! JSON, and valid requests with one field replaced by an arbitrary JSON value.
 
+mod fuzz_support;
+
 use proptest::prelude::*;
 use serde_json::{Value, json};
 use shoal_api::openai::completions::parse_completion;
 use shoal_api::openai::responses_request::parse_responses;
 
 fn json_value() -> impl Strategy<Value = Value> {
-    let leaf = prop_oneof![
-        Just(Value::Null),
-        any::<bool>().prop_map(Value::Bool),
-        any::<i64>().prop_map(Value::from),
-        any::<f64>().prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
-        ".{0,12}".prop_map(Value::String),
-        Just(Value::String("user".into())),
-        Just(Value::String("message".into())),
-        Just(Value::String("input_text".into())),
-        Just(Value::String("output_text".into())),
-        Just(Value::String("input_image".into())),
-        Just(Value::String("function_call".into())),
-    ];
-    leaf.prop_recursive(4, 32, 6, |inner| {
-        prop_oneof![
-            prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
-            prop::collection::btree_map(
-                prop_oneof![
-                    Just("role".to_string()),
-                    Just("content".to_string()),
-                    Just("type".to_string()),
-                    Just("text".to_string()),
-                    Just("format".to_string()),
-                    Just("effort".to_string()),
-                    Just("include_usage".to_string()),
-                    "[a-z_]{1,10}"
-                ],
-                inner,
-                0..6
-            )
-            .prop_map(|m| Value::Object(m.into_iter().collect())),
-        ]
-    })
+    fuzz_support::json_value(
+        &[
+            "user",
+            "message",
+            "input_text",
+            "output_text",
+            "input_image",
+            "function_call",
+        ],
+        &["role", "content", "type", "text", "format", "effort", "include_usage"],
+    )
 }
 
 const COMPLETION_FIELDS: &[&str] = &[
@@ -93,15 +73,8 @@ const RESPONSES_FIELDS: &[&str] = &[
     "include",
 ];
 
-fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(512)
-}
-
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(cases()))]
+    #![proptest_config(ProptestConfig::with_cases(fuzz_support::cases()))]
 
     #[test]
     fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
