@@ -39,11 +39,10 @@ fn after_a_whole_cluster_restart_runners_dial_where_their_siblings_listen_now() 
         let last_up = Instant::now();
         nodes[2].start();
 
-        let mut last = None;
         let served_after = loop {
-            match nodes[0].http("POST", "/v1/chat/completions", Some(&body)) {
-                Some((200, _)) => break last_up.elapsed(),
-                other => last = other,
+            let last = nodes[0].http("POST", "/v1/chat/completions", Some(&body));
+            if let Some((200, _)) = last {
+                break last_up.elapsed();
             }
             if last_up.elapsed() >= SERVE_WITHIN * 3 {
                 let runners: Vec<_> = nodes.iter().map(|n| n.state().map(|s| s["runners"].clone())).collect();
