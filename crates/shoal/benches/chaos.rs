@@ -126,39 +126,44 @@ fn main() {
                 }
             }
         }
+        // Each row as soon as its fault is done, so a long run that is stopped early still leaves whole rows.
+        println!("{HEADER}\n{}", table_row(fault, &row));
         rows.push((fault, row));
     }
 
-    println!(
-        "\n| fault | trials | streams | error + [DONE] | normal | hung | cut | p50 to error ms | p99 to error ms | \
-         p50 served again ms | events lost |"
-    );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
-    for (fault, row) in rows {
-        if let Some(why) = &row.skipped
-            && row.trials == 0
-        {
-            println!("| {} | skipped: {why} |||||||||| ", fault.name());
-            continue;
-        }
-        let never = if row.never_served > 0 {
-            format!(" ({} never)", row.never_served)
-        } else {
-            String::new()
-        };
-        println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {}{never} | {} |",
-            fault.name(),
-            row.trials,
-            row.streams,
-            row.error,
-            row.normal,
-            row.hung,
-            row.cut,
-            ms(percentile(&row.to_error, 50.0)),
-            ms(percentile(&row.to_error, 99.0)),
-            ms(percentile(&row.served, 50.0)),
-            row.lost
-        );
+    println!("\nAll faults:\n{HEADER}");
+    for (fault, row) in &rows {
+        println!("{}", table_row(*fault, row));
     }
+}
+
+const HEADER: &str = "| fault | trials | streams | error + [DONE] | normal | hung | cut | p50 to error ms | p99 to error ms | \
+                      p50 served again ms | events lost |\n|---|---|---|---|---|---|---|---|---|---|---|";
+
+/// One fault's row of the table.
+fn table_row(fault: Fault, row: &Row) -> String {
+    if let Some(why) = &row.skipped
+        && row.trials == 0
+    {
+        return format!("| {} | skipped: {why} |||||||||| ", fault.name());
+    }
+    let never = if row.never_served > 0 {
+        format!(" ({} never)", row.never_served)
+    } else {
+        String::new()
+    };
+    format!(
+        "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {}{never} | {} |",
+        fault.name(),
+        row.trials,
+        row.streams,
+        row.error,
+        row.normal,
+        row.hung,
+        row.cut,
+        ms(percentile(&row.to_error, 50.0)),
+        ms(percentile(&row.to_error, 99.0)),
+        ms(percentile(&row.served, 50.0)),
+        row.lost
+    )
 }
