@@ -20,6 +20,8 @@ use shoal_types::{Event, State};
 /// A runner that has failed this many times is not respawned; the master deletes its instance at the same count
 /// (§8), so the worker stops at the point the cluster gives up on the placement.
 pub const RUNNER_ATTEMPTS: u32 = crate::master::RUNNER_FAILURES_DELETE;
+/// A runner that served this long before it failed starts counting its failures from 1 again.
+pub const RUNNER_STABLE_MS: u64 = 60_000;
 /// The wait before respawning a runner after its first failure; it doubles with every further failure (§13).
 pub const RESPAWN_BACKOFF_BASE_MS: u64 = 1_000;
 /// The longest wait before a respawn, however often the runner failed (§13).
@@ -53,6 +55,9 @@ pub struct LocalRunner {
     pub last_exit_ms: Option<u64>,
     /// The data-plane listener the runner reported (`Listening`), one address per interface of this node.
     pub data_addrs: Vec<SocketAddr>,
+    /// When the current process last became `Ready` (cleared when it exits): a runner that served this long before
+    /// it failed starts counting its failures again ([`LocalRunner::attempt_after_failure`]).
+    pub serving_since_ms: Option<u64>,
     /// The next rank's addresses the runner was last told to dial (`Connect`), set by the shell when it sends one;
     /// empty before the first warm-up of this process. Rule 6 compares it with State's current record.
     pub dialing: Vec<SocketAddr>,
@@ -76,8 +81,25 @@ impl LocalRunner {
             last_exit_ms: None,
             data_addrs: Vec::new(),
             dialing: Vec::new(),
+            serving_since_ms: None,
             open_tasks: BTreeSet::new(),
             submitted: BTreeSet::new(),
+        }
+    }
+}
+
+impl LocalRunner {
+    /// The attempt number of a failure at `now_ms`: one more than the last, or 1 when the process had served for
+    /// [`RUNNER_STABLE_MS`]. Failures count while they come in a row: a runner that crashes once a day must not have
+    /// its instance deleted on the fifth day (the master deletes at [`RUNNER_ATTEMPTS`]).
+    pub fn attempt_after_failure(&self, now_ms: u64) -> u32 {
+        let served_long = self
+            .serving_since_ms
+            .is_some_and(|since| now_ms >= since.saturating_add(RUNNER_STABLE_MS));
+        if served_long {
+            1
+        } else {
+            self.attempts.saturating_add(1)
         }
     }
 }

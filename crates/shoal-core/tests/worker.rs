@@ -8,7 +8,7 @@ use imbl::OrdMap;
 use shoal_core::apply::apply_in_place;
 use shoal_core::worker::{
     Action, ActionKey, DEFAULT_MAX_SEQS, DOWNLOAD_PROGRESS_EVERY_MS, LocalModel, LocalRunner, LocalView, QUEUE_SLACK,
-    REASSERT_EVERY_MS, RESPAWN_BACKOFF_MAX_MS, RUNNER_ATTEMPTS, plan, respawn_backoff_ms,
+    REASSERT_EVERY_MS, RESPAWN_BACKOFF_MAX_MS, RUNNER_ATTEMPTS, RUNNER_STABLE_MS, plan, respawn_backoff_ms,
 };
 use shoal_types::card::{Backend, ModelCard, builtin_cards};
 use shoal_types::ids::{CommandId, InstanceId, ModelId, NodeId, RunnerId, TaskId};
@@ -181,6 +181,7 @@ fn live_runner(inst: u8, status: RunnerStatus) -> LocalRunner {
         last_exit_ms: None,
         data_addrs: vec![addr(0)],
         dialing: Vec::new(),
+        serving_since_ms: None,
         open_tasks: Default::default(),
         submitted: Default::default(),
     }
@@ -675,6 +676,24 @@ fn a_reset_during_a_warm_up_leaves_nothing_in_flight_for_the_new_process() {
             runner: me,
             next: vec![addr(1)],
         }]
+    );
+}
+
+#[test]
+fn failures_count_in_a_row_and_start_again_after_a_runner_served_a_while() {
+    let mut r = live_runner(1, RunnerStatus::Ready);
+    r.attempts = 3;
+    assert_eq!(r.attempt_after_failure(NOW), 4, "never served: the count goes on");
+    r.serving_since_ms = Some(NOW);
+    assert_eq!(
+        r.attempt_after_failure(NOW + RUNNER_STABLE_MS - 1),
+        4,
+        "served too briefly"
+    );
+    assert_eq!(
+        r.attempt_after_failure(NOW + RUNNER_STABLE_MS),
+        1,
+        "served a while: a fresh count"
     );
 }
 

@@ -77,6 +77,7 @@ impl Shell {
             r.alive = false;
             r.status = None;
             r.data_addrs.clear();
+            r.serving_since_ms = None;
         }
         self.local.finish(&ActionKey::Reset(runner));
     }
@@ -130,6 +131,7 @@ impl Shell {
                 r.status = Some(RunnerStatus::Idle);
                 r.data_addrs.clear();
                 r.dialing.clear();
+                r.serving_since_ms = None;
                 r.open_tasks.clear();
                 self.processes.insert(runner, process);
                 self.watch_started(runner, self.mono_ms());
@@ -237,6 +239,7 @@ impl Shell {
             }
             FromRunner::Status(proto::RunnerStatus::Ready) => {
                 r.status = Some(RunnerStatus::Ready);
+                r.serving_since_ms = Some(now);
                 self.local.finish(&ActionKey::Warmup(runner));
             }
             FromRunner::Status(proto::RunnerStatus::Failed(error)) => {
@@ -286,7 +289,8 @@ impl Shell {
 
     pub(crate) fn failed(r: &mut LocalRunner, now: u64, error: String) {
         r.alive = false;
-        r.attempts = r.attempts.saturating_add(1);
+        r.attempts = r.attempt_after_failure(now);
+        r.serving_since_ms = None;
         r.last_exit_ms = Some(now);
         r.data_addrs.clear();
         r.open_tasks.clear();
