@@ -7,7 +7,7 @@ use std::path::Path;
 
 use shoal_engine::{ChatMessage, ChatTemplate, GenerateParams, SamplingParams, Tokenizer};
 use shoal_types::ModelCard;
-use shoal_types::params::{GenerationParams, Role};
+use shoal_types::params::{Constraint, GenerationParams, Role};
 
 /// `max_tokens` when the request sets none: the rest of the context, capped so a forgotten limit cannot hold a
 /// sequence slot for minutes.
@@ -77,9 +77,30 @@ impl Prompter {
         self.tokenizer.encode(&text).map_err(|e| e.to_string())
     }
 
+    /// Compiles a request's constraint against this model's vocabulary, as the last rank will, so a schema the
+    /// engine cannot take is the client's 400 before the request goes out. The grammar factory is built once per
+    /// model (on the first constrained request).
+    pub fn check_constraint(&self, constraint: &Constraint) -> Result<(), shoal_engine::GrammarError> {
+        self.tokenizer.grammar()?.validate(&engine_constraint(constraint))
+    }
+
     /// The context length the card gives the model.
     pub fn context_length(&self) -> usize {
         self.context_length
+    }
+}
+
+/// The engine's copy of a request's constraint (the engine does not depend on shoal-types).
+pub fn engine_constraint(c: &Constraint) -> shoal_engine::Constraint {
+    match c {
+        Constraint::JsonObject => shoal_engine::Constraint::JsonObject,
+        Constraint::JsonSchema { schema, strict } => shoal_engine::Constraint::JsonSchema {
+            schema: schema.clone(),
+            strict: *strict,
+        },
+        Constraint::Lark { grammar } => shoal_engine::Constraint::Lark {
+            grammar: grammar.clone(),
+        },
     }
 }
 
@@ -101,5 +122,6 @@ pub fn engine_params(params: &GenerationParams, max_tokens: usize) -> GeneratePa
         },
         max_tokens,
         stop: params.stop.clone(),
+        constraint: params.constraint.as_ref().map(engine_constraint),
     }
 }
