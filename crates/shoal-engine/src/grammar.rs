@@ -2,7 +2,7 @@
 //! token mask before every sampling step, computed from the model's own vocabulary. One [`GrammarFactory`] per
 //! loaded tokenizer (building the token trie walks the whole vocabulary); one [`Constrained`] per sequence.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use llguidance::api::TopLevelGrammar;
 use llguidance::toktrie::{ApproximateTokEnv, TokEnv, TokRxInfo, TokTrie};
@@ -84,7 +84,20 @@ impl GrammarFactory {
         let info = TokRxInfo::new(vocab, tokenizer.eos());
         // Greedy tokenization stands in for the model's: llguidance needs it only for forced tokens, which we do
         // not use (every token is sampled from the masked logits).
-        let env: TokEnv = Arc::new(ApproximateTokEnv::new(TokTrie::from(&info, &words)));
+        Self::from_env(Arc::new(ApproximateTokEnv::new(TokTrie::from(&info, &words))))
+    }
+
+    /// A factory over a vocabulary of the 256 single bytes: compiles any JSON schema exactly as a model's factory
+    /// does (schema errors do not depend on the vocabulary), so a node that holds no model can validate one.
+    pub fn byte_level() -> Result<&'static GrammarFactory, GrammarError> {
+        static FACTORY: OnceLock<Result<GrammarFactory, GrammarError>> = OnceLock::new();
+        FACTORY
+            .get_or_init(|| Self::from_env(ApproximateTokEnv::single_byte_env()))
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
+    fn from_env(env: TokEnv) -> Result<Self, GrammarError> {
         let mut factory = ParserFactory::new_simple(&env).map_err(whole)?;
         factory.quiet();
         Ok(Self {

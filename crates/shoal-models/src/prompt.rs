@@ -77,17 +77,18 @@ impl Prompter {
         self.tokenizer.encode(&text).map_err(|e| e.to_string())
     }
 
-    /// Compiles a request's constraint against this model's vocabulary, as the last rank will, so a schema the
-    /// engine cannot take is the client's 400 before the request goes out. The grammar factory is built once per
-    /// model (on the first constrained request).
-    pub fn check_constraint(&self, constraint: &Constraint) -> Result<(), shoal_engine::GrammarError> {
-        self.tokenizer.grammar()?.validate(&engine_constraint(constraint))
-    }
-
     /// The context length the card gives the model.
     pub fn context_length(&self) -> usize {
         self.context_length
     }
+}
+
+/// Compiles a constraint as the last rank will, without the model: schema errors do not depend on the vocabulary,
+/// so every API node (one holding no model file too) can refuse a bad schema with a 400 while parsing the request.
+/// The last rank compiles it again against the model's vocabulary (a grammar that needs a token the model lacks
+/// fails the task there).
+pub fn validate_constraint(constraint: &Constraint) -> Result<(), shoal_engine::GrammarError> {
+    shoal_engine::GrammarFactory::byte_level()?.validate(&engine_constraint(constraint))
 }
 
 /// The engine's copy of a request's constraint (the engine does not depend on shoal-types).
