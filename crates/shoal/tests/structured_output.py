@@ -56,8 +56,10 @@ PLACE = {
         "location": {
             "type": "object",
             "properties": {
-                "lat": {"type": "number", "minimum": -90, "maximum": 90},
-                "lon": {"type": "number", "minimum": -180, "maximum": 180},
+                # Integers: a JSON number's fraction has no length limit, and a small model may write digits
+                # until max_tokens.
+                "lat": {"type": "integer", "minimum": -90, "maximum": 90},
+                "lon": {"type": "integer", "minimum": -180, "maximum": 180},
             },
             "required": ["lat", "lon"],
             "additionalProperties": False,

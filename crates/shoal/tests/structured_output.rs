@@ -13,6 +13,7 @@ mod support;
 
 use std::time::Duration;
 
+use common::wait_for;
 use serde_json::{Value, json};
 use support::*;
 
@@ -38,7 +39,8 @@ const SCHEMA: &str = r#"{"type":"object","properties":{
   "name":{"type":"string","maxLength":16},
   "age":{"type":"integer","minimum":0,"maximum":150},
   "pets":{"type":"array","items":{"enum":["cat","dog","fish"]},"maxItems":3},
-  "home":{"type":"object","properties":{"city":{"type":"string","maxLength":16}},"required":["city"]}},
+  "home":{"type":"object","properties":{"city":{"type":"string","maxLength":16}},"required":["city"],
+    "additionalProperties":false}},
  "required":["name","age","pets","home"],"additionalProperties":false}"#;
 
 fn constrained_body(prompt: &str) -> Value {
