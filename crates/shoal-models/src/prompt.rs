@@ -7,7 +7,7 @@ use std::path::Path;
 
 use shoal_engine::{ChatMessage, ChatTemplate, GenerateParams, SamplingParams, Tokenizer};
 use shoal_types::ModelCard;
-use shoal_types::params::{GenerationParams, Role};
+use shoal_types::params::{Constraint, GenerationParams, Role};
 
 /// `max_tokens` when the request sets none: the rest of the context, capped so a forgotten limit cannot hold a
 /// sequence slot for minutes.
@@ -83,6 +83,28 @@ impl Prompter {
     }
 }
 
+/// Compiles a constraint as the last rank will, without the model: schema errors do not depend on the vocabulary,
+/// so every API node (one holding no model file too) can refuse a bad schema with a 400 while parsing the request.
+/// The last rank compiles it again against the model's vocabulary (a grammar that needs a token the model lacks
+/// fails the task there).
+pub fn validate_constraint(constraint: &Constraint) -> Result<(), shoal_engine::GrammarError> {
+    shoal_engine::GrammarFactory::byte_level()?.validate(&engine_constraint(constraint))
+}
+
+/// The engine's copy of a request's constraint (the engine does not depend on shoal-types).
+pub fn engine_constraint(c: &Constraint) -> shoal_engine::Constraint {
+    match c {
+        Constraint::JsonObject => shoal_engine::Constraint::JsonObject,
+        Constraint::JsonSchema { schema, strict } => shoal_engine::Constraint::JsonSchema {
+            schema: schema.clone(),
+            strict: *strict,
+        },
+        Constraint::Lark { grammar } => shoal_engine::Constraint::Lark {
+            grammar: grammar.clone(),
+        },
+    }
+}
+
 /// The engine's parameters; a field the request leaves unset keeps the engine's default (the API has already filled
 /// the card's defaults in).
 pub fn engine_params(params: &GenerationParams, max_tokens: usize) -> GenerateParams {
@@ -101,5 +123,6 @@ pub fn engine_params(params: &GenerationParams, max_tokens: usize) -> GeneratePa
         },
         max_tokens,
         stop: params.stop.clone(),
+        constraint: params.constraint.as_ref().map(engine_constraint),
     }
 }

@@ -14,8 +14,9 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use shoal_engine::{FinishReason, GenerateParams, SeqSlot};
 
-/// Protocol revision exchanged in `Hello`; a worker refuses a runner of another revision.
-pub const PROTOCOL: u32 = 3;
+/// Protocol revision exchanged in `Hello`; a worker refuses a runner of another revision. 4: `GenerateParams`
+/// carries a grammar constraint.
+pub const PROTOCOL: u32 = 4;
 
 /// A task handle chosen by the worker, unique among the runner's live tasks.
 pub type TaskHandle = u64;

@@ -47,6 +47,7 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatRequest, BadRequest> {
         }
         params.tools = Some(tools.to_string());
     }
+    params.constraint = crate::structured::response_format(&obj)?;
     params.reasoning_effort = fields::opt_string(&obj, "reasoning_effort")?;
     params.enable_thinking = fields::opt_bool(&obj, "enable_thinking")?;
     let stream = fields::opt_bool(&obj, "stream")?.unwrap_or(false);
