@@ -30,6 +30,7 @@ use std::net::SocketAddr;
 use imbl::OrdMap;
 use shoal_core::apply::apply_in_place;
 use shoal_core::master::RUNNER_FAILURES_DELETE;
+use shoal_core::outbox::RESEND_CAP_MS;
 use shoal_core::runner_health::{Liveness, RUNNER_HUNG_AFTER_MS, hang};
 use shoal_core::testing::Rng;
 use shoal_core::worker::{
@@ -61,7 +62,7 @@ const STABLE_MS: u64 = 3_000;
 const EVENT_DELAY_MS: u64 = 200;
 /// A node's State lags the master's by up to this long.
 const VIEW_LAG_MS: u64 = 300;
-/// Before the horizon a node falls behind now and then (this chance, percent, per State) and catches up by a
+/// Before the horizon a node falls behind now and then (this chance, percent, per step) and catches up by a
 /// snapshot up to this long later, skipping the States between: a sibling's record can go from `Ready` at its old
 /// address to `Loaded` at its new one without the `Idle` between (the case `Redial` exists for).
 const CATCH_UP_PERCENT: u64 = 3;
@@ -318,6 +319,8 @@ struct SimNode {
     view: State,
     /// When the last View for this node is due: views arrive in order.
     view_due: u64,
+    /// How long the States the master reaches in this step take to reach this node.
+    lag: u64,
     /// When the last event from this node is due at the master: the outbox keeps order.
     event_due: u64,
     shell: Option<Shell>,
@@ -399,6 +402,7 @@ impl Sim {
             sim.nodes.push(SimNode {
                 view: master.clone(),
                 view_due: 0,
+                lag: 0,
                 event_due: 0,
                 shell: None,
                 up_at,
@@ -447,12 +451,7 @@ impl Sim {
             index(&mut self.master, Event::InstanceCreated { instance: next }, self.now);
         }
         for to in 0..NODES {
-            let lag = if self.faulty && self.rng.chance(CATCH_UP_PERCENT) {
-                CATCH_UP_MS
-            } else {
-                VIEW_LAG_MS
-            };
-            let due = (self.now + self.rng.below(lag)).max(self.nodes[to].view_due);
+            let due = (self.now + self.nodes[to].lag).max(self.nodes[to].view_due);
             self.nodes[to].view_due = due;
             let state = Box::new(self.master.clone());
             self.push(due, Msg::View { to, state });
@@ -982,11 +981,16 @@ impl Sim {
                     let up_at = now + 1 + self.rng.below(CLUSTER_DOWN_MS);
                     self.node_down(node, up_at);
                 }
-                // The master goes down with its node and a new one is elected after the nodes are back; until then
-                // the restarted nodes' outboxes hold what they assert, and deliver it all in order once there is a
-                // master: a sibling's `Idle` and `Loading` can then reach State in the same burst as its `Loaded`.
-                let last_up = self.nodes.iter().map(|n| n.up_at).max().unwrap_or(now);
-                self.master_up_at = last_up + self.rng.below(ELECTION_MS);
+                // The master goes down with its node and a new one is elected soon after the first node is back; a
+                // node that is back meanwhile keeps what it asserts in its outbox, which resends it, all in order,
+                // on its own backoff once there is a master. So each node's statuses reach State as one late burst,
+                // at its own time: a sibling can stay `Ready` at its address from before the crash while another
+                // runner warms up, then go straight to `Loaded` at a new one (the case `Redial` exists for).
+                let first_up = self.nodes.iter().map(|n| n.up_at).min().unwrap_or(now);
+                self.master_up_at = first_up + self.rng.below(ELECTION_MS);
+                for node in 0..NODES {
+                    self.nodes[node].event_due = self.master_up_at + self.rng.below(RESEND_CAP_MS);
+                }
             }
         }
     }
@@ -1019,6 +1023,14 @@ impl Sim {
             self.step_faults();
         }
         for node in 0..NODES {
+            // One lag for every State the master reaches in this step: a burst of events reaches a node together,
+            // and the worker plans over the last State only.
+            let lag = if self.faulty && self.rng.chance(CATCH_UP_PERCENT) {
+                CATCH_UP_MS
+            } else {
+                VIEW_LAG_MS
+            };
+            self.nodes[node].lag = self.rng.below(lag);
             if self.nodes[node].shell.is_none() && now >= self.nodes[node].up_at {
                 let inc = self.sent;
                 self.log.push(format!("{now} n{node} up"));
@@ -1182,7 +1194,7 @@ fn run(seed: u64) -> Stats {
             Err(_) => {}
         }
     }
-    let why = sim.serving().err().unwrap_or_default();
+    let why = sim.serving().err().unwrap_or_else(|| "serving, but only just".into());
     panic!(
         "seed {seed}: not serving {SETTLE_MS} ms after the faults stopped: {why}\n{}",
         sim.tail()
