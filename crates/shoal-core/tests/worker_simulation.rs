@@ -24,14 +24,14 @@
 //! 0's worker would submit a new pending task — and it stays so.
 #![allow(clippy::unwrap_used)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
 use imbl::OrdMap;
 use shoal_core::apply::apply_in_place;
 use shoal_core::master::RUNNER_FAILURES_DELETE;
 use shoal_core::outbox::RESEND_CAP_MS;
-use shoal_core::runner_health::{Liveness, RUNNER_HUNG_AFTER_MS, hang};
+use shoal_core::runner_health::{Liveness, RUNNER_HUNG_AFTER_MS, hang, tasks_to_fail};
 use shoal_core::testing::Rng;
 use shoal_core::worker::{
     Action, ActionKey, LocalModel, LocalRunner, LocalView, RUNNER_ATTEMPTS, plan, respawn_backoff_ms,
@@ -39,7 +39,8 @@ use shoal_core::worker::{
 use shoal_types::card::{Backend, ModelCard, builtin_cards};
 use shoal_types::ids::{CommandId, InstanceId, NodeId, RunnerId, TaskId};
 use shoal_types::model::{
-    DeleteReason, Instance, NodeFact, PipelineShard, RunnerStatus, ShardAssignments, ShardMetadata, Task, TaskStatus,
+    DeleteReason, ErrorKind, Instance, NodeFact, PipelineShard, RunnerStatus, ShardAssignments, ShardMetadata, Task,
+    TaskError, TaskProgress, TaskStatus,
 };
 use shoal_types::params::GenerationParams;
 use shoal_types::{Event, IndexedEvent, SessionId, State};
@@ -90,6 +91,13 @@ const DIAL_GIVE_UP_MS: u64 = 30_000;
 const DATA_CLOSED_GRACE_MS: u64 = 500;
 /// The first data port; each bind takes a fresh one, so an address from before a restart never names a new listener.
 const FIRST_PORT: u16 = 40_000;
+/// Before the horizon the master creates a task every this long at most (a client's request).
+const TASK_EVERY_MS: u64 = 1_500;
+/// A task generates for `GENERATE_MIN_MS` up to this long more once rank 0 has it.
+const GENERATE_MIN_MS: u64 = 100;
+const GENERATE_MS: u64 = 2_000;
+/// Once the instance serves again every task has ended within this long: a pending one is submitted and generates.
+const TASKS_END_MS: u64 = 5_000;
 
 const SESSION: SessionId = SessionId {
     term: 1,
@@ -155,6 +163,29 @@ fn index(state: &mut State, event: Event, now: u64) {
     apply_in_place(state, &indexed).unwrap();
 }
 
+fn task_failed(task_id: TaskId, why: &str) -> Event {
+    let error = TaskError {
+        kind: ErrorKind::Runner,
+        message: why.to_string(),
+    };
+    Event::TaskFailed { task_id, error }
+}
+
+/// A new pending task of `instance`, as an API node creates it.
+fn task(n: u64, instance: InstanceId, now: u64) -> Task {
+    Task {
+        id: TaskId::from_u128(0x5000_0000 + u128::from(n)),
+        command_id: CommandId::from_u128(0x6000_0000 + u128::from(n)),
+        instance,
+        origin: node_id(0),
+        status: TaskStatus::Pending,
+        error: None,
+        params: GenerationParams::default(),
+        created_ms: now,
+        updated_ms: now,
+    }
+}
+
 fn rank_of(instance: &Instance, runner: &RunnerId) -> Option<u32> {
     instance.assignments.shards.get(runner).map(|s| s.device_rank())
 }
@@ -182,12 +213,17 @@ enum FromProc {
         steps: u64,
         stepping: bool,
     },
+    Accepted(TaskId),
+    /// The task ended: complete (`true`) or failed.
+    TaskDone(TaskId, bool),
 }
 
 #[derive(Clone, Debug)]
 enum ToProc {
     Load,
     Connect(Vec<SocketAddr>),
+    Submit(TaskId),
+    Cancel(TaskId),
 }
 
 #[derive(Clone, Debug)]
@@ -251,6 +287,8 @@ struct Proc {
     /// When the previous rank's edge closed: the process fails after the grace.
     prev_closed_at: Option<u64>,
     ready: bool,
+    /// Rank 0: the tasks it generates, each with when its last token would be out if the ring keeps going.
+    tasks: BTreeMap<TaskId, u64>,
     next_heartbeat: u64,
 }
 
@@ -275,6 +313,8 @@ struct Shell {
     watches: BTreeMap<RunnerId, (Liveness, u64)>,
     /// When each runner last failed here and its attempt count then: the respawn check's own record.
     exits: BTreeMap<RunnerId, (u64, u32)>,
+    /// The tasks each runner holds (`Shell::tasks`): submitted at rank 0.
+    held: BTreeMap<RunnerId, BTreeSet<TaskId>>,
 }
 
 impl Shell {
@@ -294,6 +334,7 @@ impl Shell {
             processes: BTreeMap::new(),
             watches: BTreeMap::new(),
             exits: BTreeMap::new(),
+            held: BTreeMap::new(),
         }
     }
 
@@ -344,6 +385,11 @@ struct Stats {
     dial_give_ups: u64,
     edge_failures: u64,
     recreated: u64,
+    tasks_created: u64,
+    tasks_completed: u64,
+    tasks_failed: u64,
+    /// Tasks left `Running` for good by a whole-cluster restart.
+    orphans_left: u64,
     worst_settle_ms: u64,
 }
 
@@ -354,6 +400,10 @@ struct Sim {
     master: State,
     /// No master (a whole-cluster restart) until then: what is sent to it meanwhile waits in the outboxes.
     master_up_at: u64,
+    next_task_at: u64,
+    /// Tasks nothing will end (see `tasks_end`): `Running` in State when the whole cluster restarted, or whose end
+    /// was lost with a restarted node's outbox.
+    orphans: BTreeSet<TaskId>,
     instances: u64,
     nodes: Vec<SimNode>,
     procs: BTreeMap<u64, Proc>,
@@ -385,6 +435,8 @@ impl Sim {
             faulty: true,
             master: master.clone(),
             master_up_at: 0,
+            next_task_at: 0,
+            orphans: BTreeSet::new(),
             instances: 1,
             nodes: Vec::new(),
             procs: BTreeMap::new(),
@@ -512,6 +564,17 @@ impl Sim {
                 }
                 p.loading_until = Some(self.now + LOAD_MIN_MS + self.rng.below(LOAD_MS - LOAD_MIN_MS));
             }
+            ToProc::Submit(task) => {
+                // Rank 0 queues it and starts it once the ring is up; a token every step until it is done.
+                let done = self.now + GENERATE_MIN_MS + self.rng.below(GENERATE_MS);
+                p.tasks.insert(task, done);
+                self.proc_says(pid, FromProc::Accepted(task));
+            }
+            ToProc::Cancel(task) => {
+                if p.tasks.remove(&task).is_some() {
+                    self.proc_says(pid, FromProc::TaskDone(task, false));
+                }
+            }
             ToProc::Connect(addrs) => {
                 if p.listen.is_none() {
                     self.proc_exits(pid, "expected Load first");
@@ -555,6 +618,10 @@ impl Sim {
             if p.prev_closed_at.is_some_and(|t| now >= t + DATA_CLOSED_GRACE_MS) {
                 self.stats.edge_failures += 1;
                 self.log.push(format!("{now} p{pid} edge from prev broke"));
+                // `fail_all`: its sequences cannot go on.
+                for task in p.tasks.keys() {
+                    self.proc_says(pid, FromProc::TaskDone(*task, false));
+                }
                 self.proc_exits(pid, "pipeline edge broken");
                 continue;
             }
@@ -595,6 +662,29 @@ impl Sim {
                 }
             }
         }
+        // Rank 0's tasks finish when their time is up, if every process of the ring is there and stepping; a ring
+        // with a hung or dead member holds them until someone fails them.
+        let ranks0: Vec<u64> = self
+            .procs
+            .iter()
+            .filter(|(_, p)| p.running() && p.ready && !p.tasks.is_empty())
+            .map(|(k, _)| *k)
+            .collect();
+        for pid in ranks0 {
+            if !self.ring_runs(pid) {
+                continue;
+            }
+            let done: Vec<TaskId> = self.procs[&pid]
+                .tasks
+                .iter()
+                .filter(|(_, t)| **t <= now)
+                .map(|(k, _)| *k)
+                .collect();
+            for task in done {
+                self.procs.get_mut(&pid).unwrap().tasks.remove(&task);
+                self.proc_says(pid, FromProc::TaskDone(task, true));
+            }
+        }
         // Readiness after every edge of this step is made (`check_ready`).
         let pids: Vec<u64> = self
             .procs
@@ -611,7 +701,43 @@ impl Sim {
         }
     }
 
+    /// The ring through `pid` is closed and every process on it is running and ready.
+    fn ring_runs(&self, pid: u64) -> bool {
+        let mut at = pid;
+        for _ in 0..NODES {
+            let Some(p) = self.procs.get(&at).filter(|p| p.running() && p.ready) else {
+                return false;
+            };
+            let Some(next) = p.next else { return false };
+            at = next;
+        }
+        at == pid
+    }
+
     // ---- the worker shell ----
+
+    /// Puts `event` in node `node`'s outbox: it reaches the master in order, after a delay.
+    fn emit(&mut self, node: usize, event: Event) {
+        let due = (self.now + 1 + self.rng.below(EVENT_DELAY_MS)).max(self.nodes[node].event_due);
+        self.nodes[node].event_due = due;
+        let event = Box::new(event);
+        self.push(due, Msg::ToMaster { from: node, event });
+    }
+
+    /// `Shell::fail_tasks_of`: a runner died, hung or was reset; what it held and every running task of its
+    /// instance fail (`runner_health::tasks_to_fail`), over the State this node sees.
+    fn fail_tasks_of(&mut self, node: usize, runner: RunnerId, why: &str) {
+        let shell = self.nodes[node].shell.as_mut().unwrap();
+        let held = shell.held.remove(&runner).unwrap_or_default();
+        let instance = shell.local.runners.get(&runner).map(|r| r.instance);
+        let fail = tasks_to_fail(&self.nodes[node].view, instance, &held);
+        self.log
+            .push(format!("{} n{node} fails {fail:?} (held {held:?})", self.now));
+        for task_id in fail {
+            self.stats.tasks_failed += 1;
+            self.emit(node, task_failed(task_id, why));
+        }
+    }
 
     /// Stops a process the shell holds (`stop_in_background`): it is gone at once, and its closed channel is no news
     /// to the shell, which forgot its tag.
@@ -688,6 +814,8 @@ impl Sim {
             }
             FromProc::Failed(error) => {
                 self.log.push(format!("{now} n{node} {runner} failed: {error}"));
+                self.fail_tasks_of(node, runner, &error);
+                let shell = self.nodes[node].shell.as_mut().unwrap();
                 shell.failed(runner, now, error);
                 shell.tags.remove(&pid);
                 shell.local.process_gone(&runner);
@@ -698,6 +826,31 @@ impl Sim {
                 self.kill_proc(pid);
             }
             FromProc::Heartbeat { .. } => {}
+            FromProc::Accepted(task) => {
+                if shell.held.get(&runner).is_some_and(|h| h.contains(&task)) {
+                    self.log.push(format!("{now} n{node} {task} running"));
+                    let status = TaskProgress::Running;
+                    self.emit(node, Event::TaskStatusUpdated { task_id: task, status });
+                }
+            }
+            FromProc::TaskDone(task, complete) => {
+                if !shell.held.get_mut(&runner).is_some_and(|h| h.remove(&task)) {
+                    return; // cancelled since
+                }
+                if let Some(r) = shell.local.runners.get_mut(&runner) {
+                    r.open_tasks.remove(&task);
+                }
+                let event = if complete {
+                    self.stats.tasks_completed += 1;
+                    Event::TaskStatusUpdated {
+                        task_id: task,
+                        status: TaskProgress::Complete,
+                    }
+                } else {
+                    task_failed(task, "pipeline edge broken")
+                };
+                self.emit(node, event);
+            }
         }
     }
 
@@ -716,6 +869,7 @@ impl Sim {
         for (runner, why) in hung {
             self.stats.hung_kills += 1;
             self.log.push(format!("{now} n{node} kills {runner}: {why}"));
+            self.fail_tasks_of(node, runner, &why);
             self.stop(node, runner);
             let shell = self.nodes[node].shell.as_mut().unwrap();
             shell.failed(runner, now, why);
@@ -796,6 +950,7 @@ impl Sim {
                     prev_closed_at: None,
                     ready: false,
                     next_heartbeat: at + HEARTBEAT_MS,
+                    tasks: BTreeMap::new(),
                 };
                 if result.is_ok() {
                     self.pending_procs.insert(pid, up);
@@ -821,6 +976,7 @@ impl Sim {
                 self.stats.resets += 1;
                 self.log.push(format!("{now} n{node} resets {runner}"));
                 self.stop(node, runner);
+                self.fail_tasks_of(node, runner, "the pipeline was reset");
                 let shell = self.nodes[node].shell.as_mut().unwrap();
                 shell.local.process_gone(&runner);
                 if let Some(r) = shell.local.runners.get_mut(&runner) {
@@ -902,15 +1058,55 @@ impl Sim {
                     );
                 }
             }
-            Action::Emit(event) => {
-                let due = (now + 1 + self.rng.below(EVENT_DELAY_MS)).max(self.nodes[node].event_due);
-                self.nodes[node].event_due = due;
-                self.push(due, Msg::ToMaster { from: node, event });
+            Action::Emit(event) => self.emit(node, *event),
+            Action::Submit { runner, task } => {
+                let shell = self.nodes[node].shell.as_mut().unwrap();
+                shell.local.finish(&ActionKey::Submit(runner, task));
+                if !view.tasks.contains_key(&task) {
+                    return;
+                }
+                if let Some(r) = shell.local.runners.get_mut(&runner) {
+                    r.submitted.insert(task);
+                }
+                match shell.processes.get(&runner).copied() {
+                    Some(pid) => {
+                        self.log.push(format!("{now} n{node} submits {task} to p{pid}"));
+                        shell.held.entry(runner).or_default().insert(task);
+                        if let Some(r) = shell.local.runners.get_mut(&runner) {
+                            r.open_tasks.insert(task);
+                        }
+                        let at = now + self.local_delay();
+                        self.push(
+                            at,
+                            Msg::ToProc {
+                                pid,
+                                msg: ToProc::Submit(task),
+                            },
+                        );
+                    }
+                    None => self.emit(node, task_failed(task, "the runner is gone")),
+                }
             }
-            // No tasks are created and every model is on disk.
-            Action::Submit { .. } | Action::Cancel { .. } | Action::Download { .. } => {
-                panic!("n{node}: unexpected {action:?}")
+            Action::Cancel { runner, task } => {
+                let shell = self.nodes[node].shell.as_mut().unwrap();
+                shell.local.finish(&ActionKey::Cancel(runner, task));
+                if let Some(r) = shell.local.runners.get_mut(&runner) {
+                    r.open_tasks.remove(&task);
+                }
+                let held = shell.held.get_mut(&runner).is_some_and(|h| h.remove(&task));
+                if held && let Some(pid) = shell.processes.get(&runner).copied() {
+                    let at = now + self.local_delay();
+                    self.push(
+                        at,
+                        Msg::ToProc {
+                            pid,
+                            msg: ToProc::Cancel(task),
+                        },
+                    );
+                }
             }
+            // Every model is on disk.
+            Action::Download { .. } => panic!("n{node}: unexpected {action:?}"),
         }
     }
 
@@ -977,6 +1173,9 @@ impl Sim {
             _ => {
                 self.stats.cluster_restarts += 1;
                 self.log.push(format!("{now} cluster restart"));
+                // Every shell that held these forgets them, and no process that could report on them survives.
+                let running = self.master.tasks.values().filter(|t| t.status == TaskStatus::Running);
+                self.orphans.extend(running.map(|t| t.id));
                 for node in 0..NODES {
                     let up_at = now + 1 + self.rng.below(CLUSTER_DOWN_MS);
                     self.node_down(node, up_at);
@@ -1009,6 +1208,19 @@ impl Sim {
             self.kill_proc(pid);
         }
         self.pending_procs.retain(|_, p| p.node != node);
+        // A task's end is an event, not a fact rule 9 re-asserts: lost with the outbox, nothing says it again.
+        for msg in self.queue.values() {
+            if let Msg::ToMaster { from, event } = msg
+                && *from == node
+                && let Event::TaskFailed { task_id, .. }
+                | Event::TaskStatusUpdated {
+                    task_id,
+                    status: TaskProgress::Complete,
+                } = **event
+            {
+                self.orphans.insert(task_id);
+            }
+        }
         self.queue
             .retain(|_, m| !matches!(m, Msg::ToMaster { from, .. } if *from == node));
         self.nodes[node].event_due = self.now;
@@ -1035,6 +1247,15 @@ impl Sim {
                 let inc = self.sent;
                 self.log.push(format!("{now} n{node} up"));
                 self.nodes[node].shell = Some(Shell::new(node, inc));
+            }
+        }
+        // A client's request, while the faults go on.
+        if self.faulty && now >= self.next_task_at && now >= self.master_up_at {
+            self.next_task_at = now + self.rng.below(TASK_EVERY_MS);
+            if let Some(id) = self.current_instance().map(|i| i.id) {
+                self.stats.tasks_created += 1;
+                let new = task(self.stats.tasks_created, id, now);
+                self.master_apply(Event::TaskCreated { task: new });
             }
         }
         while let Some(entry) = self.queue.first_entry() {
@@ -1140,18 +1361,9 @@ impl Sim {
             .find(|i| instance.assignments.node_runner[&node_id(*i)] == rank0)
             .unwrap();
         let mut view = self.nodes[node].view.clone();
-        let task = TaskId::from_u128(0x5000 + u128::from(self.now));
-        let new = Task {
-            id: task,
-            command_id: CommandId::from_u128(0x6000 + u128::from(self.now)),
-            instance: instance.id,
-            origin: node_id(node),
-            status: TaskStatus::Pending,
-            error: None,
-            params: GenerationParams::default(),
-            created_ms: self.now,
-            updated_ms: self.now,
-        };
+        // Numbered past any task the master creates.
+        let new = task(u64::MAX / 2 + self.now, instance.id, self.now);
+        let task = new.id;
         index(&mut view, Event::TaskCreated { task: new }, self.now);
         let local = &self.nodes[node].shell.as_ref().unwrap().local;
         let submits = plan(&view, local, self.now)
@@ -1185,6 +1397,7 @@ fn run(seed: u64) -> Stats {
                 let since = *serving_since.get_or_insert(sim.now);
                 if sim.now >= since + STABLE_MS {
                     sim.stats.worst_settle_ms = since - FAULTS_UNTIL_MS;
+                    tasks_end(&mut sim, seed);
                     return sim.stats;
                 }
             }
@@ -1199,6 +1412,32 @@ fn run(seed: u64) -> Stats {
         "seed {seed}: not serving {SETTLE_MS} ms after the faults stopped: {why}\n{}",
         sim.tail()
     );
+}
+
+/// No client waits for ever: every task the master created ends, complete or failed, soon after the instance
+/// serves again (a task a dead or reset runner held, or one a middle rank carried, is failed by `tasks_to_fail`).
+fn tasks_end(sim: &mut Sim, seed: u64) {
+    let deadline = sim.now + TASKS_END_MS;
+    loop {
+        let open: Vec<(TaskId, TaskStatus)> = sim
+            .master
+            .tasks
+            .values()
+            .filter(|t| !t.status.is_terminal() && !sim.orphans.contains(&t.id))
+            .map(|t| (t.id, t.status))
+            .collect();
+        if open.is_empty() {
+            let orphans = sim.master.tasks.values().filter(|t| !t.status.is_terminal()).count();
+            sim.stats.orphans_left += orphans as u64;
+            return;
+        }
+        assert!(
+            sim.now < deadline,
+            "seed {seed}: tasks still open {TASKS_END_MS} ms after the instance serves again: {open:?}\n{}",
+            sim.tail()
+        );
+        sim.step();
+    }
 }
 
 #[test]
@@ -1225,6 +1464,10 @@ fn the_workers_bring_the_instance_back_after_faults() {
         total.dial_give_ups += s.dial_give_ups;
         total.edge_failures += s.edge_failures;
         total.recreated += s.recreated;
+        total.tasks_created += s.tasks_created;
+        total.tasks_completed += s.tasks_completed;
+        total.tasks_failed += s.tasks_failed;
+        total.orphans_left += s.orphans_left;
         total.worst_settle_ms = total.worst_settle_ms.max(s.worst_settle_ms);
     }
     eprintln!("{seeds} seeds: {total:?}");
