@@ -1,5 +1,5 @@
 //! The worker's decisions about a runner that went wrong (SYSTEM.md §10.2, §13): which tasks fail when a runner dies,
-//! hangs or is reset, and when a runner counts as hung.
+//! hangs, is reset or is (re)spawned, and when a runner counts as hung.
 //!
 //! Pure: State, what the shell knows of the runner and the clock are arguments. The shell (`shoal-worker`) records
 //! when each runner last spoke and last made progress, asks [`hang`] on every tick, and carries out the verdict
@@ -16,11 +16,17 @@ use shoal_types::model::TaskStatus;
 /// --runner-hung-after`).
 pub const RUNNER_HUNG_AFTER_MS: u64 = 5_000;
 
-/// The tasks to fail when a runner of `instance` dies, hangs or is reset: every task the shell says the runner held
-/// (submitted at rank 0, started at the last rank) and every task of its instance that State shows `Running` (a
-/// middle rank holds sequences its worker never hears of, and a client must hear of the failure at once rather than
-/// when State catches up), less those State already ended. In task-id order, each once. A held task State does not
-/// know (yet) fails too.
+/// The tasks to fail when a runner of `instance` dies, hangs, is reset or is (re)spawned: every task the shell says the
+/// runner held (submitted at rank 0, started at the last rank) and every task of its instance that State shows
+/// `Running` (a middle rank holds sequences its worker never hears of, and a client must hear of the failure at once
+/// rather than when State catches up), less those State already ended. In task-id order, each once. A held task State
+/// does not know (yet) fails too.
+///
+/// A spawn holds nothing, but the ring has a gap while one of its runners has no process, so no running task of the
+/// instance can finish. It is the only moment a restarted worker can fail them: after a whole-cluster restart no
+/// shell remembers what it held and no process survives to report, and a node that crashed after failing its tasks
+/// lost the `TaskFailed`s with its outbox; State kept those tasks `Running` for good (found by
+/// `tests/worker_simulation.rs`).
 pub fn tasks_to_fail(state: &State, instance: Option<InstanceId>, held: &BTreeSet<TaskId>) -> Vec<TaskId> {
     let mut fail: BTreeSet<TaskId> = held.clone();
     if let Some(instance) = instance {
@@ -192,6 +198,18 @@ mod tests {
             tasks_to_fail(&state, Some(InstanceId::new_random()), &set(&[t])),
             vec![t]
         );
+    }
+
+    #[test]
+    fn a_spawn_fails_the_running_tasks_of_its_instance_it_never_held() {
+        // What a worker restarted with the whole cluster finds: State's running tasks, nothing held.
+        let mut state = State::empty();
+        let instance = InstanceId::new_random();
+        let running = add_task(&mut state, instance, TaskStatus::Running);
+        add_task(&mut state, instance, TaskStatus::Pending);
+        add_task(&mut state, instance, TaskStatus::Complete);
+        add_task(&mut state, InstanceId::new_random(), TaskStatus::Running);
+        assert_eq!(tasks_to_fail(&state, Some(instance), &BTreeSet::new()), vec![running]);
     }
 
     #[test]

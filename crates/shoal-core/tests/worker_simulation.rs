@@ -1,27 +1,33 @@
 //! Deterministic simulation of the worker (§10.2): three nodes, each running the pure worker core
 //! (`shoal_core::worker::plan` over its own `LocalView`, `shoal_core::runner_health::hang`) inside a simulated shell
-//! that carries out each action as `shoal-worker` does (`lifecycle.rs`, `health.rs`), over simulated runner
+//! that carries out each action as `shoal-worker` does (`lifecycle.rs`, `health.rs`, `tasks.rs`), over simulated runner
 //! processes, a simulated master and a simulated clock, with seeded delays and faults.
 //!
-//! A runner process is a small state machine after `shoal-runner`'s `runner.rs` and `edges.rs`: spawned → `Idle`;
-//! on `Load` → loaded after a random delay, on a fresh data port (`Listening`); on `Connect` it dials the addresses
-//! it was given until one is the live listener of its next rank (a later `Connect` supersedes the dial; 30 s without
-//! one → `Failed`) and is `Ready` once that edge is up and its previous rank has dialled it; a broken edge from the
-//! previous rank fails it after a 500 ms grace unless it is stopped meanwhile; a heartbeat every second. The master
-//! applies the events the workers emit (each arrives after a random delay, in order per node) and recreates the
-//! instance when a runner reaches the failure limit, as the real master's plan deletes it and placement re-places
-//! it; each node sees State after a random lag. The master does not time nodes out: a restarted node is back
-//! before its loss would be noticed, so State keeps its old runner records and addresses (the stale-address case).
+//! A runner process is a small state machine after `shoal-runner`'s `runner.rs` and `edges.rs`: spawned → `Idle`; on
+//! `Load` → loaded after a random delay, on a fresh data port (`Listening`); on `Connect` it dials the addresses it was
+//! given until one is the live listener of its next rank (a later `Connect` supersedes the dial; 30 s without one →
+//! `Failed`) and is `Ready` once that edge is up and its previous rank has dialled it; a broken edge from the previous
+//! rank fails it after a 500 ms grace unless it is stopped meanwhile (failing its tasks); a heartbeat every second.
+//! Rank 0 accepts the tasks its worker submits and finishes each after a random time while the whole ring runs. The
+//! shell fails tasks as `shoal-worker` does, through `runner_health::tasks_to_fail`, when a runner dies, hangs, is
+//! reset or is spawned. The master creates a task now and then (a client's request), applies the events the workers
+//! emit (each arrives after a random delay, in order per node), and recreates the instance when a runner reaches the
+//! failure limit, as the real master's plan deletes it and placement re-places it; each node sees State after a random
+//! lag. The master does not time nodes out: a restarted node is back before its loss would be noticed, so State keeps
+//! its old runner records and addresses (the stale-address case).
 //!
 //! Faults, seeded, before a horizon: a runner process crashes (its channel closes), hangs silent (SIGSTOP: no
 //! heartbeat) or stalls (stuck in a step, still heartbeating), a spawn fails, a node restarts (its local view,
-//! processes and unsent events are lost), the whole cluster restarts.
+//! processes and unsent events are lost), the whole cluster restarts (the master too: the nodes' outboxes hold their
+//! statuses until one is elected, then each delivers them as a burst on its own resend backoff). A node's State now and
+//! then lags by seconds (a follower catching up by snapshot).
 //!
-//! Checked for every seed: a runner is only ever told to `Connect` to the next rank's data addresses in the State
-//! its node saw; nothing is in flight for a runner whose process is gone for a tick or more; no respawn comes before
-//! its backoff or past the attempt limit; and after the faults stop, within a bounded time, every runner of the
-//! instance is `Ready` in State and really in the ring (a live process, edges to its current neighbours), and rank
-//! 0's worker would submit a new pending task — and it stays so.
+//! Checked for every seed: a runner is only ever told to `Connect` to the next rank's data addresses in the State its
+//! node saw; nothing is in flight for a runner whose process is gone for a tick or more; no respawn comes before its
+//! backoff or past the attempt limit; and after the faults stop, within a bounded time, every runner of the instance is
+//! `Ready` in State and really in the ring (a live process, edges to its current neighbours), and rank 0's worker would
+//! submit a new pending task — and it stays so; then every task ever created ends (complete or failed) within a bound:
+//! no client waits for ever.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -388,8 +394,6 @@ struct Stats {
     tasks_created: u64,
     tasks_completed: u64,
     tasks_failed: u64,
-    /// Tasks left `Running` for good by a whole-cluster restart.
-    orphans_left: u64,
     worst_settle_ms: u64,
 }
 
@@ -401,9 +405,6 @@ struct Sim {
     /// No master (a whole-cluster restart) until then: what is sent to it meanwhile waits in the outboxes.
     master_up_at: u64,
     next_task_at: u64,
-    /// Tasks nothing will end (see `tasks_end`): `Running` in State when the whole cluster restarted, or whose end
-    /// was lost with a restarted node's outbox.
-    orphans: BTreeSet<TaskId>,
     instances: u64,
     nodes: Vec<SimNode>,
     procs: BTreeMap<u64, Proc>,
@@ -436,7 +437,6 @@ impl Sim {
             master: master.clone(),
             master_up_at: 0,
             next_task_at: 0,
-            orphans: BTreeSet::new(),
             instances: 1,
             nodes: Vec::new(),
             procs: BTreeMap::new(),
@@ -923,6 +923,9 @@ impl Sim {
                 let pid = self.next_pid;
                 self.next_pid += 1;
                 shell.tags.insert(pid, runner);
+                // `Shell::spawn`: the instance's ring has a gap, so none of its running tasks can finish.
+                self.fail_tasks_of(node, runner, "a runner of the instance restarted");
+                let shell = self.nodes[node].shell.as_mut().unwrap();
                 let world = instance.assignments.shards.len() as u32;
                 let rank = rank_of(instance, &runner).unwrap();
                 let inc = shell.inc;
@@ -1173,9 +1176,6 @@ impl Sim {
             _ => {
                 self.stats.cluster_restarts += 1;
                 self.log.push(format!("{now} cluster restart"));
-                // Every shell that held these forgets them, and no process that could report on them survives.
-                let running = self.master.tasks.values().filter(|t| t.status == TaskStatus::Running);
-                self.orphans.extend(running.map(|t| t.id));
                 for node in 0..NODES {
                     let up_at = now + 1 + self.rng.below(CLUSTER_DOWN_MS);
                     self.node_down(node, up_at);
@@ -1208,19 +1208,6 @@ impl Sim {
             self.kill_proc(pid);
         }
         self.pending_procs.retain(|_, p| p.node != node);
-        // A task's end is an event, not a fact rule 9 re-asserts: lost with the outbox, nothing says it again.
-        for msg in self.queue.values() {
-            if let Msg::ToMaster { from, event } = msg
-                && *from == node
-                && let Event::TaskFailed { task_id, .. }
-                | Event::TaskStatusUpdated {
-                    task_id,
-                    status: TaskProgress::Complete,
-                } = **event
-            {
-                self.orphans.insert(task_id);
-            }
-        }
         self.queue
             .retain(|_, m| !matches!(m, Msg::ToMaster { from, .. } if *from == node));
         self.nodes[node].event_due = self.now;
@@ -1423,12 +1410,10 @@ fn tasks_end(sim: &mut Sim, seed: u64) {
             .master
             .tasks
             .values()
-            .filter(|t| !t.status.is_terminal() && !sim.orphans.contains(&t.id))
+            .filter(|t| !t.status.is_terminal())
             .map(|t| (t.id, t.status))
             .collect();
         if open.is_empty() {
-            let orphans = sim.master.tasks.values().filter(|t| !t.status.is_terminal()).count();
-            sim.stats.orphans_left += orphans as u64;
             return;
         }
         assert!(
@@ -1467,7 +1452,6 @@ fn the_workers_bring_the_instance_back_after_faults() {
         total.tasks_created += s.tasks_created;
         total.tasks_completed += s.tasks_completed;
         total.tasks_failed += s.tasks_failed;
-        total.orphans_left += s.orphans_left;
         total.worst_settle_ms = total.worst_settle_ms.max(s.worst_settle_ms);
     }
     eprintln!("{seeds} seeds: {total:?}");

@@ -13,9 +13,10 @@
 //! become durable events: `Accepted` → `TaskStatusUpdated(Running)` (rank 0), the last chunk's `TaskDone(Complete)` →
 //! `TaskStatusUpdated(Complete)` (last rank), `TaskDone(Failed)` → `TaskFailed` plus an out-of-band `Error` chunk. A
 //! runner that dies or is reset fails the tasks it had and every `Running` task of its instance the same way, so a
-//! client hears of it at once rather than when State catches up. `Cancel` goes to rank 0, which releases the sequence
-//! on every rank. The runner protocol has no `Reset`, so a reset is a restart of the runner process that does not
-//! count as a failure.
+//! client hears of it at once rather than when State catches up; so does a runner's spawn, which leaves its ring a
+//! gap (after a restart of this worker nothing else would fail them). `Cancel` goes to rank 0, which releases the
+//! sequence on every rank. The runner protocol has no `Reset`, so a reset is a restart of the runner process that does
+//! not count as a failure.
 //!
 //! A runner silent for [`RUNNER_HUNG_AFTER`] (its heartbeat comes every second from a thread of its own, so a
 //! SIGSTOPped process falls silent), or inside one forward step that long, is hung (§13): it is SIGKILLed, its tasks

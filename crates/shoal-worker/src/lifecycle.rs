@@ -36,6 +36,9 @@ impl Shell {
         self.next_tag = self.next_tag.wrapping_add(1);
         self.tags.insert(tag, runner);
         tracing::info!(%runner, instance = %instance.id, "spawning a runner");
+        // The instance's ring has a gap until this process joins it, so none of its running tasks can finish; after
+        // a restart of this worker nothing else would fail them (`runner_health::tasks_to_fail`).
+        self.fail_tasks_of(runner, state, ErrorKind::Runner, "a runner of the instance restarted");
         if spawner.send((runner, tag)).is_err() {
             self.local.finish(&ActionKey::Spawn(runner));
         }
