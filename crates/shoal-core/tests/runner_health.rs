@@ -1,6 +1,6 @@
-//! Properties of the worker's runner-health decisions (`shoal_core::runner_health`). The deterministic simulation
-//! (`tests/simulation.rs`) drives nodes, masters and elections but no workers, so these decisions are checked here
-//! over generated States, held sets and clocks instead.
+//! Properties of the worker's runner-health decisions (`shoal_core::runner_health`) over generated States, held sets
+//! and clocks. The worker simulation (`tests/worker_simulation.rs`) drives the same decisions through crashes, hangs
+//! and restarts.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeSet;

@@ -97,6 +97,10 @@ const DIAL_GIVE_UP_MS: u64 = 30_000;
 const DATA_CLOSED_GRACE_MS: u64 = 500;
 /// The first data port; each bind takes a fresh one, so an address from before a restart never names a new listener.
 const FIRST_PORT: u16 = 40_000;
+/// A dead process is remembered this long.
+const DEAD_KEPT_MS: u64 = 4 * TICK_MS;
+/// A failing seed prints this many of its last log lines.
+const LOG_TAIL: usize = 80;
 /// Before the horizon the master creates a task every this long at most (a client's request).
 const TASK_EVERY_MS: u64 = 1_500;
 /// A task generates for `GENERATE_MIN_MS` up to this long more once rank 0 has it.
@@ -1281,9 +1285,9 @@ impl Sim {
             }
         }
         self.check_in_flight();
-        // The dead are only kept for the checks of the step they died in.
+        // A dead process is kept a little, for the checks and the late messages about it; then it is forgotten.
         self.procs
-            .retain(|_, p| p.dead_at.is_none_or(|t| t + TICK_MS * 4 > now));
+            .retain(|_, p| p.dead_at.is_none_or(|t| t + DEAD_KEPT_MS > now));
     }
 
     /// Nothing stays in flight for a runner whose process is gone (issue 13: a warm-up stranded by a reset). The
@@ -1363,7 +1367,7 @@ impl Sim {
     }
 
     fn tail(&self) -> String {
-        let from = self.log.len().saturating_sub(80);
+        let from = self.log.len().saturating_sub(LOG_TAIL);
         self.log[from..].join("\n")
     }
 }
