@@ -352,7 +352,8 @@ impl Shell {
     fn failed(&mut self, runner: RunnerId, now: u64, error: String) {
         if let Some(r) = self.local.runners.get_mut(&runner) {
             r.alive = false;
-            r.attempts = r.attempts.saturating_add(1);
+            r.attempts = r.attempt_after_failure(now);
+            r.serving_since_ms = None;
             r.last_exit_ms = Some(now);
             r.data_addrs.clear();
             r.open_tasks.clear();
@@ -788,6 +789,7 @@ impl Sim {
                         r.status = Some(RunnerStatus::Idle);
                         r.data_addrs.clear();
                         r.dialing.clear();
+                        r.serving_since_ms = None;
                         r.open_tasks.clear();
                         shell.processes.insert(runner, pid);
                         shell.watches.insert(runner, (Liveness::started(now), 0));
@@ -813,6 +815,7 @@ impl Sim {
             FromProc::Ready => {
                 if let Some(r) = shell.local.runners.get_mut(&runner) {
                     r.status = Some(RunnerStatus::Ready);
+                    r.serving_since_ms = Some(now);
                 }
                 shell.local.finish(&ActionKey::Warmup(runner));
             }
@@ -990,6 +993,7 @@ impl Sim {
                     r.alive = false;
                     r.status = None;
                     r.data_addrs.clear();
+                    r.serving_since_ms = None;
                 }
                 shell.local.finish(&ActionKey::Reset(runner));
             }
