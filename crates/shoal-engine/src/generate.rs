@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::error::{EngineError, Result};
+use crate::logprobs::{MAX_TOP_LOGPROBS, TokenLogprobs, token_logprobs};
 use crate::pipeline::{PREFILL_CHUNK, Pipeline};
 use crate::sampling::{Sampler, SamplingParams};
 use crate::stage::{SeqChunk, SeqSlot};
@@ -17,6 +18,9 @@ pub struct GenerateParams {
     pub max_tokens: usize,
     /// Generation ends before the first occurrence of any of these; the stop string itself is not returned.
     pub stop: Vec<String>,
+    /// `Some(n)`: report each sampled token's log-probability and the `n` (≤ [`MAX_TOP_LOGPROBS`]) most likely
+    /// alternatives ([`crate::logprobs`]); `None` computes nothing.
+    pub logprobs: Option<usize>,
 }
 
 impl Default for GenerateParams {
@@ -25,6 +29,7 @@ impl Default for GenerateParams {
             sampling: SamplingParams::default(),
             max_tokens: 256,
             stop: Vec::new(),
+            logprobs: None,
         }
     }
 }
@@ -45,6 +50,11 @@ impl GenerateParams {
                 needed: prompt_tokens + 1,
                 limit: context_limit,
             });
+        }
+        if self.logprobs.is_some_and(|n| n > MAX_TOP_LOGPROBS) {
+            return Err(EngineError::InvalidRequest(format!(
+                "top_logprobs must be at most {MAX_TOP_LOGPROBS}"
+            )));
         }
         self.sampling.validate()
     }
@@ -100,16 +110,19 @@ pub struct Decoding<'t> {
     max_tokens: usize,
     context_limit: usize,
     finished: Option<FinishReason>,
+    logprobs: Option<usize>,
 }
 
 /// What one sampled token produced.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DecodeStep {
     pub token: u32,
     /// Text that is now safe to show (possibly empty while a stop string or a UTF-8 sequence is undecided).
     pub text: String,
     /// Set on the sequence's last token.
     pub finish: Option<FinishReason>,
+    /// When the request asked for them ([`GenerateParams::logprobs`]).
+    pub logprobs: Option<TokenLogprobs>,
 }
 
 impl<'t> Decoding<'t> {
@@ -131,6 +144,7 @@ impl<'t> Decoding<'t> {
             max_tokens: params.max_tokens,
             context_limit,
             finished: None,
+            logprobs: params.logprobs,
         })
     }
 
@@ -152,6 +166,8 @@ impl<'t> Decoding<'t> {
             return Err(EngineError::InvalidRequest("the sequence has already finished".into()));
         }
         let token = self.sampler.sample(logits, &self.history)?;
+        // `sample` left the penalised logits in place: the distribution the logprobs describe.
+        let logprobs = self.logprobs.and_then(|n| token_logprobs(logits, token, n));
         self.history.push(token);
         let n = self.history.len() - self.prompt_tokens;
         let mut text = String::new();
@@ -177,7 +193,12 @@ impl<'t> Decoding<'t> {
             text.push_str(&self.stops.finish());
         }
         self.finished = finish;
-        Ok(DecodeStep { token, text, finish })
+        Ok(DecodeStep {
+            token,
+            text,
+            finish,
+            logprobs,
+        })
     }
 }
 

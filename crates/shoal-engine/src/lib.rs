@@ -17,6 +17,7 @@ pub use stage::{LayerRange, SeqChunk, SeqSlot, Stage, StageInput, StageOutput};
 
 pub mod chat;
 pub mod generate;
+pub mod logprobs;
 pub mod sampling;
 pub mod tokenizer;
 
@@ -25,5 +26,6 @@ pub use generate::{
     BatchRequest, DecodeStep, Decoding, FinishReason, GenerateParams, Generation, ScheduledStep, Scheduler, generate,
     generate_batch,
 };
+pub use logprobs::{MAX_TOP_LOGPROBS, TokenLogprobs, token_logprobs};
 pub use sampling::{Sampler, SamplingParams};
 pub use tokenizer::{IncrementalDecoder, Tokenizer};
