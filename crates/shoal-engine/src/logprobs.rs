@@ -10,7 +10,7 @@
 //! a value scaled by the temperature would make the numbers of two requests incomparable. At temperature 0 the
 //! chosen token is therefore the first of the top list (ties: the lowest id, as the greedy sampler picks).
 //!
-//! Cost: one pass for the max, one for the sum of exponentials (f64), one for the top list; nothing when not asked.
+//! Cost: one pass for the max, one for the sum of exponentials, one for the top list; nothing when not asked.
 
 /// The most alternatives a request may ask for per token (OpenAI's limit for `top_logprobs`).
 pub const MAX_TOP_LOGPROBS: usize = 20;
@@ -32,8 +32,9 @@ pub fn token_logprobs(logits: &[f32], chosen: u32, top_n: usize) -> Option<Token
     if !max.is_finite() {
         return None;
     }
-    // f64 keeps the sum exact enough over a 150k-token vocabulary.
-    let sum: f64 = logits.iter().map(|&l| f64::from(finite(l) - max).exp()).sum();
+    // Exponentials in f32 (an f64 `exp` costs several times as much: ~1.2 ms per token over 49k logits), summed in
+    // f64 so the sum stays exact enough over a 150k-token vocabulary.
+    let sum: f64 = logits.iter().map(|&l| f64::from((finite(l) - max).exp())).sum();
     let log_z = max + sum.ln() as f32;
     let logprob = |l: f32| (finite(l) - log_z).min(0.0);
     let chosen_logit = *logits.get(chosen as usize)?;

@@ -165,3 +165,78 @@ impl Encoder for Reply {
         out.push(Frame::data("[DONE]"));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use shoal_types::chunk::TopLogprob;
+
+    use super::*;
+
+    fn data(frames: &[Frame]) -> Vec<Value> {
+        frames
+            .iter()
+            .filter_map(|f| match f {
+                Frame::Event { data, .. } if data != "[DONE]" => serde_json::from_str(data).ok(),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn several_choices_stream_by_index_and_usage_comes_once_summed() {
+        let mut reply = Reply {
+            id: "chatcmpl-1".into(),
+            created: 1,
+            model: "m".into(),
+            include_usage: true,
+            choice: 0,
+            choices: 2,
+            usages: Vec::new(),
+        };
+        let mut out = Vec::new();
+        reply.open(&mut out);
+        reply.choice(1);
+        let lp = TokenLogprob {
+            bytes: b"Hi".to_vec(),
+            logprob: -0.25,
+            top: vec![TopLogprob {
+                token: "Hi".into(),
+                token_id: 7,
+                logprob: -0.25,
+                bytes: b"Hi".to_vec(),
+            }],
+        };
+        reply.token("Hi", false, &lp, &mut out);
+        let usage = |completion_tokens| Usage {
+            prompt_tokens: 5,
+            completion_tokens,
+            total_tokens: 5 + completion_tokens,
+            ..Usage::default()
+        };
+        reply.finish(FinishReason::Length, &usage(3), &mut out);
+        reply.choice(0);
+        reply.finish(FinishReason::Stop, &usage(4), &mut out);
+        let chunks = data(&out);
+        assert_eq!(
+            chunks.len(),
+            6,
+            "two role deltas, a token, two finishes, one usage: {chunks:?}"
+        );
+        assert_eq!(chunks[0]["choices"][0]["index"], 0);
+        assert_eq!(chunks[1]["choices"][0]["index"], 1);
+        let token = &chunks[2]["choices"][0];
+        assert_eq!(token["index"], 1);
+        assert_eq!(token["delta"]["content"], "Hi");
+        assert_eq!(
+            token["logprobs"]["content"][0]["top_logprobs"][0]["bytes"],
+            json!([72, 105])
+        );
+        assert_eq!(chunks[3]["choices"][0]["finish_reason"], "length");
+        assert_eq!(chunks[4]["choices"][0]["index"], 0);
+        assert!(chunks[3].get("usage").is_none() && chunks[4].get("usage").is_none());
+        assert_eq!(
+            chunks[5]["usage"],
+            json!({"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12})
+        );
+    }
+}
