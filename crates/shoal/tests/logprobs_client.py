@@ -7,6 +7,8 @@ Usage: logprobs_client.py http://127.0.0.1:PORT/v1   (the node serves `smollm2-1
 """
 
 import math
+import os
+import statistics
 import sys
 import time
 
@@ -197,29 +199,40 @@ def bad_requests(client):
 
 
 def decode_rate(client, top):
-    """Decode tokens per second of one streamed greedy answer: first to last token, so prefill is left out."""
+    """Decode tokens per second of one streamed greedy answer: generated tokens after the first over the time from
+    the first piece to the last, so prefill is left out; the same count in both modes (the usage chunk's)."""
     extra = {"logprobs": True, "top_logprobs": top} if top is not None else {}
-    stamps = []
+    first = last = None
+    tokens = 0
     for chunk in client.chat.completions.create(
         model=MODEL,
         messages=[{"role": "user", "content": "Count from 1 to 500, one number per line."}],
         temperature=0,
         max_tokens=96,
         stream=True,
+        stream_options={"include_usage": True},
         **extra,
     ):
+        if chunk.usage is not None:
+            tokens = chunk.usage.completion_tokens
         if chunk.choices and (chunk.choices[0].delta.content or chunk.choices[0].logprobs):
-            stamps.append(time.monotonic())
-    return (len(stamps) - 1) / (stamps[-1] - stamps[0])
+            last = time.monotonic()
+            first = first or last
+    return (tokens - 1) / (last - first)
 
 
 def measure(client):
+    """Alternates plain and top_logprobs=20 runs (REPS each, `LOGPROBS_BENCH_REPS`) and prints the medians."""
+    reps = int(os.environ.get("LOGPROBS_BENCH_REPS", "3"))
     plain, with_top = [], []
-    for _ in range(3):
+    for _ in range(reps):
         plain.append(decode_rate(client, None))
         with_top.append(decode_rate(client, 20))
-    p, t = sorted(plain)[1], sorted(with_top)[1]
-    print(f"decode tok/s (median of 3, 96 tokens): plain {p:.1f}, top_logprobs=20 {t:.1f} ({(t / p - 1) * 100:+.1f} %)")
+    p, t = statistics.median(plain), statistics.median(with_top)
+    print(
+        f"decode tok/s (median of {reps}, 96 tokens): plain {p:.1f}, top_logprobs=20 {t:.1f} ({(t / p - 1) * 100:+.1f} %)"
+        f"; plain {[round(x, 1) for x in plain]}, top 20 {[round(x, 1) for x in with_top]}"
+    )
 
 
 def main():
