@@ -6,11 +6,13 @@ choices with seeds, the 400s naming the field, and the decode rate with and with
 Usage: logprobs_client.py http://127.0.0.1:PORT/v1   (the node serves `smollm2-135m`). Run by tests/logprobs.rs.
 """
 
+import json
 import math
 import os
 import statistics
 import sys
 import time
+import urllib.request
 
 import openai
 
@@ -22,6 +24,19 @@ EPS = 1e-4
 
 def ok(check, detail):
     print(f"ok {check}: {detail}", flush=True)
+
+
+def get(url):
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return response.read().decode()
+
+
+def client_gone(root):
+    """Streams the node closed because their client went away (its metrics)."""
+    for line in get(f"{root}/metrics").splitlines():
+        if line.startswith('shoal_stream_closes_total{reason="client_gone"}'):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
 
 
 def check_entries(entries, top_n, greedy):
@@ -171,6 +186,25 @@ def several_choices(client):
     assert [parts[i] for i in range(3)] == texts, (parts, texts)
     assert usage is not None and usage.completion_tokens == whole.usage.completion_tokens, usage
     ok("n=3 chat streamed", "interleaved by index, each with its finish_reason, same texts, usage summed once")
+
+    # Closing the stream of three choices cancels all three tasks.
+    root = str(client.base_url).rstrip("/")[: -len("/v1")]
+    before = client_gone(root)
+    stream = client.chat.completions.create(
+        model=MODEL, messages=PROMPT, temperature=1.0, max_tokens=2000, n=3, stream=True
+    )
+    seen = set()
+    for chunk in stream:
+        seen.update(c.index for c in chunk.choices if c.delta.content)
+        if len(seen) == 3:
+            break
+    stream.close()
+    closed = time.monotonic()
+    while json.loads(get(f"{root}/state"))["tasks"]:
+        assert time.monotonic() - closed < 5, "tasks left 5 s after the close"
+        time.sleep(0.05)
+    assert client_gone(root) >= before + 3, (before, client_gone(root))
+    ok("n=3 disconnect", f"all three tasks gone {time.monotonic() - closed:.2f} s after the close")
 
     comp = client.completions.create(model=MODEL, prompt="Once upon a time", n=2, temperature=1.0, seed=5, max_tokens=8)
     assert [c.index for c in comp.choices] == [0, 1], comp
