@@ -23,6 +23,7 @@ use shoal_types::params::{GenerationParams, MAX_PARAMS_BYTES};
 
 use crate::Api;
 use crate::error::{ApiError, Dialect};
+use crate::logprobs::{TokenLogprob, choice_params};
 use crate::streams::{End, StreamEvent, StreamHandle};
 
 /// A streaming response starts at the latest this long after registration (§11.2 step 4).
@@ -74,6 +75,40 @@ pub async fn start(api: &Api, mut params: GenerationParams) -> Result<Started, A
         card,
         prompt_tokens,
     })
+}
+
+/// [`start`] for each of a request's `n` choices (issue 14 item 6): `n` tasks with the same prompt, each with its
+/// own seed ([`choice_params`]), sent together so the instance's runner admits them into the same batch (rank 0
+/// batches whatever it holds; `n` ≤ `max_seqs` runs them in the same decode steps). Separate tasks reuse every path
+/// one generation has (registry, cancel, failure) with no new machinery; dropping the handles cancels all of them.
+pub async fn start_choices(api: &Api, params: GenerationParams, n: u32) -> Result<Vec<Started>, ApiError> {
+    let mut started = Vec::with_capacity(n as usize);
+    for index in 0..n.max(1) {
+        // An error drops the choices already started, which cancels their tasks.
+        started.push(start(api, choice_params(&params, index)).await?);
+    }
+    Ok(started)
+}
+
+/// [`collect`] for every choice at once, in index order; the first failure fails the request (and the handles the
+/// caller drops cancel the rest).
+pub async fn collect_choices(handles: &mut [StreamHandle]) -> Result<Vec<Completion>, ApiError> {
+    futures_util::future::try_join_all(handles.iter_mut().map(collect)).await
+}
+
+/// Usage of a request's choices together: the prompt once (as OpenAI counts it), completions summed.
+pub fn summed_usage(usages: impl IntoIterator<Item = Usage>) -> Usage {
+    let mut sum = Usage::default();
+    for (i, u) in usages.into_iter().enumerate() {
+        if i == 0 {
+            sum.prompt_tokens = u.prompt_tokens;
+            sum.cached_tokens = u.cached_tokens;
+        }
+        sum.completion_tokens += u.completion_tokens;
+        sum.reasoning_tokens += u.reasoning_tokens;
+    }
+    sum.total_tokens = sum.prompt_tokens + sum.completion_tokens;
+    sum
 }
 
 /// Waits, reconciled from State, until an instance of `model` serves (or nothing of it is placed: the master then
@@ -140,6 +175,8 @@ pub struct Completion {
     pub usage: Usage,
     /// When the first token arrived: where the prompt's evaluation ended (Ollama reports the two durations).
     pub first_token_at: Option<std::time::Instant>,
+    /// Each generated token's, when the request asked for logprobs.
+    pub logprobs: Vec<TokenLogprob>,
 }
 
 impl Completion {
@@ -159,9 +196,19 @@ pub async fn collect(handle: &mut StreamHandle) -> Result<Completion, ApiError> 
                 is_thinking,
                 finish,
                 usage,
+                logprob,
+                top_logprobs,
+                token_bytes,
                 ..
             })) => {
                 done.first_token_at.get_or_insert_with(std::time::Instant::now);
+                if let Some(logprob) = logprob {
+                    done.logprobs.push(TokenLogprob {
+                        bytes: token_bytes,
+                        logprob,
+                        top: top_logprobs,
+                    });
+                }
                 if is_thinking {
                     done.reasoning.push_str(&text);
                 } else {
@@ -252,6 +299,18 @@ pub trait Encoder: Send + 'static {
     fn open(&mut self, out: &mut Vec<Frame>);
     /// Generated text (`thinking`: the model marked it as reasoning).
     fn text(&mut self, text: &str, thinking: bool, out: &mut Vec<Frame>);
+    /// One generated token with its logprobs (requests that asked for them) and the text it made safe to show
+    /// (possibly empty). Dialects without logprobs write the text alone.
+    fn token(&mut self, text: &str, thinking: bool, logprob: &TokenLogprob, out: &mut Vec<Frame>) {
+        let _ = logprob;
+        if !text.is_empty() {
+            self.text(text, thinking, out);
+        }
+    }
+    /// The choice the next calls are about (`n` > 1: OpenAI's `choices[].index`); dialects with one choice ignore it.
+    fn choice(&mut self, index: usize) {
+        let _ = index;
+    }
     /// The final chunk's finish reason and usage.
     fn finish(&mut self, finish: FinishReason, usage: &Usage, out: &mut Vec<Frame>);
     /// After the final chunk: the terminator (OpenAI's `[DONE]`), if the dialect has one beyond `finish`'s frames.
@@ -268,22 +327,35 @@ pub trait Encoder: Send + 'static {
 }
 
 /// Writes a registered generation as a stream in `encoder`'s format (§11.2 step 4).
-pub async fn stream(mut handle: StreamHandle, encoder: impl Encoder) -> Response {
-    let first = match tokio::time::timeout(HEADERS_AFTER, handle.next()).await {
-        Ok(Some(StreamEvent::End(End::Closed(reason)))) => {
+pub async fn stream(handle: StreamHandle, encoder: impl Encoder) -> Response {
+    stream_choices(vec![handle], encoder).await
+}
+
+/// Writes the `n` generations of one request (its choices, in index order) as one stream: their chunks interleave
+/// as they come, each after [`Encoder::choice`]; it finishes once every choice has, and a choice that fails fails
+/// the whole stream (the others' handles drop with it, which cancels their tasks, as a disconnect does).
+pub async fn stream_choices(handles: Vec<StreamHandle>, encoder: impl Encoder) -> Response {
+    let total = handles.len();
+    let mut choices = Choices::new(handles);
+    let first = match tokio::time::timeout(HEADERS_AFTER, choices.next()).await {
+        Ok(Some((_, StreamEvent::End(End::Closed(reason))))) => {
             return encoder.dialect().error_response(&ApiError::from_close(&reason));
         }
         Ok(None) => return encoder.dialect().error_response(&ApiError::stopping()),
         Ok(Some(event)) => Some(event),
         Err(_) => None,
     };
-    handle.mark_bytes_sent();
+    for handle in &choices.handles {
+        handle.mark_bytes_sent();
+    }
     let wire = encoder.wire();
     let mut writer = Writer {
-        handle,
+        choices,
         first,
         queue: VecDeque::new(),
         done: false,
+        finished: 0,
+        total,
         encoder,
     };
     let mut opening = Vec::new();
@@ -304,7 +376,7 @@ pub async fn stream(mut handle: StreamHandle, encoder: impl Encoder) -> Response
             }
             let next = match w.first.take() {
                 Some(event) => Some(event),
-                None => match tokio::time::timeout(KEEP_ALIVE, w.handle.next()).await {
+                None => match tokio::time::timeout(KEEP_ALIVE, w.choices.next()).await {
                     Ok(event) => event,
                     Err(_) => {
                         if let Some(frame) = w.encoder.keep_alive() {
@@ -329,18 +401,61 @@ pub async fn stream(mut handle: StreamHandle, encoder: impl Encoder) -> Response
     response
 }
 
+/// The registered generations of one request's choices, read as one sequence of `(choice, event)`.
+pub struct Choices {
+    handles: Vec<StreamHandle>,
+    /// Per choice: its stream has not ended yet.
+    live: Vec<bool>,
+}
+
+impl Choices {
+    pub fn new(handles: Vec<StreamHandle>) -> Self {
+        let live = vec![true; handles.len()];
+        Choices { handles, live }
+    }
+
+    /// The next event of any live choice; `None` once every choice has ended, or when the node stops. Cancel-safe
+    /// (each handle's `next` is), so it can race a timeout.
+    pub async fn next(&mut self) -> Option<(usize, StreamEvent)> {
+        let Choices { handles, live } = self;
+        let waiting: Vec<_> = handles
+            .iter_mut()
+            .enumerate()
+            .filter(|(i, _)| live[*i])
+            .map(|(i, h)| Box::pin(async move { (i, h.next().await) }))
+            .collect();
+        if waiting.is_empty() {
+            return None;
+        }
+        let ((i, event), _, _) = futures_util::future::select_all(waiting).await;
+        match event {
+            Some(StreamEvent::End(_)) => live[i] = false,
+            Some(_) => {}
+            None => return None,
+        }
+        event.map(|e| (i, e))
+    }
+}
+
 struct Writer<E> {
-    handle: StreamHandle,
+    choices: Choices,
     /// The event that arrived while the handler decided to answer.
-    first: Option<StreamEvent>,
+    first: Option<(usize, StreamEvent)>,
     queue: VecDeque<Frame>,
     done: bool,
+    /// Choices finished, of `total`: the terminator follows the last.
+    finished: usize,
+    total: usize,
     encoder: E,
 }
 
 impl<E: Encoder> Writer<E> {
-    fn push(&mut self, event: Option<StreamEvent>) {
+    fn push(&mut self, event: Option<(usize, StreamEvent)>) {
         let mut out = Vec::new();
+        let event = event.map(|(index, event)| {
+            self.encoder.choice(index);
+            event
+        });
         match event {
             Some(StreamEvent::Observed) | Some(StreamEvent::Chunk(Chunk::PrefillProgress { .. })) => {}
             Some(StreamEvent::Chunk(Chunk::Token {
@@ -348,9 +463,19 @@ impl<E: Encoder> Writer<E> {
                 is_thinking,
                 finish,
                 usage,
+                logprob,
+                top_logprobs,
+                token_bytes,
                 ..
             })) => {
-                if !text.is_empty() {
+                if let Some(logprob) = logprob {
+                    let lp = TokenLogprob {
+                        bytes: token_bytes,
+                        logprob,
+                        top: top_logprobs,
+                    };
+                    self.encoder.token(&text, is_thinking, &lp, &mut out);
+                } else if !text.is_empty() {
                     self.encoder.text(&text, is_thinking, &mut out);
                 }
                 if let Some(finish) = finish {
@@ -361,8 +486,11 @@ impl<E: Encoder> Writer<E> {
             // registry, which sends `End::Closed` next.
             Some(StreamEvent::Chunk(Chunk::ToolCall { .. } | Chunk::Error { .. })) => {}
             Some(StreamEvent::End(End::Finished)) => {
-                self.encoder.done(&mut out);
-                self.done = true;
+                self.finished += 1;
+                if self.finished >= self.total {
+                    self.encoder.done(&mut out);
+                    self.done = true;
+                }
             }
             Some(StreamEvent::End(End::Closed(reason))) => {
                 if reason.writes_response() {

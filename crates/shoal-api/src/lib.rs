@@ -17,6 +17,7 @@ pub mod error;
 pub mod fields;
 pub mod generation;
 pub mod instances;
+pub mod logprobs;
 pub mod metrics;
 mod models;
 pub mod ollama;

@@ -187,6 +187,7 @@ fn token(text: &str, finish: Option<FinishReason>) -> Chunk {
         finish,
         usage: None,
         stats: None,
+        token_bytes: Vec::new(),
     }
 }
 

@@ -137,6 +137,7 @@ fn commands_chunks_and_transients_round_trip() {
                 token: "h".into(),
                 token_id: 3,
                 logprob: -1.5,
+                bytes: vec![b'h'],
             }],
             finish: Some(FinishReason::Stop),
             usage: Some(Usage {
@@ -151,6 +152,7 @@ fn commands_chunks_and_transients_round_trip() {
                 peak_memory_bytes: 1 << 20,
                 prefix_cache_hit: PrefixCacheHit::None,
             }),
+            token_bytes: vec![0xc3],
         },
         Chunk::ToolCall {
             calls: vec![ToolCall {

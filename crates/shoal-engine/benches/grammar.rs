@@ -47,6 +47,7 @@ fn params(constrained: bool, seed: u64) -> GenerateParams {
             schema: SCHEMA.into(),
             strict: true,
         }),
+        logprobs: None,
     }
 }
 

@@ -63,7 +63,7 @@ fn parse_args() -> Result<Args, String> {
             sampling,
             max_tokens,
             stop: Vec::new(),
-            constraint: None,
+            ..Default::default()
         },
     })
 }

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{EngineError, Result};
 use crate::grammar::{Constrained, Constraint};
+use crate::logprobs::{MAX_TOP_LOGPROBS, TokenLogprobs, token_logprobs};
 use crate::pipeline::{PREFILL_CHUNK, Pipeline};
 use crate::sampling::{Sampler, SamplingParams};
 use crate::stage::{SeqChunk, SeqSlot};
@@ -21,6 +22,9 @@ pub struct GenerateParams {
     /// The output must match this grammar (enforced by masking the logits on the last rank).
     #[serde(default)]
     pub constraint: Option<Constraint>,
+    /// `Some(n)`: report each sampled token's log-probability and the `n` (≤ [`MAX_TOP_LOGPROBS`]) most likely
+    /// alternatives ([`crate::logprobs`]); `None` computes nothing.
+    pub logprobs: Option<usize>,
 }
 
 impl Default for GenerateParams {
@@ -30,6 +34,7 @@ impl Default for GenerateParams {
             max_tokens: 256,
             stop: Vec::new(),
             constraint: None,
+            logprobs: None,
         }
     }
 }
@@ -50,6 +55,11 @@ impl GenerateParams {
                 needed: prompt_tokens + 1,
                 limit: context_limit,
             });
+        }
+        if self.logprobs.is_some_and(|n| n > MAX_TOP_LOGPROBS) {
+            return Err(EngineError::InvalidRequest(format!(
+                "top_logprobs must be at most {MAX_TOP_LOGPROBS}"
+            )));
         }
         self.sampling.validate()
     }
@@ -109,16 +119,19 @@ pub struct Decoding<'t> {
     finished: Option<FinishReason>,
     constraint: Option<Constrained>,
     mask_times: Vec<Duration>,
+    logprobs: Option<usize>,
 }
 
 /// What one sampled token produced.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DecodeStep {
     pub token: u32,
     /// Text that is now safe to show (possibly empty while a stop string or a UTF-8 sequence is undecided).
     pub text: String,
     /// Set on the sequence's last token.
     pub finish: Option<FinishReason>,
+    /// When the request asked for them ([`GenerateParams::logprobs`]).
+    pub logprobs: Option<TokenLogprobs>,
 }
 
 impl<'t> Decoding<'t> {
@@ -149,6 +162,7 @@ impl<'t> Decoding<'t> {
             finished: None,
             constraint,
             mask_times: Vec::new(),
+            logprobs: params.logprobs,
         })
     }
 
@@ -180,6 +194,8 @@ impl<'t> Decoding<'t> {
             self.mask_times.push(t.elapsed());
         }
         let token = self.sampler.sample(logits, &self.history)?;
+        // `sample` left the penalised logits in place: the distribution the logprobs describe.
+        let logprobs = self.logprobs.and_then(|n| token_logprobs(logits, token, n));
         self.history.push(token);
         let n = self.history.len() - self.prompt_tokens;
         let mut text = String::new();
@@ -216,7 +232,12 @@ impl<'t> Decoding<'t> {
             text.push_str(&self.stops.finish());
         }
         self.finished = finish;
-        Ok(DecodeStep { token, text, finish })
+        Ok(DecodeStep {
+            token,
+            text,
+            finish,
+            logprobs,
+        })
     }
 }
 

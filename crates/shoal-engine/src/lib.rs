@@ -18,6 +18,7 @@ pub use stage::{LayerRange, SeqChunk, SeqSlot, Stage, StageInput, StageOutput};
 pub mod chat;
 pub mod generate;
 pub mod grammar;
+pub mod logprobs;
 pub mod sampling;
 pub mod tokenizer;
 
@@ -27,5 +28,6 @@ pub use generate::{
     generate_batch,
 };
 pub use grammar::{Constrained, Constraint, GrammarError, GrammarFactory};
+pub use logprobs::{MAX_TOP_LOGPROBS, TokenLogprobs, token_logprobs};
 pub use sampling::{Sampler, SamplingParams};
 pub use tokenizer::{IncrementalDecoder, Tokenizer};

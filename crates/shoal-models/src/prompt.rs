@@ -124,5 +124,6 @@ pub fn engine_params(params: &GenerationParams, max_tokens: usize) -> GeneratePa
         max_tokens,
         stop: params.stop.clone(),
         constraint: params.constraint.as_ref().map(engine_constraint),
+        logprobs: params.logprobs.then(|| params.top_logprobs.map_or(0, |n| n as usize)),
     }
 }

@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 use shoal_engine::{FinishReason, GenerateParams, SeqSlot};
 
 /// Protocol revision exchanged in `Hello`; a worker refuses a runner of another revision. 4: `GenerateParams`
-/// carries a grammar constraint.
-pub const PROTOCOL: u32 = 4;
+/// carries a grammar constraint; 5: and a logprobs request, answered in `Chunk::logprobs`.
+pub const PROTOCOL: u32 = 5;
 
 /// A task handle chosen by the worker, unique among the runner's live tasks.
 pub type TaskHandle = u64;
@@ -119,6 +119,9 @@ pub enum FromRunner {
         token: u32,
         text: String,
         end: Option<ChunkEnd>,
+        /// When the sequence asked for logprobs (`GenerateParams::logprobs`); never on an end-of-generation token,
+        /// which no dialect shows.
+        logprobs: Option<ChunkLogprobs>,
     },
     TaskDone {
         task: TaskHandle,
@@ -133,6 +136,22 @@ pub enum FromRunner {
         /// The rank is inside a step now (not waiting for its neighbours or for work).
         stepping: bool,
     },
+}
+
+/// One token's log-probability with its bytes (the API node has no tokenizer to spell it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogprobEntry {
+    pub token: u32,
+    /// What the token prints as; may be part of a UTF-8 character.
+    pub bytes: Vec<u8>,
+    pub logprob: f32,
+}
+
+/// The sampled token's entry and the most likely alternatives, most likely first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChunkLogprobs {
+    pub chosen: LogprobEntry,
+    pub top: Vec<LogprobEntry>,
 }
 
 /// Sent by the dialing rank on a new ring edge; the acceptor closes the edge on any mismatch.

@@ -17,15 +17,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use shoal_engine::{
-    Decoding, EngineError, LayerRange, PREFILL_CHUNK, Pool, ScheduledStep, Scheduler, SeqChunk, SeqSlot, Stage,
-    StageInput, StageOutput, Tokenizer,
+    DecodeStep, Decoding, EngineError, FinishReason, LayerRange, PREFILL_CHUNK, Pool, ScheduledStep, Scheduler,
+    SeqChunk, SeqSlot, Stage, StageInput, StageOutput, Tokenizer,
 };
 
 use crate::edges::{Dials, spawn_acceptor};
 use crate::frame::{FrameError, read_frame, write_frame};
 use crate::proto::{
-    ChunkEnd, DataFrame, FromRunner, FwdSeq, Handshake, LoadSpec, Outcome, PROTOCOL, RunnerStatus, SeqStart,
-    TaskHandle, ToRunner,
+    ChunkEnd, ChunkLogprobs, DataFrame, FromRunner, FwdSeq, Handshake, LoadSpec, LogprobEntry, Outcome, PROTOCOL,
+    RunnerStatus, SeqStart, TaskHandle, ToRunner,
 };
 
 /// How often the runner tells its worker it is alive, from a thread independent of compute.
@@ -679,6 +679,7 @@ impl Rank {
             if seq.seq == 0 {
                 tracing::debug!(task = seq.task, "first token sampled");
             }
+            let logprobs = chunk_logprobs(tokenizer, &step);
             self.worker.send(&FromRunner::Chunk {
                 task: seq.task,
                 seq: seq.seq,
@@ -689,6 +690,7 @@ impl Rank {
                     prompt_tokens: seq.decoding.prompt_tokens(),
                     completion_tokens: seq.decoding.generated().len(),
                 }),
+                logprobs,
             });
             seq.seq += 1;
             let done = step.finish.is_some();
@@ -725,4 +727,21 @@ impl Rank {
             }
         }
     }
+}
+
+/// A step's logprobs spelled with the tokenizer; none for an end-of-generation token (OpenAI never lists it).
+fn chunk_logprobs(tokenizer: &Tokenizer, step: &DecodeStep) -> Option<ChunkLogprobs> {
+    if step.finish == Some(FinishReason::Stop) {
+        return None;
+    }
+    let lp = step.logprobs.as_ref()?;
+    let entry = |token: u32, logprob: f32| LogprobEntry {
+        token,
+        bytes: tokenizer.token_bytes(token).to_vec(),
+        logprob,
+    };
+    Some(ChunkLogprobs {
+        chosen: entry(lp.token, lp.logprob),
+        top: lp.top.iter().map(|&(t, l)| entry(t, l)).collect(),
+    })
 }

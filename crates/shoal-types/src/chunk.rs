@@ -16,6 +16,9 @@ pub enum Chunk {
         finish: Option<FinishReason>,
         usage: Option<Usage>,
         stats: Option<GenStats>,
+        /// The sampled token's own bytes (`text` is what it made safe to show, not the token), filled only with
+        /// `logprob`: dialects spell the token and its OpenAI `bytes` from it.
+        token_bytes: Vec<u8>,
     },
     ToolCall {
         calls: Vec<ToolCall>,
@@ -48,6 +51,8 @@ pub struct TopLogprob {
     pub token: String,
     pub token_id: u32,
     pub logprob: f32,
+    /// What the token prints as; may be part of a UTF-8 character (`token` is its lossy spelling).
+    pub bytes: Vec<u8>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]

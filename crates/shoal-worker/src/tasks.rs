@@ -219,6 +219,7 @@ impl Shell {
                 token,
                 text,
                 end,
+                logprobs,
             } => {
                 let Some(route) = self.tasks.get(&runner).and_then(|t| t.routes.get(&task)).copied() else {
                     tracing::debug!(%runner, task, seq, "a chunk of a task no longer held; dropped");
@@ -243,15 +244,17 @@ impl Shell {
                     Some(end) => (Some(finish_reason(end)), Some(usage(end))),
                     None => (None, None),
                 };
+                let (logprob, top_logprobs, token_bytes) = chunk_logprobs(logprobs);
                 let chunk = Chunk::Token {
                     text,
                     token_id: token,
                     is_thinking: false,
-                    logprob: None,
-                    top_logprobs: Vec::new(),
+                    logprob,
+                    top_logprobs,
                     finish,
                     usage,
                     stats: None,
+                    token_bytes,
                 };
                 self.send_to_origin(route, u32::try_from(seq).unwrap_or(SEQ_OOB - 1), chunk);
             }
@@ -301,4 +304,24 @@ fn usage(end: ChunkEnd) -> Usage {
         total_tokens: prompt.saturating_add(completion),
         ..Usage::default()
     }
+}
+
+/// The runner's logprobs as the chunk carries them: the chosen token's value and bytes, and the alternatives.
+fn chunk_logprobs(
+    logprobs: Option<shoal_runner::proto::ChunkLogprobs>,
+) -> (Option<f32>, Vec<shoal_types::chunk::TopLogprob>, Vec<u8>) {
+    let Some(lp) = logprobs else {
+        return (None, Vec::new(), Vec::new());
+    };
+    let top = lp
+        .top
+        .into_iter()
+        .map(|e| shoal_types::chunk::TopLogprob {
+            token: String::from_utf8_lossy(&e.bytes).into_owned(),
+            token_id: e.token,
+            logprob: e.logprob,
+            bytes: e.bytes,
+        })
+        .collect();
+    (Some(lp.chosen.logprob), top, lp.chosen.bytes)
 }

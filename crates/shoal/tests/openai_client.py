@@ -355,7 +355,7 @@ def completions_checks(client, chat_prompt_tokens):
         assert e.status_code == 404, e
     else:
         raise AssertionError("an unknown model raises NotFoundError")
-    for bad, field in (({"echo": True}, "echo"), ({"prompt": ["a", "b"]}, "prompt"), ({"n": 2}, "n")):
+    for bad, field in (({"echo": True}, "echo"), ({"prompt": ["a", "b"]}, "prompt"), ({"n": 9}, "n")):
         kwargs = {"model": MODEL, "prompt": "x", **bad}
         try:
             client.completions.create(**kwargs)
@@ -363,7 +363,7 @@ def completions_checks(client, chat_prompt_tokens):
             assert e.status_code == 400 and f"`{field}`" in e.message, e
         else:
             raise AssertionError(f"{bad} raises BadRequestError")
-    ok("(q) completions errors", "unknown model NotFoundError; echo, two prompts, n=2 BadRequestError")
+    ok("(q) completions errors", "unknown model NotFoundError; echo, two prompts, n=9 BadRequestError")
 
 
 if __name__ == "__main__":

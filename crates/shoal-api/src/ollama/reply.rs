@@ -15,6 +15,7 @@ use super::request::{GenerateRequest, parse_chat, parse_generate};
 use super::{check_num_ctx, done_reason, error_response, model_not_found, now_micros, resolve, rfc3339};
 use crate::error::{ApiError, Dialect};
 use crate::generation::{self, Encoder, Frame, Wire};
+use crate::logprobs::{TokenLogprob, entry_json};
 use crate::{Api, read_body};
 
 /// Which endpoint answers: where the text goes in each line.
@@ -55,6 +56,7 @@ async fn answer(api: Api, request: Request, kind: Kind) -> Result<Response, ApiE
     let card = resolve(&api.cluster.view().state, &model_name)?;
     check_num_ctx(num_ctx, &card)?;
     let mut reply = Reply::new(kind, model_name, began);
+    reply.logprobs = params.logprobs;
     if load_only {
         // Ollama's "load the model" call: shoal's models are loaded by placing an instance, so there is nothing to
         // do but say so.
@@ -82,6 +84,10 @@ async fn answer(api: Api, request: Request, kind: Kind) -> Result<Response, ApiE
     if !done.reasoning.is_empty() {
         reply.put_text(&mut whole, &done.reasoning, true);
     }
+    if reply.logprobs {
+        let entries = done.logprobs.iter().map(entry_json).collect::<Vec<_>>();
+        whole.insert("logprobs".into(), Value::from(entries));
+    }
     reply.finish_fields(&mut whole, done.finish(), &done.usage);
     Ok(Json(Value::Object(whole)).into_response())
 }
@@ -97,6 +103,8 @@ pub struct Reply {
     first_text: Option<Instant>,
     /// The prompt's length as this node counted it, for when the final chunk carries no usage.
     prompt_tokens: Option<usize>,
+    /// The request asked for logprobs: each line carries its tokens' (`logprobs`, as Ollama 0.12.11+ writes them).
+    pub logprobs: bool,
 }
 
 impl Reply {
@@ -107,6 +115,7 @@ impl Reply {
             began,
             first_text: None,
             prompt_tokens: None,
+            logprobs: false,
         }
     }
 
@@ -183,6 +192,14 @@ impl Encoder for Reply {
         self.first_text.get_or_insert_with(Instant::now);
         let mut line = self.line(Some(""), false);
         self.put_text(&mut line, text, thinking);
+        out.push(Frame::Line(Value::Object(line).to_string()));
+    }
+
+    fn token(&mut self, text: &str, thinking: bool, logprob: &TokenLogprob, out: &mut Vec<Frame>) {
+        self.first_text.get_or_insert_with(Instant::now);
+        let mut line = self.line(Some(""), false);
+        self.put_text(&mut line, text, thinking);
+        line.insert("logprobs".into(), json!([entry_json(logprob)]));
         out.push(Frame::Line(Value::Object(line).to_string()));
     }
 

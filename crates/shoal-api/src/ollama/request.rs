@@ -117,9 +117,8 @@ fn common(obj: &Map<String, Value>) -> Result<GenerateRequest, BadRequest> {
             ));
         }
     }
-    if fields::opt_bool(obj, "logprobs")? == Some(true) {
-        return Err(BadRequest::new("logprobs", "log probabilities are not supported yet"));
-    }
+    // Ollama's `logprobs` / `top_logprobs` (0.12.11 and later) mean what Chat Completions' do.
+    crate::logprobs::parse_chat_fields(obj, &mut params)?;
     Ok(GenerateRequest {
         params,
         model_name,
@@ -419,7 +418,8 @@ mod tests {
             (format!(r#"{{"model":"m",{user},"format":3}}"#), "format"),
             (format!(r#"{{"model":"m",{user},"keep_alive":true}}"#), "keep_alive"),
             (format!(r#"{{"model":"m",{user},"think":"max"}}"#), "think"),
-            (format!(r#"{{"model":"m",{user},"logprobs":true}}"#), "logprobs"),
+            (format!(r#"{{"model":"m",{user},"logprobs":1}}"#), "logprobs"),
+            (format!(r#"{{"model":"m",{user},"top_logprobs":2}}"#), "top_logprobs"),
             (
                 format!(r#"{{"model":"m",{user},"tools":[{{"type":"function"}}]}}"#),
                 "tools",

@@ -10,7 +10,8 @@ use super::chat_request::parse_chat;
 use super::{finish_text, usage_json};
 use crate::error::{ApiError, Dialect};
 use crate::generation::{self, Encoder, Frame, Wire};
-use crate::streams::unix_ms;
+use crate::logprobs::{self, TokenLogprob};
+use crate::streams::{StreamHandle, unix_ms};
 use crate::{Api, read_body};
 
 pub async fn completions(AxumState(api): AxumState<Api>, request: Request) -> Response {
@@ -23,34 +24,48 @@ pub async fn completions(AxumState(api): AxumState<Api>, request: Request) -> Re
 async fn answer(api: Api, request: Request) -> Result<Response, ApiError> {
     let body = read_body(request).await?;
     let chat = parse_chat(&body)?;
-    let started = generation::start(&api, chat.params).await?;
+    let logprobs = chat.params.logprobs;
+    let started = generation::start_choices(&api, chat.params, chat.n).await?;
+    let mut handles: Vec<StreamHandle> = started.into_iter().map(|s| s.handle).collect();
     let reply = Reply {
-        id: format!("chatcmpl-{}", started.handle.command_id),
+        id: format!(
+            "chatcmpl-{}",
+            handles.first().map(|h| h.command_id.to_string()).unwrap_or_default()
+        ),
         created: unix_ms() / 1000,
         model: chat.model_name,
         include_usage: chat.include_usage,
+        choice: 0,
+        choices: handles.len(),
+        usages: Vec::new(),
     };
     if chat.stream {
-        return Ok(generation::stream(started.handle, reply).await);
+        return Ok(generation::stream_choices(handles, reply).await);
     }
-    let mut handle = started.handle;
-    let done = generation::collect(&mut handle).await?;
-    let mut message = json!({ "role": "assistant", "content": done.text });
-    if !done.reasoning.is_empty() {
-        message["reasoning_content"] = Value::from(done.reasoning.clone());
-    }
+    let done = generation::collect_choices(&mut handles).await?;
+    let choices: Vec<Value> = done
+        .iter()
+        .enumerate()
+        .map(|(index, done)| {
+            let mut message = json!({ "role": "assistant", "content": done.text });
+            if !done.reasoning.is_empty() {
+                message["reasoning_content"] = Value::from(done.reasoning.clone());
+            }
+            json!({
+                "index": index,
+                "message": message,
+                "logprobs": logprobs::chat_json(logprobs, &done.logprobs),
+                "finish_reason": finish_text(done.finish()),
+            })
+        })
+        .collect();
     Ok(Json(json!({
         "id": reply.id,
         "object": "chat.completion",
         "created": reply.created,
         "model": reply.model,
-        "choices": [{
-            "index": 0,
-            "message": message,
-            "logprobs": null,
-            "finish_reason": finish_text(done.finish()),
-        }],
-        "usage": usage_json(&done.usage),
+        "choices": choices,
+        "usage": usage_json(&generation::summed_usage(done.iter().map(|d| d.usage))),
     }))
     .into_response())
 }
@@ -61,6 +76,11 @@ struct Reply {
     created: u64,
     model: String,
     include_usage: bool,
+    /// The choice the encoder writes now, of `choices`.
+    choice: usize,
+    choices: usize,
+    /// The usage of each finished choice: the usage chunk sums them after the last.
+    usages: Vec<Usage>,
 }
 
 impl Reply {
@@ -80,7 +100,10 @@ impl Reply {
 
     fn delta(&self, delta: Value, finish: Option<FinishReason>) -> Frame {
         let finish = finish.map_or(Value::Null, |f| Value::from(finish_text(f)));
-        self.chunk(json!([{ "index": 0, "delta": delta, "finish_reason": finish }]), None)
+        self.chunk(
+            json!([{ "index": self.choice, "delta": delta, "finish_reason": finish }]),
+            None,
+        )
     }
 }
 
@@ -94,7 +117,28 @@ impl Encoder for Reply {
     }
 
     fn open(&mut self, out: &mut Vec<Frame>) {
-        out.push(self.delta(json!({ "role": "assistant", "content": "" }), None));
+        for choice in 0..self.choices {
+            self.choice = choice;
+            out.push(self.delta(json!({ "role": "assistant", "content": "" }), None));
+        }
+    }
+
+    fn choice(&mut self, index: usize) {
+        self.choice = index;
+    }
+
+    fn token(&mut self, text: &str, thinking: bool, logprob: &TokenLogprob, out: &mut Vec<Frame>) {
+        // One chunk per token, as OpenAI streams logprobs: the text it made safe to show (maybe none) and its entry.
+        let field = if thinking { "reasoning_content" } else { "content" };
+        out.push(self.chunk(
+            json!([{
+                "index": self.choice,
+                "delta": { field: text },
+                "logprobs": logprobs::chat_json(true, std::slice::from_ref(logprob)),
+                "finish_reason": null,
+            }]),
+            None,
+        ));
     }
 
     fn text(&mut self, text: &str, thinking: bool, out: &mut Vec<Frame>) {
@@ -105,8 +149,10 @@ impl Encoder for Reply {
 
     fn finish(&mut self, finish: FinishReason, usage: &Usage, out: &mut Vec<Frame>) {
         out.push(self.delta(json!({}), Some(finish)));
-        if self.include_usage {
-            out.push(self.chunk(json!([]), Some(usage_json(usage))));
+        self.usages.push(*usage);
+        if self.include_usage && self.usages.len() >= self.choices {
+            let usage = generation::summed_usage(self.usages.iter().copied());
+            out.push(self.chunk(json!([]), Some(usage_json(&usage))));
         }
     }
 
@@ -117,5 +163,80 @@ impl Encoder for Reply {
     fn fail(&mut self, error: &ApiError, out: &mut Vec<Frame>) {
         out.push(Frame::data(Dialect::OpenAi.error_body(error).to_string()));
         out.push(Frame::data("[DONE]"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use shoal_types::chunk::TopLogprob;
+
+    use super::*;
+
+    fn data(frames: &[Frame]) -> Vec<Value> {
+        frames
+            .iter()
+            .filter_map(|f| match f {
+                Frame::Event { data, .. } if data != "[DONE]" => serde_json::from_str(data).ok(),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn several_choices_stream_by_index_and_usage_comes_once_summed() {
+        let mut reply = Reply {
+            id: "chatcmpl-1".into(),
+            created: 1,
+            model: "m".into(),
+            include_usage: true,
+            choice: 0,
+            choices: 2,
+            usages: Vec::new(),
+        };
+        let mut out = Vec::new();
+        reply.open(&mut out);
+        reply.choice(1);
+        let lp = TokenLogprob {
+            bytes: b"Hi".to_vec(),
+            logprob: -0.25,
+            top: vec![TopLogprob {
+                token: "Hi".into(),
+                token_id: 7,
+                logprob: -0.25,
+                bytes: b"Hi".to_vec(),
+            }],
+        };
+        reply.token("Hi", false, &lp, &mut out);
+        let usage = |completion_tokens| Usage {
+            prompt_tokens: 5,
+            completion_tokens,
+            total_tokens: 5 + completion_tokens,
+            ..Usage::default()
+        };
+        reply.finish(FinishReason::Length, &usage(3), &mut out);
+        reply.choice(0);
+        reply.finish(FinishReason::Stop, &usage(4), &mut out);
+        let chunks = data(&out);
+        assert_eq!(
+            chunks.len(),
+            6,
+            "two role deltas, a token, two finishes, one usage: {chunks:?}"
+        );
+        assert_eq!(chunks[0]["choices"][0]["index"], 0);
+        assert_eq!(chunks[1]["choices"][0]["index"], 1);
+        let token = &chunks[2]["choices"][0];
+        assert_eq!(token["index"], 1);
+        assert_eq!(token["delta"]["content"], "Hi");
+        assert_eq!(
+            token["logprobs"]["content"][0]["top_logprobs"][0]["bytes"],
+            json!([72, 105])
+        );
+        assert_eq!(chunks[3]["choices"][0]["finish_reason"], "length");
+        assert_eq!(chunks[4]["choices"][0]["index"], 0);
+        assert!(chunks[3].get("usage").is_none() && chunks[4].get("usage").is_none());
+        assert_eq!(
+            chunks[5]["usage"],
+            json!({"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12})
+        );
     }
 }

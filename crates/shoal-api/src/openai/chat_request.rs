@@ -16,6 +16,8 @@ pub struct ChatRequest {
     pub model_name: String,
     pub stream: bool,
     pub include_usage: bool,
+    /// Choices to generate (`n`).
+    pub n: u32,
 }
 
 /// Parses the body's JSON. The model is resolved later (unknown → 404).
@@ -34,13 +36,8 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatRequest, BadRequest> {
         None => fields::opt_token_limit(&obj, "max_tokens")?,
     };
     sampling(&obj, &mut params)?;
-    match obj.get("n") {
-        None | Some(Value::Null) => {}
-        Some(Value::Number(n)) if n.as_u64() == Some(1) => {}
-        Some(_) => return Err(BadRequest::new("n", "only n = 1 is supported")),
-    }
-    params.logprobs = fields::opt_bool(&obj, "logprobs")?.unwrap_or(false);
-    params.top_logprobs = fields::opt_u32(&obj, "top_logprobs")?;
+    let n = crate::logprobs::choices(&obj)?;
+    crate::logprobs::parse_chat_fields(&obj, &mut params)?;
     if let Some(tools) = obj.get("tools").filter(|t| !t.is_null()) {
         if !tools.is_array() {
             return Err(BadRequest::new("tools", "must be an array"));
@@ -62,6 +59,7 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatRequest, BadRequest> {
         model_name,
         stream,
         include_usage,
+        n,
     })
 }
 
@@ -257,7 +255,7 @@ mod tests {
                 r#"{"model":"m","messages":[{"role":"user","content":"x"}],"stream":"yes"}"#,
                 "stream",
             ),
-            (r#"{"model":"m","messages":[{"role":"user","content":"x"}],"n":2}"#, "n"),
+            (r#"{"model":"m","messages":[{"role":"user","content":"x"}],"n":9}"#, "n"),
             (
                 r#"{"model":"m","messages":[{"role":"user","content":"x"}],"stream_options":{"include_usage":1}}"#,
                 "stream_options.include_usage",

@@ -7,8 +7,9 @@
 //! Mapped: `model`, `prompt` (a string, or a list of exactly one string), `max_tokens` (16 when unset, OpenAI's
 //! default for this endpoint), the sampling fields Chat Completions reads (`temperature`, `top_p`, `seed`, `stop`,
 //! `presence_penalty`, `frequency_penalty`, and the extensions `top_k`, `min_p`, `repetition_penalty`), `stream`,
-//! `stream_options.include_usage`. Accepted and ignored: `user`, `logit_bias`. Refused with a 400 naming the field:
-//! several prompts or token arrays, `n` other than 1, `best_of` over 1, `echo: true`, `logprobs`, `suffix`.
+//! `stream_options.include_usage`, `n` (1–8 choices, [`crate::logprobs::MAX_CHOICES`]), `logprobs` (0–5: the legacy
+//! `{tokens, token_logprobs, top_logprobs, text_offset}` lists). Accepted and ignored: `user`, `logit_bias`.
+//! Refused with a 400 naming the field: several prompts or token arrays, `best_of` over 1, `echo: true`, `suffix`.
 
 use axum::Json;
 use axum::extract::{Request, State as AxumState};
@@ -22,7 +23,8 @@ use super::{finish_text, usage_json};
 use crate::error::{ApiError, BadRequest, Dialect};
 use crate::fields;
 use crate::generation::{self, Encoder, Frame, Wire};
-use crate::streams::unix_ms;
+use crate::logprobs::TokenLogprob;
+use crate::streams::{StreamHandle, unix_ms};
 use crate::{Api, read_body};
 
 /// OpenAI's `max_tokens` default for Completions (Chat Completions has none).
@@ -36,6 +38,8 @@ pub struct CompletionRequest {
     pub model_name: String,
     pub stream: bool,
     pub include_usage: bool,
+    /// Choices to generate (`n`).
+    pub n: u32,
 }
 
 /// Parses the body's JSON. The model is resolved later (unknown → 404).
@@ -50,6 +54,8 @@ pub fn parse_completion(body: &[u8]) -> Result<CompletionRequest, BadRequest> {
     params.max_output_tokens = Some(fields::opt_token_limit(&obj, "max_tokens")?.unwrap_or(DEFAULT_MAX_TOKENS));
     sampling(&obj, &mut params)?;
     refuse_unsupported(&obj)?;
+    let n = crate::logprobs::choices(&obj)?;
+    crate::logprobs::parse_completions_field(&obj, &mut params)?;
     let stream = fields::opt_bool(&obj, "stream")?.unwrap_or(false);
     let include_usage = match fields::opt_object(&obj, "stream_options")? {
         None => false,
@@ -62,6 +68,7 @@ pub fn parse_completion(body: &[u8]) -> Result<CompletionRequest, BadRequest> {
         model_name,
         stream,
         include_usage,
+        n,
     })
 }
 
@@ -91,11 +98,6 @@ fn prompt(obj: &Map<String, Value>) -> Result<String, BadRequest> {
 
 /// The fields whose meaning shoal cannot honour: a 400 rather than an answer that ignores them.
 fn refuse_unsupported(obj: &Map<String, Value>) -> Result<(), BadRequest> {
-    match obj.get("n") {
-        None | Some(Value::Null) => {}
-        Some(Value::Number(n)) if n.as_u64() == Some(1) => {}
-        Some(_) => return Err(BadRequest::new("n", "only n = 1 is supported")),
-    }
     match obj.get("best_of") {
         None | Some(Value::Null) => {}
         Some(Value::Number(n)) if n.as_u64() == Some(1) => {}
@@ -103,9 +105,6 @@ fn refuse_unsupported(obj: &Map<String, Value>) -> Result<(), BadRequest> {
     }
     if fields::opt_bool(obj, "echo")? == Some(true) {
         return Err(BadRequest::new("echo", "echoing the prompt is not supported"));
-    }
-    if obj.get("logprobs").is_some_and(|v| !v.is_null()) {
-        return Err(BadRequest::new("logprobs", "log probabilities are not supported"));
     }
     match fields::opt_string(obj, "suffix")? {
         Some(suffix) if !suffix.is_empty() => Err(BadRequest::new("suffix", "a suffix (insertion) is not supported")),
@@ -123,19 +122,36 @@ pub async fn create(AxumState(api): AxumState<Api>, request: Request) -> Respons
 async fn answer(api: Api, request: Request) -> Result<Response, ApiError> {
     let body = read_body(request).await?;
     let req = parse_completion(&body)?;
-    let started = generation::start(&api, req.params).await?;
-    let reply = Reply {
-        id: format!("cmpl-{}", started.handle.command_id),
+    let logprobs = req.params.logprobs;
+    let started = generation::start_choices(&api, req.params, req.n).await?;
+    let mut handles: Vec<StreamHandle> = started.into_iter().map(|s| s.handle).collect();
+    let mut reply = Reply {
+        id: format!(
+            "cmpl-{}",
+            handles.first().map(|h| h.command_id.to_string()).unwrap_or_default()
+        ),
         created: unix_ms() / 1000,
         model: req.model_name,
         include_usage: req.include_usage,
+        choice: 0,
+        usages: Vec::new(),
+        offsets: vec![0; handles.len()],
+        logprobs,
     };
     if req.stream {
-        return Ok(generation::stream(started.handle, reply).await);
+        return Ok(generation::stream_choices(handles, reply).await);
     }
-    let mut handle = started.handle;
-    let done = generation::collect(&mut handle).await?;
-    let body = reply.object(&done.text, Some(done.finish()), Some(&done.usage));
+    let done = generation::collect_choices(&mut handles).await?;
+    let choices: Vec<Value> = done
+        .iter()
+        .enumerate()
+        .map(|(index, done)| {
+            reply.choice = index;
+            reply.choice_json(&done.text, &done.logprobs, Some(done.finish()))
+        })
+        .collect();
+    let mut body = reply.shell(Value::from(choices));
+    body["usage"] = usage_json(&generation::summed_usage(done.iter().map(|d| d.usage)));
     Ok(Json(body).into_response())
 }
 
@@ -145,21 +161,34 @@ struct Reply {
     created: u64,
     model: String,
     include_usage: bool,
+    /// The choice written now; per choice, where its next token starts in its text (legacy `text_offset`).
+    choice: usize,
+    offsets: Vec<usize>,
+    /// The usage of each finished choice: the usage chunk sums them after the last.
+    usages: Vec<Usage>,
+    logprobs: bool,
 }
 
 impl Reply {
-    /// The `text_completion` object: the whole answer, or one chunk of a stream (the same shape).
-    fn object(&self, text: &str, finish: Option<FinishReason>, usage: Option<&Usage>) -> Value {
-        let mut body = self.shell(json!([{
-            "text": text,
-            "index": 0,
-            "logprobs": null,
-            "finish_reason": finish.map(finish_text),
-        }]));
-        if let Some(usage) = usage {
-            body["usage"] = usage_json(usage);
+    /// One entry of `choices`, for the whole answer or one chunk of a stream (the same shape).
+    fn choice_json(&mut self, text: &str, logprobs: &[TokenLogprob], finish: Option<FinishReason>) -> Value {
+        let offset = self.offsets.get(self.choice).copied().unwrap_or(0);
+        let lp = crate::logprobs::completions_json(self.logprobs, logprobs, offset);
+        if let Some(at) = self.offsets.get_mut(self.choice) {
+            *at += logprobs.iter().map(|l| l.token().chars().count()).sum::<usize>();
         }
-        body
+        json!({
+            "text": text,
+            "index": self.choice,
+            "logprobs": lp,
+            "finish_reason": finish.map(finish_text),
+        })
+    }
+
+    /// A stream's chunk: one choice's piece.
+    fn object(&mut self, text: &str, logprobs: &[TokenLogprob], finish: Option<FinishReason>) -> Value {
+        let choice = self.choice_json(text, logprobs, finish);
+        self.shell(json!([choice]))
     }
 
     fn shell(&self, choices: Value) -> Value {
@@ -188,14 +217,24 @@ impl Encoder for Reply {
 
     fn text(&mut self, text: &str, _thinking: bool, out: &mut Vec<Frame>) {
         // A raw prompt has no template to mark reasoning, so all text is the completion's.
-        out.push(Frame::data(self.object(text, None, None).to_string()));
+        out.push(Frame::data(self.object(text, &[], None).to_string()));
+    }
+
+    fn token(&mut self, text: &str, _thinking: bool, logprob: &TokenLogprob, out: &mut Vec<Frame>) {
+        let body = self.object(text, std::slice::from_ref(logprob), None);
+        out.push(Frame::data(body.to_string()));
+    }
+
+    fn choice(&mut self, index: usize) {
+        self.choice = index;
     }
 
     fn finish(&mut self, finish: FinishReason, usage: &Usage, out: &mut Vec<Frame>) {
-        out.push(Frame::data(self.object("", Some(finish), None).to_string()));
-        if self.include_usage {
+        out.push(Frame::data(self.object("", &[], Some(finish)).to_string()));
+        self.usages.push(*usage);
+        if self.include_usage && self.usages.len() >= self.offsets.len() {
             let mut body = self.shell(json!([]));
-            body["usage"] = usage_json(usage);
+            body["usage"] = usage_json(&generation::summed_usage(self.usages.iter().copied()));
             out.push(Frame::data(body.to_string()));
         }
     }
@@ -275,11 +314,11 @@ mod tests {
                 r#"{"model":"m","prompt":"x","frequency_penalty":-5}"#,
                 "frequency_penalty",
             ),
-            (r#"{"model":"m","prompt":"x","n":2}"#, "n"),
+            (r#"{"model":"m","prompt":"x","n":9}"#, "n"),
             (r#"{"model":"m","prompt":"x","best_of":3}"#, "best_of"),
             (r#"{"model":"m","prompt":"x","echo":true}"#, "echo"),
             (r#"{"model":"m","prompt":"x","echo":"no"}"#, "echo"),
-            (r#"{"model":"m","prompt":"x","logprobs":2}"#, "logprobs"),
+            (r#"{"model":"m","prompt":"x","logprobs":6}"#, "logprobs"),
             (r#"{"model":"m","prompt":"x","suffix":"end"}"#, "suffix"),
             (r#"{"model":"m","prompt":"x","stream":1}"#, "stream"),
             (
@@ -299,6 +338,10 @@ mod tests {
             created: 1,
             model: "smollm2-135m".into(),
             include_usage,
+            choice: 0,
+            offsets: vec![0],
+            usages: Vec::new(),
+            logprobs: false,
         }
     }
 
@@ -374,7 +417,8 @@ mod tests {
             cached_tokens: 0,
             reasoning_tokens: 0,
         };
-        let body = reply(false).object("Hello", Some(FinishReason::Stop), Some(&usage));
+        let mut body = reply(false).object("Hello", &[], Some(FinishReason::Stop));
+        body["usage"] = usage_json(&usage);
         assert_eq!(body["object"], "text_completion");
         assert_eq!(body["choices"][0]["text"], "Hello");
         assert_eq!(body["choices"][0]["index"], 0);

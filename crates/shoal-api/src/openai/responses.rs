@@ -20,6 +20,7 @@ use shoal_types::chunk::{FinishReason, Usage};
 use super::responses_request::parse_responses;
 use crate::error::{ApiError, Dialect};
 use crate::generation::{self, Encoder, Frame, Wire};
+use crate::logprobs::{TokenLogprob, entry_json};
 use crate::streams::unix_ms;
 use crate::{Api, read_body};
 
@@ -36,6 +37,7 @@ async fn answer(api: Api, request: Request) -> Result<Response, ApiError> {
     let p = &req.params;
     let (instructions, max_output_tokens) = (p.instructions.clone(), p.max_output_tokens);
     let (temperature, top_p, effort) = (p.temperature, p.top_p, p.reasoning_effort.clone());
+    let logprobs = req.params.logprobs;
     let started = generation::start(&api, req.params).await?;
     let defaults = &started.card.sampling_defaults;
     let shape = Shape {
@@ -54,7 +56,9 @@ async fn answer(api: Api, request: Request) -> Result<Response, ApiError> {
         user: req.user,
     };
     if req.stream {
-        return Ok(generation::stream(started.handle, Events::new(shape)).await);
+        let mut events = Events::new(shape);
+        events.logprobs = logprobs;
+        return Ok(generation::stream(started.handle, events).await);
     }
     let mut handle = started.handle;
     let done = generation::collect(&mut handle).await?;
@@ -68,7 +72,11 @@ async fn answer(api: Api, request: Request) -> Result<Response, ApiError> {
     if !done.reasoning.is_empty() {
         output.push(Item::new(Kind::Reasoning, &shape.id, done.reasoning.clone()).json(item_status));
     }
-    output.push(Item::new(Kind::Message, &shape.id, done.text.clone()).json(item_status));
+    let mut message = Item::new(Kind::Message, &shape.id, done.text.clone());
+    if logprobs {
+        message.logprobs = Some(done.logprobs.iter().map(entry_json).collect());
+    }
+    output.push(message.json(item_status));
     Ok(Json(shape.response(status, output, Some(&done.usage), incomplete, None)).into_response())
 }
 
@@ -168,6 +176,8 @@ struct Item {
     text: String,
     /// `in_progress` until the item is done.
     status: &'static str,
+    /// A message's `output_text.logprobs` entries, when the request asked for them.
+    logprobs: Option<Vec<Value>>,
 }
 
 impl Item {
@@ -181,13 +191,20 @@ impl Item {
             id: format!("{prefix}_{id}"),
             text,
             status: "in_progress",
+            logprobs: None,
         }
     }
 
     fn part(&self, text: &str) -> Value {
         match self.kind {
             Kind::Reasoning => json!({ "type": "reasoning_text", "text": text }),
-            Kind::Message => json!({ "type": "output_text", "text": text, "annotations": [] }),
+            Kind::Message => {
+                let mut part = json!({ "type": "output_text", "text": text, "annotations": [] });
+                if let Some(logprobs) = &self.logprobs {
+                    part["logprobs"] = Value::from(logprobs.clone());
+                }
+                part
+            }
         }
     }
 
@@ -213,6 +230,8 @@ struct Events {
     shape: Shape,
     sequence: u64,
     items: Vec<Item>,
+    /// The request asked for logprobs: the message's part and text events carry them.
+    logprobs: bool,
 }
 
 impl Events {
@@ -221,6 +240,7 @@ impl Events {
             shape,
             sequence: 0,
             items: Vec::new(),
+            logprobs: false,
         }
     }
 
@@ -243,7 +263,10 @@ impl Events {
     }
 
     fn add_item(&mut self, kind: Kind, out: &mut Vec<Frame>) {
-        let item = Item::new(kind, &self.shape.id, String::new());
+        let mut item = Item::new(kind, &self.shape.id, String::new());
+        if self.logprobs && kind == Kind::Message {
+            item.logprobs = Some(Vec::new());
+        }
         let index = self.items.len();
         let added = json!({ "output_index": index, "item": item.with_content("in_progress", Vec::new()) });
         let part = json!({ "item_id": item.id, "output_index": index, "content_index": 0, "part": item.part("") });
@@ -252,13 +275,41 @@ impl Events {
         self.emit("response.content_part.added", part, out);
     }
 
+    /// Text of the current kind's item (opening it), with the token's logprob entry on a message.
+    fn write(&mut self, text: &str, thinking: bool, logprob: Option<&TokenLogprob>, out: &mut Vec<Frame>) {
+        let kind = if thinking { Kind::Reasoning } else { Kind::Message };
+        if self.open_item().is_none_or(|(_, item)| item.kind != kind) {
+            self.close_item("completed", out);
+            self.add_item(kind, out);
+        }
+        let index = self.items.len() - 1;
+        let item = &mut self.items[index];
+        item.text.push_str(text);
+        let entries: Vec<Value> = logprob.map(entry_json).into_iter().collect();
+        if let Some(all) = &mut item.logprobs {
+            all.extend(entries.iter().cloned());
+        }
+        let (name, mut delta) = match kind {
+            Kind::Reasoning => ("response.reasoning_text.delta", json!({})),
+            Kind::Message => ("response.output_text.delta", json!({ "logprobs": entries })),
+        };
+        delta["item_id"] = Value::from(item.id.clone());
+        delta["output_index"] = Value::from(index);
+        delta["content_index"] = Value::from(0);
+        delta["delta"] = Value::from(text);
+        self.emit(name, delta, out);
+    }
+
     fn close_item(&mut self, status: &'static str, out: &mut Vec<Frame>) {
         let Some((index, item)) = self.open_item() else {
             return;
         };
         let (text_done, mut text) = match item.kind {
             Kind::Reasoning => ("response.reasoning_text.done", json!({})),
-            Kind::Message => ("response.output_text.done", json!({ "logprobs": [] })),
+            Kind::Message => (
+                "response.output_text.done",
+                json!({ "logprobs": item.logprobs.clone().unwrap_or_default() }),
+            ),
         };
         text["item_id"] = Value::from(item.id.clone());
         text["output_index"] = Value::from(index);
@@ -292,23 +343,18 @@ impl Encoder for Events {
     }
 
     fn text(&mut self, text: &str, thinking: bool, out: &mut Vec<Frame>) {
-        let kind = if thinking { Kind::Reasoning } else { Kind::Message };
-        if self.open_item().is_none_or(|(_, item)| item.kind != kind) {
-            self.close_item("completed", out);
-            self.add_item(kind, out);
+        self.write(text, thinking, None, out);
+    }
+
+    fn token(&mut self, text: &str, thinking: bool, logprob: &TokenLogprob, out: &mut Vec<Frame>) {
+        // Reasoning text has no logprobs in Responses; the message's `output_text` has.
+        if thinking {
+            if !text.is_empty() {
+                self.write(text, thinking, None, out);
+            }
+            return;
         }
-        let index = self.items.len() - 1;
-        let item = &mut self.items[index];
-        item.text.push_str(text);
-        let (name, mut delta) = match kind {
-            Kind::Reasoning => ("response.reasoning_text.delta", json!({})),
-            Kind::Message => ("response.output_text.delta", json!({ "logprobs": [] })),
-        };
-        delta["item_id"] = Value::from(item.id.clone());
-        delta["output_index"] = Value::from(index);
-        delta["content_index"] = Value::from(0);
-        delta["delta"] = Value::from(text);
-        self.emit(name, delta, out);
+        self.write(text, thinking, Some(logprob), out);
     }
 
     fn finish(&mut self, finish: FinishReason, usage: &Usage, out: &mut Vec<Frame>) {

@@ -4,11 +4,12 @@
 //! Mapped: `model`, `input` (a string, or message items with string or `input_text`/`output_text` parts; roles
 //! user, assistant, system, developer; `type: "message"` optional), `instructions`, `max_output_tokens`,
 //! `temperature`, `top_p` (plus the extensions Chat Completions reads: `top_k`, `min_p`, penalties, `seed`, `stop`),
-//! `stream`, `reasoning.effort`.
+//! `stream`, `reasoning.effort`, `include: ["message.output_text.logprobs"]` and `top_logprobs` (logprobs on the
+//! message's `output_text`, [`crate::logprobs::parse_responses_fields`]).
 //! Echoed in the Response object, otherwise ignored: `metadata`, `parallel_tool_calls`, `truncation` (a prompt over
 //! the context is always a 400, so `auto` never has to drop anything it could drop), `user`.
-//! Accepted and ignored: `tool_choice`, `include`, `reasoning.summary`, `text.verbosity`, `service_tier`,
-//! `prompt_cache_key`, `safety_identifier`, `top_logprobs`, `max_tool_calls`, and `reasoning` items in `input`
+//! Accepted and ignored: `tool_choice`, other `include` entries, `reasoning.summary`, `text.verbosity`,
+//! `service_tier`, `prompt_cache_key`, `safety_identifier`, `max_tool_calls`, and `reasoning` items in `input`
 //! (a client that manages its own context sends them back; the template has no place for them).
 //! Refused with a 400 naming the field: `store: true` and `background: true` (nothing is stored),
 //! `previous_response_id`, `conversation` and `prompt` (they need stored state), non-empty `tools` and
@@ -56,6 +57,7 @@ pub fn parse_responses(body: &[u8]) -> Result<ResponsesRequest, BadRequest> {
     params.instructions = fields::opt_string(&obj, "instructions")?;
     params.max_output_tokens = fields::opt_token_limit(&obj, "max_output_tokens")?;
     sampling(&obj, &mut params)?;
+    crate::logprobs::parse_responses_fields(&obj, &mut params)?;
     if let Some(tools) = obj.get("tools").filter(|t| !t.is_null()) {
         match tools {
             Value::Array(items) if items.is_empty() => {}
