@@ -68,6 +68,10 @@ fn commands_chunks_and_transients_round_trip() {
         logprobs: true,
         top_logprobs: Some(3),
         enable_thinking: Some(false),
+        constraint: Some(shoal_types::Constraint::JsonSchema {
+            schema: "{\"type\":\"object\"}".into(),
+            strict: true,
+        }),
         ..Default::default()
     };
     let commands = vec![

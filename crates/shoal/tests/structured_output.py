@@ -27,7 +27,7 @@ MAX_TOKENS = 120
 PERSON = {
     "type": "object",
     "properties": {
-        "name": {"type": "string", "maxLength": 12},
+        "name": {"type": "string", "maxLength": 8},
         "age": {"type": "integer", "minimum": 0, "maximum": 120},
         "role": {"enum": ["admin", "user", "guest"]},
     },
@@ -40,9 +40,9 @@ ORDER = {
         "id": {"type": "integer", "minimum": 1, "maximum": 9999},
         "items": {
             "type": "array",
-            "items": {"type": "string", "maxLength": 10},
+            "items": {"type": "string", "maxLength": 6},
             "minItems": 1,
-            "maxItems": 3,
+            "maxItems": 2,
         },
         "paid": {"type": "boolean"},
     },
@@ -52,7 +52,7 @@ ORDER = {
 PLACE = {
     "type": "object",
     "properties": {
-        "city": {"type": "string", "maxLength": 12},
+        "city": {"type": "string", "maxLength": 8},
         "location": {
             "type": "object",
             "properties": {
@@ -80,7 +80,7 @@ REVIEW = {
         },
         "author": {
             "type": "object",
-            "properties": {"nick": {"type": "string", "maxLength": 8}, "verified": {"type": "boolean"}},
+            "properties": {"nick": {"type": "string", "maxLength": 6}, "verified": {"type": "boolean"}},
             "required": ["nick"],
             "additionalProperties": False,
         },

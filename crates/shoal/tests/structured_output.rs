@@ -2,7 +2,8 @@
 //! `ollama` Python clients send 100 concurrent `json_schema` requests whose answers all validate (`jsonschema`),
 //! `json_object`, a streamed schema answer, Responses `text.format`, Ollama `format`, and bad schemas refused with a
 //! 400 naming the place (`structured_output.py`); and over a 3-stage pipeline the constrained greedy answer equals
-//! one node's, token for token.
+//! one node's, token for token; and stage processes (`LocalPipeline`) enforce a Lark grammar on the last rank and
+//! fail a task whose grammar does not compile there, with an error naming the constraint.
 //!
 //! The clients are Python packages (`pip install openai ollama jsonschema`; `.ci/run` installs them). Where one is
 //! missing, the client test fails if `CI` is set and otherwise prints a notice and passes without running.
@@ -11,10 +12,17 @@
 mod common;
 mod support;
 
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::wait_for;
 use serde_json::{Value, json};
+use shoal_engine::{
+    ChatMessage, ChatTemplate, Constraint, FinishReason, GenerateParams, Pipeline, Pool, SamplingParams, Tokenizer,
+    generate,
+};
+use shoal_runner::LocalPipeline;
 use support::*;
 
 /// 100 short constrained answers, eight at a time, plus a dozen more checks: well under this on 2 cores.
@@ -105,4 +113,48 @@ fn constrained_greedy_output_over_three_stages_equals_one_node() {
         // Same text from the same number of tokens: the same tokens (greedy, one vocabulary).
         assert_eq!(piped["usage"], reference["usage"]);
     }
+}
+
+#[test]
+fn stage_processes_enforce_a_grammar_on_the_last_rank_and_fail_one_that_does_not_compile() {
+    let model = common::model_path();
+    let tok = Tokenizer::from_gguf_path(&model).unwrap();
+    let text = ChatTemplate::from_tokenizer(&tok)
+        .unwrap()
+        .render(&[ChatMessage::new("user", "Is the sky green?")], true)
+        .unwrap();
+    let prompt = tok.encode(&text).unwrap();
+    let lark = |grammar: &str| GenerateParams {
+        sampling: SamplingParams::greedy(),
+        max_tokens: 30,
+        stop: vec![],
+        constraint: Some(Constraint::Lark {
+            grammar: grammar.into(),
+        }),
+    };
+    let answer = lark(r#"start: ("Yes" | "No") ", it is " ("blue" | "green" | "grey") "." "#);
+    let mut local = Pipeline::load(&model, &[], Arc::new(Pool::new(1))).unwrap();
+    let expected = generate(&mut local, &tok, 0, &prompt, &answer, &mut |_| {}).unwrap();
+    drop(local);
+
+    let exe = Path::new(env!("CARGO_BIN_EXE_shoal"));
+    let mut ring = LocalPipeline::start(exe, &model, &[0, 15, 30], 1, 4).unwrap();
+    let got = ring.generate(&prompt, &answer, &mut |_| {}).unwrap();
+    assert_eq!(got.tokens, expected.tokens, "{}", got.text);
+    let allowed: Vec<String> = ["Yes", "No"]
+        .iter()
+        .flat_map(|a| ["blue", "green", "grey"].map(|c| format!("{a}, it is {c}.")))
+        .collect();
+    assert!(allowed.contains(&got.text), "{}", got.text);
+    assert_eq!(got.finish, FinishReason::Stop);
+
+    let err = ring
+        .generate(&prompt, &lark("start: undefined_rule"), &mut |_| {})
+        .unwrap_err();
+    assert!(err.to_string().contains("constraint"), "{err}");
+    // The ring serves again.
+    assert_eq!(
+        ring.generate(&prompt, &answer, &mut |_| {}).unwrap().tokens,
+        expected.tokens
+    );
 }
