@@ -131,6 +131,7 @@ fn stage_processes_enforce_a_grammar_on_the_last_rank_and_fail_one_that_does_not
         constraint: Some(Constraint::Lark {
             grammar: grammar.into(),
         }),
+        logprobs: None,
     };
     let answer = lark(r#"start: ("Yes" | "No") ", it is " ("blue" | "green" | "grey") "." "#);
     let mut local = Pipeline::load(&model, &[], Arc::new(Pool::new(1))).unwrap();
