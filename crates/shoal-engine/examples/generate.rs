@@ -63,6 +63,7 @@ fn parse_args() -> Result<Args, String> {
             sampling,
             max_tokens,
             stop: Vec::new(),
+            output: Default::default(),
         },
     })
 }

@@ -17,6 +17,9 @@ pub struct GenerateParams {
     pub max_tokens: usize,
     /// Generation ends before the first occurrence of any of these; the stop string itself is not returned.
     pub stop: Vec<String>,
+    /// How the last rank reads the output: reasoning and tool calls (default: plain text).
+    #[serde(default)]
+    pub output: crate::output::OutputSpec,
 }
 
 impl Default for GenerateParams {
@@ -25,6 +28,7 @@ impl Default for GenerateParams {
             sampling: SamplingParams::default(),
             max_tokens: 256,
             stop: Vec::new(),
+            output: crate::output::OutputSpec::default(),
         }
     }
 }

@@ -17,6 +17,7 @@ pub use stage::{LayerRange, SeqChunk, SeqSlot, Stage, StageInput, StageOutput};
 
 pub mod chat;
 pub mod generate;
+pub mod output;
 pub mod sampling;
 pub mod tokenizer;
 

@@ -46,6 +46,7 @@ fn greedy_answer_is_coherent() {
         sampling: SamplingParams::greedy(),
         max_tokens: 48,
         stop: vec![],
+        output: Default::default(),
     };
     let g = generate(&mut p, &tok, 0, &prompt, &params, &mut |_| {}).unwrap();
     println!(
@@ -194,6 +195,7 @@ fn same_seed_same_tokens() {
         sampling,
         max_tokens: 24,
         stop: vec![],
+        output: Default::default(),
     };
     let a = generate(&mut p, &tok, 0, &prompt, &params, &mut |_| {}).unwrap();
     let b = generate(&mut p, &tok, 5, &prompt, &params, &mut |_| {}).unwrap();
@@ -220,6 +222,7 @@ fn stop_strings_and_max_tokens() {
         sampling: SamplingParams::greedy(),
         max_tokens: 5,
         stop: vec![],
+        output: Default::default(),
     };
     let g = generate(&mut p, &tok, 0, &prompt, &params, &mut |_| {}).unwrap();
     assert_eq!(g.tokens.len(), 5);
@@ -325,6 +328,7 @@ fn batched_generation_matches_separate_runs() {
         sampling: SamplingParams::greedy(),
         max_tokens: 12,
         stop: vec![],
+        output: Default::default(),
     };
     let separate: Vec<Vec<u32>> = prompts
         .iter()

@@ -102,4 +102,5 @@ pub fn engine_params(params: &GenerationParams, max_tokens: usize) -> GeneratePa
         max_tokens,
         stop: params.stop.clone(),
     }
+    output: Default::default(),
 }

@@ -53,6 +53,7 @@ fn sample_forward() -> DataFrame {
                     sampling: SamplingParams::greedy(),
                     max_tokens: 5,
                     stop: vec!["</s>".into()],
+                    output: Default::default(),
                 },
                 route: vec![0xAB; 48],
             }),

@@ -172,6 +172,7 @@ fn main() {
         sampling: SamplingParams::greedy(),
         max_tokens: DECODE_TOKENS as usize,
         stop: Vec::new(),
+        output: Default::default(),
     };
     pipeline.generate(&prompt, &params, &mut |_| {}).unwrap();
     let alone: Vec<_> = (0..REPS)

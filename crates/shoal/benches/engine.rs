@@ -150,6 +150,7 @@ fn ring_decode(exe: &Path, model: &Path, threads: usize, prompt: &[u32]) -> (f64
         sampling: SamplingParams::greedy(),
         max_tokens: 128,
         stop: vec![],
+        output: Default::default(),
     };
     let mut one = LocalPipeline::start(exe, model, &[0, 30], threads, 8).unwrap();
     let mut two = LocalPipeline::start(exe, model, &[0, 15, 30], threads, 8).unwrap();
@@ -380,6 +381,7 @@ fn rss_table(exe: &Path, models: &[PathBuf], threads: usize, stages: usize) {
         sampling: SamplingParams::greedy(),
         max_tokens: RSS_GEN,
         stop: vec![],
+        output: Default::default(),
     };
     for model in models {
         let gguf = shoal_engine::gguf::GgufFile::open(model).unwrap();

@@ -88,6 +88,7 @@ pub fn run(args: &GenerateArgs, data_dir: Option<&Path>) -> anyhow::Result<()> {
         sampling,
         max_tokens: args.max_tokens as usize,
         stop: args.stop.clone(),
+        output: Default::default(),
     };
 
     let mut stdout = std::io::stdout().lock();

@@ -42,6 +42,7 @@ fn batched_sequences_through_three_stage_processes_match_one_process() {
         sampling: SamplingParams::greedy(),
         max_tokens: 10,
         stop: vec![],
+        output: Default::default(),
     };
     let mut local = Pipeline::load(&model, &[], Arc::new(Pool::new(1))).unwrap();
     let expected: Vec<Vec<u32>> = prompts
@@ -80,6 +81,7 @@ fn a_dead_stage_fails_the_generation_quickly() {
         sampling: SamplingParams::greedy(),
         max_tokens: 100_000,
         stop: vec![],
+        output: Default::default(),
     };
     let killer = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(300));
@@ -111,6 +113,7 @@ fn cancel_mid_generation_frees_the_sequence_on_every_rank() {
         sampling: SamplingParams::greedy(),
         max_tokens: 16,
         stop: vec![],
+        output: Default::default(),
     };
     let alone = ring.generate(&prompts[1], &short, &mut |_| {}).unwrap().tokens;
     let long = GenerateParams {
