@@ -15,6 +15,12 @@ use crate::error::{EngineError, Result};
 pub struct ChatMessage {
     pub role: String,
     pub content: String,
+    /// An assistant message's calls (HF: `message.tool_calls[i].function.{name,arguments}`).
+    pub tool_calls: Vec<ChatToolCall>,
+    /// A `tool` message: the call it answers.
+    pub tool_call_id: Option<String>,
+    /// An assistant message's reasoning (HF: `message.reasoning_content`, which Qwen3's templates read).
+    pub reasoning: Option<String>,
 }
 
 impl ChatMessage {
@@ -22,8 +28,29 @@ impl ChatMessage {
         Self {
             role: role.into(),
             content: content.into(),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+            reasoning: None,
         }
     }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatToolCall {
+    pub id: String,
+    pub name: String,
+    /// The arguments as JSON text; templates get them as a mapping (HF's convention), or as the text when it is not
+    /// JSON.
+    pub arguments: String,
+}
+
+/// What a request adds to the template's context besides its messages, as HF transformers and vLLM pass it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TemplateExtras {
+    /// The OpenAI function list (`[{"type":"function","function":{name,description,parameters}}]`).
+    pub tools: Option<serde_json::Value>,
+    pub enable_thinking: Option<bool>,
+    pub reasoning_effort: Option<String>,
 }
 
 /// The chat formats used when a model file carries no template, named as llama.cpp names its built-ins.
@@ -126,6 +153,53 @@ impl Builtin {
         }
         out
     }
+}
+
+/// A JSON value as a template value (objects keep their keys' order).
+fn json_value(v: &serde_json::Value) -> Value {
+    use serde_json::Value as J;
+    match v {
+        J::Null => Value::from(()),
+        J::Bool(b) => Value::from(*b),
+        J::Number(n) => match (n.as_i64(), n.as_f64()) {
+            (Some(i), _) => Value::from(i),
+            (None, Some(f)) => Value::from(f),
+            (None, None) => Value::from(n.to_string()),
+        },
+        J::String(s) => Value::from(s.as_str()),
+        J::Array(items) => Value::from(items.iter().map(json_value).collect::<Vec<_>>()),
+        J::Object(map) => Value::from_iter(map.iter().map(|(k, v)| (k.as_str(), json_value(v)))),
+    }
+}
+
+/// A message as HF templates see it.
+fn message_value(m: &ChatMessage) -> Value {
+    let mut map: BTreeMap<&str, Value> = BTreeMap::new();
+    map.insert("role", Value::from(m.role.as_str()));
+    map.insert("content", Value::from(m.content.as_str()));
+    if !m.tool_calls.is_empty() {
+        let calls: Vec<Value> = m
+            .tool_calls
+            .iter()
+            .map(|c| {
+                let arguments = serde_json::from_str::<serde_json::Value>(&c.arguments)
+                    .unwrap_or_else(|_| serde_json::Value::String(c.arguments.clone()));
+                json_value(&serde_json::json!({
+                    "id": c.id,
+                    "type": "function",
+                    "function": { "name": c.name, "arguments": arguments },
+                }))
+            })
+            .collect();
+        map.insert("tool_calls", Value::from(calls));
+    }
+    if let Some(id) = &m.tool_call_id {
+        map.insert("tool_call_id", Value::from(id.as_str()));
+    }
+    if let Some(r) = &m.reasoning {
+        map.insert("reasoning_content", Value::from(r.as_str()));
+    }
+    Value::from(map)
 }
 
 /// Trims what C's `isspace` calls space (llama.cpp's templates trim with it; unlike `str::trim`, ASCII only and
@@ -240,26 +314,51 @@ impl ChatTemplate {
         self
     }
 
+    /// The Jinja source (`None` for a built-in format).
+    pub fn source(&self) -> Option<&str> {
+        match &self.kind {
+            Kind::Jinja(j) => Some(&j.source),
+            Kind::Builtin(_) => None,
+        }
+    }
+
+    /// Whether the template renders a request's `tools` itself (otherwise the caller describes them in the system
+    /// prompt). What llama.cpp's capability probe finds, judged from the source.
+    pub fn renders_tools(&self) -> bool {
+        self.source().is_some_and(|s| s.contains("tools"))
+    }
+
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+        self.render_with(messages, add_generation_prompt, &TemplateExtras::default())
+    }
+
+    pub fn render_with(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+        extras: &TemplateExtras,
+    ) -> Result<String> {
         let j = match &self.kind {
             Kind::Builtin(b) => return Ok(b.render(messages, add_generation_prompt)),
             Kind::Jinja(j) => j,
         };
-        let msgs: Vec<Value> = messages
-            .iter()
-            .map(|m| {
-                let mut map = BTreeMap::new();
-                map.insert("role", Value::from(m.role.as_str()));
-                map.insert("content", Value::from(m.content.as_str()));
-                Value::from(map)
-            })
-            .collect();
-        let ctx = minijinja::context! {
-            messages => msgs,
-            add_generation_prompt => add_generation_prompt,
-            bos_token => j.bos_token.as_str(),
-            eos_token => j.eos_token.as_str(),
-        };
+        let msgs: Vec<Value> = messages.iter().map(message_value).collect();
+        let mut ctx: BTreeMap<&str, Value> = BTreeMap::new();
+        ctx.insert("messages", Value::from(msgs));
+        ctx.insert("add_generation_prompt", Value::from(add_generation_prompt));
+        ctx.insert("bos_token", Value::from(j.bos_token.as_str()));
+        ctx.insert("eos_token", Value::from(j.eos_token.as_str()));
+        // Only what the request set: templates test `tools is defined` / `enable_thinking is defined`.
+        if let Some(tools) = &extras.tools {
+            ctx.insert("tools", json_value(tools));
+        }
+        if let Some(on) = extras.enable_thinking {
+            ctx.insert("enable_thinking", Value::from(on));
+        }
+        if let Some(effort) = &extras.reasoning_effort {
+            ctx.insert("reasoning_effort", Value::from(effort.as_str()));
+        }
+        let ctx = Value::from(ctx);
         let mut out = j
             .env
             .render_str(&j.source, ctx)

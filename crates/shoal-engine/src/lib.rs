@@ -21,7 +21,7 @@ pub mod output;
 pub mod sampling;
 pub mod tokenizer;
 
-pub use chat::{ChatMessage, ChatTemplate};
+pub use chat::{ChatMessage, ChatTemplate, ChatToolCall, TemplateExtras};
 pub use generate::{
     BatchRequest, DecodeStep, Decoding, FinishReason, GenerateParams, Generation, ScheduledStep, Scheduler, generate,
     generate_batch,

@@ -12,10 +12,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+use shoal_engine::output::ParsedCall;
 use shoal_engine::{FinishReason, GenerateParams, SeqSlot};
 
 /// Protocol revision exchanged in `Hello`; a worker refuses a runner of another revision.
-pub const PROTOCOL: u32 = 3;
+pub const PROTOCOL: u32 = 4;
 
 /// A task handle chosen by the worker, unique among the runner's live tasks.
 pub type TaskHandle = u64;
@@ -111,13 +112,23 @@ pub enum FromRunner {
         route: Vec<u8>,
     },
     /// Last rank: one sampled token and the text it made safe to show; `seq` counts from 0 per task. The last chunk
-    /// of a finished sequence carries `end` (a `TaskDone` follows it).
+    /// of a finished sequence carries `end` (a `TaskDone` follows it). A token whose text is part reasoning, part
+    /// answer comes as two chunks with the same token.
     Chunk {
         task: TaskHandle,
         seq: u64,
         token: u32,
         text: String,
         end: Option<ChunkEnd>,
+        /// The text is the model's reasoning (`<think>…</think>`), not its answer.
+        thinking: bool,
+    },
+    /// Last rank: the sequence ended in tool calls (its last chunk, instead of a `Chunk` with `end`).
+    ToolCalls {
+        task: TaskHandle,
+        seq: u64,
+        calls: Vec<ParsedCall>,
+        end: ChunkEnd,
     },
     TaskDone {
         task: TaskHandle,

@@ -16,6 +16,7 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use shoal_engine::output::{OutputParser, Piece};
 use shoal_engine::{
     Decoding, EngineError, LayerRange, PREFILL_CHUNK, Pool, ScheduledStep, Scheduler, SeqChunk, SeqSlot, Stage,
     StageInput, StageOutput, Tokenizer,
@@ -311,6 +312,8 @@ struct Rank {
 struct Sampling<'t> {
     task: TaskHandle,
     decoding: Decoding<'t>,
+    /// Reasoning and tool calls read out of the text (SYSTEM.md §10.4).
+    output: OutputParser,
     seq: u64,
 }
 
@@ -671,6 +674,7 @@ impl Rank {
                             Sampling {
                                 task: start.task,
                                 decoding,
+                                output: OutputParser::new(&start.params.output),
                                 seq: 0,
                             },
                         );
@@ -710,18 +714,14 @@ impl Rank {
             if seq.seq == 0 {
                 tracing::debug!(task = seq.task, "first token sampled");
             }
-            self.worker.send(&FromRunner::Chunk {
-                task: seq.task,
-                seq: seq.seq,
-                token: step.token,
-                text: step.text,
-                end: step.finish.map(|finish| ChunkEnd {
-                    finish,
-                    prompt_tokens: seq.decoding.prompt_tokens(),
-                    completion_tokens: seq.decoding.generated().len(),
-                }),
+            let end = step.finish.map(|finish| ChunkEnd {
+                finish,
+                prompt_tokens: seq.decoding.prompt_tokens(),
+                completion_tokens: seq.decoding.generated().len(),
             });
-            seq.seq += 1;
+            for msg in chunk_messages(seq, step.token, &step.text, end) {
+                self.worker.send(&msg);
+            }
             let done = step.finish.is_some();
             if let Some(finish) = step.finish {
                 self.worker.send(&FromRunner::TaskDone {
@@ -756,4 +756,53 @@ impl Rank {
             }
         }
     }
+}
+
+/// The messages one sampled token makes: its text split into reasoning and answer pieces (at least one chunk, so
+/// every token is seen), and at the end either the last chunk or the tool calls the output made.
+fn chunk_messages(seq: &mut Sampling<'_>, token: u32, text: &str, end: Option<ChunkEnd>) -> Vec<FromRunner> {
+    let task = seq.task;
+    let mut pieces = if seq.output.is_active() {
+        seq.output.push(text)
+    } else {
+        vec![Piece {
+            text: text.to_string(),
+            thinking: false,
+        }]
+    };
+    let mut calls = Vec::new();
+    if end.is_some() && seq.output.is_active() {
+        let (rest, made) = seq.output.finish();
+        pieces.extend(rest);
+        calls = made;
+    }
+    if pieces.is_empty() && (end.is_none() || calls.is_empty()) {
+        pieces.push(Piece {
+            text: String::new(),
+            thinking: false,
+        });
+    }
+    let mut out = Vec::with_capacity(pieces.len() + 1);
+    let last = pieces.len().saturating_sub(1);
+    for (i, piece) in pieces.into_iter().enumerate() {
+        out.push(FromRunner::Chunk {
+            task,
+            seq: seq.seq,
+            token,
+            text: piece.text,
+            end: if i == last && calls.is_empty() { end } else { None },
+            thinking: piece.thinking,
+        });
+        seq.seq += 1;
+    }
+    if let Some(end) = end.filter(|_| !calls.is_empty()) {
+        out.push(FromRunner::ToolCalls {
+            task,
+            seq: seq.seq,
+            calls,
+            end,
+        });
+        seq.seq += 1;
+    }
+    out
 }

@@ -31,6 +31,19 @@ pub struct GenerationParams {
     pub top_logprobs: Option<u32>,
     pub enable_thinking: Option<bool>,
     pub reasoning_effort: Option<String>,
+    /// Whether and which tool the model must call (OpenAI `tool_choice`, Anthropic's `any`/`tool`/`auto`/`none`).
+    pub tool_choice: ToolChoice,
+}
+
+/// `tool_choice`: `Auto` lets the model choose; `None` hides the tools; `Required` and `Function` force a call (with
+/// a grammar).
+#[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+pub enum ToolChoice {
+    #[default]
+    Auto,
+    None,
+    Required,
+    Function(String),
 }
 
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]

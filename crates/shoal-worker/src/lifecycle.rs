@@ -178,6 +178,7 @@ impl Shell {
             FromRunner::Accepted { .. }
                 | FromRunner::Started { .. }
                 | FromRunner::Chunk { .. }
+                | FromRunner::ToolCalls { .. }
                 | FromRunner::TaskDone { .. }
         ) {
             self.on_task_message(runner, msg);
@@ -236,6 +237,7 @@ impl Shell {
             | FromRunner::Accepted { .. }
             | FromRunner::Started { .. }
             | FromRunner::Chunk { .. }
+            | FromRunner::ToolCalls { .. }
             | FromRunner::TaskDone { .. } => {}
         }
     }
