@@ -15,7 +15,7 @@ use axum::extract::{Request, State as AxumState};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 use shoal_types::chunk::{FinishReason, Usage};
-use shoal_types::params::GenerationParams;
+use shoal_types::params::{GenerationParams, ToolCall};
 
 use super::chat_request::sampling;
 use super::{finish_text, usage_json};
@@ -189,6 +189,11 @@ impl Encoder for Reply {
     fn text(&mut self, text: &str, _thinking: bool, out: &mut Vec<Frame>) {
         // A raw prompt has no template to mark reasoning, so all text is the completion's.
         out.push(Frame::data(self.object(text, None, None).to_string()));
+    }
+
+    /// Completions take no tools, so no call is ever parsed; the end is written as a plain stop.
+    fn tool_calls(&mut self, _calls: &[ToolCall], usage: &Usage, out: &mut Vec<Frame>) {
+        self.finish(FinishReason::Stop, usage, out);
     }
 
     fn finish(&mut self, finish: FinishReason, usage: &Usage, out: &mut Vec<Frame>) {

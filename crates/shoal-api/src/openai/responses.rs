@@ -16,6 +16,7 @@ use axum::extract::{Request, State as AxumState};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 use shoal_types::chunk::{FinishReason, Usage};
+use shoal_types::params::ToolCall;
 
 use super::responses_request::parse_responses;
 use crate::error::{ApiError, Dialect};
@@ -68,7 +69,10 @@ async fn answer(api: Api, request: Request) -> Result<Response, ApiError> {
     if !done.reasoning.is_empty() {
         output.push(Item::new(Kind::Reasoning, &shape.id, done.reasoning.clone()).json(item_status));
     }
-    output.push(Item::new(Kind::Message, &shape.id, done.text.clone()).json(item_status));
+    if done.tool_calls.is_empty() || !done.text.is_empty() {
+        output.push(Item::new(Kind::Message, &shape.id, done.text.clone()).json(item_status));
+    }
+    output.extend(done.tool_calls.iter().map(|c| Item::call(c).json("completed")));
     Ok(Json(shape.response(status, output, Some(&done.usage), incomplete, None)).into_response())
 }
 
@@ -159,6 +163,8 @@ impl Shape {
 enum Kind {
     Reasoning,
     Message,
+    /// A `function_call` item: `text` holds its arguments.
+    Call,
 }
 
 /// One output item: a `reasoning` item or the assistant's `message`, each with one text part.
@@ -168,6 +174,8 @@ struct Item {
     text: String,
     /// `in_progress` until the item is done.
     status: &'static str,
+    /// A call's `call_id` and function name.
+    call: Option<(String, String)>,
 }
 
 impl Item {
@@ -175,19 +183,28 @@ impl Item {
         let prefix = match kind {
             Kind::Reasoning => "rs",
             Kind::Message => "msg",
+            Kind::Call => "fc",
         };
         Item {
             kind,
             id: format!("{prefix}_{id}"),
             text,
             status: "in_progress",
+            call: None,
         }
+    }
+
+    /// A `function_call` item for a parsed call (its id made from the call's own, which is unique).
+    fn call(call: &ToolCall) -> Item {
+        let mut item = Item::new(Kind::Call, &call.id, call.arguments.clone());
+        item.call = Some((call.id.clone(), call.name.clone()));
+        item
     }
 
     fn part(&self, text: &str) -> Value {
         match self.kind {
             Kind::Reasoning => json!({ "type": "reasoning_text", "text": text }),
-            Kind::Message => json!({ "type": "output_text", "text": text, "annotations": [] }),
+            Kind::Message | Kind::Call => json!({ "type": "output_text", "text": text, "annotations": [] }),
         }
     }
 
@@ -200,6 +217,14 @@ impl Item {
             Kind::Message => json!({
                 "type": "message", "id": self.id, "status": status, "role": "assistant", "content": content,
             }),
+            Kind::Call => {
+                let (call_id, name) = self.call.clone().unwrap_or_default();
+                let arguments = if content.is_empty() { "" } else { self.text.as_str() };
+                json!({
+                    "type": "function_call", "id": self.id, "call_id": call_id, "name": name,
+                    "arguments": arguments, "status": status,
+                })
+            }
         }
     }
 
@@ -258,7 +283,7 @@ impl Events {
         };
         let (text_done, mut text) = match item.kind {
             Kind::Reasoning => ("response.reasoning_text.done", json!({})),
-            Kind::Message => ("response.output_text.done", json!({ "logprobs": [] })),
+            Kind::Message | Kind::Call => ("response.output_text.done", json!({ "logprobs": [] })),
         };
         text["item_id"] = Value::from(item.id.clone());
         text["output_index"] = Value::from(index);
@@ -302,7 +327,7 @@ impl Encoder for Events {
         item.text.push_str(text);
         let (name, mut delta) = match kind {
             Kind::Reasoning => ("response.reasoning_text.delta", json!({})),
-            Kind::Message => ("response.output_text.delta", json!({ "logprobs": [] })),
+            Kind::Message | Kind::Call => ("response.output_text.delta", json!({ "logprobs": [] })),
         };
         delta["item_id"] = Value::from(item.id.clone());
         delta["output_index"] = Value::from(index);
@@ -333,6 +358,29 @@ impl Encoder for Events {
             "response.completed"
         };
         self.emit(kind, json!({ "response": response }), out);
+    }
+
+    fn tool_calls(&mut self, calls: &[ToolCall], usage: &Usage, out: &mut Vec<Frame>) {
+        self.close_item("completed", out);
+        for call in calls {
+            let item = Item::call(call);
+            let index = self.items.len();
+            let (id, args) = (item.id.clone(), item.text.clone());
+            let added = json!({ "output_index": index, "item": item.with_content("in_progress", Vec::new()) });
+            self.emit("response.output_item.added", added, out);
+            let delta = json!({ "item_id": id, "output_index": index, "delta": args });
+            self.emit("response.function_call_arguments.delta", delta, out);
+            let done = json!({ "item_id": id, "output_index": index, "arguments": args });
+            self.emit("response.function_call_arguments.done", done, out);
+            let item_done = json!({ "output_index": index, "item": item.json("completed") });
+            self.emit("response.output_item.done", item_done, out);
+            self.items.push(Item {
+                status: "completed",
+                ..item
+            });
+        }
+        let response = self.shape.response("completed", self.output(), Some(usage), None, None);
+        self.emit("response.completed", json!({ "response": response }), out);
     }
 
     fn done(&mut self, _out: &mut Vec<Frame>) {
