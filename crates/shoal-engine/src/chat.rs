@@ -372,3 +372,56 @@ impl ChatTemplate {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The parts of Qwen2.5's and Qwen3's templates that read tools, calls, results and `enable_thinking`.
+    const QWEN_LIKE: &str = "{%- if tools %}<|im_start|>system\n# Tools\n<tools>\
+        {%- for tool in tools %}\n{{ tool | tojson }}{%- endfor %}\n</tools><|im_end|>\n{%- endif %}\
+        {%- for message in messages %}\
+        {%- if message.role == 'assistant' and message.tool_calls %}<|im_start|>assistant\n{{ message.content }}\
+        {%- for tool_call in message.tool_calls %}{%- if tool_call.function is defined %}\
+        {%- set tool_call = tool_call.function %}{%- endif %}\
+        <tool_call>\n{\"name\": \"{{ tool_call.name }}\", \"arguments\": {{ tool_call.arguments | tojson }}}\n</tool_call>\
+        {%- endfor %}<|im_end|>\n\
+        {%- elif message.role == 'tool' %}<|im_start|>user\n<tool_response>\n{{ message.content }}\n</tool_response>\
+        <|im_end|>\n\
+        {%- else %}<|im_start|>{{ message.role }}\n{{ message.content }}<|im_end|>\n{%- endif %}\
+        {%- endfor %}\
+        {%- if add_generation_prompt %}<|im_start|>assistant\n\
+        {%- if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{%- endif %}\
+        {%- endif %}";
+
+    #[test]
+    fn tools_calls_results_and_thinking_reach_the_template() {
+        let t = ChatTemplate::new(QWEN_LIKE, "", "<|im_end|>").expect("compiles");
+        let mut call = ChatMessage::new("assistant", "");
+        call.tool_calls.push(ChatToolCall {
+            id: "call_1".into(),
+            name: "get_weather".into(),
+            arguments: r#"{"city":"Paris"}"#.into(),
+        });
+        let mut result = ChatMessage::new("tool", "sunny");
+        result.tool_call_id = Some("call_1".into());
+        let messages = [ChatMessage::new("user", "weather?"), call, result];
+        let extras = TemplateExtras {
+            tools: Some(serde_json::json!([{"type": "function", "function": {"name": "get_weather"}}])),
+            enable_thinking: Some(false),
+            reasoning_effort: None,
+        };
+        let out = t.render_with(&messages, true, &extras).expect("renders");
+        assert!(out.contains(r#"{"function":{"name":"get_weather"},"type":"function"}"#), "{out}");
+        assert!(
+            out.contains("<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\":\"Paris\"}}"),
+            "arguments are a mapping: {out}"
+        );
+        assert!(out.contains("<tool_response>\nsunny\n</tool_response>"), "{out}");
+        assert!(out.ends_with("<|im_start|>assistant\n<think>\n\n</think>\n\n"), "{out}");
+        // Without extras nothing is defined: no tools block, no empty thinking.
+        let plain = t.render(&messages[..1], true).expect("renders");
+        assert_eq!(plain, "<|im_start|>user\nweather?<|im_end|>\n<|im_start|>assistant\n");
+        assert!(t.renders_tools());
+    }
+}

@@ -192,7 +192,8 @@ pub fn fallback_instructions(tools: &Value, choice: &ToolChoice) -> String {
         .as_array()
         .map(|a| a.iter().map(|t| t.get("function").cloned().unwrap_or_else(|| t.clone())).collect())
         .unwrap_or_default();
-    let list = serde_json::to_string_pretty(&functions).unwrap_or_default();
+    // Compact: every token of it is prefilled with each request.
+    let list = serde_json::to_string(&functions).unwrap_or_default();
     let when = match choice {
         ToolChoice::Required => "You must call at least one tool.".to_string(),
         ToolChoice::Function(name) => format!("You must call the tool `{name}`."),

@@ -211,4 +211,38 @@ mod tests {
             ("", "<think>a<tool_call>", 0)
         );
     }
+
+    /// Recorded outputs give the same pieces and calls however the decoder splits them: whole, at every byte
+    /// boundary in two, and one character at a time.
+    #[test]
+    fn any_split_gives_the_same_result() {
+        let hermes = OutputSpec {
+            tools: Some(ToolFormat::Hermes),
+            thinking: Some(false),
+        };
+        let generic = OutputSpec {
+            tools: Some(ToolFormat::Generic),
+            thinking: None,
+        };
+        let cases = [
+            (&hermes, "<think>\nhm</think>\n\nSure <tool_call>\n{\"name\": \"f\", \"arguments\": {}}\n</tool_call>"),
+            (&hermes, "<think>a</think>plain <tool_call> broken"),
+            (&hermes, "no tags at all, just < and <t"),
+            (&generic, "  {\"tool_calls\": [{\"name\": \"é\", \"arguments\": {\"x\": \"ü\"}}]}"),
+            (&generic, "Hello {\"tool_calls\": 1}"),
+            (&generic, "```json\n{\"name\": \"f\"}\n```"),
+        ];
+        for (spec, text) in cases {
+            let whole = run(spec, &[text]);
+            for cut in (1..text.len()).filter(|&i| text.is_char_boundary(i)) {
+                assert_eq!(run(spec, &[&text[..cut], &text[cut..]]), whole, "{text:?} cut at {cut}");
+            }
+            let chars: Vec<String> = text.chars().map(String::from).collect();
+            let refs: Vec<&str> = chars.iter().map(String::as_str).collect();
+            assert_eq!(run(spec, &refs), whole, "{text:?} char by char");
+            if whole.2.is_empty() && spec.thinking.is_none() {
+                assert_eq!(whole.1, text, "without a call every byte is shown");
+            }
+        }
+    }
 }
