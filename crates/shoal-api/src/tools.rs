@@ -34,7 +34,10 @@ pub fn read_tools(obj: &Map<String, Value>, shape: ToolShape) -> Result<Option<S
         return Ok(None);
     }
     if items.len() > MAX_TOOLS {
-        return Err(BadRequest::new("tools", format!("at most {MAX_TOOLS} tools are allowed")));
+        return Err(BadRequest::new(
+            "tools",
+            format!("at most {MAX_TOOLS} tools are allowed"),
+        ));
     }
     let list = items
         .iter()
@@ -65,7 +68,10 @@ fn function(tool: &Value, shape: ToolShape) -> Result<Value, BadRequest> {
         ToolShape::Anthropic => {
             // Anthropic's server tools (`web_search_20250305`, …) carry a `type`; only custom tools run here.
             if let Some(kind) = t.get("type").and_then(Value::as_str).filter(|k| *k != "custom") {
-                return Err(BadRequest::new("type", format!("tools of type `{kind}` are not supported")));
+                return Err(BadRequest::new(
+                    "type",
+                    format!("tools of type `{kind}` are not supported"),
+                ));
             }
             (t, "", "input_schema")
         }
@@ -110,7 +116,10 @@ fn function(tool: &Value, shape: ToolShape) -> Result<Value, BadRequest> {
 fn check_type(t: &Map<String, Value>) -> Result<(), BadRequest> {
     match t.get("type") {
         Some(Value::String(k)) if k == "function" => Ok(()),
-        Some(Value::String(k)) => Err(BadRequest::new("type", format!("tools of type `{k}` are not supported"))),
+        Some(Value::String(k)) => Err(BadRequest::new(
+            "type",
+            format!("tools of type `{k}` are not supported"),
+        )),
         Some(_) => Err(BadRequest::new("type", "must be a string")),
         None => Err(BadRequest::new("type", "is required")),
     }
@@ -119,7 +128,9 @@ fn check_type(t: &Map<String, Value>) -> Result<(), BadRequest> {
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= MAX_TOOL_NAME
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
 }
 
 /// The names of the functions in OpenAI's list (as [`read_tools`] wrote it).
@@ -140,9 +151,10 @@ pub fn tool_names(tools: Option<&str>) -> Vec<String> {
 pub fn check_choice(choice: &ToolChoice, tools: Option<&str>, field: &str) -> Result<(), BadRequest> {
     let names = tool_names(tools);
     match choice {
-        ToolChoice::Required if names.is_empty() => {
-            Err(BadRequest::new(field, "requires a tool call but the request has no tools"))
-        }
+        ToolChoice::Required if names.is_empty() => Err(BadRequest::new(
+            field,
+            "requires a tool call but the request has no tools",
+        )),
         ToolChoice::Function(name) if !names.contains(name) => Err(BadRequest::new(
             field,
             format!("names `{name}`, which is not among the request's tools"),
@@ -174,10 +186,7 @@ pub fn openai_choice(obj: &Map<String, Value>) -> Result<ToolChoice, BadRequest>
                 Some("required") => return Ok(ToolChoice::Required),
                 _ => return Err(BadRequest::new(format!("{field}.type"), "must be \"function\"")),
             }
-            let name = o
-                .get("function")
-                .and_then(|f| f.get("name"))
-                .or_else(|| o.get("name"));
+            let name = o.get("function").and_then(|f| f.get("name")).or_else(|| o.get("name"));
             match name {
                 Some(Value::String(n)) => Ok(ToolChoice::Function(n.clone())),
                 _ => Err(BadRequest::new(format!("{field}.function.name"), "must be a string")),
@@ -242,11 +251,17 @@ mod tests {
         let nested = r#"{"tools":[{"type":"function","function":{"name":"f","description":"d","parameters":{"type":"object"}}}]}"#;
         let flat = r#"{"tools":[{"type":"function","name":"f","description":"d","parameters":{"type":"object"}}]}"#;
         let anthropic = r#"{"tools":[{"name":"f","description":"d","input_schema":{"type":"object"}}]}"#;
-        let want = Some(r#"[{"function":{"description":"d","name":"f","parameters":{"type":"object"}},"type":"function"}]"#.to_string());
+        let want = Some(
+            r#"[{"function":{"description":"d","name":"f","parameters":{"type":"object"}},"type":"function"}]"#
+                .to_string(),
+        );
         assert_eq!(read_tools(&obj(nested), ToolShape::Nested).expect("ok"), want);
         assert_eq!(read_tools(&obj(flat), ToolShape::Flat).expect("ok"), want);
         assert_eq!(read_tools(&obj(anthropic), ToolShape::Anthropic).expect("ok"), want);
-        assert_eq!(read_tools(&obj(r#"{"tools":[]}"#), ToolShape::Nested).expect("ok"), None);
+        assert_eq!(
+            read_tools(&obj(r#"{"tools":[]}"#), ToolShape::Nested).expect("ok"),
+            None
+        );
     }
 
     #[test]
@@ -255,8 +270,16 @@ mod tests {
             (r#"{"tools":{}}"#, ToolShape::Nested, "tools"),
             (r#"{"tools":[1]}"#, ToolShape::Nested, "tools[0]"),
             (r#"{"tools":[{"type":"code"}]}"#, ToolShape::Nested, "tools[0].type"),
-            (r#"{"tools":[{"type":"function"}]}"#, ToolShape::Nested, "tools[0].function"),
-            (r#"{"tools":[{"type":"function","function":{}}]}"#, ToolShape::Nested, "tools[0].function.name"),
+            (
+                r#"{"tools":[{"type":"function"}]}"#,
+                ToolShape::Nested,
+                "tools[0].function",
+            ),
+            (
+                r#"{"tools":[{"type":"function","function":{}}]}"#,
+                ToolShape::Nested,
+                "tools[0].function.name",
+            ),
             (
                 r#"{"tools":[{"type":"function","function":{"name":"a b"}}]}"#,
                 ToolShape::Nested,
@@ -272,9 +295,21 @@ mod tests {
                 ToolShape::Nested,
                 "tools[0].function.parameters.type",
             ),
-            (r#"{"tools":[{"type":"function","name":3}]}"#, ToolShape::Flat, "tools[0].name"),
-            (r#"{"tools":[{"name":"f"}]}"#, ToolShape::Anthropic, "tools[0].input_schema"),
-            (r#"{"tools":[{"type":"bash_20250124","name":"bash"}]}"#, ToolShape::Anthropic, "tools[0].type"),
+            (
+                r#"{"tools":[{"type":"function","name":3}]}"#,
+                ToolShape::Flat,
+                "tools[0].name",
+            ),
+            (
+                r#"{"tools":[{"name":"f"}]}"#,
+                ToolShape::Anthropic,
+                "tools[0].input_schema",
+            ),
+            (
+                r#"{"tools":[{"type":"bash_20250124","name":"bash"}]}"#,
+                ToolShape::Anthropic,
+                "tools[0].type",
+            ),
         ];
         for (body, shape, field) in cases {
             let e = read_tools(&obj(body), shape).expect_err(body);
@@ -295,7 +330,12 @@ mod tests {
             openai_choice(&obj(r#"{"tool_choice":"required"}"#)).expect("ok"),
             ToolChoice::Required
         );
-        assert_eq!(openai_choice(&obj(r#"{"tool_choice":"maybe"}"#)).expect_err("bad").field, "tool_choice");
+        assert_eq!(
+            openai_choice(&obj(r#"{"tool_choice":"maybe"}"#))
+                .expect_err("bad")
+                .field,
+            "tool_choice"
+        );
         assert!(check_choice(&ToolChoice::Function("f".into()), tools.as_deref(), "tool_choice").is_ok());
         assert!(check_choice(&ToolChoice::Function("g".into()), tools.as_deref(), "tool_choice").is_err());
         assert!(check_choice(&ToolChoice::Required, None, "tool_choice").is_err());

@@ -416,7 +416,10 @@ mod tests {
             reasoning_effort: None,
         };
         let out = t.render_with(&messages, true, &extras).expect("renders");
-        assert!(out.contains(r#"<tools>{"function": {"name": "get_weather"}, "type": "function"}</tools>"#), "{out}");
+        assert!(
+            out.contains(r#"<tools>{"function": {"name": "get_weather"}, "type": "function"}</tools>"#),
+            "{out}"
+        );
         assert!(
             out.contains(r#"{"name": "get_weather", "arguments": {"city": "Paris"}}"#),
             "arguments are a mapping: {out}"

@@ -7,7 +7,9 @@ use std::path::Path;
 
 use serde_json::Value;
 use shoal_engine::output::{OutputSpec, ToolFormat, reasoning};
-use shoal_engine::{ChatMessage, ChatTemplate, ChatToolCall, GenerateParams, SamplingParams, TemplateExtras, Tokenizer};
+use shoal_engine::{
+    ChatMessage, ChatTemplate, ChatToolCall, GenerateParams, SamplingParams, TemplateExtras, Tokenizer,
+};
 use shoal_types::ModelCard;
 use shoal_types::params::{GenerationParams, Role, ToolChoice};
 
@@ -121,7 +123,8 @@ impl Prompter {
                     // Written back as the generic format asks the model to write them.
                     let calls: Vec<Value> = calls
                         .map(|c| {
-                            let args = serde_json::from_str::<Value>(&c.arguments).unwrap_or(Value::String(c.arguments));
+                            let args =
+                                serde_json::from_str::<Value>(&c.arguments).unwrap_or(Value::String(c.arguments));
                             serde_json::json!({ "name": c.name, "arguments": args })
                         })
                         .collect();
@@ -190,7 +193,11 @@ impl Prompter {
 pub fn fallback_instructions(tools: &Value, choice: &ToolChoice) -> String {
     let functions: Vec<Value> = tools
         .as_array()
-        .map(|a| a.iter().map(|t| t.get("function").cloned().unwrap_or_else(|| t.clone())).collect())
+        .map(|a| {
+            a.iter()
+                .map(|t| t.get("function").cloned().unwrap_or_else(|| t.clone()))
+                .collect()
+        })
         .unwrap_or_default();
     // Compact: every token of it is prefilled with each request.
     let list = serde_json::to_string(&functions).unwrap_or_default();

@@ -10,9 +10,9 @@ use shoal_cluster::ChunkMsg;
 use shoal_core::runner_health::tasks_to_fail;
 use shoal_runner::proto::{ChunkEnd, FromRunner, Outcome, TaskHandle, ToRunner};
 use shoal_types::chunk::{Chunk, FinishReason, Usage};
-use shoal_types::params::ToolCall;
 use shoal_types::ids::{CommandId, InstanceId, RunnerId, TaskId};
 use shoal_types::model::{ErrorKind, TaskError, TaskProgress, TaskStatus};
+use shoal_types::params::ToolCall;
 use shoal_types::wire::SEQ_OOB;
 use shoal_types::{Event, ModelCard, NodeId, State, codec};
 

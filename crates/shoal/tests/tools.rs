@@ -17,7 +17,10 @@ const SCRIPT_TIMEOUT: Duration = Duration::from_secs(240);
 
 #[test]
 fn tools_round_trip_through_the_official_clients() {
-    if !["openai", "anthropic", "ollama"].iter().all(|c| python::client_available(c)) {
+    if !["openai", "anthropic", "ollama"]
+        .iter()
+        .all(|c| python::client_available(c))
+    {
         return;
     }
     let _serial = serial();

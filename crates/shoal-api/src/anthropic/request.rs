@@ -85,7 +85,10 @@ fn tool_choice(obj: &Map<String, Value>) -> Result<ToolChoice, BadRequest> {
             Some(Value::String(n)) => Ok(ToolChoice::Function(n.clone())),
             _ => Err(BadRequest::new("tool_choice.name", "must be a string")),
         },
-        _ => Err(BadRequest::new("tool_choice.type", "must be one of auto, any, tool, none")),
+        _ => Err(BadRequest::new(
+            "tool_choice.type",
+            "must be one of auto, any, tool, none",
+        )),
     }
 }
 
@@ -279,12 +282,20 @@ fn tool_result_text(b: &Map<String, Value>, at: &str) -> Result<String, BadReque
                     Some(o) if o.get("type").and_then(Value::as_str) == Some("text") => {
                         texts.push(block_text(o, &field)?);
                     }
-                    _ => return Err(BadRequest::new(format!("{field}.type"), "only text blocks are supported")),
+                    _ => {
+                        return Err(BadRequest::new(
+                            format!("{field}.type"),
+                            "only text blocks are supported",
+                        ));
+                    }
                 }
             }
             Ok(texts.join(BLOCK_SEPARATOR))
         }
-        Some(_) => Err(BadRequest::new(format!("{at}.content"), "must be a string or an array of text blocks")),
+        Some(_) => Err(BadRequest::new(
+            format!("{at}.content"),
+            "must be a string or an array of text blocks",
+        )),
     }
 }
 

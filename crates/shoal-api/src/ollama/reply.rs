@@ -143,7 +143,10 @@ impl Reply {
                 if let Some(Value::Object(message)) = line.get_mut("message") {
                     message.insert("tool_calls".into(), Value::from(calls));
                 } else {
-                    line.insert("message".into(), json!({ "role": "assistant", "content": "", "tool_calls": calls }));
+                    line.insert(
+                        "message".into(),
+                        json!({ "role": "assistant", "content": "", "tool_calls": calls }),
+                    );
                 }
             }
             // /api/generate takes no tools, so it never has calls to write.

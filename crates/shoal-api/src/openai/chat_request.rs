@@ -171,7 +171,8 @@ fn messages(obj: &Map<String, Value>) -> Result<Vec<Message>, BadRequest> {
             };
             let tool_calls = tools::openai_calls(m, &format!("messages[{i}]"))?;
             // A previous answer's reasoning, as DeepSeek's and vLLM's clients send it back.
-            let reasoning = fields::opt_string(m, "reasoning_content").map_err(|e| e.within(&format!("messages[{i}]")))?;
+            let reasoning =
+                fields::opt_string(m, "reasoning_content").map_err(|e| e.within(&format!("messages[{i}]")))?;
             Ok(Message {
                 role,
                 content,

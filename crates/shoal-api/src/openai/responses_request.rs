@@ -184,7 +184,11 @@ fn input(obj: &Map<String, Value>) -> Result<Vec<Message>, BadRequest> {
                     };
                     // Calls follow the assistant turn that made them (parallel calls are consecutive items).
                     match messages.last_mut() {
-                        Some(m @ Message { role: Role::Assistant, .. }) => m.tool_calls.push(call),
+                        Some(
+                            m @ Message {
+                                role: Role::Assistant, ..
+                            },
+                        ) => m.tool_calls.push(call),
                         _ => {
                             let mut m = Message::new(Role::Assistant, "");
                             m.tool_calls.push(call);

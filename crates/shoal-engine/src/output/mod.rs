@@ -225,10 +225,16 @@ mod tests {
             thinking: None,
         };
         let cases = [
-            (&hermes, "<think>\nhm</think>\n\nSure <tool_call>\n{\"name\": \"f\", \"arguments\": {}}\n</tool_call>"),
+            (
+                &hermes,
+                "<think>\nhm</think>\n\nSure <tool_call>\n{\"name\": \"f\", \"arguments\": {}}\n</tool_call>",
+            ),
             (&hermes, "<think>a</think>plain <tool_call> broken"),
             (&hermes, "no tags at all, just < and <t"),
-            (&generic, "  {\"tool_calls\": [{\"name\": \"é\", \"arguments\": {\"x\": \"ü\"}}]}"),
+            (
+                &generic,
+                "  {\"tool_calls\": [{\"name\": \"é\", \"arguments\": {\"x\": \"ü\"}}]}",
+            ),
             (&generic, "Hello {\"tool_calls\": 1}"),
             (&generic, "```json\n{\"name\": \"f\"}\n```"),
         ];
