@@ -6,6 +6,7 @@
 use std::path::Path;
 
 use serde_json::Value;
+use shoal_engine::output::tool_grammar::{self, Forced, ToolSpec};
 use shoal_engine::output::{OutputSpec, ToolFormat, reasoning};
 use shoal_engine::{
     ChatMessage, ChatTemplate, ChatToolCall, GenerateParams, SamplingParams, TemplateExtras, Tokenizer,
@@ -188,6 +189,45 @@ impl Prompter {
     }
 }
 
+/// The grammar that forces the call `tool_choice` asks for (`required` or a named function), in the model's call
+/// format; `None` when the choice forces nothing or the request has no tools.
+pub fn forced_call_grammar(
+    format: ToolFormat,
+    tools: Option<&str>,
+    choice: &ToolChoice,
+) -> Result<Option<String>, String> {
+    let forced = match choice {
+        ToolChoice::Required => Forced::Any,
+        ToolChoice::Function(name) => Forced::Named(name.clone()),
+        ToolChoice::Auto | ToolChoice::None => return Ok(None),
+    };
+    let Some(list) = tools
+        .map(serde_json::from_str::<Value>)
+        .transpose()
+        .map_err(|e| format!("tools: {e}"))?
+    else {
+        return Ok(None);
+    };
+    let specs: Vec<ToolSpec> = list
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|t| {
+                    let f = t.get("function")?;
+                    Some(ToolSpec {
+                        name: f.get("name")?.as_str()?.to_string(),
+                        parameters: f.get("parameters").cloned().unwrap_or(Value::Null),
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if specs.is_empty() {
+        return Ok(None);
+    }
+    tool_grammar::forced_call_grammar(format, &specs, &forced).map(Some)
+}
+
 /// The system prompt that describes tools to a template that cannot render them, asking for the generic JSON format
 /// ([`ToolFormat::Generic`]), as llama.cpp's generic format does.
 pub fn fallback_instructions(tools: &Value, choice: &ToolChoice) -> String {
@@ -234,5 +274,48 @@ pub fn engine_params(params: &GenerationParams, max_tokens: usize) -> GeneratePa
         max_tokens,
         stop: params.stop.clone(),
         output: Default::default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOOLS: &str = r#"[{"type":"function","function":{"name":"get_weather","parameters":{"type":"object",
+        "properties":{"city":{"type":"string"},"days":{"type":"integer"}},"required":["city","days"]}}}]"#;
+
+    #[test]
+    fn a_forced_choice_becomes_a_grammar_in_the_models_format() {
+        let g = forced_call_grammar(ToolFormat::Generic, Some(TOOLS), &ToolChoice::Required)
+            .expect("ok")
+            .expect("a grammar");
+        assert!(g.starts_with("start: call\ncall: %json{"), "{g}");
+        assert!(g.contains(r#""name":{"const":"get_weather"}"#), "{g}");
+        let named = forced_call_grammar(
+            ToolFormat::Hermes,
+            Some(TOOLS),
+            &ToolChoice::Function("get_weather".into()),
+        )
+        .expect("ok")
+        .expect("a grammar");
+        assert!(named.starts_with("start: \"<tool_call>\\n\""), "{named}");
+        assert_eq!(
+            forced_call_grammar(ToolFormat::Generic, Some(TOOLS), &ToolChoice::Auto),
+            Ok(None)
+        );
+        assert_eq!(
+            forced_call_grammar(ToolFormat::Generic, None, &ToolChoice::Required),
+            Ok(None)
+        );
+        assert!(forced_call_grammar(ToolFormat::Generic, Some(TOOLS), &ToolChoice::Function("x".into())).is_err());
+    }
+
+    #[test]
+    fn fallback_instructions_list_the_tools_and_the_format() {
+        let tools: Value = serde_json::from_str(TOOLS).expect("json");
+        let text = fallback_instructions(&tools, &ToolChoice::Required);
+        assert!(text.contains(r#""name":"get_weather""#), "{text}");
+        assert!(text.contains("You must call at least one tool."), "{text}");
+        assert!(text.contains(r#"{"tool_calls": [{"name": "<tool name>""#), "{text}");
     }
 }
