@@ -16,7 +16,7 @@ use axum::extract::{Request, State as AxumState};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 use shoal_types::chunk::{FinishReason, Usage};
-use shoal_types::params::ToolCall;
+use shoal_types::params::{ToolCall, ToolChoice};
 
 use super::responses_request::parse_responses;
 use crate::error::{ApiError, Dialect};
@@ -37,6 +37,7 @@ async fn answer(api: Api, request: Request) -> Result<Response, ApiError> {
     let p = &req.params;
     let (instructions, max_output_tokens) = (p.instructions.clone(), p.max_output_tokens);
     let (temperature, top_p, effort) = (p.temperature, p.top_p, p.reasoning_effort.clone());
+    let (tools, tool_choice) = (flat_tools(p.tools.as_deref()), choice_json(&p.tool_choice));
     let started = generation::start(&api, req.params).await?;
     let defaults = &started.card.sampling_defaults;
     let shape = Shape {
@@ -53,6 +54,8 @@ async fn answer(api: Api, request: Request) -> Result<Response, ApiError> {
         parallel_tool_calls: req.parallel_tool_calls,
         truncation: req.truncation,
         user: req.user,
+        tools,
+        tool_choice,
     };
     if req.stream {
         return Ok(generation::stream(started.handle, Events::new(shape)).await);
@@ -117,6 +120,35 @@ struct Shape {
     parallel_tool_calls: bool,
     truncation: String,
     user: Option<String>,
+    /// The request's tools in Responses' flat shape, and its `tool_choice`, echoed.
+    tools: Value,
+    tool_choice: Value,
+}
+
+/// OpenAI's function list (as parsed) in Responses' flat shape.
+fn flat_tools(tools: Option<&str>) -> Value {
+    let list = tools
+        .and_then(|t| serde_json::from_str::<Value>(t).ok())
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default();
+    list.iter()
+        .map(|t| {
+            let f = &t["function"];
+            json!({
+                "type": "function", "name": f["name"], "description": f.get("description"),
+                "parameters": f["parameters"], "strict": false,
+            })
+        })
+        .collect()
+}
+
+fn choice_json(choice: &ToolChoice) -> Value {
+    match choice {
+        ToolChoice::Auto => json!("auto"),
+        ToolChoice::None => json!("none"),
+        ToolChoice::Required => json!("required"),
+        ToolChoice::Function(name) => json!({ "type": "function", "name": name }),
+    }
 }
 
 impl Shape {
@@ -149,8 +181,8 @@ impl Shape {
             "store": false,
             "temperature": self.temperature.map_or(Value::Null, number),
             "text": { "format": { "type": "text" } },
-            "tool_choice": "auto",
-            "tools": [],
+            "tool_choice": self.tool_choice,
+            "tools": self.tools,
             "top_p": self.top_p.map_or(Value::Null, number),
             "truncation": self.truncation,
             "usage": usage.map_or(Value::Null, usage_json),
@@ -416,7 +448,51 @@ mod tests {
             parallel_tool_calls: true,
             truncation: "disabled".into(),
             user: None,
+            tools: flat_tools(Some(
+                r#"[{"type":"function","function":{"name":"f","parameters":{"type":"object"}}}]"#,
+            )),
+            tool_choice: choice_json(&ToolChoice::Required),
         }
+    }
+
+    #[test]
+    fn tool_calls_stream_as_function_call_items() {
+        let mut events = Events::new(shape());
+        let mut out = Vec::new();
+        events.open(&mut out);
+        let call = ToolCall {
+            id: "call_1".into(),
+            name: "f".into(),
+            arguments: r#"{"a":1}"#.into(),
+        };
+        events.tool_calls(std::slice::from_ref(&call), &usage(), &mut out);
+        let names: Vec<String> = out
+            .iter()
+            .filter_map(|f| match f {
+                Frame::Event { name: Some(n), .. } => Some(n.to_string()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            names[2..],
+            [
+                "response.output_item.added",
+                "response.function_call_arguments.delta",
+                "response.function_call_arguments.done",
+                "response.output_item.done",
+                "response.completed",
+            ]
+        );
+        let Some(Frame::Event { data, .. }) = out.last() else {
+            panic!("no events")
+        };
+        let done: Value = serde_json::from_str(data).expect("json");
+        let item = &done["response"]["output"][0];
+        assert_eq!(item["type"], "function_call");
+        assert_eq!(item["call_id"], "call_1");
+        assert_eq!(item["arguments"], r#"{"a":1}"#);
+        assert_eq!(done["response"]["tools"][0]["name"], "f");
+        assert_eq!(done["response"]["tool_choice"], "required");
     }
 
     fn usage() -> Usage {
