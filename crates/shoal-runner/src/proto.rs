@@ -75,6 +75,8 @@ pub struct ChunkEnd {
     pub finish: FinishReason,
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
+    /// Of the completion, the tokens that were reasoning (`<think>…</think>`).
+    pub reasoning_tokens: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -314,6 +314,8 @@ struct Sampling<'t> {
     decoding: Decoding<'t>,
     /// Reasoning and tool calls read out of the text (SYSTEM.md §10.4).
     output: OutputParser,
+    /// Tokens whose text was reasoning.
+    reasoning_tokens: usize,
     seq: u64,
 }
 
@@ -675,6 +677,7 @@ impl Rank {
                                 task: start.task,
                                 decoding,
                                 output: OutputParser::new(&start.params.output),
+                                reasoning_tokens: 0,
                                 seq: 0,
                             },
                         );
@@ -718,6 +721,7 @@ impl Rank {
                 finish,
                 prompt_tokens: seq.decoding.prompt_tokens(),
                 completion_tokens: seq.decoding.generated().len(),
+                reasoning_tokens: 0,
             });
             for msg in chunk_messages(seq, step.token, &step.text, end) {
                 self.worker.send(&msg);
@@ -770,6 +774,13 @@ fn chunk_messages(seq: &mut Sampling<'_>, token: u32, text: &str, end: Option<Ch
             thinking: false,
         }]
     };
+    if pieces.iter().any(|p| p.thinking) {
+        seq.reasoning_tokens += 1;
+    }
+    let end = end.map(|e| ChunkEnd {
+        reasoning_tokens: seq.reasoning_tokens,
+        ..e
+    });
     let mut calls = Vec::new();
     if end.is_some() && seq.output.is_active() {
         let (rest, made) = seq.output.finish();

@@ -322,6 +322,7 @@ fn usage(end: ChunkEnd) -> Usage {
         prompt_tokens: prompt,
         completion_tokens: completion,
         total_tokens: prompt.saturating_add(completion),
+        reasoning_tokens: u32::try_from(end.reasoning_tokens).unwrap_or(u32::MAX),
         ..Usage::default()
     }
 }

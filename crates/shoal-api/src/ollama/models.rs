@@ -271,7 +271,7 @@ mod tests {
         let shown = shown(&card);
         assert_eq!(shown["model_info"]["general.architecture"], "llama");
         assert_eq!(shown["model_info"]["llama.context_length"], 8192);
-        assert_eq!(shown["capabilities"], json!(["completion"]));
+        assert_eq!(shown["capabilities"], json!(["completion", "tools"]));
         assert!(
             shown["parameters"]
                 .as_str()
