@@ -23,6 +23,7 @@ pub mod ollama;
 pub mod openai;
 pub mod prompts;
 pub mod streams;
+pub mod structured;
 pub mod tools;
 
 use std::sync::Arc;

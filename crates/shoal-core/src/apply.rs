@@ -176,13 +176,11 @@ pub(crate) fn reduce(s: &mut State, event: &Event, time_ms: u64) {
                 return;
             }
             if let RunnerStatus::Failed { attempt, .. } = status
-                && instance
-                    .runner_failures
-                    .get(runner_id)
-                    .is_none_or(|current| current < attempt)
+                && instance.runner_failures.get(runner_id) != Some(attempt)
                 && let Some(instance) = s.instances.get_mut(instance_id)
             {
-                // Only a higher attempt copies the instance: repeated reports of one failure are free.
+                // The latest attempt, lower too: a worker counts again from 1 after its runner served a while
+                // (`LocalRunner::attempt_after_failure`). Only a change copies the instance: repeats are free.
                 Arc::make_mut(instance).runner_failures.insert(*runner_id, *attempt);
             }
             if *status == RunnerStatus::Shutdown {
@@ -203,6 +201,9 @@ pub(crate) fn reduce(s: &mut State, event: &Event, time_ms: u64) {
                 record.data_addrs = data_addrs.clone();
             }
             record.updated_ms = time_ms;
+            if status.is_serving() {
+                deployment_recovered(s, instance_id);
+            }
         }
         Event::TaskCreated { task } => {
             if !s.instances.contains_key(&task.instance) {
@@ -240,6 +241,35 @@ pub(crate) fn reduce(s: &mut State, event: &Event, time_ms: u64) {
                 s.task_by_command.remove(&task.command_id);
             }
         }
+    }
+}
+
+/// An instance whose every runner serves clears its deployment's failure count: deletions count while they come in
+/// a row (the deployment is `Failed` at `DEPLOYMENT_MAX_FAILURES`), so a deployment that recovered each time is
+/// never given up.
+fn deployment_recovered(s: &mut State, instance_id: &InstanceId) {
+    let Some(instance) = s.instances.get(instance_id) else {
+        return;
+    };
+    let Some(id) = instance.deployment else {
+        return;
+    };
+    let recovering = s
+        .deployments
+        .get(&id)
+        .is_some_and(|d| d.failures > 0 && d.instance == Some(*instance_id));
+    let all_serving = || {
+        instance
+            .assignments
+            .shards
+            .keys()
+            .all(|r| s.runners.get(r).is_some_and(|rec| rec.status.is_serving()))
+    };
+    if recovering
+        && all_serving()
+        && let Some(d) = s.deployments.get_mut(&id)
+    {
+        Arc::make_mut(d).failures = 0;
     }
 }
 

@@ -20,6 +20,8 @@ use shoal_types::{Event, State};
 /// A runner that has failed this many times is not respawned; the master deletes its instance at the same count
 /// (§8), so the worker stops at the point the cluster gives up on the placement.
 pub const RUNNER_ATTEMPTS: u32 = crate::master::RUNNER_FAILURES_DELETE;
+/// A runner that served this long before it failed starts counting its failures from 1 again.
+pub const RUNNER_STABLE_MS: u64 = 60_000;
 /// The wait before respawning a runner after its first failure; it doubles with every further failure (§13).
 pub const RESPAWN_BACKOFF_BASE_MS: u64 = 1_000;
 /// The longest wait before a respawn, however often the runner failed (§13).
@@ -53,6 +55,12 @@ pub struct LocalRunner {
     pub last_exit_ms: Option<u64>,
     /// The data-plane listener the runner reported (`Listening`), one address per interface of this node.
     pub data_addrs: Vec<SocketAddr>,
+    /// When the current process last became `Ready` (cleared when it exits): a runner that served this long before
+    /// it failed starts counting its failures again ([`LocalRunner::attempt_after_failure`]).
+    pub serving_since_ms: Option<u64>,
+    /// The next rank's addresses the runner was last told to dial (`Connect`), set by the shell when it sends one;
+    /// empty before the first warm-up of this process. Rule 6 compares it with State's current record.
+    pub dialing: Vec<SocketAddr>,
     /// Tasks submitted to the runner or seen from it that it has not finished (`TaskDone`); the shell removes them
     /// on `TaskDone` and clears the set when the process exits. Rule 3 cancels the ones State dropped; rule 8 counts
     /// them against the queue limit.
@@ -72,8 +80,26 @@ impl LocalRunner {
             attempts: instance.runner_failures.get(runner).copied().unwrap_or(0),
             last_exit_ms: None,
             data_addrs: Vec::new(),
+            dialing: Vec::new(),
+            serving_since_ms: None,
             open_tasks: BTreeSet::new(),
             submitted: BTreeSet::new(),
+        }
+    }
+}
+
+impl LocalRunner {
+    /// The attempt number of a failure at `now_ms`: one more than the last, or 1 when the process had served for
+    /// [`RUNNER_STABLE_MS`]. Failures count while they come in a row: a runner that crashes once a day must not have
+    /// its instance deleted on the fifth day (the master deletes at [`RUNNER_ATTEMPTS`]).
+    pub fn attempt_after_failure(&self, now_ms: u64) -> u32 {
+        let served_long = self
+            .serving_since_ms
+            .is_some_and(|since| now_ms >= since.saturating_add(RUNNER_STABLE_MS));
+        if served_long {
+            1
+        } else {
+            self.attempts.saturating_add(1)
         }
     }
 }
@@ -167,6 +193,21 @@ impl LocalView {
     pub fn finish(&mut self, key: &ActionKey) {
         self.in_flight.remove(key);
     }
+
+    /// Records that `runner`'s process is gone (reset, killed, failed or replaced): what was sent to it will never be
+    /// answered, so nothing sent to it stays in flight. Otherwise a warm-up cut short by a reset would block the new
+    /// process's warm-up for good (issue 13: a pipeline stuck `Loaded` after a restart).
+    pub fn process_gone(&mut self, runner: &RunnerId) {
+        self.in_flight.retain(|key| match key {
+            ActionKey::Load(r) | ActionKey::Warmup(r) | ActionKey::Redial(r) => r != runner,
+            ActionKey::Submit(r, _) | ActionKey::Cancel(r, _) => r != runner,
+            ActionKey::Spawn(_)
+            | ActionKey::Shutdown(_)
+            | ActionKey::Reset(_)
+            | ActionKey::Download(_)
+            | ActionKey::Emit(_) => true,
+        });
+    }
 }
 
 /// What the worker does. Each variant says when the shell should consider it finished (and clear the in-flight mark):
@@ -188,6 +229,9 @@ pub enum Action {
     /// Connect the ring and run the warm-up pass (rule 6): dial `next`, the data addresses of rank + 1 (the last rank
     /// dials rank 0; empty for a single-rank instance). Done when the status leaves `Loaded`.
     Warmup { runner: RunnerId, next: Vec<SocketAddr> },
+    /// Dial `next` instead of the addresses a warm-up is dialling (rule 6): the next rank re-reported its listener,
+    /// so the old ones are stale (a record from before a restart). Done once sent.
+    Redial { runner: RunnerId, next: Vec<SocketAddr> },
     /// Drop connections and KV because the ring is broken (rule 7). Done when the status is `Loaded` again.
     Reset { runner: RunnerId },
     /// Hand a `Pending` task to rank 0 (rule 8). Done when the runner says `Accepted` (or the task is in
@@ -205,8 +249,10 @@ pub enum ActionKey {
     Cancel(RunnerId, TaskId),
     Download(ModelId),
     Load(RunnerId),
-    /// Whatever the addresses: a warm-up in progress is not restarted because a sibling re-reported its addresses.
+    /// Whatever the addresses: a warm-up in progress is not restarted when a sibling re-reports its addresses; it
+    /// is redirected ([`Action::Redial`]).
     Warmup(RunnerId),
+    Redial(RunnerId),
     Reset(RunnerId),
     Submit(RunnerId, TaskId),
     /// Emits are not normally marked (see [`LocalView::start`]); a shell that does mark one holds its fact back.
@@ -222,6 +268,7 @@ impl Action {
             Action::Download { model } => ActionKey::Download(model.clone()),
             Action::Load { runner } => ActionKey::Load(*runner),
             Action::Warmup { runner, .. } => ActionKey::Warmup(*runner),
+            Action::Redial { runner, .. } => ActionKey::Redial(*runner),
             Action::Reset { runner } => ActionKey::Reset(*runner),
             Action::Submit { runner, task } => ActionKey::Submit(*runner, *task),
             Action::Emit(event) => ActionKey::Emit(Fact::of(event)),
@@ -344,6 +391,20 @@ pub fn plan(state: &State, local: &LocalView, now_ms: u64) -> Vec<Action> {
             continue;
         };
         push(Action::Warmup { runner: *runner, next }, &mut actions);
+    }
+    // … and a runner still joining it dials where its next rank listens now. After a whole-cluster restart State
+    // names each sibling's listener from before the crash until that sibling reports its new one; a warm-up that
+    // started against the old record would otherwise dial a dead port until its dial gives up (issue 13 item 5).
+    for (runner, r, instance) in live_runners(state, local) {
+        if r.status != Some(RunnerStatus::WarmingUp) {
+            continue;
+        }
+        let Some(next) = next_rank_addrs(state, instance, runner) else {
+            continue;
+        };
+        if !next.is_empty() && next != r.dialing {
+            push(Action::Redial { runner: *runner, next }, &mut actions);
+        }
     }
 
     // Rule 7: a runner in the ring resets when a sibling has dropped out of it.

@@ -492,6 +492,43 @@ fn instance_deleted_for_runner_failures_backs_off_then_fails_the_deployment() {
 }
 
 #[test]
+fn a_deployment_whose_instance_serves_again_counts_its_failures_from_zero() {
+    // Deletions count while they come in a row: one that recovered each time is never given up.
+    let mut log = Log::new();
+    log.add_node(node(1), 8);
+    log.add_node(node(2), 8);
+    let did = DeploymentId::from_u128(1);
+    log.push(Event::DeploymentCreated {
+        deployment: deployment(1),
+    });
+    let first = instance(1, &[node(1)], Some(did));
+    log.push(Event::InstanceCreated {
+        instance: first.clone(),
+    });
+    log.push(Event::InstanceDeleted {
+        instance_id: first.id,
+        reason: DeleteReason::RunnerFailures,
+    });
+    assert_eq!(log.state.deployments[&did].failures, 1);
+
+    let second = instance(2, &[node(1), node(2)], Some(did));
+    log.push(Event::InstanceCreated {
+        instance: second.clone(),
+    });
+    // One runner serving is not enough: the instance is not up yet.
+    log.push(runner_status(&second, node(1), RunnerStatus::Ready));
+    assert_eq!(log.state.deployments[&did].failures, 1);
+    log.push(runner_status(&second, node(2), RunnerStatus::Running));
+    assert_eq!(
+        log.state.deployments[&did].failures, 0,
+        "the instance serves: a fresh count"
+    );
+    // Serving again changes nothing more.
+    log.push(runner_status(&second, node(1), RunnerStatus::Running));
+    assert_eq!(log.state.deployments[&did].failures, 0);
+}
+
+#[test]
 fn node_timed_out_cascades_to_instances_runners_tasks_and_facts() {
     let mut log = Log::new();
     for n in 1..=3 {
@@ -619,9 +656,10 @@ fn runner_status_updated_upserts_removes_and_counts_failures() {
         },
     ));
     assert_eq!(
-        log.state.instances[&i.id].runner_failures[&r1], 2,
-        "max of the attempts, idempotent"
+        log.state.instances[&i.id].runner_failures[&r1], 1,
+        "the latest attempt: a worker counts from 1 again after its runner served a while"
     );
+
     log.push(runner_status(&i, node(1), RunnerStatus::Shutdown));
     assert!(!log.state.runners.contains_key(&r1));
 }

@@ -8,7 +8,7 @@ use imbl::OrdMap;
 use shoal_core::apply::apply_in_place;
 use shoal_core::worker::{
     Action, ActionKey, DEFAULT_MAX_SEQS, DOWNLOAD_PROGRESS_EVERY_MS, LocalModel, LocalRunner, LocalView, QUEUE_SLACK,
-    REASSERT_EVERY_MS, RESPAWN_BACKOFF_MAX_MS, RUNNER_ATTEMPTS, plan, respawn_backoff_ms,
+    REASSERT_EVERY_MS, RESPAWN_BACKOFF_MAX_MS, RUNNER_ATTEMPTS, RUNNER_STABLE_MS, plan, respawn_backoff_ms,
 };
 use shoal_types::card::{Backend, ModelCard, builtin_cards};
 use shoal_types::ids::{CommandId, InstanceId, ModelId, NodeId, RunnerId, TaskId};
@@ -180,6 +180,8 @@ fn live_runner(inst: u8, status: RunnerStatus) -> LocalRunner {
         attempts: 0,
         last_exit_ms: None,
         data_addrs: vec![addr(0)],
+        dialing: Vec::new(),
+        serving_since_ms: None,
         open_tasks: Default::default(),
         submitted: Default::default(),
     }
@@ -575,6 +577,123 @@ fn warms_up_towards_the_next_rank_once_every_runner_is_loaded() {
             runner: runner_id(1, 0),
             next: Vec::new(),
         }]
+    );
+}
+
+#[test]
+fn a_warm_up_follows_the_next_rank_to_its_new_listener() {
+    // After a whole-cluster restart this runner (rank 0 of 2) warms up against rank 1's record from before the
+    // crash; rank 1 then reports its new listener, possibly with no Idle or Loading in between (rule 9 asserts at
+    // tick granularity), so rule 7 never resets this runner. It must be redirected instead (issue 13 item 5).
+    let mut state = cluster(2);
+    create(&mut state, 1, &[0, 1]);
+    report(&mut state, 1, 0, RunnerStatus::WarmingUp);
+    report(&mut state, 1, 1, RunnerStatus::Running);
+    let mut local = local_with(1, RunnerStatus::WarmingUp);
+    local.runners.get_mut(&runner_id(1, 0)).unwrap().dialing = vec![addr(1)];
+    local.in_flight.insert(ActionKey::Warmup(runner_id(1, 0)));
+    assert!(
+        plan_no_emit(&state, &local, NOW).is_empty(),
+        "dialling where State says the next rank is"
+    );
+
+    let moved = SocketAddr::from(([10, 0, 0, 1], 6001));
+    fold(
+        &mut state,
+        &[Event::RunnerStatusUpdated {
+            runner_id: runner_id(1, 1),
+            instance_id: instance_id(1),
+            node: node_id(1),
+            status: RunnerStatus::Loaded,
+            data_addrs: vec![moved],
+        }],
+    );
+    let redial = Action::Redial {
+        runner: runner_id(1, 0),
+        next: vec![moved],
+    };
+    assert_eq!(plan_no_emit(&state, &local, NOW), vec![redial.clone()]);
+    // Once sent (the shell records it), nothing more.
+    local.start(&redial, NOW);
+    local.finish(&ActionKey::Redial(runner_id(1, 0)));
+    local.runners.get_mut(&runner_id(1, 0)).unwrap().dialing = vec![moved];
+    assert!(plan_no_emit(&state, &local, NOW).is_empty());
+
+    // A sibling that re-reports without a listener (a fresh process, `Idle`) is not dialled: rule 7 resets this
+    // runner instead.
+    report(&mut state, 1, 1, RunnerStatus::Idle);
+    assert_eq!(
+        plan_no_emit(&state, &local, NOW),
+        vec![Action::Reset {
+            runner: runner_id(1, 0),
+        }]
+    );
+
+    // A runner that is only Loaded (its warm-up not sent yet) is not redialled.
+    let mut state = cluster(2);
+    create(&mut state, 1, &[0, 1]);
+    report(&mut state, 1, 0, RunnerStatus::Loaded);
+    report(&mut state, 1, 1, RunnerStatus::Loaded);
+    let mut local = local_with(1, RunnerStatus::Loaded);
+    local.in_flight.insert(ActionKey::Warmup(runner_id(1, 0)));
+    assert!(plan_no_emit(&state, &local, NOW).is_empty());
+}
+
+#[test]
+fn a_reset_during_a_warm_up_leaves_nothing_in_flight_for_the_new_process() {
+    // A runner reset (rule 7) while its warm-up was in flight: the new process must warm up in its turn. Before the
+    // fix the old warm-up's mark stayed, and the pipeline sat `Loaded` for good after a restart.
+    let mut state = cluster(2);
+    create(&mut state, 1, &[0, 1]);
+    report(&mut state, 1, 0, RunnerStatus::Loaded);
+    report(&mut state, 1, 1, RunnerStatus::Loaded);
+    let mut local = local_with(1, RunnerStatus::Loaded);
+    let me = runner_id(1, 0);
+    for key in [
+        ActionKey::Load(me),
+        ActionKey::Warmup(me),
+        ActionKey::Redial(me),
+        ActionKey::Submit(me, task_id(1)),
+        ActionKey::Cancel(me, task_id(2)),
+        ActionKey::Spawn(me),
+        ActionKey::Warmup(runner_id(2, 0)),
+    ] {
+        local.in_flight.insert(key);
+    }
+    assert!(plan_no_emit(&state, &local, NOW).is_empty());
+    local.process_gone(&me);
+    // The spawn under way and the other runner's warm-up are untouched.
+    assert_eq!(
+        local.in_flight,
+        [ActionKey::Spawn(me), ActionKey::Warmup(runner_id(2, 0))]
+            .into_iter()
+            .collect()
+    );
+    local.finish(&ActionKey::Spawn(me));
+    assert_eq!(
+        plan_no_emit(&state, &local, NOW),
+        vec![Action::Warmup {
+            runner: me,
+            next: vec![addr(1)],
+        }]
+    );
+}
+
+#[test]
+fn failures_count_in_a_row_and_start_again_after_a_runner_served_a_while() {
+    let mut r = live_runner(1, RunnerStatus::Ready);
+    r.attempts = 3;
+    assert_eq!(r.attempt_after_failure(NOW), 4, "never served: the count goes on");
+    r.serving_since_ms = Some(NOW);
+    assert_eq!(
+        r.attempt_after_failure(NOW + RUNNER_STABLE_MS - 1),
+        4,
+        "served too briefly"
+    );
+    assert_eq!(
+        r.attempt_after_failure(NOW + RUNNER_STABLE_MS),
+        1,
+        "served a while: a fresh count"
     );
 }
 

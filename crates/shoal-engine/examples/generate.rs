@@ -64,6 +64,7 @@ fn parse_args() -> Result<Args, String> {
             max_tokens,
             stop: Vec::new(),
             output: Default::default(),
+            constraint: None,
         },
     })
 }

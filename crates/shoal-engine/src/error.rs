@@ -32,6 +32,9 @@ pub enum EngineError {
     ContextOverflow { needed: usize, limit: usize },
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    /// A constraint that does not compile, or a grammar that reached a dead end.
+    #[error("constraint: {0}")]
+    Grammar(String),
     #[error("tokenizer: {0}")]
     Tokenizer(String),
     #[error("chat template: {0}")]

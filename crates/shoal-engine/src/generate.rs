@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::error::{EngineError, Result};
+use crate::grammar::{Constrained, Constraint};
 use crate::pipeline::{PREFILL_CHUNK, Pipeline};
 use crate::sampling::{Sampler, SamplingParams};
 use crate::stage::{SeqChunk, SeqSlot};
@@ -20,6 +21,9 @@ pub struct GenerateParams {
     /// How the last rank reads the output: reasoning and tool calls (default: plain text).
     #[serde(default)]
     pub output: crate::output::OutputSpec,
+    /// The output must match this grammar (enforced by masking the logits on the last rank).
+    #[serde(default)]
+    pub constraint: Option<Constraint>,
 }
 
 impl Default for GenerateParams {
@@ -29,6 +33,7 @@ impl Default for GenerateParams {
             max_tokens: 256,
             stop: Vec::new(),
             output: crate::output::OutputSpec::default(),
+            constraint: None,
         }
     }
 }
@@ -78,6 +83,8 @@ pub struct Generation {
     /// Time spent in single-token forward passes after prefill (in a batch: first to last token, shared passes).
     pub decode_time: Duration,
     pub decode_steps: usize,
+    /// Time spent computing each token's grammar mask (empty without a constraint).
+    pub mask_times: Vec<Duration>,
 }
 
 impl Generation {
@@ -104,6 +111,8 @@ pub struct Decoding<'t> {
     max_tokens: usize,
     context_limit: usize,
     finished: Option<FinishReason>,
+    constraint: Option<Constrained>,
+    mask_times: Vec<Duration>,
 }
 
 /// What one sampled token produced.
@@ -125,6 +134,13 @@ impl<'t> Decoding<'t> {
         context_limit: usize,
     ) -> Result<Self> {
         params.validate(prompt.len(), context_limit)?;
+        let constraint = match &params.constraint {
+            Some(c) => {
+                let factory = tokenizer.grammar().map_err(|e| EngineError::Grammar(e.to_string()))?;
+                Some(factory.compile(c).map_err(|e| EngineError::Grammar(e.to_string()))?)
+            }
+            None => None,
+        };
         Ok(Self {
             tokenizer,
             sampler: Sampler::new(params.sampling.clone())?,
@@ -135,6 +151,8 @@ impl<'t> Decoding<'t> {
             max_tokens: params.max_tokens,
             context_limit,
             finished: None,
+            constraint,
+            mask_times: Vec::new(),
         })
     }
 
@@ -150,22 +168,43 @@ impl<'t> Decoding<'t> {
         self.finished
     }
 
+    /// Time each grammar mask took so far (empty without a constraint).
+    pub fn mask_times(&self) -> &[Duration] {
+        &self.mask_times
+    }
+
     /// Samples from the logits of the sequence's last position.
     pub fn step(&mut self, logits: &mut [f32]) -> Result<DecodeStep> {
         if self.finished.is_some() {
             return Err(EngineError::InvalidRequest("the sequence has already finished".into()));
         }
+        if let Some(c) = &mut self.constraint {
+            let t = Instant::now();
+            c.mask(logits).map_err(|e| EngineError::Grammar(e.to_string()))?;
+            self.mask_times.push(t.elapsed());
+        }
         let token = self.sampler.sample(logits, &self.history)?;
         self.history.push(token);
         let n = self.history.len() - self.prompt_tokens;
         let mut text = String::new();
-        let finish = if self.tokenizer.is_end_of_generation(token) {
+        let end_of_generation = self.tokenizer.is_end_of_generation(token);
+        let mut grammar_done = false;
+        if let Some(c) = &mut self.constraint
+            && !end_of_generation
+        {
+            c.commit(token).map_err(|e| EngineError::Grammar(e.to_string()))?;
+            grammar_done = c.is_stopped();
+        }
+        let finish = if end_of_generation {
             Some(FinishReason::Stop)
         } else {
             let (out, _) = self.stops.push(&self.decoder.push(token));
             text = out;
             if let Some(index) = self.stops.matched() {
                 Some(FinishReason::StopSequence(u32::try_from(index).unwrap_or(u32::MAX)))
+            } else if grammar_done {
+                // Only EOS could follow: end now rather than spend a forward pass on it.
+                Some(FinishReason::Stop)
             } else if n >= self.max_tokens {
                 Some(FinishReason::Length)
             } else if self.history.len() >= self.context_limit {
@@ -240,6 +279,7 @@ fn run(
         prefill_time,
         decode_time,
         decode_steps,
+        mask_times: decoding.mask_times().to_vec(),
     })
 }
 
@@ -466,6 +506,7 @@ pub fn generate_batch(
                 prefill_time: first - started,
                 decode_time: last_token[i].unwrap_or(first) - first,
                 decode_steps: d.generated().len().saturating_sub(1),
+                mask_times: d.mask_times().to_vec(),
             }
         })
         .collect())

@@ -17,6 +17,7 @@ pub use stage::{LayerRange, SeqChunk, SeqSlot, Stage, StageInput, StageOutput};
 
 pub mod chat;
 pub mod generate;
+pub mod grammar;
 pub mod output;
 pub mod sampling;
 pub mod tokenizer;
@@ -26,5 +27,6 @@ pub use generate::{
     BatchRequest, DecodeStep, Decoding, FinishReason, GenerateParams, Generation, ScheduledStep, Scheduler, generate,
     generate_batch,
 };
+pub use grammar::{Constrained, Constraint, GrammarError, GrammarFactory};
 pub use sampling::{Sampler, SamplingParams};
 pub use tokenizer::{IncrementalDecoder, Tokenizer};

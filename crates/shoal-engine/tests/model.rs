@@ -47,6 +47,7 @@ fn greedy_answer_is_coherent() {
         max_tokens: 48,
         stop: vec![],
         output: Default::default(),
+        constraint: None,
     };
     let g = generate(&mut p, &tok, 0, &prompt, &params, &mut |_| {}).unwrap();
     println!(
@@ -196,6 +197,7 @@ fn same_seed_same_tokens() {
         max_tokens: 24,
         stop: vec![],
         output: Default::default(),
+        constraint: None,
     };
     let a = generate(&mut p, &tok, 0, &prompt, &params, &mut |_| {}).unwrap();
     let b = generate(&mut p, &tok, 5, &prompt, &params, &mut |_| {}).unwrap();
@@ -223,6 +225,7 @@ fn stop_strings_and_max_tokens() {
         max_tokens: 5,
         stop: vec![],
         output: Default::default(),
+        constraint: None,
     };
     let g = generate(&mut p, &tok, 0, &prompt, &params, &mut |_| {}).unwrap();
     assert_eq!(g.tokens.len(), 5);
@@ -235,6 +238,7 @@ fn stop_strings_and_max_tokens() {
     let at = reference.text.find("Paris").expect("reference mentions Paris");
     let stop = GenerateParams {
         stop: vec!["Paris".into()],
+        constraint: None,
         ..full
     };
     let mut streamed = String::new();
@@ -329,6 +333,7 @@ fn batched_generation_matches_separate_runs() {
         max_tokens: 12,
         stop: vec![],
         output: Default::default(),
+        constraint: None,
     };
     let separate: Vec<Vec<u32>> = prompts
         .iter()

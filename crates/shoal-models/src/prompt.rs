@@ -12,7 +12,7 @@ use shoal_engine::{
     ChatMessage, ChatTemplate, ChatToolCall, GenerateParams, SamplingParams, TemplateExtras, Tokenizer,
 };
 use shoal_types::ModelCard;
-use shoal_types::params::{GenerationParams, Role, ToolChoice};
+use shoal_types::params::{Constraint, GenerationParams, Role, ToolChoice};
 
 /// `max_tokens` when the request sets none: the rest of the context, capped so a forgotten limit cannot hold a
 /// sequence slot for minutes.
@@ -80,6 +80,13 @@ impl Prompter {
             tools: tools.then_some(self.tool_format),
             thinking: (self.thinks && params.raw_prompt.is_none()).then(|| reasoning::prompt_opens_thinking(&text)),
         };
+        // `required` or a named function: a grammar in the model's own call format forces the call (it takes the
+        // place of any `response_format`: the answer is the call).
+        if tools
+            && let Some(grammar) = forced_call_grammar(self.tool_format, params.tools.as_deref(), &params.tool_choice)?
+        {
+            engine.constraint = Some(shoal_engine::Constraint::Lark { grammar });
+        }
         Ok((prompt, engine))
     }
 
@@ -255,6 +262,28 @@ pub fn fallback_instructions(tools: &Value, choice: &ToolChoice) -> String {
     )
 }
 
+/// Compiles a constraint as the last rank will, without the model: schema errors do not depend on the vocabulary,
+/// so every API node (one holding no model file too) can refuse a bad schema with a 400 while parsing the request.
+/// The last rank compiles it again against the model's vocabulary (a grammar that needs a token the model lacks
+/// fails the task there).
+pub fn validate_constraint(constraint: &Constraint) -> Result<(), shoal_engine::GrammarError> {
+    shoal_engine::GrammarFactory::byte_level()?.validate(&engine_constraint(constraint))
+}
+
+/// The engine's copy of a request's constraint (the engine does not depend on shoal-types).
+pub fn engine_constraint(c: &Constraint) -> shoal_engine::Constraint {
+    match c {
+        Constraint::JsonObject => shoal_engine::Constraint::JsonObject,
+        Constraint::JsonSchema { schema, strict } => shoal_engine::Constraint::JsonSchema {
+            schema: schema.clone(),
+            strict: *strict,
+        },
+        Constraint::Lark { grammar } => shoal_engine::Constraint::Lark {
+            grammar: grammar.clone(),
+        },
+    }
+}
+
 /// The engine's parameters; a field the request leaves unset keeps the engine's default (the API has already filled
 /// the card's defaults in).
 pub fn engine_params(params: &GenerationParams, max_tokens: usize) -> GenerateParams {
@@ -274,6 +303,7 @@ pub fn engine_params(params: &GenerationParams, max_tokens: usize) -> GeneratePa
         max_tokens,
         stop: params.stop.clone(),
         output: Default::default(),
+        constraint: params.constraint.as_ref().map(engine_constraint),
     }
 }
 

@@ -15,7 +15,8 @@ use serde::{Deserialize, Serialize};
 use shoal_engine::output::ParsedCall;
 use shoal_engine::{FinishReason, GenerateParams, SeqSlot};
 
-/// Protocol revision exchanged in `Hello`; a worker refuses a runner of another revision.
+/// Protocol revision exchanged in `Hello`; a worker refuses a runner of another revision. 4: `GenerateParams`
+/// carries a grammar constraint and how to read the output (reasoning, tool calls); `ToolCalls`, `Chunk.thinking`.
 pub const PROTOCOL: u32 = 4;
 
 /// A task handle chosen by the worker, unique among the runner's live tasks.

@@ -8,13 +8,13 @@
 
 use std::collections::HashMap;
 use std::io::{BufReader, BufWriter};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use shoal_engine::output::{OutputParser, Piece};
 use shoal_engine::{
@@ -22,6 +22,7 @@ use shoal_engine::{
     StageInput, StageOutput, Tokenizer,
 };
 
+use crate::edges::{Dials, spawn_acceptor};
 use crate::frame::{FrameError, read_frame, write_frame};
 use crate::proto::{
     ChunkEnd, DataFrame, FromRunner, FwdSeq, Handshake, LoadSpec, Outcome, PROTOCOL, RunnerStatus, SeqStart,
@@ -32,9 +33,6 @@ use crate::proto::{
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
 /// Sequences rank 0 queues beyond the `max_seqs` it runs (§10.4); more are refused at once.
 pub const MAX_WAITING: usize = 64;
-/// Dialing the next rank: each attempt, and all of them.
-const DIAL_ATTEMPT: Duration = Duration::from_secs(1);
-const DIAL_TOTAL: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunnerError {
@@ -50,7 +48,7 @@ pub enum RunnerError {
     DataPlane(String),
 }
 
-enum Input {
+pub(crate) enum Input {
     Control(ToRunner),
     ControlClosed(Option<FrameError>),
     /// A frame from the previous rank.
@@ -58,6 +56,16 @@ enum Input {
     DataClosed(String),
     /// The previous rank's edge passed its handshake.
     PrevConnected,
+    /// Dial number `dial` reached the next rank (a superseded dial's edge is dropped).
+    NextConnected {
+        dial: u64,
+        edge: BufWriter<TcpStream>,
+    },
+    /// Dial number `dial` gave up.
+    DialFailed {
+        dial: u64,
+        reason: String,
+    },
 }
 
 /// How far the compute loop got, read by the heartbeat thread (§13: a hung runner is one that stopped advancing).
@@ -144,6 +152,7 @@ pub fn run(socket: &Path) -> Result<(), RunnerError> {
         worker,
         progress,
         next: None,
+        dials: Dials::new(tx.clone()),
         prev_up: false,
         ready: false,
         tasks: HashMap::new(),
@@ -217,65 +226,6 @@ fn spawn_control_reader(stream: UnixStream, tx: Sender<Input>) {
     });
 }
 
-/// Accepts the previous rank's edge: the first connection whose handshake matches; others are closed.
-fn spawn_acceptor(listener: TcpListener, expected: Handshake, tx: Sender<Input>) {
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(conn) = conn else { continue };
-            let _ = conn.set_nodelay(true);
-            let mut r = BufReader::with_capacity(1 << 20, conn);
-            match read_frame::<DataFrame>(&mut r) {
-                Ok(Some(DataFrame::Handshake(h))) if h == expected => {}
-                other => {
-                    tracing::warn!(?other, ?expected, "data-plane handshake mismatch; closing the edge");
-                    continue;
-                }
-            }
-            if tx.send(Input::PrevConnected).is_err() {
-                return;
-            }
-            loop {
-                match read_frame::<DataFrame>(&mut r) {
-                    Ok(Some(f)) => {
-                        if tx.send(Input::Data(f)).is_err() {
-                            return;
-                        }
-                    }
-                    Ok(None) => {
-                        let _ = tx.send(Input::DataClosed("the previous rank closed the connection".into()));
-                        return;
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Input::DataClosed(e.to_string()));
-                        return;
-                    }
-                }
-            }
-        }
-    });
-}
-
-fn dial(next: &[SocketAddr], hello: &Handshake) -> Result<BufWriter<TcpStream>, RunnerError> {
-    let deadline = Instant::now() + DIAL_TOTAL;
-    loop {
-        for addr in next {
-            if let Ok(s) = TcpStream::connect_timeout(addr, DIAL_ATTEMPT) {
-                s.set_nodelay(true)?;
-                let mut w = BufWriter::with_capacity(1 << 20, s);
-                write_frame(&mut w, &DataFrame::Handshake(hello.clone()))
-                    .map_err(|e| RunnerError::DataPlane(e.to_string()))?;
-                return Ok(w);
-            }
-        }
-        if Instant::now() >= deadline {
-            return Err(RunnerError::DataPlane(format!(
-                "cannot reach the next rank at {next:?}"
-            )));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// Per-task bookkeeping on rank 0.
 struct TaskEntry {
     slot: SeqSlot,
@@ -294,6 +244,8 @@ struct Rank {
     worker: Worker,
     progress: Arc<Progress>,
     next: Option<BufWriter<TcpStream>>,
+    /// Dials of the next rank; only the latest one counts.
+    dials: Dials,
     prev_up: bool,
     ready: bool,
     scheduler: Scheduler,
@@ -359,16 +311,33 @@ impl Rank {
                     return Err(RunnerError::Protocol("Load received twice".into()));
                 }
                 Input::Control(ToRunner::Connect { next }) => {
-                    if !self.single() {
+                    if self.single() {
+                        self.check_ready();
+                    } else if self.ready {
+                        // A ring that is up stays as it is: if the next rank really moved, its edge breaks.
+                        tracing::debug!(?next, "Connect while the ring is up; ignored");
+                    } else {
+                        // A later Connect (the next rank re-reported its listener) supersedes a dial in progress.
                         let hello = Handshake {
                             instance: self.spec.instance.clone(),
                             rank: self.spec.rank,
                             world_size: self.spec.world_size,
                             model: self.model.clone(),
                         };
-                        self.next = Some(dial(&next, &hello)?);
+                        self.next = None;
+                        self.dials.start(next, hello);
                     }
-                    self.check_ready();
+                }
+                Input::NextConnected { dial, edge } => {
+                    if self.dials.is_current(dial) {
+                        self.next = Some(edge);
+                        self.check_ready();
+                    }
+                }
+                Input::DialFailed { dial, reason } => {
+                    if self.dials.is_current(dial) {
+                        return Err(RunnerError::DataPlane(reason));
+                    }
                 }
                 Input::PrevConnected => {
                     self.prev_up = true;

@@ -54,6 +54,7 @@ fn sample_forward() -> DataFrame {
                     max_tokens: 5,
                     stop: vec!["</s>".into()],
                     output: Default::default(),
+                    constraint: None,
                 },
                 route: vec![0xAB; 48],
             }),

@@ -24,5 +24,5 @@ pub use command::{Command, CommandEnvelope, PlacementError, RejectReason};
 pub use event::{Event, IndexedEvent};
 pub use ids::{CommandId, DeploymentId, InstanceId, ModelId, NodeId, Origin, Pos, RunnerId, SessionId, TaskId};
 pub use model::*;
-pub use params::{GenerationParams, Message, Role};
+pub use params::{Constraint, GenerationParams, Message, Role};
 pub use state::{STATE_SCHEMA, State};

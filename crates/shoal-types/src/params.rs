@@ -31,6 +31,8 @@ pub struct GenerationParams {
     pub top_logprobs: Option<u32>,
     pub enable_thinking: Option<bool>,
     pub reasoning_effort: Option<String>,
+    /// Structured output: the answer must match this (enforced on the last rank, validated by the API first).
+    pub constraint: Option<Constraint>,
     /// Whether and which tool the model must call (OpenAI `tool_choice`, Anthropic's `any`/`tool`/`auto`/`none`).
     pub tool_choice: ToolChoice,
 }
@@ -44,6 +46,17 @@ pub enum ToolChoice {
     None,
     Required,
     Function(String),
+}
+
+/// A grammar the output must match. JSON travels as text: postcard cannot carry free-form JSON values.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum Constraint {
+    /// Any JSON object (OpenAI `json_object`, Ollama `"json"`).
+    JsonObject,
+    /// A JSON schema (JSON text); `strict`: an unsupported keyword is refused rather than ignored.
+    JsonSchema { schema: String, strict: bool },
+    /// llguidance's Lark syntax, which may embed `%json{…}` (tool-call formats).
+    Lark { grammar: String },
 }
 
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]

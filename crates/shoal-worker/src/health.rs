@@ -5,7 +5,6 @@
 //! hang counts as a failure, like an exit).
 
 use shoal_core::runner_health::{Liveness, hang};
-use shoal_core::worker::ActionKey;
 use shoal_runner::proto::FromRunner;
 use shoal_types::State;
 use shoal_types::ids::RunnerId;
@@ -96,8 +95,7 @@ impl Shell {
             if let Some(r) = self.local.runners.get_mut(&runner) {
                 Self::failed(r, now, message);
             }
-            self.local.finish(&ActionKey::Load(runner));
-            self.local.finish(&ActionKey::Warmup(runner));
+            self.local.process_gone(&runner);
         }
     }
 }

@@ -316,6 +316,7 @@ impl Shell {
             Action::Download { model } => self.download(model, state),
             Action::Load { runner } => self.load(runner, state),
             Action::Warmup { runner, next } => self.warmup(runner, next),
+            Action::Redial { runner, next } => self.redial(runner, next),
             Action::Emit(event) => self.produce(*event),
             Action::Submit { runner, task } => {
                 self.submit(runner, task, state);

@@ -51,6 +51,7 @@ impl Shell {
         self.tags.retain(|_, r| *r != runner);
         self.tasks.remove(&runner);
         self.lock_reports().remove(&runner);
+        self.local.process_gone(&runner);
         self.local.finish(&ActionKey::Shutdown(runner));
     }
 
@@ -61,6 +62,10 @@ impl Shell {
         if let Some(process) = self.processes.remove(&runner) {
             stop_in_background(process);
         }
+        // Forget the old process's tag: its reader reports the closed channel once the process is gone, and that must
+        // not read as the failure of the process that replaces it (which it would kill, and count as a failure).
+        self.tags.retain(|_, r| *r != runner);
+        self.local.process_gone(&runner);
         self.fail_tasks_of(
             runner,
             state,
@@ -72,6 +77,7 @@ impl Shell {
             r.alive = false;
             r.status = None;
             r.data_addrs.clear();
+            r.serving_since_ms = None;
         }
         self.local.finish(&ActionKey::Reset(runner));
     }
@@ -85,12 +91,26 @@ impl Shell {
         // A ring of one closes on itself.
         let next = if next.is_empty() { r.data_addrs.clone() } else { next };
         r.status = Some(RunnerStatus::WarmingUp);
+        r.dialing = next.clone();
         let sent = self
             .processes
             .get_mut(&runner)
             .map(|p| p.send(&ToRunner::Connect { next }));
         if !matches!(sent, Some(Ok(()))) {
             self.local.finish(&ActionKey::Warmup(runner));
+        }
+    }
+
+    /// Points a warm-up at the next rank's current listener (rule 6); the runner drops its dial of the old one.
+    pub(crate) fn redial(&mut self, runner: RunnerId, next: Vec<std::net::SocketAddr>) {
+        self.local.finish(&ActionKey::Redial(runner));
+        let Some(r) = self.local.runners.get_mut(&runner) else {
+            return;
+        };
+        tracing::info!(%runner, ?next, old = ?r.dialing, "the next rank moved; redialling");
+        r.dialing = next.clone();
+        if let Some(p) = self.processes.get_mut(&runner) {
+            let _ = p.send(&ToRunner::Connect { next });
         }
     }
 
@@ -110,6 +130,8 @@ impl Shell {
                 r.alive = true;
                 r.status = Some(RunnerStatus::Idle);
                 r.data_addrs.clear();
+                r.dialing.clear();
+                r.serving_since_ms = None;
                 r.open_tasks.clear();
                 self.processes.insert(runner, process);
                 self.watch_started(runner, self.mono_ms());
@@ -218,14 +240,14 @@ impl Shell {
             }
             FromRunner::Status(proto::RunnerStatus::Ready) => {
                 r.status = Some(RunnerStatus::Ready);
+                r.serving_since_ms = Some(now);
                 self.local.finish(&ActionKey::Warmup(runner));
             }
             FromRunner::Status(proto::RunnerStatus::Failed(error)) => {
                 tracing::warn!(%runner, %error, "runner failed");
                 Self::failed(r, now, error);
                 self.tags.remove(&tag);
-                self.local.finish(&ActionKey::Load(runner));
-                self.local.finish(&ActionKey::Warmup(runner));
+                self.local.process_gone(&runner);
                 if let Some(process) = self.processes.remove(&runner) {
                     stop_in_background(process);
                 }
@@ -269,7 +291,8 @@ impl Shell {
 
     pub(crate) fn failed(r: &mut LocalRunner, now: u64, error: String) {
         r.alive = false;
-        r.attempts = r.attempts.saturating_add(1);
+        r.attempts = r.attempt_after_failure(now);
+        r.serving_since_ms = None;
         r.last_exit_ms = Some(now);
         r.data_addrs.clear();
         r.open_tasks.clear();

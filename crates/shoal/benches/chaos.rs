@@ -3,7 +3,7 @@
 //! fault. The trial itself is `tests/chaos_support` (shared with `tests/chaos.rs`).
 //!
 //! `cargo bench -p shoal --bench chaos -- --trials N --faults runner-kill,node-stop,…` (default: 100 trials of every
-//! fault). Faults: runner-kill, runner-stop, node-kill, node-stop, master-kill, master-stop, partition, api-term,
+//! fault; `partition` runs on a cluster in network namespaces, `tests/lab`, and needs root). Faults: runner-kill, runner-stop, node-kill, node-stop, master-kill, master-stop, partition, api-term,
 //! cluster-kill. Columns: trials run, streams, ended with error + terminator, ended normally, hung (neither within
 //! 10 s of the fault), cut (closed without the terminator), p50/p99 from the fault to the stream's error, p50 from the
 //! fault until a new request is answered, events lost (replica logs compared; master position regressions).
@@ -13,6 +13,8 @@
 mod chaos_support;
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "../tests/lab/mod.rs"]
+mod lab;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -62,15 +64,24 @@ fn main() {
         None => Fault::ALL.to_vec(),
     };
 
-    let mut chaos = Chaos::new(STREAMS);
+    // A partition cuts a link, which needs the nodes in network namespaces: those trials get a cluster of their own.
+    let fresh = |fault: Fault| {
+        if fault == Fault::Partition {
+            Chaos::in_lab(STREAMS)
+        } else {
+            Chaos::new(STREAMS)
+        }
+    };
+    let mut chaos: Option<(bool, Chaos)> = None;
     let mut rows = Vec::new();
     for &fault in &faults {
         let mut row = Row::default();
-        if fault == Fault::Partition {
-            row.skipped = Some("needs network namespaces: not implemented on loopback yet".into());
-            rows.push((fault, row));
-            continue;
+        let lab = fault == Fault::Partition;
+        if chaos.as_ref().is_some_and(|(in_lab, _)| *in_lab != lab) {
+            // The old cluster stops before the new one starts.
+            drop(chaos.take());
         }
+        let (_, chaos) = chaos.get_or_insert_with(|| (lab, fresh(fault)));
         let mut failed_setups = 0;
         while row.trials < trials {
             match chaos.trial(fault) {
@@ -111,44 +122,48 @@ fn main() {
                         row.skipped = Some(e);
                         break;
                     }
-                    drop(chaos);
-                    chaos = Chaos::new(STREAMS);
+                    *chaos = fresh(fault);
                 }
             }
         }
+        // Each row as soon as its fault is done, so a long run that is stopped early still leaves whole rows.
+        println!("{HEADER}\n{}", table_row(fault, &row));
         rows.push((fault, row));
     }
 
-    println!(
-        "\n| fault | trials | streams | error + [DONE] | normal | hung | cut | p50 to error ms | p99 to error ms | \
-         p50 served again ms | events lost |"
-    );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
-    for (fault, row) in rows {
-        if let Some(why) = &row.skipped
-            && row.trials == 0
-        {
-            println!("| {} | skipped: {why} |||||||||| ", fault.name());
-            continue;
-        }
-        let never = if row.never_served > 0 {
-            format!(" ({} never)", row.never_served)
-        } else {
-            String::new()
-        };
-        println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {}{never} | {} |",
-            fault.name(),
-            row.trials,
-            row.streams,
-            row.error,
-            row.normal,
-            row.hung,
-            row.cut,
-            ms(percentile(&row.to_error, 50.0)),
-            ms(percentile(&row.to_error, 99.0)),
-            ms(percentile(&row.served, 50.0)),
-            row.lost
-        );
+    println!("\nAll faults:\n{HEADER}");
+    for (fault, row) in &rows {
+        println!("{}", table_row(*fault, row));
     }
+}
+
+const HEADER: &str = "| fault | trials | streams | error + [DONE] | normal | hung | cut | p50 to error ms | p99 to error ms | \
+                      p50 served again ms | events lost |\n|---|---|---|---|---|---|---|---|---|---|---|";
+
+/// One fault's row of the table.
+fn table_row(fault: Fault, row: &Row) -> String {
+    if let Some(why) = &row.skipped
+        && row.trials == 0
+    {
+        return format!("| {} | skipped: {why} |||||||||| ", fault.name());
+    }
+    let never = if row.never_served > 0 {
+        format!(" ({} never)", row.never_served)
+    } else {
+        String::new()
+    };
+    format!(
+        "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {}{never} | {} |",
+        fault.name(),
+        row.trials,
+        row.streams,
+        row.error,
+        row.normal,
+        row.hung,
+        row.cut,
+        ms(percentile(&row.to_error, 50.0)),
+        ms(percentile(&row.to_error, 99.0)),
+        ms(percentile(&row.served, 50.0)),
+        row.lost
+    )
 }

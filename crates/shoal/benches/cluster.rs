@@ -173,6 +173,7 @@ fn main() {
         max_tokens: DECODE_TOKENS as usize,
         stop: Vec::new(),
         output: Default::default(),
+        constraint: None,
     };
     pipeline.generate(&prompt, &params, &mut |_| {}).unwrap();
     let alone: Vec<_> = (0..REPS)

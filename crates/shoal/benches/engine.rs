@@ -151,6 +151,7 @@ fn ring_decode(exe: &Path, model: &Path, threads: usize, prompt: &[u32]) -> (f64
         max_tokens: 128,
         stop: vec![],
         output: Default::default(),
+        constraint: None,
     };
     let mut one = LocalPipeline::start(exe, model, &[0, 30], threads, 8).unwrap();
     let mut two = LocalPipeline::start(exe, model, &[0, 15, 30], threads, 8).unwrap();
@@ -382,6 +383,7 @@ fn rss_table(exe: &Path, models: &[PathBuf], threads: usize, stages: usize) {
         max_tokens: RSS_GEN,
         stop: vec![],
         output: Default::default(),
+        constraint: None,
     };
     for model in models {
         let gguf = shoal_engine::gguf::GgufFile::open(model).unwrap();

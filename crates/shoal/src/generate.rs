@@ -89,6 +89,7 @@ pub fn run(args: &GenerateArgs, data_dir: Option<&Path>) -> anyhow::Result<()> {
         max_tokens: args.max_tokens as usize,
         stop: args.stop.clone(),
         output: Default::default(),
+        constraint: None,
     };
 
     let mut stdout = std::io::stdout().lock();

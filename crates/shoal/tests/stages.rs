@@ -43,6 +43,7 @@ fn batched_sequences_through_three_stage_processes_match_one_process() {
         max_tokens: 10,
         stop: vec![],
         output: Default::default(),
+        constraint: None,
     };
     let mut local = Pipeline::load(&model, &[], Arc::new(Pool::new(1))).unwrap();
     let expected: Vec<Vec<u32>> = prompts
@@ -82,6 +83,7 @@ fn a_dead_stage_fails_the_generation_quickly() {
         max_tokens: 100_000,
         stop: vec![],
         output: Default::default(),
+        constraint: None,
     };
     let killer = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(300));
@@ -114,6 +116,7 @@ fn cancel_mid_generation_frees_the_sequence_on_every_rank() {
         max_tokens: 16,
         stop: vec![],
         output: Default::default(),
+        constraint: None,
     };
     let alone = ring.generate(&prompts[1], &short, &mut |_| {}).unwrap().tokens;
     let long = GenerateParams {

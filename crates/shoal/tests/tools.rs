@@ -29,3 +29,20 @@ fn tools_round_trip_through_the_official_clients() {
     let base_url = format!("http://127.0.0.1:{}", nodes[0].api);
     python::run_client_script("tools_client.py", &base_url, SCRIPT_TIMEOUT, &nodes[0]);
 }
+
+/// `tool_choice` required and named are enforced by a grammar: 100 sampled answers are all calls whose arguments
+/// validate against the schema (`tool_choice_client.py`).
+#[test]
+fn forced_tool_calls_always_validate() {
+    if !["openai", "anthropic", "jsonschema"]
+        .iter()
+        .all(|c| python::client_available(c))
+    {
+        return;
+    }
+    let _serial = serial();
+    let (_root, nodes) = start(1);
+    place(&nodes, 1);
+    let base_url = format!("http://127.0.0.1:{}", nodes[0].api);
+    python::run_client_script("tool_choice_client.py", &base_url, SCRIPT_TIMEOUT, &nodes[0]);
+}

@@ -1,8 +1,8 @@
 //! Ollama requests → [`GenerationParams`]: `POST /api/chat`, `/api/generate`, `/api/show`, `/api/pull`. Parsed field
 //! by field, so a wrong type or value is a 400 naming the field (`messages[1].role`, `options.num_ctx`); fields
 //! Ollama has and shoal does not need (`keep_alive`, `template`, unknown `options`) are accepted and ignored, and
-//! features shoal does not have yet (images, tools, structured output) are refused with a 400 that says so rather
-//! than silently dropped.
+//! features shoal does not have yet (images, tools) are refused with a 400 that says so rather
+//! than silently dropped. `format` (`"json"` or a schema) constrains the answer (`structured.rs`).
 
 use serde_json::{Map, Value};
 use shoal_types::params::{GenerationParams, Message, Role};
@@ -90,17 +90,7 @@ fn common(obj: &Map<String, Value>) -> Result<GenerateRequest, BadRequest> {
         Some(options) => self::options(options, &mut params).map_err(|e| e.within("options"))?,
         None => None,
     };
-    match obj.get("format") {
-        None | Some(Value::Null) => {}
-        Some(Value::String(s)) if s.is_empty() => {}
-        Some(Value::String(_) | Value::Object(_)) => {
-            return Err(BadRequest::new(
-                "format",
-                "structured output (\"json\" or a schema) is not supported yet: it arrives with the Tools milestone",
-            ));
-        }
-        Some(_) => return Err(BadRequest::new("format", "must be \"json\" or a JSON schema")),
-    }
+    params.constraint = crate::structured::ollama_format(obj.get("format"))?;
     let unload = keep_alive_is_zero(obj)?;
     match obj.get("think") {
         None | Some(Value::Null) => {}
@@ -405,8 +395,8 @@ mod tests {
             (format!(r#"{{"model":"m",{user},"options":{{"repeat_penalty":0}}}}"#), "options.repeat_penalty"),
             (format!(r#"{{"model":"m",{user},"options":{{"num_ctx":0}}}}"#), "options.num_ctx"),
             (format!(r#"{{"model":"m",{user},"options":{{"seed":"x"}}}}"#), "options.seed"),
-            (format!(r#"{{"model":"m",{user},"format":"json"}}"#), "format"),
-            (format!(r#"{{"model":"m",{user},"format":{{"type":"object"}}}}"#), "format"),
+            (format!(r#"{{"model":"m",{user},"format":"yaml"}}"#), "format"),
+            (format!(r#"{{"model":"m",{user},"format":{{"type":"objekt"}}}}"#), "format"),
             (format!(r#"{{"model":"m",{user},"format":3}}"#), "format"),
             (format!(r#"{{"model":"m",{user},"keep_alive":true}}"#), "keep_alive"),
             (format!(r#"{{"model":"m",{user},"think":"max"}}"#), "think"),

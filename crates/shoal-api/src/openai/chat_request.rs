@@ -45,6 +45,7 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatRequest, BadRequest> {
     params.tools = tools::read_tools(&obj, ToolShape::Nested)?;
     params.tool_choice = tools::openai_choice(&obj)?;
     tools::check_choice(&params.tool_choice, params.tools.as_deref(), "tool_choice")?;
+    params.constraint = crate::structured::response_format(&obj)?;
     params.reasoning_effort = fields::opt_string(&obj, "reasoning_effort")?;
     params.enable_thinking = fields::opt_bool(&obj, "enable_thinking")?;
     // vLLM's and llama-server's way to reach the template: `chat_template_kwargs.enable_thinking`.

@@ -13,8 +13,8 @@
 //! (a client that manages its own context sends them back; the template has no place for them).
 //! Refused with a 400 naming the field: `store: true` and `background: true` (nothing is stored),
 //! `previous_response_id`, `conversation` and `prompt` (they need stored state), tools of other types,
-//! `input_image`/`input_file`/
-//! `input_audio` parts (no served model takes them), and a `text.format` other than `text`.
+//! `input_image`/`input_file`/`input_audio` parts (no served model takes them). `text.format` `json_object` /
+//! `json_schema` constrain the answer (`structured.rs`).
 
 use serde_json::{Map, Value};
 use shoal_types::params::{GenerationParams, Message, Role, ToolCall};
@@ -66,17 +66,7 @@ pub fn parse_responses(body: &[u8]) -> Result<ResponsesRequest, BadRequest> {
     if let Some(text) = fields::opt_object(&obj, "text")? {
         let format = fields::opt_object(text, "format").map_err(|e| e.within("text"))?;
         if let Some(format) = format {
-            match format.get("type") {
-                None | Some(Value::Null) => {}
-                Some(Value::String(t)) if t == "text" => {}
-                Some(Value::String(t)) => {
-                    return Err(BadRequest::new(
-                        "text.format.type",
-                        format!("`{t}` is not supported; only `text` is"),
-                    ));
-                }
-                Some(_) => return Err(BadRequest::new("text.format.type", "must be a string")),
-            }
+            params.constraint = crate::structured::text_format(format)?;
         }
     }
     let truncation = match fields::opt_string(&obj, "truncation")? {
@@ -452,8 +442,12 @@ mod tests {
                 "reasoning.effort",
             ),
             (
-                r#"{"model":"m","input":"x","text":{"format":{"type":"json_object"}}}"#,
+                r#"{"model":"m","input":"x","text":{"format":{"type":"yaml"}}}"#,
                 "text.format.type",
+            ),
+            (
+                r#"{"model":"m","input":"x","text":{"format":{"type":"json_schema","schema":{"type":"bogus"}}}}"#,
+                "text.format.schema",
             ),
             (r#"{"model":"m","input":"x","text":{"format":"text"}}"#, "text.format"),
             (

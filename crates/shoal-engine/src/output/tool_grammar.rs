@@ -45,6 +45,18 @@ pub fn forced_call_grammar(format: ToolFormat, tools: &[ToolSpec], forced: &Forc
         Ok([one]) => one,
         Err(many) => json!({ "anyOf": many }),
     };
+    // The generic format's instructions ask for `{"tool_calls":[…]}`: one forced call, in that wrapper (a small model
+    // let free to add calls would add them until its token limit).
+    let schema = if format == ToolFormat::Generic {
+        json!({
+            "type": "object",
+            "properties": { "tool_calls": { "type": "array", "items": schema, "minItems": 1, "maxItems": 1 } },
+            "required": ["tool_calls"],
+            "additionalProperties": false,
+        })
+    } else {
+        schema
+    };
     let call = format!("%json{schema}");
     Ok(match format {
         ToolFormat::Hermes => format!("start: \"<tool_call>\\n\" call \"\\n</tool_call>\"\ncall: {call}\n"),
@@ -88,19 +100,24 @@ mod tests {
     #[test]
     fn hermes_named_call() {
         let g = forced_call_grammar(ToolFormat::Hermes, &tools(), &Forced::Named("get_weather".into())).expect("ok");
+        // serde_json keeps keys in the order written (preserve_order, which llguidance enables): `name` first.
         assert_eq!(
             g,
-            "start: \"<tool_call>\\n\" call \"\\n</tool_call>\"\ncall: %json{\"additionalProperties\":false,\
-             \"properties\":{\"arguments\":{\"properties\":{\"city\":{\"type\":\"string\"}},\"required\":[\"city\"],\
-             \"type\":\"object\"},\"name\":{\"const\":\"get_weather\"}},\"required\":[\"name\",\"arguments\"],\
-             \"type\":\"object\"}\n"
+            "start: \"<tool_call>\\n\" call \"\\n</tool_call>\"\ncall: %json{\"type\":\"object\",\"properties\":\
+             {\"name\":{\"const\":\"get_weather\"},\"arguments\":{\"type\":\"object\",\"properties\":{\"city\":\
+             {\"type\":\"string\"}},\"required\":[\"city\"]}},\"required\":[\"name\",\"arguments\"],\
+             \"additionalProperties\":false}\n"
         );
     }
 
     #[test]
     fn any_call_is_a_choice_of_every_tool() {
         let g = forced_call_grammar(ToolFormat::Generic, &tools(), &Forced::Any).expect("ok");
-        assert!(g.starts_with("start: call\ncall: %json{\"anyOf\":["), "{g}");
+        assert!(g.starts_with("start: call\ncall: %json{"), "{g}");
+        assert!(
+            g.contains("\"tool_calls\":{\"type\":\"array\",\"items\":{\"anyOf\":["),
+            "{g}"
+        );
         assert!(g.contains("{\"const\":\"noop\"}") && g.contains("{\"const\":\"get_weather\"}"));
         let l = forced_call_grammar(ToolFormat::Llama3, &tools(), &Forced::Any).expect("ok");
         assert!(l.contains("\"parameters\":") && !l.contains("\"arguments\""), "{l}");

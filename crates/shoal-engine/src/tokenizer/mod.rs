@@ -139,6 +139,8 @@ pub struct Tokenizer {
     pre: String,
     architecture: Option<String>,
     chat_template: Option<String>,
+    /// Built on the first constrained request, then shared by every sequence of this model.
+    grammar: std::sync::OnceLock<Result<crate::grammar::GrammarFactory, crate::grammar::GrammarError>>,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -290,6 +292,7 @@ impl Tokenizer {
             pre: pre.to_string(),
             architecture,
             chat_template,
+            grammar: std::sync::OnceLock::new(),
         })
     }
 
@@ -426,6 +429,15 @@ impl Tokenizer {
     /// `general.architecture` of the file the tokenizer came from.
     pub fn architecture(&self) -> Option<&str> {
         self.architecture.as_deref()
+    }
+
+    /// The constrained-decoding factory of this vocabulary, built once (on first use: a model never asked for a
+    /// grammar never pays for the token trie).
+    pub fn grammar(&self) -> Result<&crate::grammar::GrammarFactory, crate::grammar::GrammarError> {
+        self.grammar
+            .get_or_init(|| crate::grammar::GrammarFactory::new(self))
+            .as_ref()
+            .map_err(Clone::clone)
     }
 
     /// A streaming decoder for generated tokens. Like llama.cpp's per-token `token_to_piece`, it keeps every

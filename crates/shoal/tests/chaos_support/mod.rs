@@ -8,6 +8,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::print_stdout, clippy::print_stderr)]
 
 use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, mpsc};
@@ -15,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use crate::lab::Lab;
 use crate::support::*;
 
 mod stream;
@@ -32,6 +34,8 @@ const PROBE_EVERY: Duration = Duration::from_millis(250);
 const TERM_EXIT_WITHIN: Duration = Duration::from_secs(15);
 /// How long a placement made by the trial may take before it is tried again.
 const PLACE_AGAIN_AFTER: Duration = Duration::from_secs(20);
+/// How long a partition lasts.
+const PARTITION_HOLD: Duration = Duration::from_secs(6);
 /// Lines of each node's log a failure message quotes.
 const LOG_TAIL: usize = 25;
 
@@ -101,6 +105,9 @@ pub struct Chaos {
     pub root: tempfile::TempDir,
     pub nodes: Vec<Node>,
     pub streams: usize,
+    /// The network namespaces the nodes run in, for the faults that cut links ([`Fault::Partition`]); `None` on
+    /// loopback. Declared after `nodes` so the nodes stop before their namespaces go.
+    pub lab: Option<Lab>,
 }
 
 fn signal(pid: u32, name: &str) {
@@ -112,8 +119,8 @@ fn pid_of(node: &Node) -> u32 {
 }
 
 /// `/status` of the node on `port`: (role, ready, idx).
-fn status_of(port: u16) -> Option<(String, bool, i64)> {
-    let (code, body) = http_get(port, "/status")?;
+fn status_of(api: SocketAddr) -> Option<(String, bool, i64)> {
+    let (code, _, body) = http_at(api, "GET", "/status", &[], None)?;
     if code != 200 {
         return None;
     }
@@ -126,8 +133,8 @@ fn status_of(port: u16) -> Option<(String, bool, i64)> {
 }
 
 /// Every event of a node's replica log after `after`, by idx.
-fn events_of(port: u16, after: i64) -> Option<BTreeMap<u64, Value>> {
-    let (code, body) = http_get(port, &format!("/events?after={after}&max=10000"))?;
+fn events_of(api: SocketAddr, after: i64) -> Option<BTreeMap<u64, Value>> {
+    let (code, _, body) = http_at(api, "GET", &format!("/events?after={after}&max=10000"), &[], None)?;
     if code != 200 {
         return None;
     }
@@ -149,7 +156,7 @@ struct Monitor {
 }
 
 impl Monitor {
-    fn start(ports: Vec<u16>) -> Monitor {
+    fn start(ports: Vec<SocketAddr>) -> Monitor {
         let stop = Arc::new(AtomicBool::new(false));
         let regression = Arc::new(Mutex::new(0));
         let (stop2, regression2) = (stop.clone(), regression.clone());
@@ -190,13 +197,33 @@ impl Chaos {
     /// 3 nodes started, agreed, the test model placed over all of them.
     pub fn new(streams: usize) -> Chaos {
         let (root, nodes) = start(3);
-        let chaos = Chaos { root, nodes, streams };
+        let chaos = Chaos {
+            root,
+            nodes,
+            streams,
+            lab: None,
+        };
         chaos.whole(WHOLE_WITHIN).expect("the fresh cluster is whole");
         chaos
     }
 
-    fn ports(&self) -> Vec<u16> {
-        self.nodes.iter().map(|n| n.api).collect()
+    /// The same cluster with each node in its own network namespace of a [`Lab`] (needs root and iproute2), so a
+    /// link can be cut.
+    pub fn in_lab(streams: usize) -> Chaos {
+        let lab = Lab::new(3);
+        let (root, nodes) = start_at(3, |i| (lab.addr(i).parse::<IpAddr>().unwrap(), Some(lab.node_ns(i))));
+        let chaos = Chaos {
+            root,
+            nodes,
+            streams,
+            lab: Some(lab),
+        };
+        chaos.whole(WHOLE_WITHIN).expect("the fresh cluster is whole");
+        chaos
+    }
+
+    fn ports(&self) -> Vec<SocketAddr> {
+        self.nodes.iter().map(|n| n.api_addr()).collect()
     }
 
     /// Waits until every node is alive and agreed and the model has 3 Ready runners, placing it when no instance is
@@ -290,7 +317,7 @@ impl Chaos {
         let fault_at = Arc::new(OnceLock::new());
         let (ready_tx, ready_rx) = mpsc::channel();
         let readers: Vec<_> = (0..self.streams)
-            .map(|_| stream_reader(self.nodes[api].api, fault_at.clone(), ready_tx.clone()))
+            .map(|_| stream_reader(self.nodes[api].api_addr(), fault_at.clone(), ready_tx.clone()))
             .collect();
         drop(ready_tx);
         let mut started = 0;
@@ -327,6 +354,7 @@ impl Chaos {
 
         // The fault.
         let mut stopped: Option<u32> = None;
+        let mut cut: Option<usize> = None;
         match fault {
             Fault::RunnerKill | Fault::RunnerStop => {
                 let Some(&runner) = runner_children(pid_of(&self.nodes[victim])).first() else {
@@ -363,7 +391,14 @@ impl Chaos {
                     node.kill9();
                 }
             }
-            Fault::Partition => return Err("a partition needs network namespaces: not on loopback".into()),
+            Fault::Partition => {
+                let Some(lab) = &self.lab else {
+                    return Err("a partition needs the cluster in network namespaces (Chaos::in_lab)".into());
+                };
+                let _ = fault_at.set(Instant::now());
+                lab.link(victim, false);
+                cut = Some(victim);
+            }
         }
         let fault_at = *fault_at.get().unwrap();
 
@@ -372,6 +407,12 @@ impl Chaos {
         // Heal, as a supervisor would: continue what was stopped, restart what died.
         if let Some(pid) = stopped {
             signal(pid, "-CONT");
+        }
+        if let (Some(i), Some(lab)) = (cut, &self.lab) {
+            // Long enough for both sides to have timed each other out (the link lease is 3 s): the partition is
+            // healed as one, not as a blip.
+            std::thread::sleep(PARTITION_HOLD.saturating_sub(fault_at.elapsed()));
+            lab.link(i, true);
         }
         if fault == Fault::ApiTerm {
             let deadline = Instant::now() + TERM_EXIT_WITHIN;
@@ -386,11 +427,12 @@ impl Chaos {
         let healed = Instant::now();
 
         // A new request, to the clients' node (restarted if it died).
-        let probe_port = self.nodes[api].api;
+        let probe = self.nodes[api].api_addr();
         let mut served_after = None;
         let mut last_answer = None;
         while healed.elapsed() < SERVE_CAP {
-            match http(probe_port, "POST", "/v1/chat/completions", Some(&chat_body(4, false))) {
+            let body = chat_body(4, false).to_string();
+            match http_at(probe, "POST", "/v1/chat/completions", &[], Some(&body)).map(|(c, _, b)| (c, b)) {
                 Some((200, _)) => {
                     served_after = Some(fault_at.elapsed());
                     break;

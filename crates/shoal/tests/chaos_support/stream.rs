@@ -3,7 +3,7 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use std::sync::{Arc, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
@@ -59,14 +59,14 @@ pub fn chat_body(max_tokens: u32, stream: bool) -> Value {
 /// One streaming chat request read on its own thread: it reports when it is mid-generation, then reads to the end
 /// or until [`HANG_LIMIT`] after the fault.
 pub fn stream_reader(
-    port: u16,
+    api: SocketAddr,
     fault_at: Arc<OnceLock<Instant>>,
     ready: mpsc::Sender<bool>,
 ) -> std::thread::JoinHandle<StreamResult> {
     std::thread::spawn(move || {
         let opened = Instant::now();
         let mut ready = Some(ready);
-        let result = read_stream(port, &fault_at, &mut ready, opened);
+        let result = read_stream(api, &fault_at, &mut ready, opened);
         if let Some(ready) = ready {
             let _ = ready.send(false);
         }
@@ -75,7 +75,7 @@ pub fn stream_reader(
 }
 
 fn read_stream(
-    port: u16,
+    api: SocketAddr,
     fault_at: &OnceLock<Instant>,
     ready: &mut Option<mpsc::Sender<bool>>,
     opened: Instant,
@@ -88,7 +88,7 @@ fn read_stream(
         finish: None,
         deltas: 0,
     };
-    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+    let Ok(mut stream) = TcpStream::connect(api) else {
         return cut(fault_at);
     };
     let _ = stream.set_read_timeout(Some(READ_SLICE));

@@ -2,7 +2,7 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -17,6 +17,8 @@ pub mod python;
 /// The tests of this file run one at a time: two of them measure failover and agreement times, which a 2-core
 /// machine running four other clusters at once would distort.
 pub static SERIAL: Mutex<()> = Mutex::new(());
+/// A request's connection attempt gives up after this (a partitioned node drops packets rather than refusing).
+const CONNECT_WITHIN: Duration = Duration::from_secs(2);
 
 pub fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -29,9 +31,14 @@ pub fn free_port() -> u16 {
 pub struct Node {
     pub child: Option<Child>,
     pub dir: PathBuf,
+    /// The address the node listens on (zenoh) and the test reaches its API at: loopback, or its lab address.
+    pub host: IpAddr,
+    /// The network namespace the node runs in (`tests/lab`), if any.
+    pub netns: Option<String>,
     pub zenoh: u16,
     pub api: u16,
-    pub peers: Vec<u16>,
+    /// The zenoh endpoints it connects to.
+    pub peers: Vec<SocketAddr>,
     pub extra: Vec<String>,
     pub env: Vec<(String, String)>,
     /// Headers every request of the helpers sends (the `--api-key`, for a node started with one).
@@ -44,9 +51,11 @@ impl Node {
         Node {
             child: None,
             dir: dir.to_path_buf(),
+            host: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            netns: None,
             zenoh,
             api: free_port(),
-            peers: peers.to_vec(),
+            peers: peers.iter().map(|&p| SocketAddr::from(([127, 0, 0, 1], p))).collect(),
             extra: Vec::new(),
             env: Vec::new(),
             headers: Vec::new(),
@@ -55,10 +64,18 @@ impl Node {
     }
 
     pub fn start(&mut self) {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_shoal"));
+        let mut cmd = match &self.netns {
+            // `ip netns exec` execs the node, so the child is the node itself (signals reach it).
+            Some(ns) => {
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", ns]).arg(env!("CARGO_BIN_EXE_shoal"));
+                cmd
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_shoal")),
+        };
         cmd.args(["run", "--no-multicast", "--data-dir"])
             .arg(&self.dir)
-            .args(["--listen", &format!("tcp/127.0.0.1:{}", self.zenoh)])
+            .args(["--listen", &format!("tcp/{}", SocketAddr::new(self.host, self.zenoh))])
             .args(["--api-port", &self.api.to_string()])
             .env_remove("SHOAL_HOME")
             .env("SHOAL_LOG", "info,zenoh=warn")
@@ -66,7 +83,7 @@ impl Node {
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         for peer in &self.peers {
-            cmd.args(["--connect", &format!("tcp/127.0.0.1:{peer}")]);
+            cmd.args(["--connect", &format!("tcp/{peer}")]);
         }
         cmd.args(&self.extra);
         for (k, v) in &self.env {
@@ -102,6 +119,11 @@ impl Node {
         self.log.lock().unwrap().join("\n")
     }
 
+    /// Where the test reaches the node's API.
+    pub fn api_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.host, self.api)
+    }
+
     pub fn get(&self, path: &str) -> Option<(u16, String)> {
         self.http("GET", path, None)
     }
@@ -109,7 +131,14 @@ impl Node {
     /// A request with this node's headers.
     pub fn http(&self, method: &str, path: &str, body: Option<&Value>) -> Option<(u16, String)> {
         let headers: Vec<(&str, &str)> = self.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        http_with(self.api, method, path, &headers, body.map(|b| b.to_string()).as_deref())
+        let (code, _, body) = http_at(
+            self.api_addr(),
+            method,
+            path,
+            &headers,
+            body.map(|b| b.to_string()).as_deref(),
+        )?;
+        Some((code, body))
     }
 
     pub fn status(&self) -> Option<Value> {
@@ -157,7 +186,18 @@ pub fn http_full(
     headers: &[(&str, &str)],
     body: Option<&str>,
 ) -> Option<(u16, String, String)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    http_at(SocketAddr::from(([127, 0, 0, 1], port)), method, path, headers, body)
+}
+
+/// One HTTP/1.1 request to `addr`; the status, the response's head and its body.
+pub fn http_at(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> Option<(u16, String, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, CONNECT_WITHIN).ok()?;
     // Placement commands wait for the master's answer (≤ 10 s).
     stream.set_read_timeout(Some(Duration::from_secs(15))).ok()?;
     let body = body.unwrap_or_default();
@@ -185,10 +225,18 @@ pub fn cluster(root: &Path, n: usize) -> Vec<Node> {
 
 /// `n` nodes with the test model's directory as `--models-dir`, started, agreed, and holding every node's fact.
 pub fn start(n: usize) -> (tempfile::TempDir, Vec<Node>) {
+    start_at(n, |_| (IpAddr::V4(Ipv4Addr::LOCALHOST), None))
+}
+
+/// As [`start`], with node `i` at the address and in the network namespace `at(i)` gives (`tests/lab`).
+pub fn start_at(n: usize, at: impl Fn(usize) -> (IpAddr, Option<String>)) -> (tempfile::TempDir, Vec<Node>) {
     let models = common::model_path().parent().unwrap().to_path_buf();
     let root = tempfile::tempdir().unwrap();
     let mut nodes = cluster(root.path(), n);
-    for node in &mut nodes {
+    let zenoh: Vec<SocketAddr> = (0..n).map(|i| SocketAddr::new(at(i).0, nodes[i].zenoh)).collect();
+    for (i, node) in nodes.iter_mut().enumerate() {
+        (node.host, node.netns) = at(i);
+        node.peers = zenoh.clone();
         node.extra = vec!["--models-dir".into(), models.display().to_string()];
         node.start();
     }
