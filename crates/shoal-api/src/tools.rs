@@ -251,13 +251,17 @@ mod tests {
         let nested = r#"{"tools":[{"type":"function","function":{"name":"f","description":"d","parameters":{"type":"object"}}}]}"#;
         let flat = r#"{"tools":[{"type":"function","name":"f","description":"d","parameters":{"type":"object"}}]}"#;
         let anthropic = r#"{"tools":[{"name":"f","description":"d","input_schema":{"type":"object"}}]}"#;
-        let want = Some(
-            r#"[{"function":{"description":"d","name":"f","parameters":{"type":"object"}},"type":"function"}]"#
-                .to_string(),
-        );
-        assert_eq!(read_tools(&obj(nested), ToolShape::Nested).expect("ok"), want);
-        assert_eq!(read_tools(&obj(flat), ToolShape::Flat).expect("ok"), want);
-        assert_eq!(read_tools(&obj(anthropic), ToolShape::Anthropic).expect("ok"), want);
+        let want: Value = serde_json::from_str(
+            r#"[{"type":"function","function":{"name":"f","parameters":{"type":"object"},"description":"d"}}]"#,
+        )
+        .expect("json");
+        let parsed = |body: &str, shape| -> Value {
+            let text = read_tools(&obj(body), shape).expect("ok").expect("tools");
+            serde_json::from_str(&text).expect("json")
+        };
+        assert_eq!(parsed(nested, ToolShape::Nested), want);
+        assert_eq!(parsed(flat, ToolShape::Flat), want);
+        assert_eq!(parsed(anthropic, ToolShape::Anthropic), want);
         assert_eq!(
             read_tools(&obj(r#"{"tools":[]}"#), ToolShape::Nested).expect("ok"),
             None
