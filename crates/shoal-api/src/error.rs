@@ -30,6 +30,9 @@ impl BadRequest {
 
     /// The same error under a parent field (`stream_options` + `include_usage` → `stream_options.include_usage`).
     pub fn within(self, parent: &str) -> Self {
+        if self.field.is_empty() {
+            return BadRequest::new(parent, self.message);
+        }
         BadRequest::new(format!("{parent}.{}", self.field), self.message)
     }
 }

@@ -19,7 +19,7 @@ use futures_util::stream;
 use shoal_types::ModelCard;
 use shoal_types::chunk::{Chunk, FinishReason, Usage};
 use shoal_types::command::Command;
-use shoal_types::params::{GenerationParams, MAX_PARAMS_BYTES};
+use shoal_types::params::{GenerationParams, MAX_PARAMS_BYTES, ToolCall};
 
 use crate::Api;
 use crate::error::{ApiError, Dialect};
@@ -172,6 +172,8 @@ pub struct Completion {
     /// Text the model marked as thinking (reasoning models), kept apart from `text`.
     pub reasoning: String,
     pub finish: Option<FinishReason>,
+    /// The calls the answer ended in (then `finish` is `None`: each dialect names that end its own way).
+    pub tool_calls: Vec<ToolCall>,
     pub usage: Usage,
     /// When the first token arrived: where the prompt's evaluation ended (Ollama reports the two durations).
     pub first_token_at: Option<std::time::Instant>,
@@ -215,6 +217,13 @@ pub async fn collect(handle: &mut StreamHandle) -> Result<Completion, ApiError> 
                     done.text.push_str(&text);
                 }
                 done.finish = finish.or(done.finish);
+                if let Some(usage) = usage {
+                    done.usage = usage;
+                }
+            }
+            Some(StreamEvent::Chunk(Chunk::ToolCall { calls, usage, .. })) => {
+                done.first_token_at.get_or_insert_with(std::time::Instant::now);
+                done.tool_calls = calls;
                 if let Some(usage) = usage {
                     done.usage = usage;
                 }
@@ -313,6 +322,9 @@ pub trait Encoder: Send + 'static {
     }
     /// The final chunk's finish reason and usage.
     fn finish(&mut self, finish: FinishReason, usage: &Usage, out: &mut Vec<Frame>);
+    /// The final chunk when the answer ended in tool calls (instead of [`Encoder::finish`]): the calls as the dialect
+    /// writes them, then its end (`finish_reason: "tool_calls"`, `stop_reason: "tool_use"`).
+    fn tool_calls(&mut self, calls: &[ToolCall], usage: &Usage, out: &mut Vec<Frame>);
     /// After the final chunk: the terminator (OpenAI's `[DONE]`), if the dialect has one beyond `finish`'s frames.
     fn done(&mut self, out: &mut Vec<Frame>);
     /// The stream failed after its headers were sent: the dialect's in-band error and terminator.
@@ -482,9 +494,11 @@ impl<E: Encoder> Writer<E> {
                     self.encoder.finish(finish, &usage.unwrap_or_default(), &mut out);
                 }
             }
-            // Tool calls are not produced yet (the Tools milestone); an error chunk closes the stream in the
-            // registry, which sends `End::Closed` next.
-            Some(StreamEvent::Chunk(Chunk::ToolCall { .. } | Chunk::Error { .. })) => {}
+            Some(StreamEvent::Chunk(Chunk::ToolCall { calls, usage, .. })) => {
+                self.encoder.tool_calls(&calls, &usage.unwrap_or_default(), &mut out);
+            }
+            // An error chunk closes the stream in the registry, which sends `End::Closed` next.
+            Some(StreamEvent::Chunk(Chunk::Error { .. })) => {}
             Some(StreamEvent::End(End::Finished)) => {
                 self.finished += 1;
                 if self.finished >= self.total {

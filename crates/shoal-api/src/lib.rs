@@ -25,6 +25,7 @@ pub mod openai;
 pub mod prompts;
 pub mod streams;
 pub mod structured;
+pub mod tools;
 
 use std::sync::Arc;
 

@@ -75,7 +75,8 @@ proptest! {
     fn content_blocks_are_joined_or_named(blocks in prop::collection::vec(json_value(), 0..4)) {
         let body = json!({"model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": blocks}]});
         match parse_messages(body.to_string().as_bytes()) {
-            Ok(request) => prop_assert_eq!(request.params.messages.len(), 1),
+            // One message, or more where `tool_result` blocks became `tool` messages.
+            Ok(request) => prop_assert!(!request.params.messages.is_empty()),
             Err(bad) => prop_assert!(bad.field.starts_with("messages[0].content"), "{}", bad.field),
         }
     }

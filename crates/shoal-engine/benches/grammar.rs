@@ -44,6 +44,7 @@ fn params(constrained: bool, seed: u64) -> GenerateParams {
         },
         max_tokens: MAX_TOKENS,
         stop: vec![],
+        output: Default::default(),
         constraint: constrained.then(|| Constraint::JsonSchema {
             schema: SCHEMA.into(),
             strict: true,

@@ -15,6 +15,12 @@ use crate::error::{EngineError, Result};
 pub struct ChatMessage {
     pub role: String,
     pub content: String,
+    /// An assistant message's calls (HF: `message.tool_calls[i].function.{name,arguments}`).
+    pub tool_calls: Vec<ChatToolCall>,
+    /// A `tool` message: the call it answers.
+    pub tool_call_id: Option<String>,
+    /// An assistant message's reasoning (HF: `message.reasoning_content`, which Qwen3's templates read).
+    pub reasoning: Option<String>,
 }
 
 impl ChatMessage {
@@ -22,8 +28,29 @@ impl ChatMessage {
         Self {
             role: role.into(),
             content: content.into(),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+            reasoning: None,
         }
     }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatToolCall {
+    pub id: String,
+    pub name: String,
+    /// The arguments as JSON text; templates get them as a mapping (HF's convention), or as the text when it is not
+    /// JSON.
+    pub arguments: String,
+}
+
+/// What a request adds to the template's context besides its messages, as HF transformers and vLLM pass it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TemplateExtras {
+    /// The OpenAI function list (`[{"type":"function","function":{name,description,parameters}}]`).
+    pub tools: Option<serde_json::Value>,
+    pub enable_thinking: Option<bool>,
+    pub reasoning_effort: Option<String>,
 }
 
 /// The chat formats used when a model file carries no template, named as llama.cpp names its built-ins.
@@ -126,6 +153,57 @@ impl Builtin {
         }
         out
     }
+}
+
+/// A JSON value as a template value (objects' keys sorted, as serde_json keeps them).
+fn json_value(v: &serde_json::Value) -> Value {
+    use serde_json::Value as J;
+    match v {
+        J::Null => Value::from(()),
+        J::Bool(b) => Value::from(*b),
+        J::Number(n) => match (n.as_i64(), n.as_f64()) {
+            (Some(i), _) => Value::from(i),
+            (None, Some(f)) => Value::from(f),
+            (None, None) => Value::from(n.to_string()),
+        },
+        J::String(s) => Value::from(s.as_str()),
+        J::Array(items) => Value::from(items.iter().map(json_value).collect::<Vec<_>>()),
+        J::Object(map) => Value::from(
+            map.iter()
+                .map(|(k, v)| (k.clone(), json_value(v)))
+                .collect::<BTreeMap<String, Value>>(),
+        ),
+    }
+}
+
+/// A message as HF templates see it.
+fn message_value(m: &ChatMessage) -> Value {
+    let mut map: BTreeMap<&str, Value> = BTreeMap::new();
+    map.insert("role", Value::from(m.role.as_str()));
+    map.insert("content", Value::from(m.content.as_str()));
+    if !m.tool_calls.is_empty() {
+        let calls: Vec<Value> = m
+            .tool_calls
+            .iter()
+            .map(|c| {
+                let arguments = serde_json::from_str::<serde_json::Value>(&c.arguments)
+                    .unwrap_or_else(|_| serde_json::Value::String(c.arguments.clone()));
+                json_value(&serde_json::json!({
+                    "id": c.id,
+                    "type": "function",
+                    "function": { "name": c.name, "arguments": arguments },
+                }))
+            })
+            .collect();
+        map.insert("tool_calls", Value::from(calls));
+    }
+    if let Some(id) = &m.tool_call_id {
+        map.insert("tool_call_id", Value::from(id.as_str()));
+    }
+    if let Some(r) = &m.reasoning {
+        map.insert("reasoning_content", Value::from(r.as_str()));
+    }
+    Value::from(map)
 }
 
 /// Trims what C's `isspace` calls space (llama.cpp's templates trim with it; unlike `str::trim`, ASCII only and
@@ -240,26 +318,51 @@ impl ChatTemplate {
         self
     }
 
+    /// The Jinja source (`None` for a built-in format).
+    pub fn source(&self) -> Option<&str> {
+        match &self.kind {
+            Kind::Jinja(j) => Some(&j.source),
+            Kind::Builtin(_) => None,
+        }
+    }
+
+    /// Whether the template renders a request's `tools` itself (otherwise the caller describes them in the system
+    /// prompt). What llama.cpp's capability probe finds, judged from the source.
+    pub fn renders_tools(&self) -> bool {
+        self.source().is_some_and(|s| s.contains("tools"))
+    }
+
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+        self.render_with(messages, add_generation_prompt, &TemplateExtras::default())
+    }
+
+    pub fn render_with(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+        extras: &TemplateExtras,
+    ) -> Result<String> {
         let j = match &self.kind {
             Kind::Builtin(b) => return Ok(b.render(messages, add_generation_prompt)),
             Kind::Jinja(j) => j,
         };
-        let msgs: Vec<Value> = messages
-            .iter()
-            .map(|m| {
-                let mut map = BTreeMap::new();
-                map.insert("role", Value::from(m.role.as_str()));
-                map.insert("content", Value::from(m.content.as_str()));
-                Value::from(map)
-            })
-            .collect();
-        let ctx = minijinja::context! {
-            messages => msgs,
-            add_generation_prompt => add_generation_prompt,
-            bos_token => j.bos_token.as_str(),
-            eos_token => j.eos_token.as_str(),
-        };
+        let msgs: Vec<Value> = messages.iter().map(message_value).collect();
+        let mut ctx: BTreeMap<&str, Value> = BTreeMap::new();
+        ctx.insert("messages", Value::from(msgs));
+        ctx.insert("add_generation_prompt", Value::from(add_generation_prompt));
+        ctx.insert("bos_token", Value::from(j.bos_token.as_str()));
+        ctx.insert("eos_token", Value::from(j.eos_token.as_str()));
+        // Only what the request set: templates test `tools is defined` / `enable_thinking is defined`.
+        if let Some(tools) = &extras.tools {
+            ctx.insert("tools", json_value(tools));
+        }
+        if let Some(on) = extras.enable_thinking {
+            ctx.insert("enable_thinking", Value::from(on));
+        }
+        if let Some(effort) = &extras.reasoning_effort {
+            ctx.insert("reasoning_effort", Value::from(effort.as_str()));
+        }
+        let ctx = Value::from(ctx);
         let mut out = j
             .env
             .render_str(&j.source, ctx)
@@ -271,5 +374,61 @@ impl ChatTemplate {
             out.truncate(out.len() - j.eos_token.len());
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The parts of Qwen2.5's and Qwen3's templates that read tools, calls, results and `enable_thinking`.
+    const QWEN_LIKE: &str = "{%- if tools %}<|im_start|>system\n# Tools\n<tools>\
+        {%- for tool in tools %}\n{{ tool | tojson }}{%- endfor %}\n</tools><|im_end|>\n{%- endif %}\
+        {%- for message in messages %}\
+        {%- if message.role == 'assistant' and message.tool_calls %}<|im_start|>assistant\n{{ message.content }}\
+        {%- for tool_call in message.tool_calls %}{%- if tool_call.function is defined %}\
+        {%- set tool_call = tool_call.function %}{%- endif %}\
+        <tool_call>\n{\"name\": \"{{ tool_call.name }}\", \"arguments\": {{ tool_call.arguments | tojson }}}\n</tool_call>\
+        {%- endfor %}<|im_end|>\n\
+        {%- elif message.role == 'tool' %}<|im_start|>user\n<tool_response>\n{{ message.content }}\n</tool_response>\
+        <|im_end|>\n\
+        {%- else %}<|im_start|>{{ message.role }}\n{{ message.content }}<|im_end|>\n{%- endif %}\
+        {%- endfor %}\
+        {%- if add_generation_prompt %}<|im_start|>assistant\n\
+        {%- if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{%- endif %}\
+        {%- endif %}";
+
+    #[test]
+    fn tools_calls_results_and_thinking_reach_the_template() {
+        let t = ChatTemplate::new(QWEN_LIKE, "", "<|im_end|>").expect("compiles");
+        let mut call = ChatMessage::new("assistant", "");
+        call.tool_calls.push(ChatToolCall {
+            id: "call_1".into(),
+            name: "get_weather".into(),
+            arguments: r#"{"city":"Paris"}"#.into(),
+        });
+        let mut result = ChatMessage::new("tool", "sunny");
+        result.tool_call_id = Some("call_1".into());
+        let messages = [ChatMessage::new("user", "weather?"), call, result];
+        let extras = TemplateExtras {
+            tools: Some(serde_json::json!([{"type": "function", "function": {"name": "get_weather"}}])),
+            enable_thinking: Some(false),
+            reasoning_effort: None,
+        };
+        let out = t.render_with(&messages, true, &extras).expect("renders");
+        assert!(
+            out.contains(r#"<tools>{"function": {"name": "get_weather"}, "type": "function"}</tools>"#),
+            "{out}"
+        );
+        assert!(
+            out.contains(r#"{"name": "get_weather", "arguments": {"city": "Paris"}}"#),
+            "arguments are a mapping: {out}"
+        );
+        assert!(out.contains("<tool_response>\nsunny\n</tool_response>"), "{out}");
+        assert!(out.trim_end().ends_with("<think>\n\n</think>"), "{out}");
+        // Without extras nothing is defined: no tools block, no empty thinking.
+        let plain = t.render(&messages[..1], true).expect("renders");
+        assert!(!plain.contains("<tools>") && !plain.contains("<think>"), "{plain}");
+        assert!(t.renders_tools());
     }
 }

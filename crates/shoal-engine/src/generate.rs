@@ -19,6 +19,9 @@ pub struct GenerateParams {
     pub max_tokens: usize,
     /// Generation ends before the first occurrence of any of these; the stop string itself is not returned.
     pub stop: Vec<String>,
+    /// How the last rank reads the output: reasoning and tool calls (default: plain text).
+    #[serde(default)]
+    pub output: crate::output::OutputSpec,
     /// The output must match this grammar (enforced by masking the logits on the last rank).
     #[serde(default)]
     pub constraint: Option<Constraint>,
@@ -33,6 +36,7 @@ impl Default for GenerateParams {
             sampling: SamplingParams::default(),
             max_tokens: 256,
             stop: Vec::new(),
+            output: crate::output::OutputSpec::default(),
             constraint: None,
             logprobs: None,
         }

@@ -19,10 +19,11 @@ pub mod chat;
 pub mod generate;
 pub mod grammar;
 pub mod logprobs;
+pub mod output;
 pub mod sampling;
 pub mod tokenizer;
 
-pub use chat::{ChatMessage, ChatTemplate};
+pub use chat::{ChatMessage, ChatTemplate, ChatToolCall, TemplateExtras};
 pub use generate::{
     BatchRequest, DecodeStep, Decoding, FinishReason, GenerateParams, Generation, ScheduledStep, Scheduler, generate,
     generate_batch,

@@ -41,6 +41,7 @@ fn run(constraint: Constraint, sampling: SamplingParams, seed: u64, max_tokens: 
         stop: vec![],
         constraint: Some(constraint),
         logprobs: None,
+        output: Default::default(),
     };
     let prompt = tok.encode("Answer in JSON.").unwrap();
     let mut d = Decoding::new(tok, &prompt, &params, CONTEXT).unwrap();

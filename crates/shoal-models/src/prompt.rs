@@ -5,9 +5,14 @@
 
 use std::path::Path;
 
-use shoal_engine::{ChatMessage, ChatTemplate, GenerateParams, SamplingParams, Tokenizer};
+use serde_json::Value;
+use shoal_engine::output::tool_grammar::{self, Forced, ToolSpec};
+use shoal_engine::output::{OutputSpec, ToolFormat, reasoning};
+use shoal_engine::{
+    ChatMessage, ChatTemplate, ChatToolCall, GenerateParams, SamplingParams, TemplateExtras, Tokenizer,
+};
 use shoal_types::ModelCard;
-use shoal_types::params::{Constraint, GenerationParams, Role};
+use shoal_types::params::{Constraint, GenerationParams, Role, ToolChoice};
 
 /// `max_tokens` when the request sets none: the rest of the context, capped so a forgotten limit cannot hold a
 /// sequence slot for minutes.
@@ -18,6 +23,18 @@ pub struct Prompter {
     tokenizer: Tokenizer,
     template: ChatTemplate,
     context_length: usize,
+    /// How this model writes tool calls (from its template).
+    tool_format: ToolFormat,
+    /// The model thinks in `<think>` tags (template or vocabulary).
+    thinks: bool,
+}
+
+/// A request's tools, rendered by the template itself or described in the system prompt (templates without tool
+/// support: llama.cpp's generic format).
+enum ToolMode {
+    Off,
+    Template(Value),
+    Fallback(Value),
 }
 
 impl Prompter {
@@ -35,28 +52,61 @@ impl Prompter {
             None => ChatTemplate::from_tokenizer(&tokenizer),
         }
         .map_err(|e| e.to_string())?;
+        let tool_format = if template.renders_tools() {
+            ToolFormat::detect(template.source())
+        } else {
+            ToolFormat::Generic
+        };
+        let thinks = reasoning::thinks(template.source(), |t| tokenizer.token_id(t).is_some());
         Ok(Prompter {
             tokenizer,
             template,
             context_length: card.context_length as usize,
+            tool_format,
+            thinks,
         })
     }
 
     /// The prompt tokens and engine parameters of a request; an error is the request's fault (`Invalid`).
     pub fn prepare(&self, params: &GenerationParams) -> Result<(Vec<u32>, GenerateParams), String> {
-        let prompt = self.tokens(params)?;
+        let (text, tools) = self.render(params)?;
+        let prompt = self.tokenizer.encode(&text).map_err(|e| e.to_string())?;
         let room = self.context_length.saturating_sub(prompt.len()).max(1);
         let max_tokens = params
             .max_output_tokens
             .map_or(DEFAULT_MAX_TOKENS.min(room), |m| m as usize);
-        Ok((prompt, engine_params(params, max_tokens)))
+        let mut engine = engine_params(params, max_tokens);
+        engine.output = OutputSpec {
+            tools: tools.then_some(self.tool_format),
+            thinking: (self.thinks && params.raw_prompt.is_none()).then(|| reasoning::prompt_opens_thinking(&text)),
+        };
+        // `required` or a named function: a grammar in the model's own call format forces the call (it takes the
+        // place of any `response_format`: the answer is the call).
+        if tools
+            && let Some(grammar) = forced_call_grammar(self.tool_format, params.tools.as_deref(), &params.tool_choice)?
+        {
+            engine.constraint = Some(shoal_engine::Constraint::Lark { grammar });
+        }
+        Ok((prompt, engine))
     }
 
     /// The prompt tokens of a request: its raw prompt as is, else its messages through the chat template.
     pub fn tokens(&self, params: &GenerationParams) -> Result<Vec<u32>, String> {
+        let (text, _) = self.render(params)?;
+        self.tokenizer.encode(&text).map_err(|e| e.to_string())
+    }
+
+    /// How this model writes tool calls.
+    pub fn tool_format(&self) -> ToolFormat {
+        self.tool_format
+    }
+
+    /// The prompt text, and whether the output is to be read for tool calls.
+    fn render(&self, params: &GenerationParams) -> Result<(String, bool), String> {
         if let Some(raw) = &params.raw_prompt {
-            return self.tokenizer.encode(raw).map_err(|e| e.to_string());
+            return Ok((raw.clone(), false));
         }
+        let mode = self.tool_mode(params)?;
         let mut messages = Vec::with_capacity(params.messages.len() + 1);
         if let Some(instructions) = params.instructions.as_deref().filter(|i| !i.is_empty()) {
             messages.push(ChatMessage::new("system", instructions));
@@ -68,19 +118,148 @@ impl Prompter {
                 Role::Assistant => "assistant",
                 Role::Tool => "tool",
             };
-            messages.push(ChatMessage::new(role, m.content.clone()));
+            let mut message = ChatMessage::new(role, m.content.clone());
+            message.tool_call_id = m.tool_call_id.clone();
+            message.reasoning = m.reasoning.clone();
+            let calls = m.tool_calls.iter().map(|c| ChatToolCall {
+                id: c.id.clone(),
+                name: c.name.clone(),
+                arguments: c.arguments.clone(),
+            });
+            match mode {
+                ToolMode::Fallback(_) if !m.tool_calls.is_empty() => {
+                    // Written back as the generic format asks the model to write them.
+                    let calls: Vec<Value> = calls
+                        .map(|c| {
+                            let args =
+                                serde_json::from_str::<Value>(&c.arguments).unwrap_or(Value::String(c.arguments));
+                            serde_json::json!({ "name": c.name, "arguments": args })
+                        })
+                        .collect();
+                    let json = serde_json::json!({ "tool_calls": calls }).to_string();
+                    message.content = if message.content.is_empty() {
+                        json
+                    } else {
+                        format!("{}\n{json}", message.content)
+                    };
+                }
+                _ => message.tool_calls = calls.collect(),
+            }
+            messages.push(message);
         }
+        let mut extras = TemplateExtras {
+            tools: None,
+            enable_thinking: params.enable_thinking,
+            reasoning_effort: params.reasoning_effort.clone(),
+        };
+        let parse = match &mode {
+            ToolMode::Off => false,
+            ToolMode::Template(tools) => {
+                extras.tools = Some(tools.clone());
+                true
+            }
+            ToolMode::Fallback(tools) => {
+                let text = fallback_instructions(tools, &params.tool_choice);
+                match messages.first_mut().filter(|m| m.role == "system") {
+                    Some(system) => system.content = format!("{}\n\n{text}", system.content),
+                    None => messages.insert(0, ChatMessage::new("system", text)),
+                }
+                true
+            }
+        };
         let text = self
             .template
-            .render(&messages, true)
+            .render_with(&messages, true, &extras)
             .map_err(|e| format!("cannot apply the chat template: {e}"))?;
-        self.tokenizer.encode(&text).map_err(|e| e.to_string())
+        Ok((text, parse))
+    }
+
+    /// The request's tools and how they reach the prompt (`tool_choice: none` leaves them out).
+    fn tool_mode(&self, params: &GenerationParams) -> Result<ToolMode, String> {
+        let Some(text) = &params.tools else {
+            return Ok(ToolMode::Off);
+        };
+        let tools: Value = serde_json::from_str(text).map_err(|e| format!("tools: {e}"))?;
+        if params.tool_choice == ToolChoice::None || tools.as_array().is_none_or(Vec::is_empty) {
+            return Ok(ToolMode::Off);
+        }
+        Ok(if self.template.renders_tools() {
+            ToolMode::Template(tools)
+        } else {
+            ToolMode::Fallback(tools)
+        })
     }
 
     /// The context length the card gives the model.
     pub fn context_length(&self) -> usize {
         self.context_length
     }
+}
+
+/// The grammar that forces the call `tool_choice` asks for (`required` or a named function), in the model's call
+/// format; `None` when the choice forces nothing or the request has no tools.
+pub fn forced_call_grammar(
+    format: ToolFormat,
+    tools: Option<&str>,
+    choice: &ToolChoice,
+) -> Result<Option<String>, String> {
+    let forced = match choice {
+        ToolChoice::Required => Forced::Any,
+        ToolChoice::Function(name) => Forced::Named(name.clone()),
+        ToolChoice::Auto | ToolChoice::None => return Ok(None),
+    };
+    let Some(list) = tools
+        .map(serde_json::from_str::<Value>)
+        .transpose()
+        .map_err(|e| format!("tools: {e}"))?
+    else {
+        return Ok(None);
+    };
+    let specs: Vec<ToolSpec> = list
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|t| {
+                    let f = t.get("function")?;
+                    Some(ToolSpec {
+                        name: f.get("name")?.as_str()?.to_string(),
+                        parameters: f.get("parameters").cloned().unwrap_or(Value::Null),
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if specs.is_empty() {
+        return Ok(None);
+    }
+    tool_grammar::forced_call_grammar(format, &specs, &forced).map(Some)
+}
+
+/// The system prompt that describes tools to a template that cannot render them, asking for the generic JSON format
+/// ([`ToolFormat::Generic`]), as llama.cpp's generic format does.
+pub fn fallback_instructions(tools: &Value, choice: &ToolChoice) -> String {
+    let functions: Vec<Value> = tools
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|t| t.get("function").cloned().unwrap_or_else(|| t.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
+    // Compact: every token of it is prefilled with each request.
+    let list = serde_json::to_string(&functions).unwrap_or_default();
+    let when = match choice {
+        ToolChoice::Required => "You must call at least one tool.".to_string(),
+        ToolChoice::Function(name) => format!("You must call the tool `{name}`."),
+        ToolChoice::Auto | ToolChoice::None => {
+            "Call tools only when they help; otherwise answer the user in plain text.".to_string()
+        }
+    };
+    format!(
+        "You can call these tools (JSON Schema for their arguments):\n{list}\n\n{when} To call tools, answer with only \
+         a JSON object of this form and nothing else:\n\
+         {{\"tool_calls\": [{{\"name\": \"<tool name>\", \"arguments\": {{<the arguments>}}}}]}}"
+    )
 }
 
 /// Compiles a constraint as the last rank will, without the model: schema errors do not depend on the vocabulary,
@@ -123,7 +302,51 @@ pub fn engine_params(params: &GenerationParams, max_tokens: usize) -> GeneratePa
         },
         max_tokens,
         stop: params.stop.clone(),
+        output: Default::default(),
         constraint: params.constraint.as_ref().map(engine_constraint),
         logprobs: params.logprobs.then(|| params.top_logprobs.map_or(0, |n| n as usize)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOOLS: &str = r#"[{"type":"function","function":{"name":"get_weather","parameters":{"type":"object",
+        "properties":{"city":{"type":"string"},"days":{"type":"integer"}},"required":["city","days"]}}}]"#;
+
+    #[test]
+    fn a_forced_choice_becomes_a_grammar_in_the_models_format() {
+        let g = forced_call_grammar(ToolFormat::Generic, Some(TOOLS), &ToolChoice::Required)
+            .expect("ok")
+            .expect("a grammar");
+        assert!(g.starts_with("start: call\ncall: %json{"), "{g}");
+        assert!(g.contains(r#""name":{"const":"get_weather"}"#), "{g}");
+        let named = forced_call_grammar(
+            ToolFormat::Hermes,
+            Some(TOOLS),
+            &ToolChoice::Function("get_weather".into()),
+        )
+        .expect("ok")
+        .expect("a grammar");
+        assert!(named.starts_with("start: \"<tool_call>\\n\""), "{named}");
+        assert_eq!(
+            forced_call_grammar(ToolFormat::Generic, Some(TOOLS), &ToolChoice::Auto),
+            Ok(None)
+        );
+        assert_eq!(
+            forced_call_grammar(ToolFormat::Generic, None, &ToolChoice::Required),
+            Ok(None)
+        );
+        assert!(forced_call_grammar(ToolFormat::Generic, Some(TOOLS), &ToolChoice::Function("x".into())).is_err());
+    }
+
+    #[test]
+    fn fallback_instructions_list_the_tools_and_the_format() {
+        let tools: Value = serde_json::from_str(TOOLS).expect("json");
+        let text = fallback_instructions(&tools, &ToolChoice::Required);
+        assert!(text.contains(r#""name":"get_weather""#), "{text}");
+        assert!(text.contains("You must call at least one tool."), "{text}");
+        assert!(text.contains(r#"{"tool_calls": [{"name": "<tool name>""#), "{text}");
     }
 }

@@ -12,10 +12,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+use shoal_engine::output::ParsedCall;
 use shoal_engine::{FinishReason, GenerateParams, SeqSlot};
 
 /// Protocol revision exchanged in `Hello`; a worker refuses a runner of another revision. 4: `GenerateParams`
-/// carries a grammar constraint; 5: and a logprobs request, answered in `Chunk::logprobs`.
+/// carries a grammar constraint and how to read the output (reasoning, tool calls); `ToolCalls`, `Chunk.thinking`;
+/// 5: a logprobs request, answered in `Chunk::logprobs`.
 pub const PROTOCOL: u32 = 5;
 
 /// A task handle chosen by the worker, unique among the runner's live tasks.
@@ -75,6 +77,8 @@ pub struct ChunkEnd {
     pub finish: FinishReason,
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
+    /// Of the completion, the tokens that were reasoning (`<think>…</think>`).
+    pub reasoning_tokens: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -112,7 +116,8 @@ pub enum FromRunner {
         route: Vec<u8>,
     },
     /// Last rank: one sampled token and the text it made safe to show; `seq` counts from 0 per task. The last chunk
-    /// of a finished sequence carries `end` (a `TaskDone` follows it).
+    /// of a finished sequence carries `end` (a `TaskDone` follows it). A token whose text is part reasoning, part
+    /// answer comes as two chunks with the same token.
     Chunk {
         task: TaskHandle,
         seq: u64,
@@ -122,6 +127,15 @@ pub enum FromRunner {
         /// When the sequence asked for logprobs (`GenerateParams::logprobs`); never on an end-of-generation token,
         /// which no dialect shows.
         logprobs: Option<ChunkLogprobs>,
+        /// The text is the model's reasoning (`<think>…</think>`), not its answer.
+        thinking: bool,
+    },
+    /// Last rank: the sequence ended in tool calls (its last chunk, instead of a `Chunk` with `end`).
+    ToolCalls {
+        task: TaskHandle,
+        seq: u64,
+        calls: Vec<ParsedCall>,
+        end: ChunkEnd,
     },
     TaskDone {
         task: TaskHandle,

@@ -16,6 +16,7 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use shoal_engine::output::{OutputParser, Piece};
 use shoal_engine::{
     DecodeStep, Decoding, EngineError, FinishReason, LayerRange, PREFILL_CHUNK, Pool, ScheduledStep, Scheduler,
     SeqChunk, SeqSlot, Stage, StageInput, StageOutput, Tokenizer,
@@ -263,6 +264,10 @@ struct Rank {
 struct Sampling<'t> {
     task: TaskHandle,
     decoding: Decoding<'t>,
+    /// Reasoning and tool calls read out of the text (SYSTEM.md §10.4).
+    output: OutputParser,
+    /// Tokens whose text was reasoning.
+    reasoning_tokens: usize,
     seq: u64,
 }
 
@@ -640,6 +645,8 @@ impl Rank {
                             Sampling {
                                 task: start.task,
                                 decoding,
+                                output: OutputParser::new(&start.params.output),
+                                reasoning_tokens: 0,
                                 seq: 0,
                             },
                         );
@@ -680,19 +687,15 @@ impl Rank {
                 tracing::debug!(task = seq.task, "first token sampled");
             }
             let logprobs = chunk_logprobs(tokenizer, &step);
-            self.worker.send(&FromRunner::Chunk {
-                task: seq.task,
-                seq: seq.seq,
-                token: step.token,
-                text: step.text,
-                end: step.finish.map(|finish| ChunkEnd {
-                    finish,
-                    prompt_tokens: seq.decoding.prompt_tokens(),
-                    completion_tokens: seq.decoding.generated().len(),
-                }),
-                logprobs,
+            let end = step.finish.map(|finish| ChunkEnd {
+                finish,
+                prompt_tokens: seq.decoding.prompt_tokens(),
+                completion_tokens: seq.decoding.generated().len(),
+                reasoning_tokens: 0,
             });
-            seq.seq += 1;
+            for msg in chunk_messages(seq, step.token, &step.text, end, logprobs) {
+                self.worker.send(&msg);
+            }
             let done = step.finish.is_some();
             if let Some(finish) = step.finish {
                 self.worker.send(&FromRunner::TaskDone {
@@ -744,4 +747,68 @@ fn chunk_logprobs(tokenizer: &Tokenizer, step: &DecodeStep) -> Option<ChunkLogpr
         chosen: entry(lp.token, lp.logprob),
         top: lp.top.iter().map(|&(t, l)| entry(t, l)).collect(),
     })
+}
+
+/// The messages one sampled token makes: its text split into reasoning and answer pieces (at least one chunk, so
+/// every token is seen), and at the end either the last chunk or the tool calls the output made.
+/// The token's logprobs go with its first chunk.
+fn chunk_messages(
+    seq: &mut Sampling<'_>,
+    token: u32,
+    text: &str,
+    end: Option<ChunkEnd>,
+    mut logprobs: Option<ChunkLogprobs>,
+) -> Vec<FromRunner> {
+    let task = seq.task;
+    let mut pieces = if seq.output.is_active() {
+        seq.output.push(text)
+    } else {
+        vec![Piece {
+            text: text.to_string(),
+            thinking: false,
+        }]
+    };
+    if pieces.iter().any(|p| p.thinking) {
+        seq.reasoning_tokens += 1;
+    }
+    let end = end.map(|e| ChunkEnd {
+        reasoning_tokens: seq.reasoning_tokens,
+        ..e
+    });
+    let mut calls = Vec::new();
+    if end.is_some() && seq.output.is_active() {
+        let (rest, made) = seq.output.finish();
+        pieces.extend(rest);
+        calls = made;
+    }
+    if pieces.is_empty() && (end.is_none() || calls.is_empty()) {
+        pieces.push(Piece {
+            text: String::new(),
+            thinking: false,
+        });
+    }
+    let mut out = Vec::with_capacity(pieces.len() + 1);
+    let last = pieces.len().saturating_sub(1);
+    for (i, piece) in pieces.into_iter().enumerate() {
+        out.push(FromRunner::Chunk {
+            task,
+            seq: seq.seq,
+            token,
+            text: piece.text,
+            end: if i == last && calls.is_empty() { end } else { None },
+            thinking: piece.thinking,
+            logprobs: logprobs.take(),
+        });
+        seq.seq += 1;
+    }
+    if let Some(end) = end.filter(|_| !calls.is_empty()) {
+        out.push(FromRunner::ToolCalls {
+            task,
+            seq: seq.seq,
+            calls,
+            end,
+        });
+        seq.seq += 1;
+    }
+    out
 }

@@ -33,6 +33,19 @@ pub struct GenerationParams {
     pub reasoning_effort: Option<String>,
     /// Structured output: the answer must match this (enforced on the last rank, validated by the API first).
     pub constraint: Option<Constraint>,
+    /// Whether and which tool the model must call (OpenAI `tool_choice`, Anthropic's `any`/`tool`/`auto`/`none`).
+    pub tool_choice: ToolChoice,
+}
+
+/// `tool_choice`: `Auto` lets the model choose; `None` hides the tools; `Required` and `Function` force a call (with
+/// a grammar).
+#[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+pub enum ToolChoice {
+    #[default]
+    Auto,
+    None,
+    Required,
+    Function(String),
 }
 
 /// A grammar the output must match. JSON travels as text: postcard cannot carry free-form JSON values.

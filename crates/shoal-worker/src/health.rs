@@ -49,7 +49,7 @@ impl Shell {
                 watch.steps = steps;
                 watch.liveness.stepping = stepping;
             }
-            FromRunner::Chunk { .. } => watch.liveness.last_progress_ms = now,
+            FromRunner::Chunk { .. } | FromRunner::ToolCalls { .. } => watch.liveness.last_progress_ms = now,
             _ => {}
         }
     }

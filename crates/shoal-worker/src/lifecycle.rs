@@ -203,6 +203,7 @@ impl Shell {
             FromRunner::Accepted { .. }
                 | FromRunner::Started { .. }
                 | FromRunner::Chunk { .. }
+                | FromRunner::ToolCalls { .. }
                 | FromRunner::TaskDone { .. }
         ) {
             self.on_task_message(runner, msg);
@@ -261,6 +262,7 @@ impl Shell {
             | FromRunner::Accepted { .. }
             | FromRunner::Started { .. }
             | FromRunner::Chunk { .. }
+            | FromRunner::ToolCalls { .. }
             | FromRunner::TaskDone { .. } => {}
         }
     }

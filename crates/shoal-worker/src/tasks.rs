@@ -12,6 +12,7 @@ use shoal_runner::proto::{ChunkEnd, FromRunner, Outcome, TaskHandle, ToRunner};
 use shoal_types::chunk::{Chunk, FinishReason, Usage};
 use shoal_types::ids::{CommandId, InstanceId, RunnerId, TaskId};
 use shoal_types::model::{ErrorKind, TaskError, TaskProgress, TaskStatus};
+use shoal_types::params::ToolCall;
 use shoal_types::wire::SEQ_OOB;
 use shoal_types::{Event, ModelCard, NodeId, State, codec};
 
@@ -220,6 +221,7 @@ impl Shell {
                 text,
                 end,
                 logprobs,
+                thinking,
             } => {
                 let Some(route) = self.tasks.get(&runner).and_then(|t| t.routes.get(&task)).copied() else {
                     tracing::debug!(%runner, task, seq, "a chunk of a task no longer held; dropped");
@@ -248,13 +250,34 @@ impl Shell {
                 let chunk = Chunk::Token {
                     text,
                     token_id: token,
-                    is_thinking: false,
+                    is_thinking: thinking,
                     logprob,
                     top_logprobs,
                     finish,
                     usage,
                     stats: None,
                     token_bytes,
+                };
+                self.send_to_origin(route, u32::try_from(seq).unwrap_or(SEQ_OOB - 1), chunk);
+            }
+            FromRunner::ToolCalls { task, seq, calls, end } => {
+                let Some(route) = self.tasks.get(&runner).and_then(|t| t.routes.get(&task)).copied() else {
+                    return;
+                };
+                // Fresh ids, unique across the cluster: the task's id and the call's place.
+                let calls = calls
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, c)| ToolCall {
+                        id: format!("call_{}_{i}", route.task_id.to_string().replace('-', "")),
+                        name: c.name,
+                        arguments: c.arguments,
+                    })
+                    .collect();
+                let chunk = Chunk::ToolCall {
+                    calls,
+                    usage: Some(usage(end)),
+                    stats: None,
                 };
                 self.send_to_origin(route, u32::try_from(seq).unwrap_or(SEQ_OOB - 1), chunk);
             }
@@ -302,6 +325,7 @@ fn usage(end: ChunkEnd) -> Usage {
         prompt_tokens: prompt,
         completion_tokens: completion,
         total_tokens: prompt.saturating_add(completion),
+        reasoning_tokens: u32::try_from(end.reasoning_tokens).unwrap_or(u32::MAX),
         ..Usage::default()
     }
 }

@@ -293,7 +293,7 @@ fn exos_ollama_paths_answer_refuse_and_end_streams_in_band() {
             "options.num_ctx",
         ),
         (
-            json!({"model": "smollm2-135m", "messages": [{"role": "user", "content": "x"}], "format": "json"}),
+            json!({"model": "smollm2-135m", "messages": [{"role": "user", "content": "x"}], "format": "yaml"}),
             "format",
         ),
         (json!({"model": "smollm2-135m", "prompt": "x", "suffix": "y"}), "suffix"),

@@ -132,6 +132,7 @@ fn stage_processes_enforce_a_grammar_on_the_last_rank_and_fail_one_that_does_not
             grammar: grammar.into(),
         }),
         logprobs: None,
+        output: Default::default(),
     };
     let answer = lark(r#"start: ("Yes" | "No") ", it is " ("blue" | "green" | "grey") "." "#);
     let mut local = Pipeline::load(&model, &[], Arc::new(Pool::new(1))).unwrap();

@@ -6,8 +6,11 @@
 use serde_json::{Value, json};
 use shoal_types::chunk::{FinishReason, Usage};
 
+use shoal_types::params::ToolCall;
+
 use crate::error::{ApiError, Dialect};
 use crate::generation::{Completion, Encoder, Frame, Wire};
+use crate::tools::arguments_value;
 
 /// `stop_reason` and `stop_sequence` (the stop string matched, else null).
 pub fn stop_reason(finish: FinishReason, stops: &[String]) -> (&'static str, Value) {
@@ -54,8 +57,15 @@ pub fn message_json(reply: &Reply, done: &Completion) -> Value {
     if !done.reasoning.is_empty() {
         content.push(json!({ "type": "thinking", "thinking": done.reasoning, "signature": "" }));
     }
-    content.push(json!({ "type": "text", "text": done.text }));
-    let (stop_reason, stop_sequence) = stop_reason(done.finish(), &reply.stops);
+    if done.tool_calls.is_empty() || !done.text.is_empty() {
+        content.push(json!({ "type": "text", "text": done.text }));
+    }
+    content.extend(done.tool_calls.iter().map(|c| tool_use(c, arguments_value(c))));
+    let (stop_reason, stop_sequence) = if done.tool_calls.is_empty() {
+        stop_reason(done.finish(), &reply.stops)
+    } else {
+        (TOOL_USE, Value::Null)
+    };
     json!({
         "id": reply.id,
         "type": "message",
@@ -138,6 +148,14 @@ impl MessageStream {
     }
 }
 
+/// `stop_reason` of an answer that ended in tool calls.
+const TOOL_USE: &str = "tool_use";
+
+/// A `tool_use` content block with its input (empty when streaming: the input follows as `input_json_delta`).
+fn tool_use(call: &ToolCall, input: Value) -> Value {
+    json!({ "type": "tool_use", "id": call.id, "name": call.name, "input": input })
+}
+
 fn event(name: &'static str, body: Value) -> Frame {
     Frame::event(name, body.to_string())
 }
@@ -189,25 +207,40 @@ impl Encoder for MessageStream {
         if self.finished {
             return;
         }
-        self.finished = true;
         // Every message has a text block, empty when the model said nothing.
         if !self.text_written {
             self.enter(Block::Text, out);
         }
-        self.close(out);
         let (stop_reason, stop_sequence) = stop_reason(finish, &self.reply.stops);
-        out.push(event(
-            "message_delta",
-            json!({
-                "type": "message_delta",
-                "delta": { "stop_reason": stop_reason, "stop_sequence": stop_sequence },
-                // Cumulative, as Anthropic writes it: the runner's prompt count replaces message_start's.
-                "usage": {
-                    "input_tokens": self.reply.input_tokens(usage),
-                    "output_tokens": usage.completion_tokens,
-                },
-            }),
-        ));
+        self.end(stop_reason, stop_sequence, usage, out);
+    }
+
+    fn tool_calls(&mut self, calls: &[ToolCall], usage: &Usage, out: &mut Vec<Frame>) {
+        if self.finished {
+            return;
+        }
+        self.close(out);
+        for call in calls {
+            let index = self.blocks;
+            self.blocks += 1;
+            out.push(event(
+                "content_block_start",
+                json!({ "type": "content_block_start", "index": index, "content_block": tool_use(call, json!({})) }),
+            ));
+            if index == 0 {
+                out.push(ping());
+            }
+            out.push(event(
+                "content_block_delta",
+                json!({ "type": "content_block_delta", "index": index,
+                        "delta": { "type": "input_json_delta", "partial_json": call.arguments } }),
+            ));
+            out.push(event(
+                "content_block_stop",
+                json!({ "type": "content_block_stop", "index": index }),
+            ));
+        }
+        self.end(TOOL_USE, Value::Null, usage, out);
     }
 
     fn done(&mut self, out: &mut Vec<Frame>) {
@@ -222,6 +255,26 @@ impl Encoder for MessageStream {
 
     fn keep_alive(&self) -> Option<Frame> {
         Some(ping())
+    }
+}
+
+impl MessageStream {
+    /// Closes the open block and writes `message_delta` with the stop reason and usage.
+    fn end(&mut self, stop_reason: &str, stop_sequence: Value, usage: &Usage, out: &mut Vec<Frame>) {
+        self.finished = true;
+        self.close(out);
+        out.push(event(
+            "message_delta",
+            json!({
+                "type": "message_delta",
+                "delta": { "stop_reason": stop_reason, "stop_sequence": stop_sequence },
+                // Cumulative, as Anthropic writes it: the runner's prompt count replaces message_start's.
+                "usage": {
+                    "input_tokens": self.reply.input_tokens(usage),
+                    "output_tokens": usage.completion_tokens,
+                },
+            }),
+        ));
     }
 }
 

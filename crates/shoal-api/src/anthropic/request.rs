@@ -3,10 +3,11 @@
 //! fields shoal has no use for (`metadata`, `service_tier`, `cache_control`, ...) are accepted and ignored.
 
 use serde_json::{Map, Value};
-use shoal_types::params::{GenerationParams, Message, Role};
+use shoal_types::params::{GenerationParams, Message, Role, ToolCall, ToolChoice};
 
 use crate::error::BadRequest;
 use crate::fields;
+use crate::tools::{self, ToolShape};
 
 /// Anthropic's sampling temperature range (OpenAI's goes to 2).
 pub const MAX_TEMPERATURE: f32 = 1.0;
@@ -15,7 +16,6 @@ pub const MAX_TEMPERATURE: f32 = 1.0;
 pub const BLOCK_SEPARATOR: &str = "\n\n";
 
 const NO_IMAGES: &str = "no model this cluster serves takes images or documents; send text blocks";
-const NO_TOOLS: &str = "tools are not supported yet (they arrive with the Tools milestone)";
 
 /// What the handlers need besides [`GenerationParams`].
 #[derive(Debug, Clone, PartialEq)]
@@ -45,8 +45,12 @@ fn parse(body: &[u8], needs_max_tokens: bool) -> Result<MessagesRequest, BadRequ
     }
     let messages = messages(&obj)?;
     let instructions = system(&obj)?;
-    refuse_tools(&obj)?;
+    let tools = tools::read_tools(&obj, ToolShape::Anthropic)?;
+    let tool_choice = tool_choice(&obj)?;
+    tools::check_choice(&tool_choice, tools.as_deref(), "tool_choice")?;
     let params = GenerationParams {
+        tools,
+        tool_choice,
         model: shoal_types::ModelId::new(model_name.clone()),
         messages,
         instructions,
@@ -68,18 +72,23 @@ fn parse(body: &[u8], needs_max_tokens: bool) -> Result<MessagesRequest, BadRequ
     })
 }
 
-/// `tools` (a non-empty list) and `tool_choice` are refused until the Tools milestone, rather than silently ignored:
-/// a client relying on them would get prose where it expects a call.
-fn refuse_tools(obj: &Map<String, Value>) -> Result<(), BadRequest> {
-    match obj.get("tools") {
-        None | Some(Value::Null) => {}
-        Some(Value::Array(tools)) if tools.is_empty() => {}
-        Some(Value::Array(_)) => return Err(BadRequest::new("tools", NO_TOOLS)),
-        Some(_) => return Err(BadRequest::new("tools", "must be an array")),
-    }
-    match obj.get("tool_choice") {
-        None | Some(Value::Null) => Ok(()),
-        Some(_) => Err(BadRequest::new("tool_choice", NO_TOOLS)),
+/// `tool_choice`: `{"type":"auto"|"any"|"none"}` or `{"type":"tool","name":…}`.
+fn tool_choice(obj: &Map<String, Value>) -> Result<ToolChoice, BadRequest> {
+    let Some(c) = fields::opt_object(obj, "tool_choice")? else {
+        return Ok(ToolChoice::Auto);
+    };
+    match c.get("type").and_then(Value::as_str) {
+        Some("auto") => Ok(ToolChoice::Auto),
+        Some("any") => Ok(ToolChoice::Required),
+        Some("none") => Ok(ToolChoice::None),
+        Some("tool") => match c.get("name") {
+            Some(Value::String(n)) => Ok(ToolChoice::Function(n.clone())),
+            _ => Err(BadRequest::new("tool_choice.name", "must be a string")),
+        },
+        _ => Err(BadRequest::new(
+            "tool_choice.type",
+            "must be one of auto, any, tool, none",
+        )),
     }
 }
 
@@ -151,10 +160,16 @@ fn messages(obj: &Map<String, Value>) -> Result<Vec<Message>, BadRequest> {
     if items.is_empty() {
         return Err(BadRequest::new("messages", "must contain at least one message"));
     }
-    items.iter().enumerate().map(|(i, item)| message(i, item)).collect()
+    let mut out = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        out.extend(message(i, item)?);
+    }
+    Ok(out)
 }
 
-fn message(i: usize, item: &Value) -> Result<Message, BadRequest> {
+/// One Anthropic message: its `tool_result` blocks become `tool` messages ahead of the rest of a user turn (the
+/// order chat templates expect: results right after the calls), `tool_use` blocks the assistant's calls.
+fn message(i: usize, item: &Value) -> Result<Vec<Message>, BadRequest> {
     let field = |name: &str| format!("messages[{i}].{name}");
     let Value::Object(m) = item else {
         return Err(BadRequest::new(format!("messages[{i}]"), "must be an object"));
@@ -174,6 +189,8 @@ fn message(i: usize, item: &Value) -> Result<Message, BadRequest> {
         None => return Err(BadRequest::new(field("role"), "is required")),
     };
     let mut reasoning = Vec::new();
+    let mut calls = Vec::new();
+    let mut results = Vec::new();
     let content = match m.get("content") {
         Some(Value::String(s)) => s.clone(),
         Some(Value::Array(blocks)) => {
@@ -203,11 +220,15 @@ fn message(i: usize, item: &Value) -> Result<Message, BadRequest> {
                             format!("`{kind}` blocks are not supported: {NO_IMAGES}"),
                         ));
                     }
-                    "tool_use" | "tool_result" | "server_tool_use" => {
-                        return Err(BadRequest::new(
-                            format!("{at}.type"),
-                            format!("`{kind}` blocks are not supported: {NO_TOOLS}"),
-                        ));
+                    "tool_use" => calls.push(ToolCall {
+                        id: string_field(b, "id", &at)?,
+                        name: string_field(b, "name", &at)?,
+                        arguments: tools::arguments_text(b.get("input"), &format!("{at}.input"))?,
+                    }),
+                    "tool_result" => {
+                        let mut result = Message::new(Role::Tool, tool_result_text(b, &at)?);
+                        result.tool_call_id = Some(string_field(b, "tool_use_id", &at)?);
+                        results.push(result);
                     }
                     other => {
                         return Err(BadRequest::new(
@@ -227,13 +248,55 @@ fn message(i: usize, item: &Value) -> Result<Message, BadRequest> {
         }
         None => return Err(BadRequest::new(field("content"), "is required")),
     };
-    Ok(Message {
-        role,
-        content,
-        tool_calls: Vec::new(),
-        tool_call_id: None,
-        reasoning: (!reasoning.is_empty()).then(|| reasoning.join(BLOCK_SEPARATOR)),
-    })
+    let mut out = results;
+    if !(content.is_empty() && calls.is_empty() && reasoning.is_empty() && !out.is_empty()) {
+        out.push(Message {
+            role,
+            content,
+            tool_calls: calls,
+            tool_call_id: None,
+            reasoning: (!reasoning.is_empty()).then(|| reasoning.join(BLOCK_SEPARATOR)),
+        });
+    }
+    Ok(out)
+}
+
+fn string_field(b: &Map<String, Value>, name: &str, at: &str) -> Result<String, BadRequest> {
+    match b.get(name) {
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(_) => Err(BadRequest::new(format!("{at}.{name}"), "must be a string")),
+        None => Err(BadRequest::new(format!("{at}.{name}"), "is required")),
+    }
+}
+
+/// A `tool_result`'s content: a string, or text blocks joined.
+fn tool_result_text(b: &Map<String, Value>, at: &str) -> Result<String, BadRequest> {
+    match b.get("content") {
+        None | Some(Value::Null) => Ok(String::new()),
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(Value::Array(blocks)) => {
+            let mut texts = Vec::with_capacity(blocks.len());
+            for (k, block) in blocks.iter().enumerate() {
+                let field = format!("{at}.content[{k}]");
+                match block.as_object() {
+                    Some(o) if o.get("type").and_then(Value::as_str) == Some("text") => {
+                        texts.push(block_text(o, &field)?);
+                    }
+                    _ => {
+                        return Err(BadRequest::new(
+                            format!("{field}.type"),
+                            "only text blocks are supported",
+                        ));
+                    }
+                }
+            }
+            Ok(texts.join(BLOCK_SEPARATOR))
+        }
+        Some(_) => Err(BadRequest::new(
+            format!("{at}.content"),
+            "must be a string or an array of text blocks",
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -337,7 +400,7 @@ mod tests {
             (
                 r#"{"model":"m","max_tokens":8,"messages":[{"role":"user","content":[{"type":"tool_result"}]}]}"#
                     .to_string(),
-                "messages[0].content[0].type",
+                "messages[0].content[0].tool_use_id",
             ),
             (
                 r#"{"model":"m","max_tokens":8,"messages":[{"role":"user","content":[{"type":"text"}]}]}"#.to_string(),
@@ -357,8 +420,9 @@ mod tests {
             (with(r#""stop_sequences":[3]"#), "stop_sequences[0]"),
             (with(r#""stream":"yes""#), "stream"),
             (with(r#""metadata":"x""#), "metadata"),
-            (with(r#""tools":[{"name":"f"}]"#), "tools"),
-            (with(r#""tool_choice":{"type":"auto"}"#), "tool_choice"),
+            (with(r#""tools":[{"name":"f"}]"#), "tools[0].input_schema"),
+            (with(r#""tool_choice":{"type":"sometimes"}"#), "tool_choice.type"),
+            (with(r#""tool_choice":{"type":"any"}"#), "tool_choice"),
             (with(r#""thinking":true"#), "thinking"),
             (with(r#""thinking":{"type":"maybe"}"#), "thinking.type"),
         ];
@@ -377,6 +441,29 @@ mod tests {
         assert!(image.message.contains("images"), "{image}");
         let tools = parse(r#"{"model":"m","max_tokens":8,"messages":[{"role":"user","content":"x"}],"tools":[{}]}"#)
             .expect_err("tools");
-        assert!(tools.message.contains("Tools milestone"), "{tools}");
+        assert_eq!(tools.field, "tools[0].name", "{tools}");
+    }
+
+    #[test]
+    fn a_tool_round_trip_maps_to_calls_and_results() {
+        let r = parse(
+            r#"{"model":"m","max_tokens":8,"tools":[{"name":"get_weather","input_schema":{"type":"object"}}],
+                "tool_choice":{"type":"tool","name":"get_weather"},
+                "messages":[{"role":"user","content":"weather?"},
+                {"role":"assistant","content":[{"type":"text","text":"checking"},
+                    {"type":"tool_use","id":"toolu_1","name":"get_weather","input":{"city":"Paris"}}]},
+                {"role":"user","content":[{"type":"tool_result","tool_use_id":"toolu_1","content":"sunny"},
+                    {"type":"text","text":"thanks"}]}]}"#,
+        )
+        .expect("valid");
+        let p = &r.params;
+        assert_eq!(p.tool_choice, ToolChoice::Function("get_weather".into()));
+        assert!(p.tools.as_deref().is_some_and(|t| t.contains("\"parameters\"")));
+        assert_eq!(p.messages.len(), 4);
+        assert_eq!(p.messages[1].tool_calls[0].arguments, r#"{"city":"Paris"}"#);
+        assert_eq!(p.messages[2].role, Role::Tool);
+        assert_eq!(p.messages[2].tool_call_id.as_deref(), Some("toolu_1"));
+        assert_eq!(p.messages[2].content, "sunny");
+        assert_eq!(p.messages[3].content, "thanks");
     }
 }

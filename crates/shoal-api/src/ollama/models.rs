@@ -127,7 +127,8 @@ fn shown(card: &ModelCard) -> Value {
         modelfile.push_str(&format!("PARAMETER {p}\n"));
     }
     let arch = card.family.as_str();
-    let mut capabilities = vec!["completion"];
+    // Every model takes tools: a template without tool support gets them in its system prompt.
+    let mut capabilities = vec!["completion", "tools"];
     if card.capabilities.contains(&shoal_types::card::Capability::Thinking) {
         capabilities.push("thinking");
     }
@@ -270,7 +271,7 @@ mod tests {
         let shown = shown(&card);
         assert_eq!(shown["model_info"]["general.architecture"], "llama");
         assert_eq!(shown["model_info"]["llama.context_length"], 8192);
-        assert_eq!(shown["capabilities"], json!(["completion"]));
+        assert_eq!(shown["capabilities"], json!(["completion", "tools"]));
         assert!(
             shown["parameters"]
                 .as_str()

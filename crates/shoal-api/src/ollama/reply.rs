@@ -13,9 +13,12 @@ use shoal_types::chunk::{FinishReason, Usage};
 
 use super::request::{GenerateRequest, parse_chat, parse_generate};
 use super::{check_num_ctx, done_reason, error_response, model_not_found, now_micros, resolve, rfc3339};
+use shoal_types::params::ToolCall;
+
 use crate::error::{ApiError, Dialect};
 use crate::generation::{self, Encoder, Frame, Wire};
 use crate::logprobs::{TokenLogprob, entry_json};
+use crate::tools::arguments_value;
 use crate::{Api, read_body};
 
 /// Which endpoint answers: where the text goes in each line.
@@ -88,6 +91,7 @@ async fn answer(api: Api, request: Request, kind: Kind) -> Result<Response, ApiE
         let entries = done.logprobs.iter().map(entry_json).collect::<Vec<_>>();
         whole.insert("logprobs".into(), Value::from(entries));
     }
+    reply.put_calls(&mut whole, &done.tool_calls);
     reply.finish_fields(&mut whole, done.finish(), &done.usage);
     Ok(Json(Value::Object(whole)).into_response())
 }
@@ -129,6 +133,34 @@ impl Reply {
         }
         line.insert("done".into(), Value::Bool(done));
         line
+    }
+
+    /// Puts calls in `message.tool_calls`, arguments as an object (as Ollama writes them).
+    fn put_calls(&self, line: &mut Map<String, Value>, calls: &[ToolCall]) {
+        if calls.is_empty() {
+            return;
+        }
+        let calls: Vec<Value> = calls
+            .iter()
+            .enumerate()
+            .map(|(index, c)| {
+                json!({ "id": c.id, "function": { "index": index, "name": c.name, "arguments": arguments_value(c) } })
+            })
+            .collect();
+        match self.kind {
+            Kind::Chat => {
+                if let Some(Value::Object(message)) = line.get_mut("message") {
+                    message.insert("tool_calls".into(), Value::from(calls));
+                } else {
+                    line.insert(
+                        "message".into(),
+                        json!({ "role": "assistant", "content": "", "tool_calls": calls }),
+                    );
+                }
+            }
+            // /api/generate takes no tools, so it never has calls to write.
+            Kind::Generate => {}
+        }
     }
 
     /// Puts `text` where this endpoint writes it: content, or reasoning (`thinking`).
@@ -207,6 +239,15 @@ impl Encoder for Reply {
         let mut line = self.line(Some(""), true);
         self.finish_fields(&mut line, finish, usage);
         out.push(Frame::Line(Value::Object(line).to_string()));
+    }
+
+    /// The calls in a line of their own, then the final line (Ollama ends a call with `done_reason: "stop"`).
+    fn tool_calls(&mut self, calls: &[ToolCall], usage: &Usage, out: &mut Vec<Frame>) {
+        self.first_text.get_or_insert_with(Instant::now);
+        let mut line = self.line(Some(""), false);
+        self.put_calls(&mut line, calls);
+        out.push(Frame::Line(Value::Object(line).to_string()));
+        self.finish(FinishReason::Stop, usage, out);
     }
 
     /// The final line (`finish`) is the terminator.

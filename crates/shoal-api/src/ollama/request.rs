@@ -9,6 +9,7 @@ use shoal_types::params::{GenerationParams, Message, Role};
 
 use crate::error::BadRequest;
 use crate::fields;
+use crate::tools::{self, ToolShape};
 
 /// What a chat or generate request asks for besides [`GenerationParams`].
 #[derive(Debug, Clone, PartialEq)]
@@ -33,19 +34,8 @@ pub fn parse_chat(body: &[u8]) -> Result<GenerateRequest, BadRequest> {
     let obj = fields::object(body)?;
     let mut request = common(&obj)?;
     request.params.messages = messages(&obj)?;
-    if let Some(tools) = obj.get("tools").filter(|t| !t.is_null()) {
-        match tools {
-            // The official client sends `tools: []` with every chat.
-            Value::Array(items) if items.is_empty() => {}
-            Value::Array(_) => {
-                return Err(BadRequest::new(
-                    "tools",
-                    "tool calling is not supported yet (it arrives with the Tools milestone)",
-                ));
-            }
-            _ => return Err(BadRequest::new("tools", "must be an array")),
-        }
-    }
+    // The official client sends `tools: []` with every chat: no tools. Ollama has no `tool_choice`.
+    request.params.tools = tools::read_tools(&obj, ToolShape::Nested)?;
     request.load_only = request.params.messages.is_empty();
     Ok(request)
 }
@@ -228,17 +218,8 @@ fn messages(obj: &Map<String, Value>) -> Result<Vec<Message>, BadRequest> {
                 .map_err(in_message)?
                 .unwrap_or_default();
             refuse_images(m, "images").map_err(in_message)?;
-            match m.get("tool_calls") {
-                None | Some(Value::Null) => {}
-                Some(Value::Array(calls)) if calls.is_empty() => {}
-                Some(_) => {
-                    return Err(in_message(BadRequest::new(
-                        "tool_calls",
-                        "tool calling is not supported yet (it arrives with the Tools milestone)",
-                    )));
-                }
-            }
             let mut message = Message::new(role, content);
+            message.tool_calls = tools::openai_calls(m, &at)?;
             message.reasoning = fields::opt_string(m, "thinking")
                 .map_err(in_message)?
                 .filter(|t| !t.is_empty());
@@ -397,7 +378,7 @@ mod tests {
             (
                 r#"{"model":"m","messages":[{"role":"assistant","content":"","tool_calls":[{"function":{}}]}]}"#
                     .to_string(),
-                "messages[0].tool_calls",
+                "messages[0].tool_calls[0].function.name",
             ),
             (format!(r#"{{"model":"m",{user},"stream":"yes"}}"#), "stream"),
             (format!(r#"{{"model":"m",{user},"options":3}}"#), "options"),
@@ -422,7 +403,7 @@ mod tests {
             (format!(r#"{{"model":"m",{user},"top_logprobs":2}}"#), "top_logprobs"),
             (
                 format!(r#"{{"model":"m",{user},"tools":[{{"type":"function"}}]}}"#),
-                "tools",
+                "tools[0].function",
             ),
             (format!(r#"{{"model":"m",{user},"tools":{{}}}}"#), "tools"),
         ];

@@ -5,6 +5,7 @@ use axum::extract::{Request, State as AxumState};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use shoal_types::chunk::{FinishReason, Usage};
+use shoal_types::params::ToolCall;
 
 use super::chat_request::parse_chat;
 use super::{finish_text, usage_json};
@@ -51,11 +52,20 @@ async fn answer(api: Api, request: Request) -> Result<Response, ApiError> {
             if !done.reasoning.is_empty() {
                 message["reasoning_content"] = Value::from(done.reasoning.clone());
             }
+            let finish = if done.tool_calls.is_empty() {
+                finish_text(done.finish())
+            } else {
+                if done.text.is_empty() {
+                    message["content"] = Value::Null;
+                }
+                message["tool_calls"] = done.tool_calls.iter().map(call_json).collect();
+                TOOL_CALLS
+            };
             json!({
                 "index": index,
                 "message": message,
                 "logprobs": logprobs::chat_json(logprobs, &done.logprobs),
-                "finish_reason": finish_text(done.finish()),
+                "finish_reason": finish,
             })
         })
         .collect();
@@ -105,6 +115,31 @@ impl Reply {
             None,
         )
     }
+
+    /// A choice's last chunk; after the last choice's, the usage of them all (once, as OpenAI sends it).
+    fn end(&mut self, finish: Value, usage: &Usage, out: &mut Vec<Frame>) {
+        out.push(self.chunk(
+            json!([{ "index": self.choice, "delta": {}, "finish_reason": finish }]),
+            None,
+        ));
+        self.usages.push(*usage);
+        if self.include_usage && self.usages.len() >= self.choices {
+            let usage = generation::summed_usage(self.usages.iter().copied());
+            out.push(self.chunk(json!([]), Some(usage_json(&usage))));
+        }
+    }
+}
+
+/// `finish_reason` of an answer that ended in tool calls.
+const TOOL_CALLS: &str = "tool_calls";
+
+/// A call in `message.tool_calls`: arguments stay JSON text, as OpenAI writes them.
+fn call_json(call: &ToolCall) -> Value {
+    json!({
+        "id": call.id,
+        "type": "function",
+        "function": { "name": call.name, "arguments": call.arguments },
+    })
 }
 
 impl Encoder for Reply {
@@ -148,12 +183,23 @@ impl Encoder for Reply {
     }
 
     fn finish(&mut self, finish: FinishReason, usage: &Usage, out: &mut Vec<Frame>) {
-        out.push(self.delta(json!({}), Some(finish)));
-        self.usages.push(*usage);
-        if self.include_usage && self.usages.len() >= self.choices {
-            let usage = generation::summed_usage(self.usages.iter().copied());
-            out.push(self.chunk(json!([]), Some(usage_json(&usage))));
+        self.end(Value::from(finish_text(finish)), usage, out);
+    }
+
+    fn tool_calls(&mut self, calls: &[ToolCall], usage: &Usage, out: &mut Vec<Frame>) {
+        // Each call opens with its id, type and name, then its arguments follow as one fragment.
+        for (index, call) in calls.iter().enumerate() {
+            let head = json!({
+                "index": index,
+                "id": call.id,
+                "type": "function",
+                "function": { "name": call.name, "arguments": "" },
+            });
+            out.push(self.delta(json!({ "tool_calls": [head] }), None));
+            let args = json!({ "index": index, "function": { "arguments": call.arguments } });
+            out.push(self.delta(json!({ "tool_calls": [args] }), None));
         }
+        self.end(Value::from(TOOL_CALLS), usage, out);
     }
 
     fn done(&mut self, out: &mut Vec<Frame>) {

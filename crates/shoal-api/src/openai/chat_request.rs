@@ -7,6 +7,7 @@ use shoal_types::params::{GenerationParams, Message, Role};
 
 use crate::error::BadRequest;
 use crate::fields;
+use crate::tools::{self, ToolShape};
 
 /// What the adapter needs besides [`GenerationParams`].
 #[derive(Debug, Clone, PartialEq)]
@@ -38,15 +39,23 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatRequest, BadRequest> {
     sampling(&obj, &mut params)?;
     let n = crate::logprobs::choices(&obj)?;
     crate::logprobs::parse_chat_fields(&obj, &mut params)?;
-    if let Some(tools) = obj.get("tools").filter(|t| !t.is_null()) {
-        if !tools.is_array() {
-            return Err(BadRequest::new("tools", "must be an array"));
-        }
-        params.tools = Some(tools.to_string());
-    }
+    params.tools = tools::read_tools(&obj, ToolShape::Nested)?;
+    params.tool_choice = tools::openai_choice(&obj)?;
+    tools::check_choice(&params.tool_choice, params.tools.as_deref(), "tool_choice")?;
     params.constraint = crate::structured::response_format(&obj)?;
     params.reasoning_effort = fields::opt_string(&obj, "reasoning_effort")?;
     params.enable_thinking = fields::opt_bool(&obj, "enable_thinking")?;
+    // vLLM's and llama-server's way to reach the template: `chat_template_kwargs.enable_thinking`.
+    if let Some(kwargs) = fields::opt_object(&obj, "chat_template_kwargs")? {
+        if let Some(on) = fields::opt_bool(kwargs, "enable_thinking").map_err(|e| e.within("chat_template_kwargs"))? {
+            params.enable_thinking = Some(on);
+        }
+        if let Some(effort) =
+            fields::opt_string(kwargs, "reasoning_effort").map_err(|e| e.within("chat_template_kwargs"))?
+        {
+            params.reasoning_effort = Some(effort);
+        }
+    }
     let stream = fields::opt_bool(&obj, "stream")?.unwrap_or(false);
     let include_usage = match fields::opt_object(&obj, "stream_options")? {
         None => false,
@@ -159,12 +168,16 @@ fn messages(obj: &Map<String, Value>) -> Result<Vec<Message>, BadRequest> {
                 Some(Value::String(s)) => Some(s.clone()),
                 Some(_) => return Err(BadRequest::new(field("tool_call_id"), "must be a string")),
             };
+            let tool_calls = tools::openai_calls(m, &format!("messages[{i}]"))?;
+            // A previous answer's reasoning, as DeepSeek's and vLLM's clients send it back.
+            let reasoning =
+                fields::opt_string(m, "reasoning_content").map_err(|e| e.within(&format!("messages[{i}]")))?;
             Ok(Message {
                 role,
                 content,
-                tool_calls: Vec::new(),
+                tool_calls,
                 tool_call_id,
-                reasoning: None,
+                reasoning,
             })
         })
         .collect()

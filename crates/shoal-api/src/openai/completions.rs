@@ -16,7 +16,7 @@ use axum::extract::{Request, State as AxumState};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 use shoal_types::chunk::{FinishReason, Usage};
-use shoal_types::params::GenerationParams;
+use shoal_types::params::{GenerationParams, ToolCall};
 
 use super::chat_request::sampling;
 use super::{finish_text, usage_json};
@@ -227,6 +227,11 @@ impl Encoder for Reply {
 
     fn choice(&mut self, index: usize) {
         self.choice = index;
+    }
+
+    /// Completions take no tools, so no call is ever parsed; the end is written as a plain stop.
+    fn tool_calls(&mut self, _calls: &[ToolCall], usage: &Usage, out: &mut Vec<Frame>) {
+        self.finish(FinishReason::Stop, usage, out);
     }
 
     fn finish(&mut self, finish: FinishReason, usage: &Usage, out: &mut Vec<Frame>) {

@@ -16,6 +16,7 @@ use axum::extract::{Request, State as AxumState};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 use shoal_types::chunk::{FinishReason, Usage};
+use shoal_types::params::{ToolCall, ToolChoice};
 
 use super::responses_request::parse_responses;
 use crate::error::{ApiError, Dialect};
@@ -38,6 +39,7 @@ async fn answer(api: Api, request: Request) -> Result<Response, ApiError> {
     let (instructions, max_output_tokens) = (p.instructions.clone(), p.max_output_tokens);
     let (temperature, top_p, effort) = (p.temperature, p.top_p, p.reasoning_effort.clone());
     let logprobs = req.params.logprobs;
+    let (tools, tool_choice) = (flat_tools(p.tools.as_deref()), choice_json(&p.tool_choice));
     let started = generation::start(&api, req.params).await?;
     let defaults = &started.card.sampling_defaults;
     let shape = Shape {
@@ -54,6 +56,8 @@ async fn answer(api: Api, request: Request) -> Result<Response, ApiError> {
         parallel_tool_calls: req.parallel_tool_calls,
         truncation: req.truncation,
         user: req.user,
+        tools,
+        tool_choice,
     };
     if req.stream {
         let mut events = Events::new(shape);
@@ -72,11 +76,14 @@ async fn answer(api: Api, request: Request) -> Result<Response, ApiError> {
     if !done.reasoning.is_empty() {
         output.push(Item::new(Kind::Reasoning, &shape.id, done.reasoning.clone()).json(item_status));
     }
-    let mut message = Item::new(Kind::Message, &shape.id, done.text.clone());
-    if logprobs {
-        message.logprobs = Some(done.logprobs.iter().map(entry_json).collect());
+    if done.tool_calls.is_empty() || !done.text.is_empty() {
+        let mut message = Item::new(Kind::Message, &shape.id, done.text.clone());
+        if logprobs {
+            message.logprobs = Some(done.logprobs.iter().map(entry_json).collect());
+        }
+        output.push(message.json(item_status));
     }
-    output.push(message.json(item_status));
+    output.extend(done.tool_calls.iter().map(|c| Item::call(c).json("completed")));
     Ok(Json(shape.response(status, output, Some(&done.usage), incomplete, None)).into_response())
 }
 
@@ -121,6 +128,35 @@ struct Shape {
     parallel_tool_calls: bool,
     truncation: String,
     user: Option<String>,
+    /// The request's tools in Responses' flat shape, and its `tool_choice`, echoed.
+    tools: Value,
+    tool_choice: Value,
+}
+
+/// OpenAI's function list (as parsed) in Responses' flat shape.
+fn flat_tools(tools: Option<&str>) -> Value {
+    let list = tools
+        .and_then(|t| serde_json::from_str::<Value>(t).ok())
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default();
+    list.iter()
+        .map(|t| {
+            let f = &t["function"];
+            json!({
+                "type": "function", "name": f["name"], "description": f.get("description"),
+                "parameters": f["parameters"], "strict": false,
+            })
+        })
+        .collect()
+}
+
+fn choice_json(choice: &ToolChoice) -> Value {
+    match choice {
+        ToolChoice::Auto => json!("auto"),
+        ToolChoice::None => json!("none"),
+        ToolChoice::Required => json!("required"),
+        ToolChoice::Function(name) => json!({ "type": "function", "name": name }),
+    }
 }
 
 impl Shape {
@@ -153,8 +189,8 @@ impl Shape {
             "store": false,
             "temperature": self.temperature.map_or(Value::Null, number),
             "text": { "format": { "type": "text" } },
-            "tool_choice": "auto",
-            "tools": [],
+            "tool_choice": self.tool_choice,
+            "tools": self.tools,
             "top_p": self.top_p.map_or(Value::Null, number),
             "truncation": self.truncation,
             "usage": usage.map_or(Value::Null, usage_json),
@@ -167,6 +203,8 @@ impl Shape {
 enum Kind {
     Reasoning,
     Message,
+    /// A `function_call` item: `text` holds its arguments.
+    Call,
 }
 
 /// One output item: a `reasoning` item or the assistant's `message`, each with one text part.
@@ -178,6 +216,8 @@ struct Item {
     status: &'static str,
     /// A message's `output_text.logprobs` entries, when the request asked for them.
     logprobs: Option<Vec<Value>>,
+    /// A call's `call_id` and function name.
+    call: Option<(String, String)>,
 }
 
 impl Item {
@@ -185,6 +225,7 @@ impl Item {
         let prefix = match kind {
             Kind::Reasoning => "rs",
             Kind::Message => "msg",
+            Kind::Call => "fc",
         };
         Item {
             kind,
@@ -192,13 +233,21 @@ impl Item {
             text,
             status: "in_progress",
             logprobs: None,
+            call: None,
         }
+    }
+
+    /// A `function_call` item for a parsed call (its id made from the call's own, which is unique).
+    fn call(call: &ToolCall) -> Item {
+        let mut item = Item::new(Kind::Call, &call.id, call.arguments.clone());
+        item.call = Some((call.id.clone(), call.name.clone()));
+        item
     }
 
     fn part(&self, text: &str) -> Value {
         match self.kind {
             Kind::Reasoning => json!({ "type": "reasoning_text", "text": text }),
-            Kind::Message => {
+            Kind::Message | Kind::Call => {
                 let mut part = json!({ "type": "output_text", "text": text, "annotations": [] });
                 if let Some(logprobs) = &self.logprobs {
                     part["logprobs"] = Value::from(logprobs.clone());
@@ -217,6 +266,14 @@ impl Item {
             Kind::Message => json!({
                 "type": "message", "id": self.id, "status": status, "role": "assistant", "content": content,
             }),
+            Kind::Call => {
+                let (call_id, name) = self.call.clone().unwrap_or_default();
+                let arguments = if content.is_empty() { "" } else { self.text.as_str() };
+                json!({
+                    "type": "function_call", "id": self.id, "call_id": call_id, "name": name,
+                    "arguments": arguments, "status": status,
+                })
+            }
         }
     }
 
@@ -291,7 +348,7 @@ impl Events {
         }
         let (name, mut delta) = match kind {
             Kind::Reasoning => ("response.reasoning_text.delta", json!({})),
-            Kind::Message => ("response.output_text.delta", json!({ "logprobs": entries })),
+            Kind::Message | Kind::Call => ("response.output_text.delta", json!({ "logprobs": entries })),
         };
         delta["item_id"] = Value::from(item.id.clone());
         delta["output_index"] = Value::from(index);
@@ -306,7 +363,7 @@ impl Events {
         };
         let (text_done, mut text) = match item.kind {
             Kind::Reasoning => ("response.reasoning_text.done", json!({})),
-            Kind::Message => (
+            Kind::Message | Kind::Call => (
                 "response.output_text.done",
                 json!({ "logprobs": item.logprobs.clone().unwrap_or_default() }),
             ),
@@ -381,6 +438,29 @@ impl Encoder for Events {
         self.emit(kind, json!({ "response": response }), out);
     }
 
+    fn tool_calls(&mut self, calls: &[ToolCall], usage: &Usage, out: &mut Vec<Frame>) {
+        self.close_item("completed", out);
+        for call in calls {
+            let item = Item::call(call);
+            let index = self.items.len();
+            let (id, args) = (item.id.clone(), item.text.clone());
+            let added = json!({ "output_index": index, "item": item.with_content("in_progress", Vec::new()) });
+            self.emit("response.output_item.added", added, out);
+            let delta = json!({ "item_id": id, "output_index": index, "delta": args });
+            self.emit("response.function_call_arguments.delta", delta, out);
+            let done = json!({ "item_id": id, "output_index": index, "arguments": args });
+            self.emit("response.function_call_arguments.done", done, out);
+            let item_done = json!({ "output_index": index, "item": item.json("completed") });
+            self.emit("response.output_item.done", item_done, out);
+            self.items.push(Item {
+                status: "completed",
+                ..item
+            });
+        }
+        let response = self.shape.response("completed", self.output(), Some(usage), None, None);
+        self.emit("response.completed", json!({ "response": response }), out);
+    }
+
     fn done(&mut self, _out: &mut Vec<Frame>) {
         // `response.completed` (or `response.incomplete`) was the last event; the stream just ends.
     }
@@ -414,7 +494,51 @@ mod tests {
             parallel_tool_calls: true,
             truncation: "disabled".into(),
             user: None,
+            tools: flat_tools(Some(
+                r#"[{"type":"function","function":{"name":"f","parameters":{"type":"object"}}}]"#,
+            )),
+            tool_choice: choice_json(&ToolChoice::Required),
         }
+    }
+
+    #[test]
+    fn tool_calls_stream_as_function_call_items() {
+        let mut events = Events::new(shape());
+        let mut out = Vec::new();
+        events.open(&mut out);
+        let call = ToolCall {
+            id: "call_1".into(),
+            name: "f".into(),
+            arguments: r#"{"a":1}"#.into(),
+        };
+        events.tool_calls(std::slice::from_ref(&call), &usage(), &mut out);
+        let names: Vec<String> = out
+            .iter()
+            .filter_map(|f| match f {
+                Frame::Event { name: Some(n), .. } => Some(n.to_string()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            names[2..],
+            [
+                "response.output_item.added",
+                "response.function_call_arguments.delta",
+                "response.function_call_arguments.done",
+                "response.output_item.done",
+                "response.completed",
+            ]
+        );
+        let Some(Frame::Event { data, .. }) = out.last() else {
+            panic!("no events")
+        };
+        let done: Value = serde_json::from_str(data).expect("json");
+        let item = &done["response"]["output"][0];
+        assert_eq!(item["type"], "function_call");
+        assert_eq!(item["call_id"], "call_1");
+        assert_eq!(item["arguments"], r#"{"a":1}"#);
+        assert_eq!(done["response"]["tools"][0]["name"], "f");
+        assert_eq!(done["response"]["tool_choice"], "required");
     }
 
     fn usage() -> Usage {

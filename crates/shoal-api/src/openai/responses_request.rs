@@ -8,21 +8,22 @@
 //! message's `output_text`, [`crate::logprobs::parse_responses_fields`]).
 //! Echoed in the Response object, otherwise ignored: `metadata`, `parallel_tool_calls`, `truncation` (a prompt over
 //! the context is always a 400, so `auto` never has to drop anything it could drop), `user`.
-//! Accepted and ignored: `tool_choice`, other `include` entries, `reasoning.summary`, `text.verbosity`,
-//! `service_tier`, `prompt_cache_key`, `safety_identifier`, `max_tool_calls`, and `reasoning` items in `input`
+//! Tools: `tools` of type `function`, `tool_choice`, and `function_call`/`function_call_output` items in `input`.
+//! Accepted and ignored: other `include` entries, `reasoning.summary`, `text.verbosity`, `service_tier`,
+//! `prompt_cache_key`, `safety_identifier`, `max_tool_calls`, and `reasoning` items in `input`
 //! (a client that manages its own context sends them back; the template has no place for them).
 //! Refused with a 400 naming the field: `store: true` and `background: true` (nothing is stored),
-//! `previous_response_id`, `conversation` and `prompt` (they need stored state), non-empty `tools` and
-//! `function_call`/`function_call_output` items (tools arrive with the Tools milestone), `input_image`/`input_file`/
-//! `input_audio` parts (no served model takes them). `text.format` `json_object` / `json_schema` constrain the answer
-//! (`structured.rs`).
+//! `previous_response_id`, `conversation` and `prompt` (they need stored state), tools of other types,
+//! `input_image`/`input_file`/`input_audio` parts (no served model takes them). `text.format` `json_object` /
+//! `json_schema` constrain the answer (`structured.rs`).
 
 use serde_json::{Map, Value};
-use shoal_types::params::{GenerationParams, Message, Role};
+use shoal_types::params::{GenerationParams, Message, Role, ToolCall};
 
 use super::chat_request::sampling;
 use crate::error::BadRequest;
 use crate::fields;
+use crate::tools::{self, ToolShape};
 
 /// OpenAI's limits on `metadata`: at most 16 pairs, keys of at most 64 characters, values of at most 512.
 pub const MAX_METADATA_PAIRS: usize = 16;
@@ -58,18 +59,9 @@ pub fn parse_responses(body: &[u8]) -> Result<ResponsesRequest, BadRequest> {
     params.max_output_tokens = fields::opt_token_limit(&obj, "max_output_tokens")?;
     sampling(&obj, &mut params)?;
     crate::logprobs::parse_responses_fields(&obj, &mut params)?;
-    if let Some(tools) = obj.get("tools").filter(|t| !t.is_null()) {
-        match tools {
-            Value::Array(items) if items.is_empty() => {}
-            Value::Array(_) => {
-                return Err(BadRequest::new(
-                    "tools",
-                    "tools are not supported yet (they arrive with the Tools milestone)",
-                ));
-            }
-            _ => return Err(BadRequest::new("tools", "must be an array")),
-        }
-    }
+    params.tools = tools::read_tools(&obj, ToolShape::Flat)?;
+    params.tool_choice = tools::openai_choice(&obj)?;
+    tools::check_choice(&params.tool_choice, params.tools.as_deref(), "tool_choice")?;
     if let Some(reasoning) = fields::opt_object(&obj, "reasoning")? {
         params.reasoning_effort = fields::opt_string(reasoning, "effort").map_err(|e| e.within("reasoning"))?;
     }
@@ -176,11 +168,37 @@ fn input(obj: &Map<String, Value>) -> Result<Vec<Message>, BadRequest> {
             Some(Value::String(t)) => match t.as_str() {
                 "message" => {}
                 "reasoning" => continue,
-                "function_call" | "function_call_output" => {
-                    return Err(BadRequest::new(
-                        format!("{at}.type"),
-                        format!("`{t}` items are not supported yet (tools arrive with the Tools milestone)"),
-                    ));
+                "function_call" => {
+                    let call = ToolCall {
+                        id: item_string(item, "call_id", &at)?,
+                        name: item_string(item, "name", &at)?,
+                        arguments: tools::arguments_text(item.get("arguments"), &format!("{at}.arguments"))?,
+                    };
+                    // Calls follow the assistant turn that made them (parallel calls are consecutive items).
+                    match messages.last_mut() {
+                        Some(
+                            m @ Message {
+                                role: Role::Assistant, ..
+                            },
+                        ) => m.tool_calls.push(call),
+                        _ => {
+                            let mut m = Message::new(Role::Assistant, "");
+                            m.tool_calls.push(call);
+                            messages.push(m);
+                        }
+                    }
+                    continue;
+                }
+                "function_call_output" => {
+                    let output = match item.get("output") {
+                        Some(Value::String(s)) => s.clone(),
+                        Some(v @ (Value::Array(_) | Value::Object(_))) => v.to_string(),
+                        _ => return Err(BadRequest::new(format!("{at}.output"), "must be a string")),
+                    };
+                    let mut m = Message::new(Role::Tool, output);
+                    m.tool_call_id = Some(item_string(item, "call_id", &at)?);
+                    messages.push(m);
+                    continue;
                 }
                 other => {
                     return Err(BadRequest::new(
@@ -197,6 +215,14 @@ fn input(obj: &Map<String, Value>) -> Result<Vec<Message>, BadRequest> {
         return Err(BadRequest::new("input", "must contain at least one message"));
     }
     Ok(messages)
+}
+
+fn item_string(item: &Map<String, Value>, name: &str, at: &str) -> Result<String, BadRequest> {
+    match item.get(name) {
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(_) => Err(BadRequest::new(format!("{at}.{name}"), "must be a string")),
+        None => Err(BadRequest::new(format!("{at}.{name}"), "is required")),
+    }
 }
 
 fn message(item: &Map<String, Value>, at: &str) -> Result<Message, BadRequest> {
@@ -369,8 +395,12 @@ mod tests {
                 "input[0]",
             ),
             (
-                r#"{"model":"m","input":[{"type":"function_call_output","call_id":"c","output":"x"}]}"#,
-                "input[0].type",
+                r#"{"model":"m","input":[{"type":"function_call_output","call_id":"c","output":1}]}"#,
+                "input[0].output",
+            ),
+            (
+                r#"{"model":"m","input":[{"type":"function_call","name":"f","arguments":"{}"}]}"#,
+                "input[0].call_id",
             ),
             (
                 r#"{"model":"m","input":[{"type":"item_reference","id":"x"}]}"#,
@@ -398,8 +428,12 @@ mod tests {
             (r#"{"model":"m","input":"x","conversation":"conv_1"}"#, "conversation"),
             (r#"{"model":"m","input":"x","prompt":{"id":"p"}}"#, "prompt"),
             (
-                r#"{"model":"m","input":"x","tools":[{"type":"function","name":"f"}]}"#,
-                "tools",
+                r#"{"model":"m","input":"x","tools":[{"type":"function","name":"f","parameters":3}]}"#,
+                "tools[0].parameters",
+            ),
+            (
+                r#"{"model":"m","input":"x","tools":[{"type":"web_search"}]}"#,
+                "tools[0].type",
             ),
             (r#"{"model":"m","input":"x","tools":{}}"#, "tools"),
             (r#"{"model":"m","input":"x","metadata":[]}"#, "metadata"),
