@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::arch::{self, Architecture, BatchRows, HParams, Layer};
 use crate::error::{EngineError, Result};
@@ -82,6 +83,9 @@ pub struct Stage {
     seqs: HashMap<SeqSlot, SeqCache>,
     /// Bytes of weights read from the file for this stage (its layers, plus the embedding and head it needs).
     weight_bytes: u64,
+    /// Counts every layer this stage runs, for a watcher on another thread (the runner's heartbeat): progress
+    /// inside one long forward pass, so a 512-token prefill on slow hardware is not taken for a hang.
+    layer_progress: Option<Arc<AtomicU64>>,
 }
 
 impl Stage {
@@ -153,6 +157,7 @@ impl Stage {
             pool,
             seqs: HashMap::new(),
             weight_bytes: gguf.tensor_bytes_read() - read_before,
+            layer_progress: None,
         })
     }
 
@@ -160,6 +165,11 @@ impl Stage {
     /// first stage and the norm and head on the last).
     pub fn weight_bytes(&self) -> u64 {
         self.weight_bytes
+    }
+
+    /// Counts every layer run from now on into `counter` (see the field's comment).
+    pub fn count_layers_into(&mut self, counter: Arc<AtomicU64>) {
+        self.layer_progress = Some(counter);
     }
 
     pub fn hparams(&self) -> &HParams {
@@ -313,6 +323,9 @@ impl Stage {
         for (l, layer) in self.layers.iter().enumerate() {
             let mut kvs: Vec<&mut LayerKv> = caches.iter_mut().map(|c| &mut c.layers[l]).collect();
             layer.forward(&mut x, &mut kvs, &ctx, &self.pool);
+            if let Some(progress) = &self.layer_progress {
+                progress.fetch_add(1, Ordering::Relaxed);
+            }
         }
         for (c, mut cache) in batch.iter().zip(caches) {
             cache.pos += c.n_tokens;

@@ -407,3 +407,23 @@ fn batched_sequences_match_separate_runs() {
         }
     }
 }
+
+/// A stage counts every layer it runs into the counter it is given: the runner's heartbeat reports progress inside
+/// one long forward pass, so a slow prefill is not taken for a hang (issue 13).
+#[test]
+fn a_stage_counts_each_layer_it_runs() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use shoal_engine::{LayerRange, Stage, StageInput};
+    let _g = common::exclusive();
+    let path = model("qwen2");
+    let n_layers = n_layers(&path);
+    let mut stage = Stage::load(&path, LayerRange::new(0, n_layers), common::pool()).unwrap();
+    let counter = Arc::new(AtomicU64::new(0));
+    stage.count_layers_into(counter.clone());
+    stage.forward(0, StageInput::Tokens(PROMPT)).unwrap();
+    assert_eq!(counter.load(Ordering::Relaxed), n_layers as u64);
+    stage.forward(0, StageInput::Tokens(&PROMPT[..1])).unwrap();
+    assert_eq!(counter.load(Ordering::Relaxed), 2 * n_layers as u64);
+}

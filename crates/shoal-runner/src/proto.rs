@@ -144,8 +144,8 @@ pub enum FromRunner {
     /// Every second, from a thread independent of compute: the runner is alive, and how far its compute loop got.
     /// The worker declares it hung when these stop, or when it sits inside one step for too long (§13).
     Heartbeat {
-        /// Steps (forward passes: prefill chunks and decode steps) this rank has finished; a long prefill moves it
-        /// with every chunk, so it is never mistaken for a hang.
+        /// Units of progress this rank has made: forward passes (prefill chunks and decode steps) finished and every
+        /// layer run inside one, so a long prefill moves it layer by layer and is never mistaken for a hang.
         steps: u64,
         /// The rank is inside a step now (not waiting for its neighbours or for work).
         stepping: bool,

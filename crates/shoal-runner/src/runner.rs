@@ -71,7 +71,8 @@ pub(crate) enum Input {
 /// How far the compute loop got, read by the heartbeat thread (§13: a hung runner is one that stopped advancing).
 #[derive(Default)]
 struct Progress {
-    steps: AtomicU64,
+    /// Units of progress: forward passes finished, and every layer run inside one (the stage counts those).
+    steps: Arc<AtomicU64>,
     stepping: AtomicBool,
 }
 
@@ -143,6 +144,8 @@ pub fn run(socket: &Path) -> Result<(), RunnerError> {
         bytes: stage.weight_bytes(),
     });
     worker.send(&FromRunner::Status(RunnerStatus::Loaded));
+    let mut stage = stage;
+    stage.count_layers_into(progress.steps.clone());
 
     let mut rank = Rank {
         scheduler: Scheduler::new(spec.max_seqs, PREFILL_CHUNK),
