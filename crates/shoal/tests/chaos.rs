@@ -1,4 +1,4 @@
-//! The chaos suite's `cargo test` version (issue 13 item 7): [`TRIALS`] trials of each fault that is handled today,
+//! The chaos suite's `cargo test` version (issue 13 item 7): [`TRIALS`] trials of every fault,
 //! on 3 real nodes with the test model placed over them (`chaos_support`), with [`STREAMS`] concurrent streams per
 //! trial (the bench runs 8; 4 keeps this file within the CI budget on a 2-core machine). Asserted per trial: no
 //! stream hung or cut, no event lost, every stream ended within the fault's bound, and the deployment serving again.
