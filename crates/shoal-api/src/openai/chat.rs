@@ -282,7 +282,8 @@ mod tests {
         assert!(chunks[3].get("usage").is_none() && chunks[4].get("usage").is_none());
         assert_eq!(
             chunks[5]["usage"],
-            json!({"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12})
+            json!({"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12,
+                "completion_tokens_details": {"reasoning_tokens": 0}})
         );
     }
 }
