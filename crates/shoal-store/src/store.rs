@@ -31,8 +31,9 @@ pub enum Commit {
     /// fsync before returning: the master publishes only what is durable, so no follower holds an event the master
     /// could lose in a crash (§5.2 step 5).
     Fsync,
-    /// redb's non-durable commit: visible at once, on disk at the next `Fsync` commit or a clean close. Followers use
-    /// it; whatever a crash loses they re-fetch (§5.3).
+    /// redb's non-durable commit: visible at once, on disk at the next `Fsync` commit or a clean close; a crash loses
+    /// it. Bulk loads (benchmarks, tests) use it; the cluster's followers fsync too, since a whole-cluster stop can
+    /// leave no master to re-fetch from.
     Lazy,
 }
 
