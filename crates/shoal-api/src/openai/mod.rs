@@ -5,6 +5,7 @@ pub mod chat;
 pub mod chat_request;
 pub mod completions;
 pub mod responses;
+mod responses_events;
 pub mod responses_request;
 
 use serde_json::{Value, json};
