@@ -7,7 +7,7 @@
 //! table) lives here, in the HTTP crate; the pure core only says *why* a stream closed.
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use shoal_core::registry::CloseReason;
@@ -52,6 +52,8 @@ pub struct ApiError {
     pub message: String,
     /// The request field at fault, where one is.
     pub param: Option<String>,
+    /// Seconds the client should wait before trying again (`Retry-After`), for an error that passes by itself.
+    pub retry_after: Option<u32>,
 }
 
 impl ApiError {
@@ -61,6 +63,7 @@ impl ApiError {
             code,
             message: message.into(),
             param: None,
+            retry_after: None,
         }
     }
 
@@ -97,6 +100,27 @@ impl ApiError {
             StatusCode::PAYLOAD_TOO_LARGE,
             "request_too_large",
             format!("the request body exceeds {limit} bytes"),
+        )
+    }
+
+    /// The node already holds `limit` open streams (`--max-streams`).
+    pub fn too_many_streams(limit: usize) -> Self {
+        ApiError {
+            retry_after: Some(1),
+            ..ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_exceeded",
+                format!("this node already serves {limit} streams (its --max-streams); retry shortly"),
+            )
+        }
+    }
+
+    /// The client took longer than the server's read timeout to send the request's body.
+    pub fn body_timeout() -> Self {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            "the request body did not arrive in time (the node's --http-read-timeout)",
         )
     }
 
@@ -183,6 +207,7 @@ impl ApiError {
             404 if self.code == "model_not_found" => "invalid_request_error",
             404 => "not_found_error",
             409 => "conflict_error",
+            429 => "requests",
             400..=499 => "invalid_request_error",
             _ => "server_error",
         }
@@ -249,7 +274,13 @@ impl Dialect {
     }
 
     pub fn error_response(self, e: &ApiError) -> Response {
-        (e.status, Json(self.error_body(e))).into_response()
+        let mut response = (e.status, Json(self.error_body(e))).into_response();
+        if let Some(seconds) = e.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
     }
 }
 

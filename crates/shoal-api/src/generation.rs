@@ -46,6 +46,9 @@ pub async fn start(api: &Api, mut params: GenerationParams) -> Result<Started, A
     if api.streams.is_stopping() {
         return Err(ApiError::shutting_down());
     }
+    if let Some(limit) = api.streams.full() {
+        return Err(ApiError::too_many_streams(limit));
+    }
     let card = {
         let state = api.cluster.view().state;
         shoal_core::placement::resolve_card(&state, &params.model)

@@ -23,6 +23,7 @@ mod models;
 pub mod ollama;
 pub mod openai;
 pub mod prompts;
+pub mod server;
 pub mod streams;
 pub mod structured;
 pub mod tools;
@@ -49,9 +50,15 @@ pub fn error(status: StatusCode, code: &'static str, message: impl Into<String>)
 
 /// Reads a request body of at most [`openai::MAX_BODY_BYTES`]; more is a 413.
 pub async fn read_body(request: Request) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(request.into_body(), openai::MAX_BODY_BYTES)
-        .await
-        .map_err(|_| ApiError::payload_too_large(openai::MAX_BODY_BYTES))
+    let deadline = server::read_deadline(&request);
+    let read = axum::body::to_bytes(request.into_body(), openai::MAX_BODY_BYTES);
+    let read = match deadline {
+        Some(deadline) => tokio::time::timeout_at(deadline.into(), read)
+            .await
+            .map_err(|_| ApiError::body_timeout())?,
+        None => read.await,
+    };
+    read.map_err(|_| ApiError::payload_too_large(openai::MAX_BODY_BYTES))
 }
 
 /// How long a node stopping on a fatal error gives the streams it just closed to reach their clients.

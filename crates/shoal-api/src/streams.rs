@@ -84,7 +84,12 @@ pub struct Streams {
     silent: std::sync::atomic::AtomicBool,
     ttl_ms: u64,
     grace_ms: u64,
+    /// New generations are refused with 429 while this many streams are open (`--max-streams`).
+    max_open: std::sync::atomic::AtomicUsize,
 }
+
+/// Streams a node holds open at once unless `--max-streams` says otherwise.
+pub const DEFAULT_MAX_STREAMS: usize = 4_096;
 
 /// Counters for `/metrics`.
 #[derive(Debug, Clone)]
@@ -119,6 +124,7 @@ impl Streams {
             grace_ms: shoal_core::registry::COMPLETE_GRACE_MS,
             stopping: std::sync::atomic::AtomicBool::new(false),
             silent: std::sync::atomic::AtomicBool::new(false),
+            max_open: std::sync::atomic::AtomicUsize::new(DEFAULT_MAX_STREAMS),
         });
         let sink = Arc::downgrade(&streams);
         cluster.set_chunk_sink(Arc::new(move |msg: ChunkMsg| {
@@ -181,6 +187,18 @@ impl Streams {
     /// How long a request may wait for the cluster to take it (`--stream-ttl`).
     pub fn ttl(&self) -> Duration {
         Duration::from_millis(self.ttl_ms)
+    }
+
+    /// Sets `--max-streams`.
+    pub fn set_max_open(&self, limit: usize) {
+        self.max_open.store(limit.max(1), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// `Some(limit)` when `limit` streams are already open, so a new one must be refused. Checked before a stream
+    /// registers, so concurrent requests may pass it together: the cap is exact to within the requests in flight.
+    pub fn full(&self) -> Option<usize> {
+        let limit = self.max_open.load(std::sync::atomic::Ordering::Relaxed);
+        (self.lock().outs.len() >= limit).then_some(limit)
     }
 
     /// Whether the node is stopping (new generations are refused with 503 `shutting_down`).

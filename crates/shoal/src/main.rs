@@ -141,6 +141,18 @@ struct RunArgs {
     /// Seconds a request waits for its task to appear in State before it fails with 504 (§11.3's ttl).
     #[arg(long, default_value_t = 10, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=3600))]
     stream_ttl: u64,
+    /// Generations (streams) open at once on this node; one more is answered 429 with Retry-After.
+    #[arg(long, default_value_t = shoal_api::streams::DEFAULT_MAX_STREAMS, value_name = "N",
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
+    max_streams: usize,
+    /// HTTP connections served at once; one more is answered 503 with Retry-After.
+    #[arg(long, default_value_t = shoal_api::server::DEFAULT_MAX_CONNECTIONS, value_name = "N",
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
+    max_connections: usize,
+    /// Seconds a client may take to send a request's headers or its body; a connection idle this long is closed.
+    #[arg(long, default_value_t = shoal_api::server::DEFAULT_READ_TIMEOUT.as_secs(), value_name = "SECONDS",
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    http_read_timeout: u64,
     /// Require this key on every HTTP endpoint but GET /health (`Authorization: Bearer KEY` or `x-api-key: KEY`).
     #[arg(long, env = "SHOAL_API_KEY", value_name = "KEY", hide_env_values = true)]
     api_key: Option<String>,
@@ -377,19 +389,24 @@ fn run(args: &RunArgs) -> anyhow::Result<()> {
             api_key: args.api_key.clone(),
             cors_origins: args.cors_origin.clone(),
         };
-        let collectors = worker.as_ref().map(metrics::collectors).unwrap_or_default();
+        let mut collectors = worker.as_ref().map(metrics::collectors).unwrap_or_default();
+        let http_counters = std::sync::Arc::new(shoal_api::server::Counters::default());
+        collectors.push(Box::new(shoal_api::server::CountersCollector(http_counters.clone())));
+        let limits = shoal_api::server::Limits {
+            max_connections: args.max_connections,
+            read_timeout: std::time::Duration::from_secs(args.http_read_timeout),
+        };
         let api = runtime.block_on(async {
             shoal_api::Api::start(handle.clone(), args.stream_ttl * 1000, Some(store), access, collectors)
         });
+        api.streams.set_max_open(args.max_streams);
         let router = shoal_api::router(api.clone());
         let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
         let server = runtime.spawn(async move {
-            let serve = axum::serve(listener, router).with_graceful_shutdown(async {
+            let stopped = async {
                 let _ = http_stopped.await;
-            });
-            if let Err(e) = serve.await {
-                tracing::error!(error = %e, "the HTTP server stopped");
-            }
+            };
+            shoal_api::server::serve(listener, router, limits, http_counters, stopped).await;
         });
         http = Some((api, stop_http, server));
     }
