@@ -24,11 +24,17 @@ pub enum ModelError {
         #[source]
         source: std::io::Error,
     },
-    /// Every source was tried, in card order, and none produced verified files.
-    #[error("model {model}: no source could provide the files: {}", FailureList(failures))]
+    /// Every source was tried, in card order, and none produced verified files. `rejected` names the copies found
+    /// on disk (`--models-dir`, the store's own directory) that failed verification, each with why.
+    #[error(
+        "model {model}: no source could provide the files: {}{}",
+        FailureList(failures),
+        RejectedList(rejected)
+    )]
     AllSourcesFailed {
         model: ModelId,
         failures: Vec<SourceFailure>,
+        rejected: Vec<String>,
     },
 }
 
@@ -68,6 +74,17 @@ impl fmt::Display for FailureList<'_> {
                 f.write_str("; ")?;
             }
             write!(f, "{failure}")?;
+        }
+        Ok(())
+    }
+}
+
+struct RejectedList<'a>(&'a [String]);
+
+impl fmt::Display for RejectedList<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !self.0.is_empty() {
+            write!(f, "; copies on disk that failed verification: {}", self.0.join("; "))?;
         }
         Ok(())
     }

@@ -100,6 +100,9 @@ pub struct ModelStore {
     hf: HfSettings,
     cache: VerifyCache,
     locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    /// Copies on disk that failed verification, with why: logged once per new reason (the worker asks every tick)
+    /// and named in a failed fetch's error, which the worker puts in State.
+    rejected: Mutex<HashMap<PathBuf, String>>,
 }
 
 impl ModelStore {
@@ -114,6 +117,7 @@ impl ModelStore {
             hf: HfSettings::from_env(),
             cache: VerifyCache::default(),
             locks: Mutex::new(HashMap::new()),
+            rejected: Mutex::new(HashMap::new()),
         }
     }
 
@@ -254,6 +258,7 @@ impl ModelStore {
         Err(ModelError::AllSourcesFailed {
             model: card.id.clone(),
             failures,
+            rejected: self.rejections(&card.id, &expected),
         })
     }
 
@@ -284,19 +289,40 @@ impl ModelStore {
         candidate_paths(&self.read_only_dirs, &self.own_dir, id, &file.rel)
             .into_iter()
             .find_map(|path| match self.cache.verify(&path, file) {
-                Ok(size) => Some(ModelFile {
-                    name: file.name.clone(),
-                    path,
-                    size,
-                }),
+                Ok(size) => {
+                    self.lock_rejected().remove(&path);
+                    Some(ModelFile {
+                        name: file.name.clone(),
+                        path,
+                        size,
+                    })
+                }
                 Err(SourceError::Missing { .. }) => None,
                 Err(e) => {
-                    // Debug, not warn: the worker asks every tick, and a bad copy in a read-only directory is
-                    // legitimately skipped in favour of the next candidate.
-                    debug!(model = %id.as_str(), "skipping {}: {e}", path.display());
+                    // The next candidate may still serve; the bad copy is named once per reason, not every tick.
+                    let reason = e.to_string();
+                    let new = self.lock_rejected().insert(path.clone(), reason.clone()).as_ref() != Some(&reason);
+                    if new {
+                        // The reason names the file.
+                        warn!(model = %id.as_str(), "a copy on disk fails verification and is skipped: {reason}");
+                    }
                     None
                 }
             })
+    }
+
+    /// Why the copies of `expected`'s files on disk that failed verification did (each reason names its file).
+    fn rejections(&self, id: &ModelId, expected: &[ExpectedFile]) -> Vec<String> {
+        let rejected = self.lock_rejected();
+        expected
+            .iter()
+            .flat_map(|file| candidate_paths(&self.read_only_dirs, &self.own_dir, id, &file.rel))
+            .filter_map(|path| rejected.get(&path).cloned())
+            .collect()
+    }
+
+    fn lock_rejected(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, String>> {
+        self.rejected.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Produces the source's files that are still missing into a fresh scratch directory, verifies them and

