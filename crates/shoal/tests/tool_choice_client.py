@@ -281,12 +281,23 @@ def main():
     began = time.monotonic()
     with ThreadPoolExecutor(WORKERS) as pool:
         futures = [(key, pool.submit(timed, job)) for key, job in jobs]
-        results = {key: f.result() for key, f in futures}
+        results, failed = {}, {}
+        for key, future in futures:
+            # Every request runs to its end, so a failure reports how many of the 100 failed, not only the first.
+            try:
+                results[key] = future.result()
+            except Exception as e:  # an assertion, a non-JSON call, an HTTP error: each counted and shown
+                failed[key] = f"{type(e).__name__}: {e}"
     wall = time.monotonic() - began
+    for key, why in failed.items():
+        print(f"FAILED {key}: {why}", flush=True)
+    valid = sum(1 for i in range(FORCED) if ("required", i) in results)
+    assert not failed, f"{len(failed)} of {len(jobs)} requests failed; required calls valid: {valid} of {FORCED}"
     value = {key: v for key, (v, _) in results.items()}
     latency = sorted(s for _, s in results.values())
 
     required = [value[("required", i)] for i in range(FORCED)]
+    assert len(required) == FORCED
     distinct = len({args for _, args, _ in required})
     tokens = [t for _, _, t in required]
     ok(
