@@ -46,6 +46,9 @@ pub struct NodeConfig {
     /// 1 with `--force-master`.
     pub priority: u8,
     pub window_ms: u64,
+    /// Keys the instances' data-plane tokens (§10.4); the shell draws it from the OS. `new` derives it from `boot`
+    /// (deterministic tests and simulations).
+    pub token_secret: [u8; 32],
 }
 
 impl NodeConfig {
@@ -55,6 +58,11 @@ impl NodeConfig {
             boot,
             priority: 0,
             window_ms: crate::election::CAMPAIGN_WINDOW_MS,
+            token_secret: {
+                let mut secret = [0u8; 32];
+                secret[..8].copy_from_slice(&boot.to_le_bytes());
+                secret
+            },
         }
     }
 }
@@ -246,7 +254,10 @@ impl NodeCore {
             facts: BTreeMap::new(),
             installing: None,
             ready_in: None,
-            ids: SeededIds::new(config.boot ^ u64::from_le_bytes(id_prefix(config.node))),
+            ids: SeededIds::with_secret(
+                config.boot ^ u64::from_le_bytes(id_prefix(config.node)),
+                config.token_secret,
+            ),
             commands_seen: CommandLru::default(),
             placement: PlacementConfig::default(),
             planned: None,

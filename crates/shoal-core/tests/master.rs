@@ -397,6 +397,7 @@ fn explicit(ranges: &[(NodeId, u32, u32)], n_layers: u32) -> Instance {
         assignments: ShardAssignments { shards, node_runner },
         runner_failures: imbl::OrdMap::new(),
         created_ms: 0,
+        token: Default::default(),
     }
 }
 

@@ -1,0 +1,172 @@
+//! The runners' data plane under the cluster key (SYSTEM.md §10.4, §12): three keyed nodes on loopback run the test
+//! model as a 3-stage pipeline while the test connects to the runners' data-plane ports as an outsider would, with
+//! plaintext and with a silent connection. Those are refused or dropped, and the ring forms and serves anyway.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+mod support;
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::wait_for;
+use serde_json::{Value, json};
+use support::*;
+
+/// A data-plane handshake that has not finished by then is dropped (`shoal_runner::secure::HANDSHAKE_TIMEOUT`).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Every data-plane address in State's runner records.
+fn data_addrs(state: &Value) -> Vec<SocketAddr> {
+    let mut out = Vec::new();
+    for r in state["runners"].as_object().into_iter().flat_map(|m| m.values()) {
+        for a in r["data_addrs"].as_array().into_iter().flatten() {
+            if let Some(addr) = a.as_str().and_then(|s| s.parse().ok()) {
+                out.push(addr);
+            }
+        }
+    }
+    out
+}
+
+/// Waits until the peer closes `s` (a read gives 0 bytes or an error); how long that took.
+fn closed_within(s: &mut TcpStream, limit: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    s.set_read_timeout(Some(limit)).unwrap();
+    let mut buf = [0u8; 256];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return Some(start.elapsed()),
+            // A TLS alert or anything else the runner sends before closing.
+            Ok(_) => continue,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                return None;
+            }
+            Err(_) => return Some(start.elapsed()),
+        }
+    }
+}
+
+#[test]
+fn plaintext_and_silent_connections_to_a_keyed_runner_are_refused_and_the_ring_serves() {
+    let _serial = serial();
+    let started = Instant::now();
+    let models = common::model_path().parent().unwrap().to_path_buf();
+    let root = tempfile::tempdir().unwrap();
+    let key = root.path().join("cluster.key");
+    let out = Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .args(["keygen", "--out"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut nodes = cluster(root.path(), 3);
+    for node in &mut nodes {
+        node.extra = vec![
+            "--models-dir".into(),
+            models.display().to_string(),
+            "--cluster-key".into(),
+            key.display().to_string(),
+        ];
+        node.start();
+    }
+    {
+        let all: Vec<&Node> = nodes.iter().collect();
+        wait_for(Duration::from_secs(15), "agreement", || agreement(&all));
+        wait_for(Duration::from_secs(15), "every fact", || same_state(&all, 3));
+    }
+    // The start-up line says what the key covers; the old "data plane is not encrypted" warning is gone.
+    assert!(
+        nodes[0].logged("the runners' data plane run over mutual TLS"),
+        "{}",
+        nodes[0].log_text()
+    );
+    assert!(!nodes[0].logged("not encrypted yet"));
+
+    let (code, body) = nodes[0]
+        .http(
+            "POST",
+            "/place_instance",
+            Some(&json!({"model_id": "smollm2-135m", "min_nodes": 3})),
+        )
+        .unwrap();
+    assert_eq!(code, 201, "{body}");
+    let placed_at = Instant::now();
+
+    // As soon as a runner's listener shows up in State, an outsider opens a silent connection and a plaintext one
+    // to it, racing the ring's own dials.
+    let mut seen = BTreeSet::new();
+    let mut silent = Vec::new();
+    let mut plaintext = Vec::new();
+    let ring_up = wait_for(Duration::from_secs(45), "every runner Ready", || {
+        let state = nodes[0].state()?;
+        for addr in data_addrs(&state) {
+            if seen.insert(addr) {
+                silent.push(TcpStream::connect(addr).unwrap());
+                let mut p = TcpStream::connect(addr).unwrap();
+                // What a keyless runner would send: a length-prefixed frame in the clear.
+                let _ = p.write_all(&[20, 0, 0, 0, 1, 4, b'i', b'n', b's', b't']);
+                plaintext.push(p);
+            }
+        }
+        let statuses = runner_statuses(&state);
+        (statuses.len() == 3 && statuses.iter().all(|(_, s)| s == "Ready")).then_some(state)
+    });
+    let formed_in = placed_at.elapsed();
+    assert_eq!(seen.len(), 3, "one listener per runner on loopback: {seen:?}");
+    // A silent connection held the ring in WarmingUp for 60 s before; now it costs nothing.
+    assert!(formed_in < Duration::from_secs(30), "ring formed in {formed_in:?}");
+
+    // The instance's token never shows in JSON.
+    let instance = ring_up["instances"].as_object().unwrap().values().next().unwrap();
+    assert_eq!(instance["token"], "redacted", "{instance}");
+
+    // Each outsider connection is closed by the runner: plaintext at once, silent at the handshake time-out (or at
+    // once, if the ring's own edge was up before it arrived).
+    for (i, s) in plaintext.iter_mut().enumerate() {
+        let took = closed_within(s, HANDSHAKE_TIMEOUT * 2);
+        assert!(took.is_some(), "plaintext connection {i} still open");
+    }
+    for (i, s) in silent.iter_mut().enumerate() {
+        let took = closed_within(s, HANDSHAKE_TIMEOUT * 2);
+        assert!(took.is_some(), "silent connection {i} still open");
+    }
+
+    // The ring serves.
+    let (code, body) = nodes[1]
+        .http(
+            "POST",
+            "/v1/chat/completions",
+            Some(&json!({
+                "model": "smollm2-135m",
+                "messages": [{"role": "user", "content": "Say hello."}],
+                "max_tokens": 8,
+            })),
+        )
+        .unwrap();
+    assert_eq!(code, 200, "{body}");
+    let reply = json_of(&body);
+    assert!(reply["usage"]["completion_tokens"].as_u64().unwrap() > 0, "{reply}");
+
+    // After the ring is up, a newcomer to a runner's port is closed too, or refused once the runner has closed its
+    // listener (it has its edge).
+    for addr in &seen {
+        if let Ok(mut late) = TcpStream::connect(addr) {
+            let _ = late.write_all(b"hello");
+            assert!(
+                closed_within(&mut late, HANDSHAKE_TIMEOUT * 2).is_some(),
+                "late connection to {addr} open"
+            );
+        }
+    }
+    // The runners say why they closed the outsiders.
+    assert!(
+        nodes.iter().any(|n| n.logged("data-plane handshake refused")),
+        "{}",
+        nodes[0].log_text()
+    );
+    eprintln!("ring formed in {formed_in:?}; whole test {:?}", started.elapsed());
+}
