@@ -26,7 +26,7 @@ pub(crate) const MAX_PENDING_HANDSHAKES: usize = 16;
 /// Accepts the previous rank's edge: the first connection whose handshake passes (`secure::accept`, within
 /// `HANDSHAKE_TIMEOUT`) becomes the edge, and its frames go to the compute loop. Each handshake runs on its own
 /// thread, so a silent or slow connection never holds up the next one. Once the edge is up, later connections are
-/// closed, and the listener with them; when the edge closes, the runner's ring is broken for good (as before).
+/// closed at once (and logged); when the edge closes, the runner's ring is broken for good (as before).
 pub(crate) fn spawn_acceptor(
     listener: TcpListener,
     expected: Handshake,
@@ -40,10 +40,11 @@ pub(crate) fn spawn_acceptor(
     let up = established.clone();
     std::thread::spawn(move || {
         for conn in listener.incoming() {
-            if up.load(Ordering::Acquire) {
-                return;
-            }
             let Ok(conn) = conn else { continue };
+            if up.load(Ordering::Acquire) {
+                tracing::warn!(peer = ?conn.peer_addr().ok(), "data-plane connection refused: the previous rank's edge is up");
+                continue;
+            }
             if pending.fetch_add(1, Ordering::AcqRel) >= MAX_PENDING_HANDSHAKES {
                 pending.fetch_sub(1, Ordering::AcqRel);
                 tracing::warn!(peer = ?conn.peer_addr().ok(), "too many data-plane handshakes in progress; closing");

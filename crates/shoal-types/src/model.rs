@@ -347,3 +347,21 @@ pub enum DownloadProgress {
     Completed { total: u64 },
     Failed { error: String },
 }
+
+#[cfg(test)]
+mod token_tests {
+    use super::InstanceToken;
+
+    #[test]
+    fn a_token_is_redacted_in_json_and_kept_in_the_compact_encoding() {
+        let token = InstanceToken([0xab; 16]);
+        assert_eq!(serde_json::to_string(&token).unwrap(), "\"redacted\"");
+        assert_eq!(
+            serde_json::from_str::<InstanceToken>("\"anything\"").unwrap(),
+            InstanceToken::default()
+        );
+        let bytes = postcard::to_stdvec(&token).unwrap();
+        assert_eq!(postcard::from_bytes::<InstanceToken>(&bytes).unwrap(), token);
+        assert!(!format!("{token:?}").contains("ab"));
+    }
+}

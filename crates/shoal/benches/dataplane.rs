@@ -36,14 +36,20 @@ fn params(max_tokens: usize) -> GenerateParams {
 /// (decode tok/s one sequence, decode tok/s summed over 8 sequences, prefill tok/s of 512 tokens).
 fn measure(ring: &mut LocalPipeline) -> (f64, f64, f64) {
     let prompt: Vec<u32> = (0..16).map(|i| 100 + i).collect();
-    let one = ring.generate(&prompt, &params(128), &mut |_| {}).unwrap().decode_tok_per_s();
+    let one = ring
+        .generate(&prompt, &params(128), &mut |_| {})
+        .unwrap()
+        .decode_tok_per_s();
     let batch: Vec<(Vec<u32>, GenerateParams)> = (0..8u32)
         .map(|s| ((0..16).map(|i| 200 + i + s).collect(), params(64)))
         .collect();
     let outs = ring.generate_batch(&batch, &mut |_, _| {}).unwrap();
     let eight: f64 = outs.iter().map(|g| g.decode_tok_per_s()).sum();
     let long: Vec<u32> = (0..512).map(|i| 300 + (i % 1000)).collect();
-    let pp = ring.generate(&long, &params(1), &mut |_| {}).unwrap().prefill_tok_per_s();
+    let pp = ring
+        .generate(&long, &params(1), &mut |_| {})
+        .unwrap()
+        .prefill_tok_per_s();
     (one, eight, pp)
 }
 

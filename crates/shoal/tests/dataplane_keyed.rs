@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use common::wait_for;
 use serde_json::{Value, json};
+use shoal_runner::frame::write_frame;
+use shoal_runner::proto::{DataFrame, Handshake, Token};
 use support::*;
 
 /// A data-plane handshake that has not finished by then is dropped (`shoal_runner::secure::HANDSHAKE_TIMEOUT`).
@@ -30,6 +32,11 @@ fn data_addrs(state: &Value) -> Vec<SocketAddr> {
         }
     }
     out
+}
+
+/// Whether a runner of `node` logged closing an outsider: during its handshake, or once its ring edge was up.
+fn refused_some(node: &Node) -> bool {
+    node.logged("data-plane handshake refused") || node.logged("data-plane connection refused")
 }
 
 /// Waits until the peer closes `s` (a read gives 0 bytes or an error); how long that took.
@@ -163,10 +170,74 @@ fn plaintext_and_silent_connections_to_a_keyed_runner_are_refused_and_the_ring_s
         }
     }
     // The runners say why they closed the outsiders.
-    assert!(
-        nodes.iter().any(|n| n.logged("data-plane handshake refused")),
-        "{}",
-        nodes[0].log_text()
-    );
+    assert!(nodes.iter().any(refused_some), "{}", nodes[0].log_text());
     eprintln!("ring formed in {formed_in:?}; whole test {:?}", started.elapsed());
+}
+
+/// Without a key the handshake is in the clear, but a peer must still name the instance's token: a handshake that
+/// names the right instance, rank and model with a wrong token is refused, and the ring forms and serves anyway.
+#[test]
+fn without_a_key_a_wrong_token_is_refused_and_the_ring_serves() {
+    let _serial = serial();
+    let (_root, nodes) = start(3);
+    let (code, body) = nodes[0]
+        .http(
+            "POST",
+            "/place_instance",
+            Some(&json!({"model_id": "smollm2-135m", "min_nodes": 3})),
+        )
+        .unwrap();
+    assert_eq!(code, 201, "{body}");
+    let model = common::model_path().file_name().unwrap().to_string_lossy().into_owned();
+    let mut seen = BTreeSet::new();
+    let mut forged = Vec::new();
+    let state = wait_for(Duration::from_secs(45), "every runner Ready", || {
+        let state = nodes[0].state()?;
+        let instance = state["instances"].as_object()?.keys().next()?.clone();
+        for (id, r) in state["runners"].as_object()? {
+            let Some(addr) = r["data_addrs"][0].as_str().and_then(|a| a.parse::<SocketAddr>().ok()) else {
+                continue;
+            };
+            if !seen.insert(id.clone()) {
+                continue;
+            }
+            // Every rank expects some previous rank: try them all, each with a wrong token.
+            for rank in 0..3 {
+                let mut s = TcpStream::connect(addr).unwrap();
+                let hello = Handshake {
+                    instance: instance.clone(),
+                    rank,
+                    world_size: 3,
+                    model: model.clone(),
+                    token: Token([0x5a; 16]),
+                };
+                let _ = write_frame(&mut s, &DataFrame::Handshake(hello));
+                forged.push(s);
+            }
+        }
+        let statuses = runner_statuses(&state);
+        (statuses.len() == 3 && statuses.iter().all(|(_, s)| s == "Ready")).then_some(state)
+    });
+    assert_eq!(seen.len(), 3);
+    let instance = state["instances"].as_object().unwrap().values().next().unwrap();
+    assert_eq!(instance["token"], "redacted", "{instance}");
+    for (i, s) in forged.iter_mut().enumerate() {
+        assert!(
+            closed_within(s, HANDSHAKE_TIMEOUT * 2).is_some(),
+            "forged connection {i} still open"
+        );
+    }
+    let (code, body) = nodes[2]
+        .http(
+            "POST",
+            "/v1/chat/completions",
+            Some(&json!({
+                "model": "smollm2-135m",
+                "messages": [{"role": "user", "content": "Say hello."}],
+                "max_tokens": 8,
+            })),
+        )
+        .unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert!(nodes.iter().any(refused_some), "{}", nodes[0].log_text());
 }
