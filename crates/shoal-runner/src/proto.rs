@@ -7,6 +7,9 @@
 //! implicit, and carries the prompt in `SeqStart` so the last rank can apply repetition penalties. `SeqStart` also
 //! carries the task's `route` (opaque bytes: the cluster's task id, command id and API node), which the last rank hands
 //! its own worker in `Started`, so the worker on the last rank's node can address chunks without waiting for State.
+//! The data-plane handshake names the model by file name and carries the instance's secret token from State instead
+//! of the spec's runner id; with a cluster key it runs inside mutual TLS 1.3 (`secure.rs`), whose certificate and key
+//! the worker hands over in `Load`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -171,6 +171,14 @@ fn check(got: Option<DataFrame>, expected: &Handshake) -> Result<(), HandshakeEr
         Some(other) => Err(HandshakeError::Mismatch {
             // A data frame's activations are not for the log.
             got: match other {
+                DataFrame::Handshake(h)
+                    if Handshake {
+                        token: expected.token,
+                        ..h.clone()
+                    } == *expected =>
+                {
+                    "the right instance and rank with a wrong token".to_string()
+                }
                 DataFrame::Handshake(h) => format!("{h:?}"),
                 _ => "a data frame".to_string(),
             },
@@ -423,6 +431,7 @@ mod tests {
                 matches!(refused, Err(HandshakeError::Mismatch { .. })),
                 "keyed {keyed}: {refused:?}"
             );
+            assert!(refused.unwrap_err().to_string().contains("wrong token"));
         }
     }
 
