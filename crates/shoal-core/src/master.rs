@@ -56,11 +56,18 @@ pub trait FreshIds {
 ///
 /// Tokens come from a separate keyed stream: an id (public in `/state`) reveals the splitmix state, so tokens are
 /// SHA-256 of a secret the shell draws from the OS ([`SeededIds::with_secret`]) and a counter.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct SeededIds {
     state: u64,
     secret: [u8; 32],
     tokens: u64,
+}
+
+impl std::fmt::Debug for SeededIds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token secret.
+        f.debug_struct("SeededIds").finish_non_exhaustive()
+    }
 }
 
 impl SeededIds {

@@ -38,7 +38,7 @@ pub const PLAN_EVERY_MS: u64 = 1_000;
 pub const REASSERT_EVERY_MS: u64 = 2_000;
 
 /// What the node core needs to know about itself.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy)]
 pub struct NodeConfig {
     pub node: NodeId,
     /// Random per process start (§2.2 `Origin.boot`); also seeds the outbox's resend jitter.
@@ -64,6 +64,18 @@ impl NodeConfig {
                 secret
             },
         }
+    }
+}
+
+impl std::fmt::Debug for NodeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token secret.
+        f.debug_struct("NodeConfig")
+            .field("node", &self.node)
+            .field("boot", &self.boot)
+            .field("priority", &self.priority)
+            .field("window_ms", &self.window_ms)
+            .finish_non_exhaustive()
     }
 }
 
