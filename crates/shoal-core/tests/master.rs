@@ -436,6 +436,7 @@ fn generation(model: &str) -> Command {
             model: ModelId(model.into()),
             ..GenerationParams::default()
         },
+        prompt: Default::default(),
     }
 }
 

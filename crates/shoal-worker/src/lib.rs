@@ -31,6 +31,7 @@ mod data_plane;
 mod downloads;
 mod health;
 mod lifecycle;
+mod prompts;
 mod tasks;
 
 pub use data_plane::DataPlane;
@@ -48,8 +49,9 @@ use shoal_core::worker::{Action, ActionKey, LocalView, plan};
 use shoal_models::ModelStore;
 use shoal_runner::local::RunnerProcess;
 use shoal_runner::proto::{FromRunner, TaskHandle};
-use shoal_types::ids::{InstanceId, ModelId, RunnerId};
+use shoal_types::ids::{InstanceId, ModelId, RunnerId, TaskId};
 use shoal_types::model::DownloadProgress;
+use shoal_types::params::GenerationParams;
 use shoal_types::{NodeId, State};
 
 use tasks::RunnerTasks;
@@ -92,6 +94,11 @@ pub(crate) enum Input {
     },
     Progress(ModelId, DownloadProgress),
     Fetched(ModelId, Result<PathBuf, String>),
+    /// A task's content arrived from its API node, or did not.
+    Prompt {
+        task: TaskId,
+        result: Result<([u8; 16], GenerationParams), shoal_cluster::FetchError>,
+    },
     /// State changed (an applied event or an installed snapshot): plan again.
     StateChanged,
     Stop,
@@ -142,6 +149,7 @@ impl Worker {
             counters: counters.clone(),
             node,
             tasks: BTreeMap::new(),
+            contents: HashMap::new(),
             next_handle: 1,
             prompters: BTreeMap::new(),
             reports: reports.clone(),
@@ -192,6 +200,8 @@ pub(crate) struct Shell {
     node: NodeId,
     /// Tasks each local runner holds (rank 0: submitted; last rank: started).
     tasks: BTreeMap<RunnerId, RunnerTasks>,
+    /// Rank 0: the fetched contents of tasks not yet submitted (memory only; issue 15).
+    contents: HashMap<TaskId, GenerationParams>,
     next_handle: TaskHandle,
     /// Rank 0's tokenizer and chat template per model.
     prompters: BTreeMap<ModelId, Arc<Prompter>>,
@@ -303,6 +313,9 @@ impl Shell {
         let now = unix_ms();
         self.kill_hung(state, self.mono_ms());
         self.scan_held_files(state, now);
+        for action in shoal_core::prompts::plan(state, &self.local, now) {
+            self.carry_out_prompt(action, state);
+        }
         for action in plan(state, &self.local, now) {
             self.local.start(&action, now);
             self.carry_out(action, state, spawner);
@@ -344,6 +357,7 @@ impl Shell {
             }
             Input::Progress(model, progress) => self.on_download_progress(model, progress),
             Input::Fetched(model, result) => self.on_fetched(model, result, now),
+            Input::Prompt { task, result } => self.on_prompt(task, result, now),
         }
     }
 }
