@@ -148,7 +148,7 @@ impl PromptRoute {
             let Ok(sample) = reply.result() else { continue };
             let bytes = sample.payload().to_bytes();
             match decode_counted::<PromptReply>(&bytes, &key, &self.counters.prompt) {
-                Some(PromptReply::Found { salt, params }) => return Ok((salt, params)),
+                Some(PromptReply::Found { salt, params }) => return Ok((salt, *params)),
                 Some(PromptReply::Missing) => return Err(FetchError::Missing),
                 None => continue,
             }
@@ -179,7 +179,7 @@ pub(crate) fn declare(route: &PromptRoute) -> Result<Queryable<()>, crate::Clust
                     tracing::debug!(command = %request.command_id, to = %request.requester, "sending a request's content");
                     PromptReply::Found {
                         salt,
-                        params: (*params).clone(),
+                        params: Box::new((*params).clone()),
                     }
                 }
                 None => PromptReply::Missing,

@@ -267,7 +267,7 @@ fn transport_snapshot_and_election_messages_round_trip() {
     round_trip(&PromptReply::Missing);
     round_trip(&PromptReply::Found {
         salt: [3; 16],
-        params: GenerationParams {
+        params: Box::new(GenerationParams {
             model: "m".into(),
             messages: vec![Message::new(Role::User, "hi")],
             raw_prompt: Some("raw".into()),
@@ -276,7 +276,7 @@ fn transport_snapshot_and_election_messages_round_trip() {
                 strict: true,
             }),
             ..GenerationParams::default()
-        },
+        }),
     });
     let blob = shoal_core::snapshot::encode(generator.state()).unwrap();
     round_trip(&SnapshotHeader {

@@ -27,14 +27,52 @@ impl GenerationParams {
     /// stop strings, tool definitions and a constraint's schema or grammar (they carry descriptions and enum values a
     /// user wrote, and can be megabytes). Kept: the model, sampling numbers, flags and `tool_choice` (an identifier).
     pub fn without_content(&self) -> GenerationParams {
+        // Destructured field by field, so a new field cannot reach the log before someone decides what it is.
+        let GenerationParams {
+            model,
+            messages: _,
+            raw_prompt: _,
+            instructions: _,
+            tools: _,
+            max_output_tokens,
+            temperature,
+            top_p,
+            top_k,
+            min_p,
+            repetition_penalty,
+            presence_penalty,
+            frequency_penalty,
+            seed,
+            stop: _,
+            logprobs,
+            top_logprobs,
+            enable_thinking,
+            reasoning_effort,
+            constraint: _,
+            tool_choice,
+        } = self;
         GenerationParams {
+            model: model.clone(),
             messages: Vec::new(),
             raw_prompt: None,
             instructions: None,
             tools: None,
+            max_output_tokens: *max_output_tokens,
+            temperature: *temperature,
+            top_p: *top_p,
+            top_k: *top_k,
+            min_p: *min_p,
+            repetition_penalty: *repetition_penalty,
+            presence_penalty: *presence_penalty,
+            frequency_penalty: *frequency_penalty,
+            seed: *seed,
             stop: Vec::new(),
+            logprobs: *logprobs,
+            top_logprobs: *top_logprobs,
+            enable_thinking: *enable_thinking,
+            reasoning_effort: reasoning_effort.clone(),
             constraint: None,
-            ..self.clone()
+            tool_choice: tool_choice.clone(),
         }
     }
 

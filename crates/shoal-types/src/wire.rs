@@ -168,7 +168,10 @@ pub struct PromptRequest {
 #[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
 pub enum PromptReply {
     /// The full request and the salt of its digest (`PromptRef::digest`).
-    Found { salt: [u8; 16], params: GenerationParams },
+    Found {
+        salt: [u8; 16],
+        params: Box<GenerationParams>,
+    },
     /// The API node holds no content for the command (its stream ended, or the node restarted).
     Missing,
 }

@@ -7,7 +7,9 @@
 //! plan never waits on a runner. Runner statuses reach State only through rule 9 of the plan (`Emit`), so a status
 //! that was lost on its way is asserted again.
 //!
-//! Generation (§10.3–§10.4): on rank 0's node `Submit` renders the task's messages with the chat template, tokenizes
+//! Generation (§10.3–§10.4): State holds a task without its content (issue 15); rank 0's node fetches the content
+//! from the task's API node first (`prompts`, as `shoal_core::prompts::plan` decides, checked against the task's
+//! digest, kept in memory until submitted). `Submit` then renders the task's messages with the chat template, tokenizes
 //! them and hands the runner the task with its route (task id, command id, API node); the last rank's runner gives the
 //! route back to its own worker (`Started`), whose node sends every chunk straight to the API node. Runner messages
 //! become durable events: `Accepted` → `TaskStatusUpdated(Running)` (rank 0), the last chunk's `TaskDone(Complete)` →
@@ -24,7 +26,7 @@
 //! fail, when a runner is hung) are pure, in `shoal_core::runner_health`.
 //!
 //! The modules, by job: `lifecycle` (spawn, load, warm up, reset, stop runners), `health` (the hang watch),
-//! `tasks` (task routing and chunk translation), `downloads`, `data_plane` (addresses); this file wires them to
+//! `prompts` (task contents from API nodes), `tasks` (task routing and chunk translation), `downloads`, `data_plane` (addresses); this file wires them to
 //! the worker's one thread.
 
 mod data_plane;
@@ -97,7 +99,7 @@ pub(crate) enum Input {
     /// A task's content arrived from its API node, or did not.
     Prompt {
         task: TaskId,
-        result: Result<([u8; 16], GenerationParams), shoal_cluster::FetchError>,
+        result: Box<Result<([u8; 16], GenerationParams), shoal_cluster::FetchError>>,
     },
     /// State changed (an applied event or an installed snapshot): plan again.
     StateChanged,
@@ -357,7 +359,7 @@ impl Shell {
             }
             Input::Progress(model, progress) => self.on_download_progress(model, progress),
             Input::Fetched(model, result) => self.on_fetched(model, result, now),
-            Input::Prompt { task, result } => self.on_prompt(task, result, now),
+            Input::Prompt { task, result } => self.on_prompt(task, *result, now),
         }
     }
 }

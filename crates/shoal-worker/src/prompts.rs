@@ -35,7 +35,7 @@ impl Shell {
                 let spawned = std::thread::Builder::new()
                     .name("shoal-worker-prompt".into())
                     .spawn(move || {
-                        let result = cluster.fetch_prompt(origin, command_id);
+                        let result = Box::new(cluster.fetch_prompt(origin, command_id));
                         let _ = inputs.send(Input::Prompt { task, result });
                     });
                 if let Err(error) = spawned {
