@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use crate::error::{EngineError, Result};
 use crate::grammar::{Constrained, Constraint};
 use crate::logprobs::{MAX_TOP_LOGPROBS, TokenLogprobs, token_logprobs};
+use crate::output::{CallTrigger, Segment};
 use crate::pipeline::{PREFILL_CHUNK, Pipeline};
 use crate::sampling::{Sampler, SamplingParams};
 use crate::stage::{SeqChunk, SeqSlot};
@@ -122,8 +123,18 @@ pub struct Decoding<'t> {
     context_limit: usize,
     finished: Option<FinishReason>,
     constraint: Option<Constrained>,
+    /// `tool_choice: auto`: the call grammar, waiting for a call to start; it then becomes `constraint`.
+    lazy: Option<LazyCall>,
     mask_times: Vec<Duration>,
     logprobs: Option<usize>,
+}
+
+/// A call grammar compiled at the start (a bad one is known before any token) and unused until a call starts: the
+/// free text before costs no mask.
+#[derive(Debug)]
+struct LazyCall {
+    trigger: CallTrigger,
+    grammar: Constrained,
 }
 
 /// What one sampled token produced.
@@ -154,6 +165,10 @@ impl<'t> Decoding<'t> {
             }
             None => None,
         };
+        let lazy = match (&params.constraint, &params.output.call_grammar) {
+            (None, Some(grammar)) => lazy_call(tokenizer, &params.output, grammar),
+            _ => None,
+        };
         Ok(Self {
             tokenizer,
             sampler: Sampler::new(params.sampling.clone())?,
@@ -165,6 +180,7 @@ impl<'t> Decoding<'t> {
             context_limit,
             finished: None,
             constraint,
+            lazy,
             mask_times: Vec::new(),
             logprobs: params.logprobs,
         })
@@ -214,7 +230,9 @@ impl<'t> Decoding<'t> {
         let finish = if end_of_generation {
             Some(FinishReason::Stop)
         } else {
-            let (out, _) = self.stops.push(&self.decoder.push(token));
+            let raw = self.decoder.push(token);
+            grammar_done |= self.watch_call(token, &raw);
+            let (out, _) = self.stops.push(&raw);
             text = out;
             if let Some(index) = self.stops.matched() {
                 Some(FinishReason::StopSequence(u32::try_from(index).unwrap_or(u32::MAX)))
@@ -242,6 +260,64 @@ impl<'t> Decoding<'t> {
             finish,
             logprobs,
         })
+    }
+}
+
+impl Decoding<'_> {
+    /// `tool_choice: auto`: watches the output for a call's start; there the call grammar catches up with the
+    /// call's first bytes and masks every later token. True when those bytes already complete it (nothing but EOS
+    /// may follow). Bytes the grammar does not match leave the output free (the parser then takes the call, or
+    /// shows it as text): a trigger that came as part of other text must not break generation.
+    fn watch_call(&mut self, token: u32, raw: &str) -> bool {
+        let Some(lazy) = &mut self.lazy else {
+            return false;
+        };
+        let fired = if self.tokenizer.is_special(token) {
+            let text = self.tokenizer.token_text(token).unwrap_or_default();
+            lazy.trigger.push_control(token, &text)
+        } else {
+            lazy.trigger.push(raw)
+        };
+        let Some(segments) = fired else {
+            return false;
+        };
+        let Some(LazyCall { mut grammar, .. }) = self.lazy.take() else {
+            return false;
+        };
+        let caught_up = segments.iter().try_for_each(|s| match s {
+            Segment::Text(text) => grammar.consume_text(text),
+            Segment::Control(id) => grammar.commit(*id),
+        });
+        match caught_up {
+            Ok(()) => {
+                let done = grammar.is_stopped();
+                self.constraint = Some(grammar);
+                done
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, ?segments, "a call's start does not match its grammar; the output stays free");
+                false
+            }
+        }
+    }
+}
+
+/// The call grammar of `tool_choice: auto`, compiled; `None` (the output is then read without it) when the output
+/// has no tool format or the grammar does not compile for this vocabulary.
+fn lazy_call(tokenizer: &Tokenizer, output: &crate::output::OutputSpec, grammar: &str) -> Option<LazyCall> {
+    let trigger = CallTrigger::new(output)?;
+    let compiled = tokenizer.grammar().map_err(|e| e.to_string()).and_then(|f| {
+        f.compile(&Constraint::Lark {
+            grammar: grammar.to_string(),
+        })
+        .map_err(|e| e.to_string())
+    });
+    match compiled {
+        Ok(grammar) => Some(LazyCall { trigger, grammar }),
+        Err(e) => {
+            tracing::warn!(error = %e, "the tool-call grammar does not compile; calls are parsed unconstrained");
+            None
+        }
     }
 }
 
