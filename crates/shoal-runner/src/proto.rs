@@ -17,8 +17,8 @@ use shoal_engine::{FinishReason, GenerateParams, SeqSlot};
 
 /// Protocol revision exchanged in `Hello`; a worker refuses a runner of another revision. 4: `GenerateParams`
 /// carries a grammar constraint and how to read the output (reasoning, tool calls); `ToolCalls`, `Chunk.thinking`;
-/// 5: a logprobs request, answered in `Chunk::logprobs`.
-pub const PROTOCOL: u32 = 5;
+/// 5: a logprobs request, answered in `Chunk::logprobs`; 6: `OutputSpec::call_grammar` (`tool_choice: auto`).
+pub const PROTOCOL: u32 = 6;
 
 /// A task handle chosen by the worker, unique among the runner's live tasks.
 pub type TaskHandle = u64;

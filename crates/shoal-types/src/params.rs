@@ -35,6 +35,9 @@ pub struct GenerationParams {
     pub constraint: Option<Constraint>,
     /// Whether and which tool the model must call (OpenAI `tool_choice`, Anthropic's `any`/`tool`/`auto`/`none`).
     pub tool_choice: ToolChoice,
+    /// The model may make only one call per answer (OpenAI `parallel_tool_calls: false`, Anthropic
+    /// `disable_parallel_tool_use: true`); the call grammars allow several otherwise.
+    pub single_tool_call: bool,
 }
 
 /// `tool_choice`: `Auto` lets the model choose; `None` hides the tools; `Required` and `Function` force a call (with

@@ -51,6 +51,7 @@ fn parse(body: &[u8], needs_max_tokens: bool) -> Result<MessagesRequest, BadRequ
     let params = GenerationParams {
         tools,
         tool_choice,
+        single_tool_call: tools::anthropic_single_call(&obj)?,
         model: shoal_types::ModelId::new(model_name.clone()),
         messages,
         instructions,

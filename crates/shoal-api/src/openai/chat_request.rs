@@ -42,6 +42,7 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatRequest, BadRequest> {
     params.tools = tools::read_tools(&obj, ToolShape::Nested)?;
     params.tool_choice = tools::openai_choice(&obj)?;
     tools::check_choice(&params.tool_choice, params.tools.as_deref(), "tool_choice")?;
+    params.single_tool_call = tools::openai_single_call(&obj)?;
     params.constraint = crate::structured::response_format(&obj)?;
     params.reasoning_effort = fields::opt_string(&obj, "reasoning_effort")?;
     params.enable_thinking = fields::opt_bool(&obj, "enable_thinking")?;
