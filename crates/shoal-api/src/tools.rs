@@ -373,8 +373,10 @@ mod tests {
         );
         assert!(!anthropic_single_call(&obj(r#"{"tool_choice":{"type":"auto"}}"#)).expect("ok"));
         assert!(
-            anthropic_single_call(&obj(r#"{"tool_choice":{"type":"any","disable_parallel_tool_use":true}}"#))
-                .expect("ok")
+            anthropic_single_call(&obj(
+                r#"{"tool_choice":{"type":"any","disable_parallel_tool_use":true}}"#
+            ))
+            .expect("ok")
         );
         assert_eq!(
             anthropic_single_call(&obj(r#"{"tool_choice":{"type":"any","disable_parallel_tool_use":1}}"#))

@@ -54,7 +54,10 @@ fn main() {
     let prompt = |user: &str, shots: &[(&str, &str)]| {
         let mut messages = vec![ChatMessage::new("system", SYSTEM)];
         for (city, days) in shots {
-            messages.push(ChatMessage::new("user", format!("What is the weather in {city} for {days} days?")));
+            messages.push(ChatMessage::new(
+                "user",
+                format!("What is the weather in {city} for {days} days?"),
+            ));
             messages.push(ChatMessage::new(
                 "assistant",
                 format!(
@@ -117,7 +120,10 @@ fn main() {
         median(auto_ms)
     );
 
-    let call = prompt("What is the weather in Berlin for 3 days?", &[("Paris", "2"), ("Oslo", "5")]);
+    let call = prompt(
+        "What is the weather in Berlin for 3 days?",
+        &[("Paris", "2"), ("Oslo", "5")],
+    );
     let (mut masks, mut called) = (Vec::new(), 0);
     for seed in 0..CALLS as u64 {
         let g = generate(&mut p, &tok, 0, &call, &params(true, 0.8, seed), &mut |_| {}).unwrap();

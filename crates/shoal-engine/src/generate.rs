@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crate::error::{EngineError, Result};
 use crate::grammar::{Constrained, Constraint};
 use crate::logprobs::{MAX_TOP_LOGPROBS, TokenLogprobs, token_logprobs};
-use crate::output::{CallTrigger, Segment};
+use crate::output::lazy::{LazyCall, Watch};
 use crate::pipeline::{PREFILL_CHUNK, Pipeline};
 use crate::sampling::{Sampler, SamplingParams};
 use crate::stage::{SeqChunk, SeqSlot};
@@ -129,14 +129,6 @@ pub struct Decoding<'t> {
     logprobs: Option<usize>,
 }
 
-/// A call grammar compiled at the start (a bad one is known before any token) and unused until a call starts: the
-/// free text before costs no mask.
-#[derive(Debug)]
-struct LazyCall {
-    trigger: CallTrigger,
-    grammar: Constrained,
-}
-
 /// What one sampled token produced.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DecodeStep {
@@ -165,9 +157,10 @@ impl<'t> Decoding<'t> {
             }
             None => None,
         };
-        let lazy = match (&params.constraint, &params.output.call_grammar) {
-            (None, Some(grammar)) => lazy_call(tokenizer, &params.output, grammar),
-            _ => None,
+        // A constraint of the request's own (`response_format`) leaves no room for a call grammar.
+        let lazy = match &params.constraint {
+            None => LazyCall::new(tokenizer, &params.output),
+            Some(_) => None,
         };
         Ok(Self {
             tokenizer,
@@ -264,59 +257,24 @@ impl<'t> Decoding<'t> {
 }
 
 impl Decoding<'_> {
-    /// `tool_choice: auto`: watches the output for a call's start; there the call grammar catches up with the
-    /// call's first bytes and masks every later token. True when those bytes already complete it (nothing but EOS
-    /// may follow). Bytes the grammar does not match leave the output free (the parser then takes the call, or
-    /// shows it as text): a trigger that came as part of other text must not break generation.
+    /// `tool_choice: auto`: from where a call starts, its grammar masks every later token. True when the call's
+    /// first bytes already complete it (nothing but EOS may follow).
     fn watch_call(&mut self, token: u32, raw: &str) -> bool {
         let Some(lazy) = &mut self.lazy else {
             return false;
         };
-        let fired = if self.tokenizer.is_special(token) {
-            let text = self.tokenizer.token_text(token).unwrap_or_default();
-            lazy.trigger.push_control(token, &text)
-        } else {
-            lazy.trigger.push(raw)
-        };
-        let Some(segments) = fired else {
-            return false;
-        };
-        let Some(LazyCall { mut grammar, .. }) = self.lazy.take() else {
-            return false;
-        };
-        let caught_up = segments.iter().try_for_each(|s| match s {
-            Segment::Text(text) => grammar.consume_text(text),
-            Segment::Control(id) => grammar.commit(*id),
-        });
-        match caught_up {
-            Ok(()) => {
+        match lazy.push(self.tokenizer, token, raw) {
+            Watch::Waiting => false,
+            Watch::Started(grammar) => {
                 let done = grammar.is_stopped();
-                self.constraint = Some(grammar);
+                self.constraint = Some(*grammar);
+                self.lazy = None;
                 done
             }
-            Err(e) => {
-                tracing::debug!(error = %e, ?segments, "a call's start does not match its grammar; the output stays free");
+            Watch::Dropped => {
+                self.lazy = None;
                 false
             }
-        }
-    }
-}
-
-/// The call grammar of `tool_choice: auto`, compiled; `None` (the output is then read without it) when the output
-/// has no tool format or the grammar does not compile for this vocabulary.
-fn lazy_call(tokenizer: &Tokenizer, output: &crate::output::OutputSpec, grammar: &str) -> Option<LazyCall> {
-    let trigger = CallTrigger::new(output)?;
-    let compiled = tokenizer.grammar().map_err(|e| e.to_string()).and_then(|f| {
-        f.compile(&Constraint::Lark {
-            grammar: grammar.to_string(),
-        })
-        .map_err(|e| e.to_string())
-    });
-    match compiled {
-        Ok(grammar) => Some(LazyCall { trigger, grammar }),
-        Err(e) => {
-            tracing::warn!(error = %e, "the tool-call grammar does not compile; calls are parsed unconstrained");
-            None
         }
     }
 }

@@ -85,7 +85,11 @@ impl Prompter {
         // place of any `response_format`: the answer is the call). `auto`: the call grammar applies from where a
         // call starts, if one does.
         if tools {
-            let control = |text: &str| self.tokenizer.token_id(text).filter(|&id| self.tokenizer.is_special(id));
+            let control = |text: &str| {
+                self.tokenizer
+                    .token_id(text)
+                    .filter(|&id| self.tokenizer.is_special(id))
+            };
             if let Some(grammar) = forced_call_grammar(self.tool_format, params, &control)? {
                 engine.constraint = Some(shoal_engine::Constraint::Lark { grammar });
             } else if engine.constraint.is_none() {
@@ -370,9 +374,13 @@ mod tests {
 
     #[test]
     fn a_forced_choice_becomes_a_grammar_in_the_models_format() {
-        let g = forced_call_grammar(ToolFormat::Generic, &with(ToolChoice::Required, Some(TOOLS)), &no_controls)
-            .expect("ok")
-            .expect("a grammar");
+        let g = forced_call_grammar(
+            ToolFormat::Generic,
+            &with(ToolChoice::Required, Some(TOOLS)),
+            &no_controls,
+        )
+        .expect("ok")
+        .expect("a grammar");
         assert!(g.starts_with("start: call\ncall: %json{"), "{g}");
         assert!(g.contains(r#""name":{"const":"get_weather"}"#), "{g}");
         assert!(g.contains(r#""maxItems":8"#), "parallel calls by default: {g}");

@@ -194,6 +194,25 @@ mod tests {
     }
 
     #[test]
+    fn parallel_tool_calls_false_allows_one_call() {
+        let body = |parallel: &str| {
+            format!(
+                r#"{{"model":"m","messages":[{{"role":"user","content":"x"}}],"tools":[{{"type":"function",
+                    "function":{{"name":"f"}}}}]{parallel}}}"#
+            )
+        };
+        assert!(!parse(&body("")).expect("valid").params.single_tool_call);
+        assert!(
+            parse(&body(r#","parallel_tool_calls":false"#))
+                .expect("valid")
+                .params
+                .single_tool_call
+        );
+        let bad = parse(&body(r#","parallel_tool_calls":"no""#)).expect_err("not a bool");
+        assert_eq!(bad.field, "parallel_tool_calls");
+    }
+
+    #[test]
     fn a_full_request_maps_every_field() {
         let r = parse(
             r#"{"model":"smollm2-135m","messages":[{"role":"system","content":"be brief"},

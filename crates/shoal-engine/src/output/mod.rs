@@ -1,10 +1,12 @@
 //! What the last rank makes of decoded text before it becomes chunks (SYSTEM.md §10.4): reasoning split from the
 //! answer ([`reasoning`]) and tool calls parsed out of it ([`tool_calls`]), both pure and incremental so text
-//! streams as soon as it cannot be part of a tag or a call. [`tool_grammar`] builds the grammar that forces a call.
+//! streams as soon as it cannot be part of a tag or a call. [`tool_grammar`] builds the grammars of calls (forced, or
+//! `tool_choice: auto`'s, which [`trigger`] and [`lazy`] apply from where a call starts).
 //!
 //! Here rather than in shoal-models because the last rank (shoal-runner) depends on the engine only, and the formats
 //! are detected from the chat template, which the engine owns.
 
+pub mod lazy;
 pub mod reasoning;
 pub mod tool_calls;
 pub mod tool_grammar;

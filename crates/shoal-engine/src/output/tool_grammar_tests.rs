@@ -132,7 +132,10 @@ fn generic_forced_wrapper_holds_one_or_up_to_the_limit() {
     // Whitespace as models write it, bounded.
     let spaced = "{\n  \"tool_calls\": [\n    {\"name\": \"noop\", \"arguments\": {}}\n  ]\n}";
     assert!(matches(&one, &text(spaced)));
-    assert!(!matches(&one, &text(&format!("{{{}\"tool_calls\":[{call}]}}", " ".repeat(20)))));
+    assert!(!matches(
+        &one,
+        &text(&format!("{{{}\"tool_calls\":[{call}]}}", " ".repeat(20)))
+    ));
 }
 
 #[test]
@@ -142,7 +145,10 @@ fn auto_generic_takes_the_wrapper_or_a_bare_call() {
     let wrapped = r#"{"tool_calls": [{"name": "get_weather", "arguments": {"city": "Oslo"}}]}"#;
     for out in [bare, wrapped] {
         assert!(matches(&g, &text(out)), "{out}");
-        assert_eq!(names(ToolFormat::Generic, out), [("get_weather".into(), r#"{"city":"Oslo"}"#.into())]);
+        assert_eq!(
+            names(ToolFormat::Generic, out),
+            [("get_weather".into(), r#"{"city":"Oslo"}"#.into())]
+        );
     }
     assert!(!matches(&g, &text(r#"{"answer": 42}"#)));
 }
@@ -152,7 +158,9 @@ fn mistral_old_and_new_forms() {
     let g = auto_call_grammar(&grammar(ToolFormat::Mistral, true, &controls)).expect("ok");
     let old = vec![
         Segment::Control(TOOL_CALLS),
-        Segment::Text(r#"[{"name": "noop", "arguments": {}}, {"name": "get_weather", "arguments": {"city": "Rome"}}]"#.into()),
+        Segment::Text(
+            r#"[{"name": "noop", "arguments": {}}, {"name": "get_weather", "arguments": {"city": "Rome"}}]"#.into(),
+        ),
     ];
     assert!(matches(&g, &old));
     let new = vec![
@@ -170,16 +178,16 @@ fn mistral_old_and_new_forms() {
     let spelled = "[TOOL_CALLS]get_weather[ARGS]{\"city\": \"Rome\"}[TOOL_CALLS]noop[ARGS]{}";
     assert_eq!(names(ToolFormat::Mistral, spelled).len(), 2);
     // `[ARGS]` typed as text is not the control token.
-    let typed = vec![
-        Segment::Control(TOOL_CALLS),
-        Segment::Text("noop[ARGS]{}".into()),
-    ];
+    let typed = vec![Segment::Control(TOOL_CALLS), Segment::Text("noop[ARGS]{}".into())];
     assert!(!matches(&g, &typed));
     let one = auto_call_grammar(&grammar(ToolFormat::Mistral, false, &controls)).expect("ok");
     assert!(!matches(&one, &new), "one call only");
     // Without control tokens in the vocabulary: the marker as text, the array form.
     let plain = auto_call_grammar(&grammar(ToolFormat::Mistral, true, &no_controls)).expect("ok");
-    assert!(matches(&plain, &text(r#"[TOOL_CALLS][{"name":"noop","arguments":{}}]"#)));
+    assert!(matches(
+        &plain,
+        &text(r#"[TOOL_CALLS][{"name":"noop","arguments":{}}]"#)
+    ));
     // Forced: the marker may be left out.
     let forced = forced_call_grammar(&grammar(ToolFormat::Mistral, true, &controls), &Forced::Any).expect("ok");
     assert!(matches(&forced, &text(r#"[{"name":"noop","arguments":{}}]"#)));
@@ -195,7 +203,10 @@ fn llama3_calls_with_or_without_the_tag() {
     tagged.extend(text(two));
     assert!(matches(&g, &tagged));
     assert_eq!(names(ToolFormat::Llama3, two).len(), 2);
-    assert!(!matches(&g, &text(r#"{"name": "noop", "arguments": {}}"#)), "Llama names them parameters");
+    assert!(
+        !matches(&g, &text(r#"{"name": "noop", "arguments": {}}"#)),
+        "Llama names them parameters"
+    );
 }
 
 #[test]

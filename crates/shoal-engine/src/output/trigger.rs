@@ -143,7 +143,10 @@ mod tests {
     #[test]
     fn mentions_inside_other_words_do_not_fire() {
         let mut t = CallTrigger::new(&spec(ToolFormat::Hermes, None)).expect("tools");
-        assert_eq!(fire(&mut t, &["use <tool_calls> or <tool_call_id>", " and my_tool_call"]), None);
+        assert_eq!(
+            fire(&mut t, &["use <tool_calls> or <tool_call_id>", " and my_tool_call"]),
+            None
+        );
         let mut g = CallTrigger::new(&spec(ToolFormat::Generic, None)).expect("tools");
         assert_eq!(fire(&mut g, &["Hello", " {name} and {\"name\": 1}"]), None);
         assert!(g.done, "a generic answer that opens with text is decided");
@@ -154,12 +157,12 @@ mod tests {
     #[test]
     fn generic_and_llama3_fire_on_an_opening_brace() {
         let mut g = CallTrigger::new(&spec(ToolFormat::Generic, None)).expect("tools");
-        assert_eq!(fire(&mut g, &["\n", " {\""]), Some((1, vec![Segment::Text("{\"".into())])));
-        let mut l = CallTrigger::new(&spec(ToolFormat::Llama3, None)).expect("tools");
         assert_eq!(
-            l.push_control(7, "<|python_tag|>"),
-            Some(vec![Segment::Control(7)])
+            fire(&mut g, &["\n", " {\""]),
+            Some((1, vec![Segment::Text("{\"".into())]))
         );
+        let mut l = CallTrigger::new(&spec(ToolFormat::Llama3, None)).expect("tools");
+        assert_eq!(l.push_control(7, "<|python_tag|>"), Some(vec![Segment::Control(7)]));
     }
 
     #[test]
