@@ -383,7 +383,7 @@ mod tests {
         .expect("a grammar");
         assert!(g.starts_with("start: call\ncall: %json{"), "{g}");
         assert!(g.contains(r#""name":{"const":"get_weather"}"#), "{g}");
-        assert!(g.contains(r#""maxItems":8"#), "parallel calls by default: {g}");
+        assert!(g.contains(r#""maxItems":4"#), "parallel calls by default: {g}");
         let mut single = with(ToolChoice::Required, Some(TOOLS));
         single.single_tool_call = true;
         let one = forced_call_grammar(ToolFormat::Generic, &single, &no_controls)

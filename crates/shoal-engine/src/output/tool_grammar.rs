@@ -12,12 +12,23 @@ use serde_json::{Value, json};
 use super::ToolFormat;
 use super::tool_calls::{HERMES_CLOSE, HERMES_OPEN, MISTRAL_ARGS, MISTRAL_MARK, PYTHON_TAG};
 
-/// Calls one output may make when parallel calls are allowed: a small model let free to add calls would otherwise add
-/// them until its token limit, and an output cut there is no call at all.
-pub const MAX_PARALLEL_CALLS: usize = 8;
+/// Calls one output may make when parallel calls are allowed: a small model let free to add calls repeats them until
+/// its token limit (seen with the test model at temperature 0.7), and an output cut there is no call at all.
+pub const MAX_PARALLEL_CALLS: usize = 4;
 
-/// Whitespace between JSON tokens: what models write (`{\n  "a": 1}`), bounded so a small model cannot pad forever.
+/// Whitespace between JSON tokens once `auto`'s grammar takes over: what models write (`{\n  "a": 1}`, which may
+/// come in the very token that started the call), bounded so a small model cannot pad forever.
 const JSON_WHITESPACE: &str = r"[\x20\x0A\x0D\x09]{1,8}";
+
+/// How the JSON in a call grammar may be spaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Spacing {
+    /// No whitespace between tokens: a forced output is the grammar's from its first token, and a small model spends
+    /// its tokens on padding otherwise.
+    Compact,
+    /// [`JSON_WHITESPACE`].
+    Bounded,
+}
 
 /// A function the request offers: its name and its parameters' JSON schema.
 #[derive(Debug, Clone, PartialEq)]
@@ -62,12 +73,15 @@ pub fn forced_call_grammar(g: &CallGrammar<'_>, forced: &Forced) -> Result<Strin
     }
     let max = g.max_calls();
     Ok(match g.format {
-        ToolFormat::Hermes => g.hermes(&chosen),
+        ToolFormat::Hermes => g.hermes(&chosen, Spacing::Compact),
         // `[TOOL_CALLS]` may be left out (older grammars did, the parser reads the array alone).
-        ToolFormat::Mistral => g.mistral(&chosen, true),
-        ToolFormat::Llama3 => g.llama3(&chosen, false),
+        ToolFormat::Mistral => g.mistral(&chosen, true, Spacing::Compact),
+        ToolFormat::Llama3 => g.llama3(&chosen, false, Spacing::Compact),
         // The generic format's instructions ask for `{"tool_calls":[…]}`.
-        ToolFormat::Generic => format!("start: call\ncall: {}\n", json_rule(&wrapper(&chosen, max))),
+        ToolFormat::Generic => format!(
+            "start: call\ncall: {}\n",
+            json_rule(&wrapper(&chosen, max), Spacing::Compact)
+        ),
     })
 }
 
@@ -80,13 +94,13 @@ pub fn auto_call_grammar(g: &CallGrammar<'_>) -> Result<String, String> {
         return Err("no tools to call".to_string());
     }
     Ok(match g.format {
-        ToolFormat::Hermes => g.hermes(&chosen),
-        ToolFormat::Mistral => g.mistral(&chosen, false),
-        ToolFormat::Llama3 => g.llama3(&chosen, true),
+        ToolFormat::Hermes => g.hermes(&chosen, Spacing::Bounded),
+        ToolFormat::Mistral => g.mistral(&chosen, false, Spacing::Bounded),
+        ToolFormat::Llama3 => g.llama3(&chosen, true, Spacing::Bounded),
         // The instructions' wrapper, or a bare call (the parser takes both).
         ToolFormat::Generic => {
             let either = json!({ "anyOf": [wrapper(&chosen, g.max_calls()), any_call(&chosen, "arguments")] });
-            format!("start: call\ncall: {}\n", json_rule(&either))
+            format!("start: call\ncall: {}\n", json_rule(&either, Spacing::Bounded))
         }
     })
 }
@@ -113,19 +127,19 @@ impl CallGrammar<'_> {
     }
 
     /// `<tool_call>\n{…}\n</tool_call>` blocks, one a line.
-    fn hermes(&self, chosen: &[&ToolSpec]) -> String {
+    fn hermes(&self, chosen: &[&ToolSpec], spacing: Spacing) -> String {
         format!(
             "start: {}\nblock: {} \"\\n\"? call \"\\n\"? {}\ncall: {}\n",
             self.repeat("block", "\"\\n\""),
             self.mark(HERMES_OPEN),
             self.mark(HERMES_CLOSE),
-            json_rule(&any_call(chosen, "arguments")),
+            json_rule(&any_call(chosen, "arguments"), spacing),
         )
     }
 
     /// `[TOOL_CALLS]` then a JSON array of calls, or (vocabularies with an `[ARGS]` control token, the newer
     /// templates) `name[ARGS]{…}` calls each after its own `[TOOL_CALLS]`.
-    fn mistral(&self, chosen: &[&ToolSpec], marker_optional: bool) -> String {
+    fn mistral(&self, chosen: &[&ToolSpec], marker_optional: bool, spacing: Spacing) -> String {
         let mark = self.mark(MISTRAL_MARK);
         let array = json!({ "type": "array", "items": any_call(chosen, "arguments"), "minItems": 1,
                             "maxItems": self.max_calls() });
@@ -134,12 +148,18 @@ impl CallGrammar<'_> {
         } else {
             format!("{mark} array")
         };
-        let mut out = format!("array: {}\n", json_rule(&array));
+        let mut out = format!("array: {}\n", json_rule(&array, spacing));
         match (self.control)(MISTRAL_ARGS) {
             Some(args) => {
                 let fns: Vec<String> = chosen
                     .iter()
-                    .map(|t| format!("{} <[{args}]> {}", lark_string(&t.name), json_rule(&parameters(t))))
+                    .map(|t| {
+                        format!(
+                            "{} <[{args}]> {}",
+                            lark_string(&t.name),
+                            json_rule(&parameters(t), spacing)
+                        )
+                    })
                     .collect();
                 out.push_str(&format!("fn: {}\n", fns.join(" | ")));
                 let new = self.repeat(&format!("{mark} fn"), "");
@@ -152,25 +172,29 @@ impl CallGrammar<'_> {
 
     /// `{"name":…,"parameters":…}` calls separated by `; ` (as Llama 3.2 writes several), after an optional
     /// `<|python_tag|>` where the output may open with one.
-    fn llama3(&self, chosen: &[&ToolSpec], tag: bool) -> String {
+    fn llama3(&self, chosen: &[&ToolSpec], tag: bool, spacing: Spacing) -> String {
         let calls = self.repeat("call", "\"; \"");
         let start = if tag {
             format!("{}? {calls}", self.mark(PYTHON_TAG))
         } else {
             calls
         };
-        format!("start: {start}\ncall: {}\n", json_rule(&any_call(chosen, "parameters")))
+        format!(
+            "start: {start}\ncall: {}\n",
+            json_rule(&any_call(chosen, "parameters"), spacing)
+        )
     }
 }
 
-/// `%json{…}` with the bounded whitespace.
-fn json_rule(schema: &Value) -> String {
+/// `%json{…}` spaced so.
+fn json_rule(schema: &Value, spacing: Spacing) -> String {
     let mut schema = schema.clone();
+    let options = match spacing {
+        Spacing::Compact => json!({ "whitespace_flexible": false }),
+        Spacing::Bounded => json!({ "whitespace_pattern": JSON_WHITESPACE }),
+    };
     if let Some(obj) = schema.as_object_mut() {
-        obj.insert(
-            "x-guidance".to_string(),
-            json!({ "whitespace_pattern": JSON_WHITESPACE }),
-        );
+        obj.insert("x-guidance".to_string(), options);
     }
     format!("%json{schema}")
 }
