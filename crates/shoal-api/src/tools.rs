@@ -196,6 +196,21 @@ pub fn openai_choice(obj: &Map<String, Value>) -> Result<ToolChoice, BadRequest>
     }
 }
 
+/// OpenAI's `parallel_tool_calls` (chat and Responses; default true): false allows one call per answer.
+pub fn openai_single_call(obj: &Map<String, Value>) -> Result<bool, BadRequest> {
+    Ok(crate::fields::opt_bool(obj, "parallel_tool_calls")? == Some(false))
+}
+
+/// Anthropic's `tool_choice.disable_parallel_tool_use` (default false): true allows one call per answer.
+pub fn anthropic_single_call(obj: &Map<String, Value>) -> Result<bool, BadRequest> {
+    let Some(choice) = crate::fields::opt_object(obj, "tool_choice")? else {
+        return Ok(false);
+    };
+    Ok(crate::fields::opt_bool(choice, "disable_parallel_tool_use")
+        .map_err(|e| e.within("tool_choice"))?
+        .unwrap_or(false))
+}
+
 /// Arguments given back in a request (a JSON text, or an object as Ollama and Anthropic write them) as JSON text.
 pub fn arguments_text(args: Option<&Value>, field: &str) -> Result<String, BadRequest> {
     match args {
@@ -343,5 +358,31 @@ mod tests {
         assert!(check_choice(&ToolChoice::Function("f".into()), tools.as_deref(), "tool_choice").is_ok());
         assert!(check_choice(&ToolChoice::Function("g".into()), tools.as_deref(), "tool_choice").is_err());
         assert!(check_choice(&ToolChoice::Required, None, "tool_choice").is_err());
+    }
+
+    #[test]
+    fn parallel_calls_unless_told_otherwise() {
+        assert!(!openai_single_call(&obj("{}")).expect("ok"));
+        assert!(!openai_single_call(&obj(r#"{"parallel_tool_calls":true}"#)).expect("ok"));
+        assert!(openai_single_call(&obj(r#"{"parallel_tool_calls":false}"#)).expect("ok"));
+        assert_eq!(
+            openai_single_call(&obj(r#"{"parallel_tool_calls":"no"}"#))
+                .expect_err("bad")
+                .field,
+            "parallel_tool_calls"
+        );
+        assert!(!anthropic_single_call(&obj(r#"{"tool_choice":{"type":"auto"}}"#)).expect("ok"));
+        assert!(
+            anthropic_single_call(&obj(
+                r#"{"tool_choice":{"type":"any","disable_parallel_tool_use":true}}"#
+            ))
+            .expect("ok")
+        );
+        assert_eq!(
+            anthropic_single_call(&obj(r#"{"tool_choice":{"type":"any","disable_parallel_tool_use":1}}"#))
+                .expect_err("bad")
+                .field,
+            "tool_choice.disable_parallel_tool_use"
+        );
     }
 }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use crate::error::{EngineError, Result};
 use crate::grammar::{Constrained, Constraint};
 use crate::logprobs::{MAX_TOP_LOGPROBS, TokenLogprobs, token_logprobs};
+use crate::output::lazy::{LazyCall, Watch};
 use crate::pipeline::{PREFILL_CHUNK, Pipeline};
 use crate::sampling::{Sampler, SamplingParams};
 use crate::stage::{SeqChunk, SeqSlot};
@@ -122,6 +123,8 @@ pub struct Decoding<'t> {
     context_limit: usize,
     finished: Option<FinishReason>,
     constraint: Option<Constrained>,
+    /// `tool_choice: auto`: the call grammar, waiting for a call to start; it then becomes `constraint`.
+    lazy: Option<LazyCall>,
     mask_times: Vec<Duration>,
     logprobs: Option<usize>,
 }
@@ -154,6 +157,11 @@ impl<'t> Decoding<'t> {
             }
             None => None,
         };
+        // A constraint of the request's own (`response_format`) leaves no room for a call grammar.
+        let lazy = match &params.constraint {
+            None => LazyCall::new(tokenizer, &params.output),
+            Some(_) => None,
+        };
         Ok(Self {
             tokenizer,
             sampler: Sampler::new(params.sampling.clone())?,
@@ -165,6 +173,7 @@ impl<'t> Decoding<'t> {
             context_limit,
             finished: None,
             constraint,
+            lazy,
             mask_times: Vec::new(),
             logprobs: params.logprobs,
         })
@@ -214,7 +223,9 @@ impl<'t> Decoding<'t> {
         let finish = if end_of_generation {
             Some(FinishReason::Stop)
         } else {
-            let (out, _) = self.stops.push(&self.decoder.push(token));
+            let raw = self.decoder.push(token);
+            grammar_done |= self.watch_call(token, &raw);
+            let (out, _) = self.stops.push(&raw);
             text = out;
             if let Some(index) = self.stops.matched() {
                 Some(FinishReason::StopSequence(u32::try_from(index).unwrap_or(u32::MAX)))
@@ -242,6 +253,29 @@ impl<'t> Decoding<'t> {
             finish,
             logprobs,
         })
+    }
+}
+
+impl Decoding<'_> {
+    /// `tool_choice: auto`: from where a call starts, its grammar masks every later token. True when the call's
+    /// first bytes already complete it (nothing but EOS may follow).
+    fn watch_call(&mut self, token: u32, raw: &str) -> bool {
+        let Some(lazy) = &mut self.lazy else {
+            return false;
+        };
+        match lazy.push(self.tokenizer, token, raw) {
+            Watch::Waiting => false,
+            Watch::Started(grammar) => {
+                let done = grammar.is_stopped();
+                self.constraint = Some(*grammar);
+                self.lazy = None;
+                done
+            }
+            Watch::Dropped => {
+                self.lazy = None;
+                false
+            }
+        }
     }
 }
 

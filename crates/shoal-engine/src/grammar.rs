@@ -80,11 +80,17 @@ impl GrammarFactory {
                 }
             })
             .collect();
-        let vocab = u32::try_from(n).map_err(|_| whole("the vocabulary is too large"))?;
-        let info = TokRxInfo::new(vocab, tokenizer.eos());
+        Self::from_words(&words, tokenizer.eos())
+    }
+
+    /// A factory over these token spellings (a control token's starts with [`TokTrie::SPECIAL_TOKEN_MARKER`]).
+    pub fn from_words(words: &[Vec<u8>], eos: u32) -> Result<Self, GrammarError> {
+        let vocab = u32::try_from(words.len()).map_err(|_| whole("the vocabulary is too large"))?;
+        let info = TokRxInfo::new(vocab, eos);
         // Greedy tokenization stands in for the model's: llguidance needs it only for forced tokens, which we do
-        // not use (every token is sampled from the masked logits).
-        Self::from_env(Arc::new(ApproximateTokEnv::new(TokTrie::from(&info, &words))))
+        // not use (every token is sampled from the masked logits), and for text a grammar takes over mid-output
+        // ([`Constrained::consume_text`]), where any spelling of the same bytes matches alike.
+        Self::from_env(Arc::new(ApproximateTokEnv::new(TokTrie::from(&info, words))))
     }
 
     /// A factory over a vocabulary of the 256 single bytes: compiles any JSON schema exactly as a model's factory
@@ -260,6 +266,16 @@ impl Constrained {
     /// Advances the grammar by the sampled token.
     pub fn commit(&mut self, token: u32) -> Result<(), GrammarError> {
         self.matcher.consume_token(token).map_err(whole)
+    }
+
+    /// Advances the grammar by text already written (a grammar that takes over mid-output catches up with the
+    /// call's first bytes): the bytes are spelled greedily with the vocabulary's plain tokens.
+    pub fn consume_text(&mut self, text: &str) -> Result<(), GrammarError> {
+        if text.is_empty() {
+            return Ok(());
+        }
+        let tokens = self.matcher.tok_env().map_err(whole)?.tokenize_bytes(text.as_bytes());
+        self.matcher.consume_tokens(&tokens).map_err(whole)
     }
 
     /// The grammar is complete and allows nothing but EOS: the sequence ends here.

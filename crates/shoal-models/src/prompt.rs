@@ -79,13 +79,22 @@ impl Prompter {
         engine.output = OutputSpec {
             tools: tools.then_some(self.tool_format),
             thinking: (self.thinks && params.raw_prompt.is_none()).then(|| reasoning::prompt_opens_thinking(&text)),
+            call_grammar: None,
         };
         // `required` or a named function: a grammar in the model's own call format forces the call (it takes the
-        // place of any `response_format`: the answer is the call).
-        if tools
-            && let Some(grammar) = forced_call_grammar(self.tool_format, params.tools.as_deref(), &params.tool_choice)?
-        {
-            engine.constraint = Some(shoal_engine::Constraint::Lark { grammar });
+        // place of any `response_format`: the answer is the call). `auto`: the call grammar applies from where a
+        // call starts, if one does.
+        if tools {
+            let control = |text: &str| {
+                self.tokenizer
+                    .token_id(text)
+                    .filter(|&id| self.tokenizer.is_special(id))
+            };
+            if let Some(grammar) = forced_call_grammar(self.tool_format, params, &control)? {
+                engine.constraint = Some(shoal_engine::Constraint::Lark { grammar });
+            } else if engine.constraint.is_none() {
+                engine.output.call_grammar = auto_call_grammar(self.tool_format, params, &control)?;
+            }
         }
         Ok((prompt, engine))
     }
@@ -197,25 +206,65 @@ impl Prompter {
 }
 
 /// The grammar that forces the call `tool_choice` asks for (`required` or a named function), in the model's call
-/// format; `None` when the choice forces nothing or the request has no tools.
+/// format; `None` when the choice forces nothing or the request has no tools. `control`: the id of the model's
+/// control token spelled so, if any.
 pub fn forced_call_grammar(
     format: ToolFormat,
-    tools: Option<&str>,
-    choice: &ToolChoice,
+    params: &GenerationParams,
+    control: &dyn Fn(&str) -> Option<u32>,
 ) -> Result<Option<String>, String> {
-    let forced = match choice {
+    let forced = match &params.tool_choice {
         ToolChoice::Required => Forced::Any,
         ToolChoice::Function(name) => Forced::Named(name.clone()),
         ToolChoice::Auto | ToolChoice::None => return Ok(None),
     };
+    let specs = tool_specs(params.tools.as_deref())?;
+    if specs.is_empty() {
+        return Ok(None);
+    }
+    tool_grammar::forced_call_grammar(&call_grammar(format, &specs, params, control), &forced).map(Some)
+}
+
+/// `tool_choice: auto`'s grammar of a call once one starts; `None` for other choices or without tools.
+pub fn auto_call_grammar(
+    format: ToolFormat,
+    params: &GenerationParams,
+    control: &dyn Fn(&str) -> Option<u32>,
+) -> Result<Option<String>, String> {
+    if params.tool_choice != ToolChoice::Auto {
+        return Ok(None);
+    }
+    let specs = tool_specs(params.tools.as_deref())?;
+    if specs.is_empty() {
+        return Ok(None);
+    }
+    tool_grammar::auto_call_grammar(&call_grammar(format, &specs, params, control)).map(Some)
+}
+
+fn call_grammar<'a>(
+    format: ToolFormat,
+    tools: &'a [ToolSpec],
+    params: &GenerationParams,
+    control: &'a dyn Fn(&str) -> Option<u32>,
+) -> tool_grammar::CallGrammar<'a> {
+    tool_grammar::CallGrammar {
+        format,
+        tools,
+        parallel: !params.single_tool_call,
+        control,
+    }
+}
+
+/// The functions in OpenAI's list (as the API wrote it): names and parameter schemas.
+fn tool_specs(tools: Option<&str>) -> Result<Vec<ToolSpec>, String> {
     let Some(list) = tools
         .map(serde_json::from_str::<Value>)
         .transpose()
         .map_err(|e| format!("tools: {e}"))?
     else {
-        return Ok(None);
+        return Ok(Vec::new());
     };
-    let specs: Vec<ToolSpec> = list
+    Ok(list
         .as_array()
         .map(|a| {
             a.iter()
@@ -228,11 +277,7 @@ pub fn forced_call_grammar(
                 })
                 .collect()
         })
-        .unwrap_or_default();
-    if specs.is_empty() {
-        return Ok(None);
-    }
-    tool_grammar::forced_call_grammar(format, &specs, &forced).map(Some)
+        .unwrap_or_default())
 }
 
 /// The system prompt that describes tools to a template that cannot render them, asking for the generic JSON format
@@ -315,30 +360,75 @@ mod tests {
     const TOOLS: &str = r#"[{"type":"function","function":{"name":"get_weather","parameters":{"type":"object",
         "properties":{"city":{"type":"string"},"days":{"type":"integer"}},"required":["city","days"]}}}]"#;
 
+    fn with(choice: ToolChoice, tools: Option<&str>) -> GenerationParams {
+        GenerationParams {
+            tools: tools.map(str::to_string),
+            tool_choice: choice,
+            ..GenerationParams::default()
+        }
+    }
+
+    fn no_controls(_: &str) -> Option<u32> {
+        None
+    }
+
     #[test]
     fn a_forced_choice_becomes_a_grammar_in_the_models_format() {
-        let g = forced_call_grammar(ToolFormat::Generic, Some(TOOLS), &ToolChoice::Required)
-            .expect("ok")
-            .expect("a grammar");
-        assert!(g.starts_with("start: call\ncall: %json{"), "{g}");
-        assert!(g.contains(r#""name":{"const":"get_weather"}"#), "{g}");
-        let named = forced_call_grammar(
-            ToolFormat::Hermes,
-            Some(TOOLS),
-            &ToolChoice::Function("get_weather".into()),
+        let g = forced_call_grammar(
+            ToolFormat::Generic,
+            &with(ToolChoice::Required, Some(TOOLS)),
+            &no_controls,
         )
         .expect("ok")
         .expect("a grammar");
-        assert!(named.starts_with("start: \"<tool_call>\\n\""), "{named}");
+        assert!(g.starts_with("start: call\ncall: %json{"), "{g}");
+        assert!(g.contains(r#""name":{"const":"get_weather"}"#), "{g}");
+        assert!(g.contains(r#""maxItems":4"#), "parallel calls by default: {g}");
+        let mut single = with(ToolChoice::Required, Some(TOOLS));
+        single.single_tool_call = true;
+        let one = forced_call_grammar(ToolFormat::Generic, &single, &no_controls)
+            .expect("ok")
+            .expect("a grammar");
+        assert!(one.contains(r#""maxItems":1"#), "{one}");
+        let named = forced_call_grammar(
+            ToolFormat::Hermes,
+            &with(ToolChoice::Function("get_weather".into()), Some(TOOLS)),
+            &no_controls,
+        )
+        .expect("ok")
+        .expect("a grammar");
+        assert!(named.contains("block: \"<tool_call>\""), "{named}");
         assert_eq!(
-            forced_call_grammar(ToolFormat::Generic, Some(TOOLS), &ToolChoice::Auto),
+            forced_call_grammar(ToolFormat::Generic, &with(ToolChoice::Auto, Some(TOOLS)), &no_controls),
             Ok(None)
         );
         assert_eq!(
-            forced_call_grammar(ToolFormat::Generic, None, &ToolChoice::Required),
+            forced_call_grammar(ToolFormat::Generic, &with(ToolChoice::Required, None), &no_controls),
             Ok(None)
         );
-        assert!(forced_call_grammar(ToolFormat::Generic, Some(TOOLS), &ToolChoice::Function("x".into())).is_err());
+        assert!(
+            forced_call_grammar(
+                ToolFormat::Generic,
+                &with(ToolChoice::Function("x".into()), Some(TOOLS)),
+                &no_controls
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn auto_has_a_call_grammar_only_with_tools() {
+        let g = auto_call_grammar(ToolFormat::Generic, &with(ToolChoice::Auto, Some(TOOLS)), &no_controls)
+            .expect("ok")
+            .expect("a grammar");
+        assert!(g.contains("anyOf"), "the wrapper or a bare call: {g}");
+        for params in [
+            with(ToolChoice::Auto, None),
+            with(ToolChoice::None, Some(TOOLS)),
+            with(ToolChoice::Required, Some(TOOLS)),
+        ] {
+            assert_eq!(auto_call_grammar(ToolFormat::Hermes, &params, &no_controls), Ok(None));
+        }
     }
 
     #[test]

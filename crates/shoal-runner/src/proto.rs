@@ -22,7 +22,8 @@ use shoal_engine::{FinishReason, GenerateParams, SeqSlot};
 /// carries a grammar constraint and how to read the output (reasoning, tool calls); `ToolCalls`, `Chunk.thinking`;
 /// 5: a logprobs request, answered in `Chunk::logprobs`; 6: `Load` carries the instance's token and the data plane's
 /// TLS material, the data-plane handshake the token.
-pub const PROTOCOL: u32 = 6;
+/// 7: `OutputSpec::call_grammar` (`tool_choice: auto`).
+pub const PROTOCOL: u32 = 7;
 
 /// A task handle chosen by the worker, unique among the runner's live tasks.
 pub type TaskHandle = u64;

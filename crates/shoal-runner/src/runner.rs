@@ -707,7 +707,12 @@ impl Rank {
                 completion_tokens: seq.decoding.generated().len(),
                 reasoning_tokens: 0,
             });
-            for msg in chunk_messages(seq, step.token, &step.text, end, logprobs) {
+            // A control token the decoder leaves out of the text: the call parser may need it (Mistral's
+            // `[TOOL_CALLS]name[ARGS]{…}`); it never reaches the text shown.
+            let control = (tokenizer.is_special(step.token) && !tokenizer.is_end_of_generation(step.token))
+                .then(|| tokenizer.token_text(step.token))
+                .flatten();
+            for msg in chunk_messages(seq, step.token, &step.text, control.as_deref(), end, logprobs) {
                 self.worker.send(&msg);
             }
             let done = step.finish.is_some();
@@ -770,12 +775,17 @@ fn chunk_messages(
     seq: &mut Sampling<'_>,
     token: u32,
     text: &str,
+    control: Option<&str>,
     end: Option<ChunkEnd>,
     mut logprobs: Option<ChunkLogprobs>,
 ) -> Vec<FromRunner> {
     let task = seq.task;
     let mut pieces = if seq.output.is_active() {
-        seq.output.push(text)
+        let mut pieces = seq.output.push(text);
+        if let Some(control) = control {
+            pieces.extend(seq.output.push_control(control));
+        }
+        pieces
     } else {
         vec![Piece {
             text: text.to_string(),

@@ -50,6 +50,7 @@ impl GenerationParams {
             reasoning_effort,
             constraint: _,
             tool_choice,
+            single_tool_call,
         } = self;
         GenerationParams {
             model: model.clone(),
@@ -73,6 +74,7 @@ impl GenerationParams {
             reasoning_effort: reasoning_effort.clone(),
             constraint: None,
             tool_choice: tool_choice.clone(),
+            single_tool_call: *single_tool_call,
         }
     }
 
@@ -110,6 +112,9 @@ pub struct GenerationParams {
     pub constraint: Option<Constraint>,
     /// Whether and which tool the model must call (OpenAI `tool_choice`, Anthropic's `any`/`tool`/`auto`/`none`).
     pub tool_choice: ToolChoice,
+    /// The model may make only one call per answer (OpenAI `parallel_tool_calls: false`, Anthropic
+    /// `disable_parallel_tool_use: true`); the call grammars allow several otherwise.
+    pub single_tool_call: bool,
 }
 
 /// `tool_choice`: `Auto` lets the model choose; `None` hides the tools; `Required` and `Function` force a call (with

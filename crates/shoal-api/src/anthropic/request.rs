@@ -51,6 +51,7 @@ fn parse(body: &[u8], needs_max_tokens: bool) -> Result<MessagesRequest, BadRequ
     let params = GenerationParams {
         tools,
         tool_choice,
+        single_tool_call: tools::anthropic_single_call(&obj)?,
         model: shoal_types::ModelId::new(model_name.clone()),
         messages,
         instructions,
@@ -458,6 +459,7 @@ mod tests {
         .expect("valid");
         let p = &r.params;
         assert_eq!(p.tool_choice, ToolChoice::Function("get_weather".into()));
+        assert!(!p.single_tool_call, "parallel calls unless disabled");
         assert!(p.tools.as_deref().is_some_and(|t| t.contains("\"parameters\"")));
         assert_eq!(p.messages.len(), 4);
         assert_eq!(p.messages[1].tool_calls[0].arguments, r#"{"city":"Paris"}"#);
@@ -465,5 +467,11 @@ mod tests {
         assert_eq!(p.messages[2].tool_call_id.as_deref(), Some("toolu_1"));
         assert_eq!(p.messages[2].content, "sunny");
         assert_eq!(p.messages[3].content, "thanks");
+        let one = parse(
+            r#"{"model":"m","max_tokens":8,"tools":[{"name":"f","input_schema":{"type":"object"}}],
+                "tool_choice":{"type":"any","disable_parallel_tool_use":true},"messages":[{"role":"user","content":"x"}]}"#,
+        )
+        .expect("valid");
+        assert!(one.params.single_tool_call);
     }
 }

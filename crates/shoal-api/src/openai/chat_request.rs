@@ -42,6 +42,7 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatRequest, BadRequest> {
     params.tools = tools::read_tools(&obj, ToolShape::Nested)?;
     params.tool_choice = tools::openai_choice(&obj)?;
     tools::check_choice(&params.tool_choice, params.tools.as_deref(), "tool_choice")?;
+    params.single_tool_call = tools::openai_single_call(&obj)?;
     params.constraint = crate::structured::response_format(&obj)?;
     params.reasoning_effort = fields::opt_string(&obj, "reasoning_effort")?;
     params.enable_thinking = fields::opt_bool(&obj, "enable_thinking")?;
@@ -190,6 +191,25 @@ mod tests {
 
     fn parse(body: &str) -> Result<ChatRequest, BadRequest> {
         parse_chat(body.as_bytes())
+    }
+
+    #[test]
+    fn parallel_tool_calls_false_allows_one_call() {
+        let body = |parallel: &str| {
+            format!(
+                r#"{{"model":"m","messages":[{{"role":"user","content":"x"}}],"tools":[{{"type":"function",
+                    "function":{{"name":"f"}}}}]{parallel}}}"#
+            )
+        };
+        assert!(!parse(&body("")).expect("valid").params.single_tool_call);
+        assert!(
+            parse(&body(r#","parallel_tool_calls":false"#))
+                .expect("valid")
+                .params
+                .single_tool_call
+        );
+        let bad = parse(&body(r#","parallel_tool_calls":"no""#)).expect_err("not a bool");
+        assert_eq!(bad.field, "parallel_tool_calls");
     }
 
     #[test]

@@ -6,9 +6,9 @@
 //! `temperature`, `top_p` (plus the extensions Chat Completions reads: `top_k`, `min_p`, penalties, `seed`, `stop`),
 //! `stream`, `reasoning.effort`, `include: ["message.output_text.logprobs"]` and `top_logprobs` (logprobs on the
 //! message's `output_text`, [`crate::logprobs::parse_responses_fields`]).
-//! Echoed in the Response object, otherwise ignored: `metadata`, `parallel_tool_calls`, `truncation` (a prompt over
+//! Echoed in the Response object, otherwise ignored: `metadata`, `truncation` (a prompt over
 //! the context is always a 400, so `auto` never has to drop anything it could drop), `user`.
-//! Tools: `tools` of type `function`, `tool_choice`, and `function_call`/`function_call_output` items in `input`.
+//! Tools: `tools` of type `function`, `tool_choice`, `parallel_tool_calls` (also echoed), and `function_call`/`function_call_output` items in `input`.
 //! Accepted and ignored: other `include` entries, `reasoning.summary`, `text.verbosity`, `service_tier`,
 //! `prompt_cache_key`, `safety_identifier`, `max_tool_calls`, and `reasoning` items in `input`
 //! (a client that manages its own context sends them back; the template has no place for them).
@@ -62,6 +62,7 @@ pub fn parse_responses(body: &[u8]) -> Result<ResponsesRequest, BadRequest> {
     params.tools = tools::read_tools(&obj, ToolShape::Flat)?;
     params.tool_choice = tools::openai_choice(&obj)?;
     tools::check_choice(&params.tool_choice, params.tools.as_deref(), "tool_choice")?;
+    params.single_tool_call = tools::openai_single_call(&obj)?;
     if let Some(reasoning) = fields::opt_object(&obj, "reasoning")? {
         params.reasoning_effort = fields::opt_string(reasoning, "effort").map_err(|e| e.within("reasoning"))?;
     }

@@ -1,18 +1,22 @@
 //! What the last rank makes of decoded text before it becomes chunks (SYSTEM.md §10.4): reasoning split from the
 //! answer ([`reasoning`]) and tool calls parsed out of it ([`tool_calls`]), both pure and incremental so text
-//! streams as soon as it cannot be part of a tag or a call. [`tool_grammar`] builds the grammar that forces a call.
+//! streams as soon as it cannot be part of a tag or a call. [`tool_grammar`] builds the grammars of calls (forced, or
+//! `tool_choice: auto`'s, which [`trigger`] and [`lazy`] apply from where a call starts).
 //!
 //! Here rather than in shoal-models because the last rank (shoal-runner) depends on the engine only, and the formats
 //! are detected from the chat template, which the engine owns.
 
+pub mod lazy;
 pub mod reasoning;
 pub mod tool_calls;
 pub mod tool_grammar;
+pub mod trigger;
 
 use serde::{Deserialize, Serialize};
 
 pub use reasoning::ThinkSplitter;
 pub use tool_calls::{ParsedCall, ToolFormat};
+pub use trigger::{CallTrigger, Segment};
 
 /// How a sequence's output is to be read, decided with its prompt (rank 0) and carried to the last rank.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -21,6 +25,9 @@ pub struct OutputSpec {
     pub tools: Option<ToolFormat>,
     /// Split `<think>` reasoning; `Some(true)` when the prompt already opened it.
     pub thinking: Option<bool>,
+    /// `tool_choice: auto`: the grammar (llguidance Lark) a call must match from where it starts
+    /// ([`tool_grammar::auto_call_grammar`], [`trigger`]); the text before it is free.
+    pub call_grammar: Option<String>,
 }
 
 /// A run of output text, reasoning or answer.
@@ -45,6 +52,52 @@ struct CallWatch {
     shown: usize,
     /// Where a call began: everything after it is held until the end.
     start: Option<usize>,
+    /// Control tokens in `answer` (where each starts, its length): the parser reads them, nobody sees them.
+    controls: Vec<(usize, usize)>,
+}
+
+impl CallWatch {
+    /// `answer[from..to]` without its control tokens.
+    fn visible(&self, from: usize, to: usize) -> String {
+        let mut out = String::new();
+        let mut pos = from;
+        for &(start, len) in &self.controls {
+            let end = start + len;
+            if end <= pos || start >= to {
+                continue;
+            }
+            if start > pos {
+                out.push_str(&self.answer[pos..start]);
+            }
+            pos = end.min(to);
+        }
+        if pos < to {
+            out.push_str(&self.answer[pos..to]);
+        }
+        out
+    }
+
+    /// Takes answer text (or a control token's spelling), and gives what is now safe to show.
+    fn append(&mut self, text: &str, control: bool) -> Option<Piece> {
+        if control {
+            self.controls.push((self.answer.len(), text.len()));
+        }
+        self.answer.push_str(text);
+        if self.start.is_some() {
+            return None;
+        }
+        self.start = self.format.call_start(&self.answer);
+        let upto = self
+            .start
+            .unwrap_or_else(|| self.format.safe_len(&self.answer))
+            .max(self.shown);
+        if upto <= self.shown {
+            return None;
+        }
+        let text = self.visible(self.shown, upto);
+        self.shown = upto;
+        (!text.is_empty()).then_some(Piece { text, thinking: false })
+    }
 }
 
 impl OutputParser {
@@ -56,6 +109,7 @@ impl OutputParser {
                 answer: String::new(),
                 shown: 0,
                 start: None,
+                controls: Vec::new(),
             }),
         }
     }
@@ -92,13 +146,35 @@ impl OutputParser {
             return (pieces, calls);
         }
         if w.shown < w.answer.len() {
-            pieces.push(Piece {
-                text: w.answer[w.shown..].to_string(),
-                thinking: false,
-            });
+            let text = w.visible(w.shown, w.answer.len());
+            if !text.is_empty() {
+                pieces.push(Piece { text, thinking: false });
+            }
             w.shown = w.answer.len();
         }
         (pieces, Vec::new())
+    }
+
+    /// A control token the decoder leaves out of the text, spelled `text`: the format's markers
+    /// ([`ToolFormat::markers`], e.g. Mistral's `[TOOL_CALLS]`, `[ARGS]`) reach the call parser, never the text
+    /// shown; any other is dropped. The pieces it makes safe to show.
+    pub fn push_control(&mut self, text: &str) -> Vec<Piece> {
+        let Some(format) = self.tools.as_ref().map(|w| w.format) else {
+            return Vec::new();
+        };
+        if !format.markers().contains(&text) {
+            return Vec::new();
+        }
+        // A control token ends any tag being spelled: what the splitter held is text as it stands.
+        let held = self.think.as_mut().map(ThinkSplitter::finish).unwrap_or_default();
+        let mut pieces = self.watch(held);
+        if self.think.as_ref().is_some_and(ThinkSplitter::thinking) {
+            return pieces;
+        }
+        if let Some(w) = &mut self.tools {
+            pieces.extend(w.append(text, true));
+        }
+        pieces
     }
 
     fn watch(&mut self, pieces: Vec<Piece>) -> Vec<Piece> {
@@ -111,19 +187,7 @@ impl OutputParser {
                 out.push(p);
                 continue;
             }
-            w.answer.push_str(&p.text);
-            if w.start.is_some() {
-                continue;
-            }
-            w.start = w.format.call_start(&w.answer);
-            let upto = w.start.unwrap_or_else(|| w.format.safe_len(&w.answer)).max(w.shown);
-            if upto > w.shown {
-                out.push(Piece {
-                    text: w.answer[w.shown..upto].to_string(),
-                    thinking: false,
-                });
-                w.shown = upto;
-            }
+            out.extend(w.append(&p.text, false));
         }
         out
     }
@@ -153,6 +217,7 @@ mod tests {
         let spec = OutputSpec {
             tools: Some(ToolFormat::Hermes),
             thinking: None,
+            call_grammar: None,
         };
         let mut p = OutputParser::new(&spec);
         assert_eq!(p.push("Checking. ").len(), 1);
@@ -170,6 +235,7 @@ mod tests {
         let spec = OutputSpec {
             tools: Some(ToolFormat::Generic),
             thinking: None,
+            call_grammar: None,
         };
         let (_, text, calls) = run(&spec, &["{\"name\": ", "\"f\", \"arguments\": {"]);
         assert!(calls.is_empty());
@@ -185,6 +251,7 @@ mod tests {
         let spec = OutputSpec {
             tools: Some(ToolFormat::Hermes),
             thinking: Some(false),
+            call_grammar: None,
         };
         let tokens = [
             "<think>",
@@ -203,6 +270,46 @@ mod tests {
         assert_eq!(calls[0].name, "get_weather");
     }
 
+    /// Recorded from a Mistral model with the newer template, the control tokens as the last rank hands them over:
+    /// the parser reads `[TOOL_CALLS]name[ARGS]{…}`; the text shown never holds a control token.
+    #[test]
+    fn mistral_control_markers_reach_the_parser_only() {
+        let spec = OutputSpec {
+            tools: Some(ToolFormat::Mistral),
+            thinking: None,
+            call_grammar: None,
+        };
+        let mut p = OutputParser::new(&spec);
+        let mut shown: Vec<Piece> = p.push("Checking.");
+        shown.extend(p.push_control("[TOOL_CALLS]"));
+        shown.extend(p.push("get_weather"));
+        shown.extend(p.push_control("[ARGS]"));
+        shown.extend(p.push("{\"city\": \"Rome\"}"));
+        shown.extend(p.push_control("[TOOL_CALLS]"));
+        shown.extend(p.push("get_time"));
+        shown.extend(p.push_control("[ARGS]"));
+        shown.extend(p.push("{}"));
+        let (rest, calls) = p.finish();
+        shown.extend(rest);
+        let text: String = shown.iter().map(|p| p.text.as_str()).collect();
+        assert_eq!(text, "Checking.");
+        let got: Vec<(&str, &str)> = calls.iter().map(|c| (c.name.as_str(), c.arguments.as_str())).collect();
+        assert_eq!(got, [("get_weather", r#"{"city":"Rome"}"#), ("get_time", "{}")]);
+
+        // A malformed call is shown as text, its control tokens left out; other control tokens are dropped.
+        let mut p = OutputParser::new(&spec);
+        let mut shown = p.push_control("[INST]");
+        shown.extend(p.push_control("[TOOL_CALLS]"));
+        shown.extend(p.push("oops"));
+        shown.extend(p.push_control("[ARGS]"));
+        shown.extend(p.push("{broken"));
+        let (rest, calls) = p.finish();
+        shown.extend(rest);
+        assert!(calls.is_empty());
+        let text: String = shown.iter().map(|p| p.text.as_str()).collect();
+        assert_eq!(text, "oops{broken");
+    }
+
     #[test]
     fn without_a_spec_text_passes_through() {
         let (thinking, text, calls) = run(&OutputSpec::default(), &["<think>", "a", "<tool_call>"]);
@@ -219,10 +326,12 @@ mod tests {
         let hermes = OutputSpec {
             tools: Some(ToolFormat::Hermes),
             thinking: Some(false),
+            call_grammar: None,
         };
         let generic = OutputSpec {
             tools: Some(ToolFormat::Generic),
             thinking: None,
+            call_grammar: None,
         };
         let cases = [
             (

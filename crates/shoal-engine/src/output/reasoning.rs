@@ -42,6 +42,11 @@ impl ThinkSplitter {
         }
     }
 
+    /// Whether the output is inside reasoning now.
+    pub fn thinking(&self) -> bool {
+        self.thinking
+    }
+
     /// The pieces `text` completes.
     pub fn push(&mut self, text: &str) -> Vec<Piece> {
         self.held.push_str(text);

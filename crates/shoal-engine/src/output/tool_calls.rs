@@ -26,11 +26,11 @@ pub struct ParsedCall {
     pub arguments: String,
 }
 
-const HERMES_OPEN: &str = "<tool_call>";
-const HERMES_CLOSE: &str = "</tool_call>";
-const PYTHON_TAG: &str = "<|python_tag|>";
-const MISTRAL_MARK: &str = "[TOOL_CALLS]";
-const MISTRAL_ARGS: &str = "[ARGS]";
+pub(crate) const HERMES_OPEN: &str = "<tool_call>";
+pub(crate) const HERMES_CLOSE: &str = "</tool_call>";
+pub(crate) const PYTHON_TAG: &str = "<|python_tag|>";
+pub(crate) const MISTRAL_MARK: &str = "[TOOL_CALLS]";
+pub(crate) const MISTRAL_ARGS: &str = "[ARGS]";
 const FENCE: &str = "```";
 
 impl ToolFormat {
@@ -57,6 +57,41 @@ impl ToolFormat {
             ToolFormat::Mistral => text.find(MISTRAL_MARK).or_else(|| leading(text, &["[{"])),
             ToolFormat::Llama3 => leading(text, &[PYTHON_TAG, "{"]),
             ToolFormat::Generic => leading(text, &["{", FENCE]),
+        }
+    }
+
+    /// Where the grammar of `tool_choice: auto` takes over: the call's opening marker anywhere in the answer
+    /// (Hermes, Mistral), or an answer that opens with a call (Llama 3.x, generic: `{`). Narrower than
+    /// [`ToolFormat::call_start`]: an answer that opens with `[{` or a code fence may be a plain answer, so it is not
+    /// forced into a call (the parser still reads a call written so).
+    pub fn grammar_start(self, text: &str) -> Option<usize> {
+        match self {
+            ToolFormat::Hermes => text.find(HERMES_OPEN),
+            ToolFormat::Mistral => text.find(MISTRAL_MARK),
+            ToolFormat::Llama3 => leading(text, &[PYTHON_TAG, "{"]),
+            ToolFormat::Generic => leading(text, &["{"]),
+        }
+    }
+
+    /// Whether [`ToolFormat::grammar_start`] may still find a start in an answer that begins with `text` (it found
+    /// none so far): the formats whose calls open the answer are decided by its first non-blank text.
+    pub fn grammar_may_start(self, text: &str) -> bool {
+        match self {
+            ToolFormat::Hermes | ToolFormat::Mistral => true,
+            ToolFormat::Llama3 => undecided_lead(text, &[PYTHON_TAG, "{"]),
+            ToolFormat::Generic => undecided_lead(text, &["{"]),
+        }
+    }
+
+    /// The marker texts this format writes calls with that a model's vocabulary may hold as control tokens: the
+    /// decoder drops control tokens from the text shown, so the last rank hands these to the parser on their own
+    /// ([`super::OutputParser::push_control`]).
+    pub fn markers(self) -> &'static [&'static str] {
+        match self {
+            ToolFormat::Hermes => &[HERMES_OPEN, HERMES_CLOSE],
+            ToolFormat::Llama3 => &[PYTHON_TAG],
+            ToolFormat::Mistral => &[MISTRAL_MARK, MISTRAL_ARGS],
+            ToolFormat::Generic => &[],
         }
     }
 
