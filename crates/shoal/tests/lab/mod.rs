@@ -31,9 +31,13 @@ pub struct Lab {
 
 impl Lab {
     pub fn new(n: usize) -> Lab {
-        let unique = std::process::id() % 10_000;
-        let tag = format!("sh{unique}");
-        let octet = 100 + (unique % 100) as u8;
+        // Unique per lab, not only per process: a bench that replaces a lab builds the new one before the old one
+        // drops, and a shared tag let the old one's cleanup delete the new one's namespaces.
+        static LABS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let made = LABS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let process = std::process::id() % 10_000;
+        let tag = format!("sh{process}x{made}");
+        let octet = 100 + ((process + made) % 100) as u8;
         let lab = Lab { tag, octet, n };
         lab.cleanup();
         let hub = lab.hub();
