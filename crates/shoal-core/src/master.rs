@@ -241,7 +241,7 @@ pub fn decide_command(
             }
             Ok(events)
         }
-        Command::TextGeneration { params, prompt } => {
+        Command::TextGeneration { params } => {
             if state.task_by_command.contains_key(&command_id) {
                 return Ok(Vec::new());
             }
@@ -256,10 +256,7 @@ pub fn decide_command(
                     origin,
                     status: TaskStatus::Pending,
                     error: None,
-                    // The API node sends no content; stripping it here too keeps any that a sender got wrong off
-                    // the log (issue 15).
-                    params: params.without_content(),
-                    prompt: *prompt,
+                    params: params.clone(),
                     created_ms: ctx.now_ms,
                     updated_ms: ctx.now_ms,
                 },

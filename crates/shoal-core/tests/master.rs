@@ -471,7 +471,6 @@ fn generation(model: &str) -> Command {
             model: ModelId(model.into()),
             ..GenerationParams::default()
         },
-        prompt: Default::default(),
     }
 }
 
