@@ -16,10 +16,18 @@ pub const OUTBOX_CAPACITY: usize = 65_536;
 pub const RESEND_FIRST_MS: u64 = 1_000;
 /// ...capped here (§13).
 pub const RESEND_CAP_MS: u64 = 5_000;
-/// Sessions whose numbering the outbox remembers (see [`Outbox::set_session`]); older ones are long gone.
+/// Sessions whose numbering the outbox remembers (see [`Outbox::set_session`]); the least recently left one is
+/// forgotten first.
 pub const REMEMBERED_SESSIONS: usize = 64;
 /// Resend delays vary by ±20 % so producers that lost the same master do not resend in lockstep (§13).
 pub const RESEND_JITTER_PERCENT: u64 = 20;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct PastSession {
+    next_seq: u64,
+    /// The session change at which this process last left it.
+    left_at: u64,
+}
 
 #[derive(Clone, Debug, PartialEq)]
 struct Entry {
@@ -92,8 +100,11 @@ pub struct Outbox {
     /// the master skips once `floor` passes them).
     entries: VecDeque<Entry>,
     next_seq: u64,
-    /// The next seq of every session this process numbered in before, by session.
-    past_sessions: BTreeMap<SessionId, u64>,
+    /// Every session this process numbered in before: its next seq, and when it was last left (a count of
+    /// session changes, for forgetting the least recently left first).
+    past_sessions: BTreeMap<SessionId, PastSession>,
+    /// Session changes so far.
+    changes: u64,
     jitter: Jitter,
     superseded_total: u64,
     dropped_total: u64,
@@ -113,6 +124,7 @@ impl Outbox {
             entries: VecDeque::new(),
             next_seq: 0,
             past_sessions: BTreeMap::new(),
+            changes: 0,
             jitter: Jitter(jitter_seed),
             superseded_total: 0,
             dropped_total: 0,
@@ -220,13 +232,27 @@ impl Outbox {
         if self.session == Some(session) {
             return Vec::new();
         }
+        self.changes += 1;
         if let Some(previous) = self.session.replace(session) {
-            self.past_sessions.insert(previous, self.next_seq);
-            if self.past_sessions.len() > REMEMBERED_SESSIONS {
-                self.past_sessions.pop_first();
+            let past = PastSession {
+                next_seq: self.next_seq,
+                left_at: self.changes,
+            };
+            self.past_sessions.insert(previous, past);
+            // Forget the session left longest ago, never by order: a node that leaves its long-lived master's
+            // session again and again (each partition makes it the master of a new term of its own) must still
+            // continue that session's numbering when it returns, or its events would look like duplicates there.
+            if self.past_sessions.len() > REMEMBERED_SESSIONS
+                && let Some(oldest) = self
+                    .past_sessions
+                    .iter()
+                    .min_by_key(|(_, p)| p.left_at)
+                    .map(|(s, _)| *s)
+            {
+                self.past_sessions.remove(&oldest);
             }
         }
-        self.next_seq = self.past_sessions.get(&session).copied().unwrap_or(0);
+        self.next_seq = self.past_sessions.get(&session).map_or(0, |p| p.next_seq);
         for entry in &mut self.entries {
             entry.seq = self.next_seq;
             entry.attempts = 0;
@@ -391,6 +417,31 @@ mod tests {
             sent.iter().map(|m| (m.seq, m.floor)).collect::<Vec<_>>(),
             vec![(4, 4), (5, 4), (6, 4)]
         );
+    }
+
+    /// The chaos bench's 65th partition trial: the victim had become the master of 64 terms of its own, one per
+    /// partition, and each time came back to the cluster's session 1. Forgetting sessions by order forgot session
+    /// 1 (the smallest) while it was the one in use; numbering restarted at 0 there, the master took the victim's
+    /// facts for duplicates, and the victim never became eligible for a placement again.
+    #[test]
+    fn a_session_returned_to_again_and_again_is_never_forgotten() {
+        let mut o = Outbox::new(me(), 1);
+        o.set_session(session(1), 0);
+        let mut next_in_1 = 0;
+        for own_term in 2..(REMEMBERED_SESSIONS as u64 + 10) {
+            assert_eq!(o.push(memory(own_term), 0).map(|m| m.seq), Some(next_in_1));
+            o.on_acked(session(1), me(), next_in_1);
+            next_in_1 += 1;
+            o.set_session(session(own_term), 0);
+            o.push(memory(own_term), 0);
+            o.on_acked(session(own_term), me(), 0);
+            o.set_session(session(1), 0);
+        }
+        assert_eq!(o.push(memory(0), 0).map(|m| m.seq), Some(next_in_1));
+        assert!(o.past_sessions.len() <= REMEMBERED_SESSIONS);
+        // The least recently left go first: own term 2 is long forgotten, so a return there starts at 0.
+        o.set_session(session(2), 0);
+        assert_eq!(o.push(memory(1), 0).map(|m| m.seq), Some(1));
     }
 
     #[test]

@@ -84,7 +84,22 @@ fn main() {
         let (_, chaos) = chaos.get_or_insert_with(|| (lab, fresh(fault)));
         let mut failed_setups = 0;
         while row.trials < trials {
-            match chaos.trial(fault) {
+            chaos.mark(&format!("{} trial {}", fault.name(), row.trials + 1));
+            let outcome = chaos.trial(fault);
+            // With SHOAL_CHAOS_LOGS=dir, every node's whole log is kept for a trial that went wrong.
+            let went_wrong = match &outcome {
+                Ok(r) => {
+                    !r.notes.is_empty() || r.streams.iter().any(|s| matches!(s.ending, Ending::Hung | Ending::Cut))
+                }
+                Err(_) => true,
+            };
+            if went_wrong && let Ok(dir) = std::env::var("SHOAL_CHAOS_LOGS") {
+                chaos.dump_logs(
+                    std::path::Path::new(&dir),
+                    &format!("{}-{}", fault.name(), row.trials + 1),
+                );
+            }
+            match outcome {
                 Ok(result) => {
                     failed_setups = 0;
                     row.trials += 1;

@@ -22,20 +22,9 @@ const KILL_BOUND: Duration = Duration::from_secs(3);
 /// … and after a stop (the zenoh lease is 3 s; the goal is 6 s at p99).
 const STOP_BOUND: Duration = Duration::from_secs(8);
 
-/// The faults this test runs, on loopback. [`Fault::Partition`] (a cluster in network namespaces, `tests/lab`) is
-/// quarantined from the default run since 2026-12-05: in about 1 trial in 20 the master does not time the cut-off node
-/// out within 10 s, which issue 13 still has to explain (BENCHMARKS.md, "Partition is not done"). The bench runs it,
-/// and `SHOAL_CHAOS_FAULTS=partition` runs it here.
-const FAULTS: &[Fault] = &[
-    Fault::RunnerKill,
-    Fault::RunnerStop,
-    Fault::NodeKill,
-    Fault::NodeStop,
-    Fault::MasterKill,
-    Fault::MasterStop,
-    Fault::ApiTerm,
-    Fault::ClusterKill,
-];
+/// The faults this test runs: all of them; [`Fault::Partition`] on a cluster of its own in network namespaces
+/// (`tests/lab`).
+const FAULTS: &[Fault] = &Fault::ALL;
 
 fn bound(fault: Fault) -> Duration {
     match fault {
@@ -58,10 +47,7 @@ fn every_fault_ends_every_stream_with_a_word_loses_no_event_and_the_model_serves
         .map(|list| list.split(',').filter_map(|n| Fault::parse(n.trim())).collect());
     let faults: Vec<Fault> = match only {
         Some(only) => only,
-        None => {
-            eprintln!("chaos: partition is quarantined (see FAULTS); SHOAL_CHAOS_FAULTS=partition runs it");
-            FAULTS.to_vec()
-        }
+        None => FAULTS.to_vec(),
     };
     let (on_loopback, in_lab): (Vec<Fault>, Vec<Fault>) = faults.into_iter().partition(|f| *f != Fault::Partition);
     if !on_loopback.is_empty() {

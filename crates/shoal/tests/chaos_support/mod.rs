@@ -288,6 +288,21 @@ impl Chaos {
         out
     }
 
+    /// A line in every node's captured log, to find a trial in a dump.
+    pub fn mark(&self, text: &str) {
+        for node in &self.nodes {
+            node.log.lock().unwrap().push(format!("===== {text}"));
+        }
+    }
+
+    /// Writes every node's whole captured log to `dir/<tag>-node<i>.log`.
+    pub fn dump_logs(&self, dir: &std::path::Path, tag: &str) {
+        let _ = std::fs::create_dir_all(dir);
+        for (i, node) in self.nodes.iter().enumerate() {
+            let _ = std::fs::write(dir.join(format!("{tag}-node{i}.log")), node.log_text());
+        }
+    }
+
     /// Starts every node that is not running (same data dir and ports).
     fn restart_dead(&mut self) {
         for node in &mut self.nodes {
@@ -401,7 +416,6 @@ impl Chaos {
             }
         }
         let fault_at = *fault_at.get().unwrap();
-
         let streams: Vec<StreamResult> = readers.into_iter().map(|r| r.join().unwrap()).collect();
 
         // Heal, as a supervisor would: continue what was stopped, restart what died.

@@ -78,7 +78,11 @@ impl Node {
             .args(["--listen", &format!("tcp/{}", SocketAddr::new(self.host, self.zenoh))])
             .args(["--api-port", &self.api.to_string()])
             .env_remove("SHOAL_HOME")
-            .env("SHOAL_LOG", "info,zenoh=warn")
+            // `SHOAL_TEST_LOG` replaces the nodes' log filter when a failure needs more than the default.
+            .env(
+                "SHOAL_LOG",
+                std::env::var("SHOAL_TEST_LOG").unwrap_or_else(|_| "info,zenoh=warn".into()),
+            )
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
