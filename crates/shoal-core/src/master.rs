@@ -11,7 +11,7 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use shoal_types::command::{Command, PlacementError, RejectReason};
 use shoal_types::ids::{CommandId, DeploymentId, InstanceId, NodeId, RunnerId, TaskId};
 use shoal_types::model::{
-    DeleteReason, Deployment, DeploymentStatus, Instance, ShardMetadata, Task, TaskProgress, TaskStatus,
+    DeleteReason, Deployment, DeploymentStatus, Instance, InstanceToken, ShardMetadata, Task, TaskProgress, TaskStatus,
 };
 use shoal_types::{Event, ModelCard, State};
 
@@ -44,18 +44,47 @@ pub trait FreshIds {
     fn task(&mut self) -> TaskId {
         TaskId::from_bytes(self.bytes16())
     }
+    /// An instance's data-plane secret (§10.4). Unlike ids it must not be guessable from the ids others see; a
+    /// source whose `bytes16` is predictable overrides this.
+    fn token(&mut self) -> InstanceToken {
+        InstanceToken(self.bytes16())
+    }
 }
 
 /// A deterministic id source (splitmix64). Seeded from the process's random boot id on a real node, from the seed
 /// in the simulation: ids must not repeat across restarts, and must repeat across runs of a simulation.
-#[derive(Clone, Debug)]
+///
+/// Tokens come from a separate keyed stream: an id (public in `/state`) reveals the splitmix state, so tokens are
+/// SHA-256 of a secret the shell draws from the OS ([`SeededIds::with_secret`]) and a counter.
+#[derive(Clone)]
 pub struct SeededIds {
     state: u64,
+    secret: [u8; 32],
+    tokens: u64,
+}
+
+impl std::fmt::Debug for SeededIds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token secret.
+        f.debug_struct("SeededIds").finish_non_exhaustive()
+    }
 }
 
 impl SeededIds {
+    /// A source whose token secret is derived from `seed` (simulation and tests: deterministic, not secret).
     pub fn new(seed: u64) -> Self {
-        SeededIds { state: seed }
+        let mut secret = [0u8; 32];
+        secret[..8].copy_from_slice(&seed.to_le_bytes());
+        SeededIds::with_secret(seed, secret)
+    }
+
+    /// A source whose tokens derive from `secret` (a real node: OS randomness).
+    pub fn with_secret(seed: u64, secret: [u8; 32]) -> Self {
+        SeededIds {
+            state: seed,
+            secret,
+            tokens: 0,
+        }
     }
 
     fn next_u64(&mut self) -> u64 {
@@ -76,6 +105,18 @@ impl FreshIds for SeededIds {
         out[6] = (out[6] & 0x0f) | 0x40;
         out[8] = (out[8] & 0x3f) | 0x80;
         out
+    }
+
+    fn token(&mut self) -> InstanceToken {
+        use sha2::{Digest, Sha256};
+        self.tokens += 1;
+        let digest = Sha256::new()
+            .chain_update(self.secret)
+            .chain_update(self.tokens.to_le_bytes())
+            .finalize();
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&digest[..16]);
+        InstanceToken(out)
     }
 }
 
@@ -182,9 +223,10 @@ pub fn decide_command(
         }
         Command::CreateInstance { instance } => {
             validate_instance(state, instance, ctx).map_err(|message| RejectReason::InvalidInstance { message })?;
-            Ok(vec![Event::InstanceCreated {
-                instance: instance.clone(),
-            }])
+            // The token is the master's to choose: whatever the request carried (JSON reads it as zeros) is replaced.
+            let mut instance = instance.clone();
+            instance.token = ids.token();
+            Ok(vec![Event::InstanceCreated { instance }])
         }
         Command::DeleteInstance { instance_id } => {
             let Some(instance) = state.instances.get(instance_id) else {
@@ -383,7 +425,9 @@ fn place_deployment(
         now_ms: ctx.now_ms,
         runner_id: &mut runner_id,
     };
-    place(&request, &live_view, ctx.placement, fresh).map(|p| p.instance)
+    let mut instance = place(&request, &live_view, ctx.placement, fresh)?.instance;
+    instance.token = ids.token();
+    Ok(instance)
 }
 
 /// `state` without the nodes whose token is gone: they are about to be timed out and must not get shards.

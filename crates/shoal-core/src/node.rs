@@ -38,7 +38,7 @@ pub const PLAN_EVERY_MS: u64 = 1_000;
 pub const REASSERT_EVERY_MS: u64 = 2_000;
 
 /// What the node core needs to know about itself.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy)]
 pub struct NodeConfig {
     pub node: NodeId,
     /// Random per process start (§2.2 `Origin.boot`); also seeds the outbox's resend jitter.
@@ -46,6 +46,9 @@ pub struct NodeConfig {
     /// 1 with `--force-master`.
     pub priority: u8,
     pub window_ms: u64,
+    /// Keys the instances' data-plane tokens (§10.4); the shell draws it from the OS. `new` derives it from `boot`
+    /// (deterministic tests and simulations).
+    pub token_secret: [u8; 32],
 }
 
 impl NodeConfig {
@@ -55,7 +58,24 @@ impl NodeConfig {
             boot,
             priority: 0,
             window_ms: crate::election::CAMPAIGN_WINDOW_MS,
+            token_secret: {
+                let mut secret = [0u8; 32];
+                secret[..8].copy_from_slice(&boot.to_le_bytes());
+                secret
+            },
         }
+    }
+}
+
+impl std::fmt::Debug for NodeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token secret.
+        f.debug_struct("NodeConfig")
+            .field("node", &self.node)
+            .field("boot", &self.boot)
+            .field("priority", &self.priority)
+            .field("window_ms", &self.window_ms)
+            .finish_non_exhaustive()
     }
 }
 
@@ -246,7 +266,10 @@ impl NodeCore {
             facts: BTreeMap::new(),
             installing: None,
             ready_in: None,
-            ids: SeededIds::new(config.boot ^ u64::from_le_bytes(id_prefix(config.node))),
+            ids: SeededIds::with_secret(
+                config.boot ^ u64::from_le_bytes(id_prefix(config.node)),
+                config.token_secret,
+            ),
             commands_seen: CommandLru::default(),
             placement: PlacementConfig::default(),
             planned: None,

@@ -280,6 +280,8 @@ fn finish(
             assignments: ShardAssignments { shards, node_runner },
             runner_failures: OrdMap::new(),
             created_ms: fresh.now_ms,
+            // The master sets the secret after placing (`FreshIds::token`); previews never show it.
+            token: Default::default(),
         },
         shares,
         ineligible,

@@ -157,6 +157,7 @@ mod tests {
             assignments: ShardAssignments { shards, node_runner },
             runner_failures: OrdMap::new(),
             created_ms: 0,
+            token: Default::default(),
         };
         let mut state = State::empty();
         state.instances.insert(instance.id, Arc::new(instance));

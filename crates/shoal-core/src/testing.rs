@@ -390,6 +390,7 @@ impl EventGen {
                 assignments: ShardAssignments { shards, node_runner },
                 runner_failures: OrdMap::new(),
                 created_ms: self.time_ms,
+                token: Default::default(),
             },
         }
     }

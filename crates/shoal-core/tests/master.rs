@@ -15,8 +15,8 @@ use shoal_types::card::{Backend, ModelCard, builtin_cards};
 use shoal_types::command::{Command, CommandEnvelope, PlacementError, RejectReason};
 use shoal_types::ids::{CommandId, DeploymentId, InstanceId, ModelId, NodeId, RunnerId};
 use shoal_types::model::{
-    DeleteReason, DeploymentStatus, Instance, Memory, NodeFact, PipelineShard, RunnerStatus, ShardAssignments,
-    ShardMetadata, Sharding, TaskProgress, TaskStatus,
+    DeleteReason, DeploymentStatus, Instance, InstanceToken, Memory, NodeFact, PipelineShard, RunnerStatus,
+    ShardAssignments, ShardMetadata, Sharding, TaskProgress, TaskStatus,
 };
 use shoal_types::params::GenerationParams;
 use shoal_types::{Event, IndexedEvent, SessionId, State};
@@ -397,6 +397,7 @@ fn explicit(ranges: &[(NodeId, u32, u32)], n_layers: u32) -> Instance {
         assignments: ShardAssignments { shards, node_runner },
         runner_failures: imbl::OrdMap::new(),
         created_ms: 0,
+        token: Default::default(),
     }
 }
 
@@ -426,8 +427,42 @@ fn create_instance_checks_ranges_nodes_and_capacity() {
             Command::CreateInstance { instance: ok.clone() },
         )
         .unwrap();
-    assert_eq!(events, vec![Event::InstanceCreated { instance: ok.clone() }]);
+    // Stored as asked, with a token the master chose (the request's is ignored).
+    let [Event::InstanceCreated { instance: created }] = events.as_slice() else {
+        panic!("{events:?}")
+    };
+    assert_ne!(created.token, ok.token);
+    assert_eq!(
+        Instance {
+            token: ok.token,
+            ..created.clone()
+        },
+        ok
+    );
     assert!(invalid(&mut m, ok).contains("already exists"));
+}
+
+#[test]
+fn instances_get_a_token_the_ids_do_not_reveal() {
+    let placed = |secret: [u8; 32]| {
+        let mut m = Master::new(&[30, 30]);
+        m.ids = SeededIds::with_secret(1, secret);
+        let (a, _) = m.place(1);
+        let (b, _) = m.place(1);
+        let (a, b) = (m.instance_of(a).unwrap(), m.instance_of(b).unwrap());
+        ((a.id, a.token), (b.id, b.token))
+    };
+    let ((a_id, a_token), (b_id, b_token)) = placed([1; 32]);
+    assert_ne!(a_token, InstanceToken::default());
+    assert_ne!(a_token, b_token);
+    assert_ne!(a_token.0, *a_id.0.as_bytes(), "not the id's bytes");
+    // The same id stream with another secret: the same ids, other tokens (the tokens are not a function of the ids).
+    let ((a_id2, a_token2), (b_id2, b_token2)) = placed([2; 32]);
+    assert_eq!((a_id, b_id), (a_id2, b_id2));
+    assert_ne!(a_token, a_token2);
+    assert_ne!(b_token, b_token2);
+    // Deterministic for a given secret (simulations replay).
+    assert_eq!(placed([1; 32]).0.1, a_token);
 }
 
 fn generation(model: &str) -> Command {

@@ -201,6 +201,7 @@ fn runners_not_yet_loaded_reserve_their_memory() {
         },
         runner_failures: Default::default(),
         created_ms: 0,
+        token: Default::default(),
     };
     s.instances.insert(instance.id, Arc::new(instance.clone()));
     let record = |status| RunnerRecord {

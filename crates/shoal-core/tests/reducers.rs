@@ -123,6 +123,7 @@ fn instance(id: u128, nodes: &[NodeId], deployment: Option<DeploymentId>) -> Ins
         assignments: ShardAssignments { shards, node_runner },
         runner_failures: OrdMap::new(),
         created_ms: T0,
+        token: Default::default(),
     }
 }
 

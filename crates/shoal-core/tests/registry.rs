@@ -109,6 +109,7 @@ fn instance(id: u128, n: NodeId) -> Instance {
         assignments: ShardAssignments { shards, node_runner },
         runner_failures: OrdMap::new(),
         created_ms: T0,
+        token: Default::default(),
     }
 }
 

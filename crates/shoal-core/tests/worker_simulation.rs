@@ -157,6 +157,7 @@ fn instance(n: u64) -> Instance {
         assignments,
         runner_failures: OrdMap::new(),
         created_ms: 0,
+        token: Default::default(),
     }
 }
 

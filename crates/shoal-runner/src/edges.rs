@@ -3,74 +3,114 @@
 //! never blocks on a socket: in particular a dial of a dead address (a sibling's listener from before a restart)
 //! does not hold up the `Connect` that names the sibling's new one (issue 13 item 5).
 
-use std::io::{BufReader, BufWriter};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::Sender;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{Sender, SyncSender, TrySendError, sync_channel};
 use std::time::{Duration, Instant};
 
-use crate::frame::{read_frame, write_frame};
+use crate::frame::read_frame;
 use crate::proto::{DataFrame, Handshake};
 use crate::runner::Input;
+use crate::secure::{EdgeReader, EdgeWriter, TlsConfigs, accept, connect};
 
 /// Dialling the next rank: each attempt, and all of them (§10.4).
 const DIAL_ATTEMPT: Duration = Duration::from_secs(1);
 const DIAL_TOTAL: Duration = Duration::from_secs(30);
 /// The pause between rounds over the next rank's addresses.
 const DIAL_ROUND_PAUSE: Duration = Duration::from_millis(100);
-/// The receive buffer of the previous rank's edge, and the send buffer of the next rank's: one activation frame.
-const EDGE_BUFFER: usize = 1 << 20;
+/// Handshakes in progress on one listener, each on its own thread; a connection past this is closed at once. The
+/// previous rank's dial retries, and each pending handshake ends within the handshake time-out.
+pub(crate) const MAX_PENDING_HANDSHAKES: usize = 16;
 
-/// Accepts the previous rank's edge: the first connection whose handshake matches; others are closed.
-pub(crate) fn spawn_acceptor(listener: TcpListener, expected: Handshake, tx: Sender<Input>) {
+/// Accepts the previous rank's edge: the first connection whose handshake passes (`secure::accept`, within
+/// `HANDSHAKE_TIMEOUT`) becomes the edge, and its frames go to the compute loop. Each handshake runs on its own
+/// thread, so a silent or slow connection never holds up the next one. Once the edge is up, later connections are
+/// closed at once (and logged); when the edge closes, the runner's ring is broken for good (as before).
+pub(crate) fn spawn_acceptor(
+    listener: TcpListener,
+    expected: Handshake,
+    tls: Option<Arc<TlsConfigs>>,
+    tx: Sender<Input>,
+) {
+    // One slot: the first edge through wins; another that passes meanwhile is dropped.
+    let (edge_tx, edge_rx) = sync_channel::<EdgeReader>(1);
+    let established = Arc::new(AtomicBool::new(false));
+    let pending = Arc::new(AtomicUsize::new(0));
+    let up = established.clone();
     std::thread::spawn(move || {
         for conn in listener.incoming() {
             let Ok(conn) = conn else { continue };
-            let _ = conn.set_nodelay(true);
-            let mut r = BufReader::with_capacity(EDGE_BUFFER, conn);
-            match read_frame::<DataFrame>(&mut r) {
-                Ok(Some(DataFrame::Handshake(h))) if h == expected => {}
-                other => {
-                    tracing::warn!(?other, ?expected, "data-plane handshake mismatch; closing the edge");
-                    continue;
+            if up.load(Ordering::Acquire) {
+                tracing::warn!(peer = ?conn.peer_addr().ok(), "data-plane connection refused: the previous rank's edge is up");
+                continue;
+            }
+            if pending.fetch_add(1, Ordering::AcqRel) >= MAX_PENDING_HANDSHAKES {
+                pending.fetch_sub(1, Ordering::AcqRel);
+                tracing::warn!(peer = ?conn.peer_addr().ok(), "too many data-plane handshakes in progress; closing");
+                continue;
+            }
+            let (expected, tls, edge_tx, pending) = (expected.clone(), tls.clone(), edge_tx.clone(), pending.clone());
+            std::thread::spawn(move || {
+                let peer = conn.peer_addr().ok();
+                let result = accept(conn, tls.as_deref(), &expected);
+                pending.fetch_sub(1, Ordering::AcqRel);
+                match result {
+                    Ok(edge) => hand_over(&edge_tx, edge, peer),
+                    Err(error) => tracing::warn!(?peer, %error, "data-plane handshake refused; connection closed"),
                 }
-            }
-            if tx.send(Input::PrevConnected).is_err() {
-                return;
-            }
-            loop {
-                match read_frame::<DataFrame>(&mut r) {
-                    Ok(Some(f)) => {
-                        if tx.send(Input::Data(f)).is_err() {
-                            return;
-                        }
-                    }
-                    Ok(None) => {
-                        let _ = tx.send(Input::DataClosed("the previous rank closed the connection".into()));
+            });
+        }
+    });
+    std::thread::spawn(move || {
+        let Ok(mut r) = edge_rx.recv() else { return };
+        established.store(true, Ordering::Release);
+        drop(edge_rx);
+        if tx.send(Input::PrevConnected).is_err() {
+            return;
+        }
+        loop {
+            match read_frame::<DataFrame>(&mut r) {
+                Ok(Some(f)) => {
+                    if tx.send(Input::Data(f)).is_err() {
                         return;
                     }
-                    Err(e) => {
-                        let _ = tx.send(Input::DataClosed(e.to_string()));
-                        return;
-                    }
+                }
+                Ok(None) => {
+                    let _ = tx.send(Input::DataClosed("the previous rank closed the connection".into()));
+                    return;
+                }
+                Err(e) => {
+                    let _ = tx.send(Input::DataClosed(e.to_string()));
+                    return;
                 }
             }
         }
     });
 }
 
+fn hand_over(edge_tx: &SyncSender<EdgeReader>, edge: EdgeReader, peer: Option<SocketAddr>) {
+    match edge_tx.try_send(edge) {
+        Ok(()) => {}
+        Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+            tracing::warn!(?peer, "a second previous-rank edge while one is up; closed");
+        }
+    }
+}
+
 /// The dials of the next rank, numbered; a new one supersedes the one in progress, which stops at its next round.
 pub(crate) struct Dials {
     current: Arc<AtomicU64>,
     tx: Sender<Input>,
+    tls: Option<Arc<TlsConfigs>>,
 }
 
 impl Dials {
-    pub(crate) fn new(tx: Sender<Input>) -> Dials {
+    pub(crate) fn new(tx: Sender<Input>, tls: Option<Arc<TlsConfigs>>) -> Dials {
         Dials {
             current: Arc::new(AtomicU64::new(0)),
             tx,
+            tls,
         }
     }
 
@@ -79,15 +119,16 @@ impl Dials {
         self.current.load(Ordering::Acquire) == dial
     }
 
-    /// Dials `next` (every address, in rounds, for up to [`DIAL_TOTAL`]) and sends the handshake; the outcome comes
+    /// Dials `next` (every address, in rounds, for up to [`DIAL_TOTAL`]) and runs the handshake; the outcome comes
     /// back as `NextConnected` or `DialFailed` with this dial's number.
     pub(crate) fn start(&mut self, next: Vec<SocketAddr>, hello: Handshake) {
         let dial = self.current.fetch_add(1, Ordering::AcqRel) + 1;
         let current = self.current.clone();
         let tx = self.tx.clone();
+        let tls = self.tls.clone();
         std::thread::spawn(move || {
             let superseded = || current.load(Ordering::Acquire) != dial;
-            let input = match dial_rounds(&next, &hello, superseded) {
+            let input = match dial_rounds(&next, &hello, tls.as_deref(), superseded) {
                 Some(Ok(edge)) => Input::NextConnected { dial, edge },
                 Some(Err(reason)) => Input::DialFailed { dial, reason },
                 None => return,
@@ -97,39 +138,40 @@ impl Dials {
     }
 }
 
-/// `None` when superseded.
+/// `None` when superseded. An address whose handshake fails (a stale port someone else now holds) counts as
+/// unreachable: the next address, or the next round, is tried.
 fn dial_rounds(
     next: &[SocketAddr],
     hello: &Handshake,
+    tls: Option<&TlsConfigs>,
     superseded: impl Fn() -> bool,
-) -> Option<Result<BufWriter<TcpStream>, String>> {
+) -> Option<Result<EdgeWriter, String>> {
     let deadline = Instant::now() + DIAL_TOTAL;
+    let mut last = String::from("no address answered");
     loop {
         for addr in next {
             if superseded() {
                 return None;
             }
-            if let Ok(s) = TcpStream::connect_timeout(addr, DIAL_ATTEMPT) {
-                return Some(handshake(s, hello));
+            match TcpStream::connect_timeout(addr, DIAL_ATTEMPT) {
+                Ok(s) => match connect(s, tls, hello) {
+                    Ok(edge) => return Some(Ok(edge)),
+                    Err(e) => last = format!("{addr}: handshake failed: {e}"),
+                },
+                Err(e) => last = format!("{addr}: {e}"),
             }
         }
         if Instant::now() >= deadline {
-            return Some(Err(format!("cannot reach the next rank at {next:?}")));
+            return Some(Err(format!("cannot reach the next rank at {next:?} ({last})")));
         }
         std::thread::sleep(DIAL_ROUND_PAUSE);
     }
 }
 
-fn handshake(s: TcpStream, hello: &Handshake) -> Result<BufWriter<TcpStream>, String> {
-    s.set_nodelay(true).map_err(|e| e.to_string())?;
-    let mut w = BufWriter::with_capacity(EDGE_BUFFER, s);
-    write_frame(&mut w, &DataFrame::Handshake(hello.clone())).map_err(|e| e.to_string())?;
-    Ok(w)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::BufReader;
 
     fn hello() -> Handshake {
         Handshake {
@@ -137,6 +179,7 @@ mod tests {
             rank: 0,
             world_size: 2,
             model: "m".into(),
+            token: crate::proto::Token([7; 16]),
         }
     }
 
@@ -149,7 +192,7 @@ mod tests {
     #[test]
     fn a_later_dial_supersedes_one_against_a_dead_address() {
         let (tx, rx) = std::sync::mpsc::channel();
-        let mut dials = Dials::new(tx);
+        let mut dials = Dials::new(tx, None);
         dials.start(vec![dead_addr()], hello());
         let live = TcpListener::bind("127.0.0.1:0").unwrap();
         dials.start(vec![live.local_addr().unwrap()], hello());
@@ -165,7 +208,39 @@ mod tests {
     }
 
     #[test]
+    fn a_silent_connection_does_not_hold_up_the_real_previous_rank() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        spawn_acceptor(listener, hello(), None, tx.clone());
+        let _silent = TcpStream::connect(addr).unwrap();
+        let _plaintext_garbage = {
+            use std::io::Write;
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+            s
+        };
+        let start = Instant::now();
+        let mut dials = Dials::new(tx, None);
+        dials.start(vec![addr], hello());
+        let mut prev_up = false;
+        while !prev_up {
+            match rx.recv_timeout(Duration::from_secs(5)).unwrap() {
+                Input::PrevConnected => prev_up = true,
+                Input::NextConnected { .. } => {}
+                _ => panic!("unexpected input"),
+            }
+        }
+        // Well before the silent connection's handshake time-out.
+        assert!(
+            start.elapsed() < crate::secure::HANDSHAKE_TIMEOUT / 2,
+            "{:?}",
+            start.elapsed()
+        );
+    }
+
+    #[test]
     fn superseded_rounds_stop() {
-        assert!(dial_rounds(&[dead_addr()], &hello(), || true).is_none());
+        assert!(dial_rounds(&[dead_addr()], &hello(), None, || true).is_none());
     }
 }

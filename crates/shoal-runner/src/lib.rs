@@ -6,6 +6,7 @@ pub mod frame;
 pub mod local;
 pub mod proto;
 pub mod runner;
+pub mod secure;
 
 pub use local::{LocalPipeline, RunnerProcess};
 pub use runner::run;

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use shoal_engine::{FinishReason, GenerateParams};
 
 use crate::frame::{FrameError, read_frame, write_frame};
-use crate::proto::{FromRunner, LoadSpec, Outcome, PROTOCOL, RunnerStatus, TaskHandle, ToRunner};
+use crate::proto::{DataPlaneTls, FromRunner, LoadSpec, Outcome, PROTOCOL, RunnerStatus, TaskHandle, ToRunner, Token};
 
 /// How long a runner may take to connect back after being spawned, and to load its shard.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -147,16 +147,29 @@ impl Drop for RunnerProcess {
 }
 
 /// A private directory for a runner's socket, removed on drop.
+/// Names tried for a runner's socket directory before giving up.
+const TEMP_DIR_TRIES: u32 = 64;
+
 struct TempDir(PathBuf);
 
 impl TempDir {
     fn new(rank: u32) -> std::io::Result<Self> {
+        use std::os::unix::fs::DirBuilderExt;
         use std::sync::atomic::{AtomicU64, Ordering};
         static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("shoal-runner-{}-{n}-{rank}", std::process::id()));
-        std::fs::create_dir_all(&dir)?;
-        Ok(Self(dir))
+        let mut tries = 0;
+        loop {
+            let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+            let dir = std::env::temp_dir().join(format!("shoal-runner-{}-{n}-{rank}", std::process::id()));
+            // Private and new: the socket carries the instance's token and the data plane's TLS key, so no other
+            // user may reach it, nor have made the directory first. One left by a killed process of the same pid
+            // is skipped.
+            match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+                Ok(()) => return Ok(Self(dir)),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && tries < TEMP_DIR_TRIES => tries += 1,
+                Err(e) => return Err(e),
+            }
+        }
     }
 }
 
@@ -198,6 +211,19 @@ impl LocalGeneration {
     }
 }
 
+/// A token for a pipeline of this process: std's hasher keys are drawn from the OS, so the hashes of two fresh
+/// hashers are 128 bits no other process can guess (enough for a loopback ring that lives as long as this process).
+fn local_token() -> Token {
+    use std::hash::{BuildHasher, Hasher};
+    let mut out = [0u8; 16];
+    for half in out.chunks_mut(8) {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        half.copy_from_slice(&h.finish().to_le_bytes());
+    }
+    Token(out)
+}
+
 /// K runner processes on this machine, each holding a contiguous layer range, connected in a loopback TCP ring.
 pub struct LocalPipeline {
     runners: Vec<RunnerProcess>,
@@ -215,6 +241,18 @@ impl LocalPipeline {
         threads: usize,
         max_seqs: usize,
     ) -> Result<Self, LocalError> {
+        Self::start_with_tls(exe, model, bounds, threads, max_seqs, None)
+    }
+
+    /// [`LocalPipeline::start`] with the ring under mutual TLS (every rank with the same identity).
+    pub fn start_with_tls(
+        exe: &Path,
+        model: &Path,
+        bounds: &[usize],
+        threads: usize,
+        max_seqs: usize,
+        tls: Option<DataPlaneTls>,
+    ) -> Result<Self, LocalError> {
         let (tx, events) = mpsc::channel();
         let world_size = u32::try_from(bounds.len().saturating_sub(1)).unwrap_or(u32::MAX);
         let mut runners = Vec::new();
@@ -222,6 +260,7 @@ impl LocalPipeline {
             runners.push(RunnerProcess::spawn(exe, rank, tx.clone())?);
         }
         let instance = format!("local-{}", std::process::id());
+        let token = local_token();
         for (r, w) in runners.iter_mut().zip(bounds.windows(2)) {
             let rank = r.rank();
             r.send(&ToRunner::Load(LoadSpec {
@@ -234,6 +273,8 @@ impl LocalPipeline {
                 max_seqs,
                 threads,
                 bind: std::net::Ipv4Addr::LOCALHOST.into(),
+                token,
+                tls: tls.clone(),
             }))?;
         }
         let mut pipeline = Self {

@@ -7,6 +7,9 @@
 //! implicit, and carries the prompt in `SeqStart` so the last rank can apply repetition penalties. `SeqStart` also
 //! carries the task's `route` (opaque bytes: the cluster's task id, command id and API node), which the last rank hands
 //! its own worker in `Started`, so the worker on the last rank's node can address chunks without waiting for State.
+//! The data-plane handshake names the model by file name and carries the instance's secret token from State instead
+//! of the spec's runner id; with a cluster key it runs inside mutual TLS 1.3 (`secure.rs`), whose certificate and key
+//! the worker hands over in `Load`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -17,8 +20,10 @@ use shoal_engine::{FinishReason, GenerateParams, SeqSlot};
 
 /// Protocol revision exchanged in `Hello`; a worker refuses a runner of another revision. 4: `GenerateParams`
 /// carries a grammar constraint and how to read the output (reasoning, tool calls); `ToolCalls`, `Chunk.thinking`;
-/// 5: a logprobs request, answered in `Chunk::logprobs`; 6: `OutputSpec::call_grammar` (`tool_choice: auto`).
-pub const PROTOCOL: u32 = 6;
+/// 5: a logprobs request, answered in `Chunk::logprobs`; 6: `Load` carries the instance's token and the data plane's
+/// TLS material, the data-plane handshake the token.
+/// 7: `OutputSpec::call_grammar` (`tool_choice: auto`).
+pub const PROTOCOL: u32 = 7;
 
 /// A task handle chosen by the worker, unique among the runner's live tasks.
 pub type TaskHandle = u64;
@@ -39,6 +44,48 @@ pub struct LoadSpec {
     /// The address the data-plane listener binds (port chosen by the OS): the node's own interfaces, or loopback
     /// for a node that listens on loopback only.
     pub bind: std::net::IpAddr,
+    /// The instance's secret, which both ends of a ring edge prove in the handshake.
+    pub token: Token,
+    /// With a cluster key: the data plane is mutual TLS 1.3 with this material. It travels on the worker's socket,
+    /// never on the command line or in the environment, where other users could read it.
+    pub tls: Option<DataPlaneTls>,
+}
+
+/// An instance's data-plane secret (16 bytes). `Debug` hides it; equality takes the same time whatever the bytes.
+#[derive(Clone, Copy, Default, Serialize, Deserialize)]
+pub struct Token(pub [u8; 16]);
+
+impl PartialEq for Token {
+    fn eq(&self, other: &Token) -> bool {
+        self.0.iter().zip(other.0.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    }
+}
+
+impl Eq for Token {}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(..)")
+    }
+}
+
+/// The TLS identity of a runner: the cluster CA, a certificate it issued and that certificate's key, all PEM, and
+/// the DNS name every certificate of the cluster carries (ranks dial each other by IP; the name is what the client
+/// checks, next to the chain to the CA).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataPlaneTls {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub server_name: String,
+}
+
+impl std::fmt::Debug for DataPlaneTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataPlaneTls")
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -168,13 +215,15 @@ pub struct ChunkLogprobs {
     pub top: Vec<LogprobEntry>,
 }
 
-/// Sent by the dialing rank on a new ring edge; the acceptor closes the edge on any mismatch.
+/// Sent by the dialing rank on a new ring edge (inside TLS with a cluster key); the acceptor closes the edge on any
+/// mismatch, a wrong token included.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Handshake {
     pub instance: String,
     pub rank: u32,
     pub world_size: u32,
     pub model: String,
+    pub token: Token,
 }
 
 /// What rank 0 tells every later rank the first time a sequence appears.

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::io::{BufReader, BufWriter};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -28,6 +28,7 @@ use crate::proto::{
     ChunkEnd, ChunkLogprobs, DataFrame, FromRunner, FwdSeq, Handshake, LoadSpec, LogprobEntry, Outcome, PROTOCOL,
     RunnerStatus, SeqStart, TaskHandle, ToRunner,
 };
+use crate::secure::{EdgeWriter, TlsConfigs};
 
 /// How often the runner tells its worker it is alive, from a thread independent of compute.
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
@@ -59,7 +60,7 @@ pub(crate) enum Input {
     /// Dial number `dial` reached the next rank (a superseded dial's edge is dropped).
     NextConnected {
         dial: u64,
-        edge: BufWriter<TcpStream>,
+        edge: EdgeWriter,
     },
     /// Dial number `dial` gave up.
     DialFailed {
@@ -135,10 +136,18 @@ pub fn run(socket: &Path) -> Result<(), RunnerError> {
             return Err(e.into());
         }
     };
+    let tls = match spec.tls.as_ref().map(TlsConfigs::new).transpose() {
+        Ok(tls) => tls.map(Arc::new),
+        Err(e) => {
+            let why = format!("cannot secure the data plane: {e}");
+            worker.send(&FromRunner::Status(RunnerStatus::Failed(why.clone())));
+            return Err(RunnerError::DataPlane(why));
+        }
+    };
     let listener = TcpListener::bind((spec.bind, 0))?;
     let port = listener.local_addr()?.port();
     let model = model_name(&spec);
-    spawn_acceptor(listener, expected_prev(&spec, &model), tx.clone());
+    spawn_acceptor(listener, expected_prev(&spec, &model), tls.clone(), tx.clone());
     worker.send(&FromRunner::Listening { port });
     worker.send(&FromRunner::Weights {
         bytes: stage.weight_bytes(),
@@ -155,7 +164,7 @@ pub fn run(socket: &Path) -> Result<(), RunnerError> {
         worker,
         progress,
         next: None,
-        dials: Dials::new(tx.clone()),
+        dials: Dials::new(tx.clone(), tls),
         prev_up: false,
         ready: false,
         tasks: HashMap::new(),
@@ -203,6 +212,7 @@ fn expected_prev(spec: &LoadSpec, model: &str) -> Handshake {
         rank: (spec.rank + spec.world_size - 1) % spec.world_size.max(1),
         world_size: spec.world_size,
         model: model.to_string(),
+        token: spec.token,
     }
 }
 
@@ -246,7 +256,7 @@ struct Rank {
     stage: Stage,
     worker: Worker,
     progress: Arc<Progress>,
-    next: Option<BufWriter<TcpStream>>,
+    next: Option<EdgeWriter>,
     /// Dials of the next rank; only the latest one counts.
     dials: Dials,
     prev_up: bool,
@@ -326,6 +336,7 @@ impl Rank {
                             rank: self.spec.rank,
                             world_size: self.spec.world_size,
                             model: self.model.clone(),
+                            token: self.spec.token,
                         };
                         self.next = None;
                         self.dials.start(next, hello);

@@ -71,6 +71,7 @@ fn every_frame_kind_round_trips() {
             rank: 1,
             world_size: 3,
             model: "m.gguf".into(),
+            token: shoal_runner::proto::Token([9; 16]),
         }),
         DataFrame::Back {
             microbatch: 7,

@@ -23,6 +23,45 @@ pub struct Instance {
     #[serde(deserialize_with = "crate::bounded::ordmap")]
     pub runner_failures: OrdMap<RunnerId, u32>,
     pub created_ms: u64,
+    /// The secret a runner of this instance proves in its data-plane handshake (SYSTEM.md §10.4), chosen by the
+    /// master. Never shown in JSON; an instance created through the API gets a fresh one.
+    #[serde(default)]
+    pub token: InstanceToken,
+}
+
+/// 16 secret bytes. JSON (`/state`, `/events`, the instances API) shows `"redacted"` and reads back as zero bytes;
+/// the compact encoding (the log, snapshots, the wire between nodes) carries the bytes. `Debug` never shows them.
+#[derive(Clone, Copy, PartialEq, Eq, Default)]
+pub struct InstanceToken(pub [u8; 16]);
+
+impl fmt::Debug for InstanceToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("InstanceToken(..)")
+    }
+}
+
+/// What JSON shows in place of a token.
+const REDACTED: &str = "redacted";
+
+impl Serialize for InstanceToken {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            s.serialize_str(REDACTED)
+        } else {
+            self.0.serialize(s)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for InstanceToken {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if d.is_human_readable() {
+            serde::de::IgnoredAny::deserialize(d)?;
+            Ok(InstanceToken::default())
+        } else {
+            <[u8; 16]>::deserialize(d).map(InstanceToken)
+        }
+    }
 }
 
 impl Instance {
@@ -307,4 +346,22 @@ pub enum DownloadProgress {
     Ongoing { done: u64, total: u64 },
     Completed { total: u64 },
     Failed { error: String },
+}
+
+#[cfg(test)]
+mod token_tests {
+    use super::InstanceToken;
+
+    #[test]
+    fn a_token_is_redacted_in_json_and_kept_in_the_compact_encoding() {
+        let token = InstanceToken([0xab; 16]);
+        assert_eq!(serde_json::to_string(&token).unwrap(), "\"redacted\"");
+        assert_eq!(
+            serde_json::from_str::<InstanceToken>("\"anything\"").unwrap(),
+            InstanceToken::default()
+        );
+        let bytes = postcard::to_stdvec(&token).unwrap();
+        assert_eq!(postcard::from_bytes::<InstanceToken>(&bytes).unwrap(), token);
+        assert!(!format!("{token:?}").contains("ab"));
+    }
 }

@@ -12,8 +12,7 @@ use crate::model::{Deployment, Instance, NodeInfo, RunnerRecord, Task};
 /// Bump when a snapshot or checkpoint of an older State would be unsafe to restore.
 /// 2: model cards carry per-layer bytes, the embedding and head bytes, the weight formats and the model's template.
 /// 3: generation parameters carry a raw prompt (OpenAI Completions, Ollama `raw`).
-/// 4: generation parameters carry a grammar constraint, logprobs and tool fields.
-/// 5: generation parameters carry `single_tool_call`.
+/// 5: instances carry their data-plane token.
 pub const STATE_SCHEMA: u16 = 5;
 
 /// Persistent maps make `clone` O(1), so every consumer can hold its own copy of State cheaply. Values sit behind

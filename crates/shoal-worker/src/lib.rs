@@ -47,7 +47,7 @@ use shoal_cluster::ClusterHandle;
 use shoal_core::worker::{Action, ActionKey, LocalView, plan};
 use shoal_models::ModelStore;
 use shoal_runner::local::RunnerProcess;
-use shoal_runner::proto::{FromRunner, TaskHandle};
+use shoal_runner::proto::{DataPlaneTls, FromRunner, TaskHandle};
 use shoal_types::ids::{InstanceId, ModelId, RunnerId};
 use shoal_types::model::DownloadProgress;
 use shoal_types::{NodeId, State};
@@ -76,6 +76,9 @@ pub struct WorkerConfig {
     pub hung_after: Duration,
     /// Told every download report of this node (the CLI's progress bar); State gets them throttled (§10.2).
     pub on_progress: Option<ProgressHook>,
+    /// With a cluster key: the node's certificate from the cluster CA, which its runners use for the data plane's
+    /// mutual TLS (handed to each runner in `Load`, over its private socket).
+    pub data_plane_tls: Option<DataPlaneTls>,
 }
 
 /// A watcher of this node's downloads.

@@ -175,6 +175,8 @@ impl Shell {
                 max_seqs: self.config.max_seqs as usize,
                 threads: self.config.threads,
                 bind: self.config.data_plane.bind(),
+                token: proto::Token(instance.token.0),
+                tls: self.config.data_plane_tls.clone(),
             })
         })();
         let sent = match (spec, self.processes.get_mut(&runner)) {

@@ -316,15 +316,28 @@ fn run(args: &RunArgs) -> anyhow::Result<()> {
         Some(path) => {
             let key = ClusterKey::load(path)?;
             net.tls = Some(key.issue_node_cert(node)?);
-            info!(fingerprint = %key.fingerprint(), "cluster key loaded: zenoh runs over mutual TLS");
+            info!(
+                fingerprint = %key.fingerprint(),
+                "cluster key loaded: the control plane (zenoh) and the runners' data plane run over mutual TLS"
+            );
         }
         None => warn!(
             "no --cluster-key: this node joins an open cluster; anyone on the network can join it and read its \
              traffic (create a key with `shoal keygen`)"
         ),
     }
+    // The runners use the node's certificate on the data plane (SYSTEM.md §10.4); every certificate of the cluster
+    // carries NODE_DNS_NAME, the name a dialling rank checks.
+    let data_plane_tls = net.tls.as_ref().map(|tls| shoal_runner::proto::DataPlaneTls {
+        ca_pem: tls.ca_pem.clone(),
+        cert_pem: tls.cert_pem.clone(),
+        key_pem: tls.key_pem.clone(),
+        server_name: shoal_net::cluster_key::NODE_DNS_NAME.to_owned(),
+    });
     let boot = u64::from_le_bytes(random_bytes()?);
     let mut node_config = NodeConfig::new(node, boot);
+    // The instances' data-plane tokens derive from this secret, drawn from the OS, never from anything others see.
+    getrandom::fill(&mut node_config.token_secret).map_err(|e| anyhow::anyhow!("no randomness from the OS: {e}"))?;
     node_config.priority = u8::from(args.force_master);
     let config = ClusterConfig {
         net,
@@ -351,12 +364,6 @@ fn run(args: &RunArgs) -> anyhow::Result<()> {
         None
     } else {
         let store = shoal_models::ModelStore::new(dir.join("models"), args.models_dir.clone());
-        if args.cluster_key.is_some() {
-            tracing::warn!(
-                "the cluster key encrypts the control plane; the runners' data plane (activations between pipeline \
-                 ranks, over TCP) is not encrypted yet"
-            );
-        }
         let config = shoal_worker::WorkerConfig {
             exe: std::env::current_exe().context("cannot find the shoal binary to start runners")?,
             max_seqs: args.max_seqs,
@@ -367,6 +374,7 @@ fn run(args: &RunArgs) -> anyhow::Result<()> {
             ),
             on_progress: progress::bars(),
             data_plane: data_plane(&args.listen),
+            data_plane_tls: data_plane_tls.clone(),
         };
         Some(shoal_worker::Worker::start(handle.clone(), store, config)?)
     };
