@@ -18,7 +18,6 @@ use axum::response::Response;
 use futures_util::stream;
 use shoal_types::ModelCard;
 use shoal_types::chunk::{Chunk, FinishReason, Usage};
-use shoal_types::command::Command;
 use shoal_types::params::{GenerationParams, MAX_PARAMS_BYTES, ToolCall};
 
 use crate::Api;
@@ -72,7 +71,7 @@ pub async fn start(api: &Api, mut params: GenerationParams) -> Result<Started, A
             format!("the request is {encoded} bytes once encoded; the limit is {MAX_PARAMS_BYTES}"),
         ));
     }
-    let handle = api.streams.open(Command::TextGeneration { params });
+    let handle = api.streams.open_generation(params)?;
     Ok(Started {
         handle,
         card,

@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use axum::http::StatusCode;
 use prometheus_client::metrics::histogram::Histogram;
 use shoal_cluster::{ChunkMsg, ClusterHandle};
 use shoal_core::registry::{ChunkVerdict, CloseReason, Registry, StreamAction};
@@ -17,6 +18,9 @@ use shoal_types::State;
 use shoal_types::chunk::Chunk;
 use shoal_types::command::Command;
 use shoal_types::ids::CommandId;
+use shoal_types::params::GenerationParams;
+
+use crate::error::ApiError;
 use tokio::sync::{Notify, mpsc};
 
 use crate::commands;
@@ -142,9 +146,32 @@ impl Streams {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Registers a stream for `command` and only then sends it (§11.2 step 2).
-    pub fn open(self: &Arc<Self>, command: Command) -> StreamHandle {
+    /// Registers a generation stream and sends its command (§11.2 step 2). The command and so State carry the request
+    /// without its content; the content waits on this node's prompt shelf, in memory, until the stream ends, for
+    /// rank 0 to fetch (issue 15). A node holding as much content as its limits allow refuses with 503.
+    pub fn open_generation(self: &Arc<Self>, params: GenerationParams) -> Result<StreamHandle, ApiError> {
         let command_id = CommandId::new_random();
+        let salt = CommandId::new_random().0.into_bytes();
+        let prompt = shoal_core::prompts::prompt_ref(&salt, &params).map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                format!("cannot encode the request: {e}"),
+            )
+        })?;
+        let command = Command::TextGeneration {
+            params: params.without_content(),
+            prompt,
+        };
+        self.cluster
+            .prompt_shelf()
+            .hold(command_id, salt, Arc::new(params), prompt.bytes as usize)
+            .map_err(|full| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", full.to_string()))?;
+        Ok(self.open_as(command_id, command))
+    }
+
+    /// Registers a stream for `command` and only then sends it (§11.2 step 2).
+    fn open_as(self: &Arc<Self>, command_id: CommandId, command: Command) -> StreamHandle {
         let (tx, rx) = mpsc::unbounded_channel();
         {
             let mut inner = self.lock();
@@ -341,6 +368,8 @@ impl Streams {
         if inner.registry.remove(&command_id).is_none() {
             return;
         }
+        // The request's content goes with its stream: rank 0 has it by now, or the task fails for want of it.
+        self.cluster.prompt_shelf().release(&command_id);
         inner.timing.remove(&command_id);
         let finished = match &end {
             End::Finished => {

@@ -9,6 +9,7 @@
 
 mod chunks;
 mod faults;
+mod prompts;
 mod range;
 mod shell;
 mod snapshot;
@@ -28,6 +29,7 @@ use shoal_types::{Event, IndexedEvent, NodeId, Pos, SessionId, State};
 use tokio::sync::{broadcast, oneshot, watch};
 
 pub use chunks::{ChunkMsg, ChunkSink};
+pub use prompts::{FETCH_TIMEOUT, FetchError, MAX_HELD_PROMPT_BYTES, MAX_HELD_PROMPTS, PromptShelf, ShelfFull};
 
 /// See [`ClusterHandle::set_fatal_hook`]; gets the fatal error's message.
 pub type FatalHook = Arc<dyn Fn(&str) + Send + Sync>;
@@ -120,6 +122,7 @@ pub struct NetCounters {
     pub range: Counters,
     pub snapshot: Counters,
     pub tokens: Counters,
+    pub prompt: Counters,
 }
 
 impl NetCounters {
@@ -134,6 +137,7 @@ impl NetCounters {
             ("range", self.range.snapshot()),
             ("snapshot", self.snapshot.snapshot()),
             ("tokens", self.tokens.snapshot()),
+            ("prompt", self.prompt.snapshot()),
         ]
     }
 }
@@ -171,6 +175,7 @@ pub struct ClusterHandle {
     counters: Arc<NetCounters>,
     beats: Arc<std::sync::atomic::AtomicU64>,
     chunks: chunks::ChunkRoute,
+    prompts: prompts::PromptRoute,
     fatal_hook: Arc<std::sync::RwLock<Option<FatalHook>>>,
 }
 
@@ -222,6 +227,21 @@ impl ClusterHandle {
     /// node loop; never retried.
     pub fn send_chunk(&self, to: NodeId, chunk: ChunkMsg) {
         self.chunks.send(to, chunk);
+    }
+
+    /// The contents of this node's open streams, which rank 0 fetches (issue 15). Memory only.
+    pub fn prompt_shelf(&self) -> &PromptShelf {
+        &self.prompts.shelf
+    }
+
+    /// Fetches the content of generation `command_id` from its API node `origin` (this node's own shelf when it is
+    /// this node). Blocks up to [`FETCH_TIMEOUT`]; call it from a thread that may wait.
+    pub fn fetch_prompt(
+        &self,
+        origin: NodeId,
+        command_id: CommandId,
+    ) -> Result<([u8; 16], shoal_types::GenerationParams), FetchError> {
+        self.prompts.fetch(origin, command_id)
     }
 
     /// Installs where this node's incoming chunks go (the API's stream registry). Called from zenoh's callback

@@ -186,6 +186,14 @@ pub(crate) fn start(config: ClusterConfig, store: Store) -> Result<(ClusterHandl
         drop_seq: drop_chunk_seq,
     };
     let chunk_subscriber = declare_chunks(&session, chunks.clone(), counters.clone())?;
+    let prompts = crate::prompts::PromptRoute {
+        session: session.clone(),
+        ns: ns.clone(),
+        node,
+        shelf: Default::default(),
+        counters: counters.clone(),
+    };
+    let prompt_queryable = crate::prompts::declare(&prompts)?;
     let handle = ClusterHandle {
         inputs,
         view: view_rx,
@@ -194,11 +202,13 @@ pub(crate) fn start(config: ClusterConfig, store: Store) -> Result<(ClusterHandl
         counters,
         beats: shell.beats.clone(),
         chunks,
+        prompts,
         fatal_hook: shell.fatal_hook.clone(),
     };
     let thread = std::thread::Builder::new().name("shoal-node".into()).spawn(move || {
         shell.run(rx);
         drop(chunk_subscriber);
+        drop(prompt_queryable);
         drop(static_decls);
         drop(node_token);
         shell.finish();

@@ -12,6 +12,7 @@ pub mod master;
 pub mod node;
 pub mod outbox;
 pub mod placement;
+pub mod prompts;
 pub mod readiness;
 pub mod registry;
 pub mod runner_health;

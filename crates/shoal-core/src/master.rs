@@ -241,7 +241,7 @@ pub fn decide_command(
             }
             Ok(events)
         }
-        Command::TextGeneration { params } => {
+        Command::TextGeneration { params, prompt } => {
             if state.task_by_command.contains_key(&command_id) {
                 return Ok(Vec::new());
             }
@@ -256,7 +256,10 @@ pub fn decide_command(
                     origin,
                     status: TaskStatus::Pending,
                     error: None,
-                    params: params.clone(),
+                    // The API node sends no content; stripping it here too keeps any that a sender got wrong off
+                    // the log (issue 15).
+                    params: params.without_content(),
+                    prompt: *prompt,
                     created_ms: ctx.now_ms,
                     updated_ms: ctx.now_ms,
                 },

@@ -123,6 +123,7 @@ mod tests {
             status,
             error: None,
             params: GenerationParams::default(),
+            prompt: Default::default(),
             created_ms: 0,
             updated_ms: 0,
         };

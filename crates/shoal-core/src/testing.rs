@@ -11,9 +11,10 @@ use shoal_types::model::{
     Deployment, DeploymentStatus, DownloadProgress, ErrorKind, Identity, Iface, Memory, NodeFact, PipelineShard,
     RunnerStatus, ShardAssignments, ShardMetadata, Sharding, Task, TaskError, TaskProgress, TaskStatus,
 };
+use shoal_types::params::PromptRef;
 use shoal_types::{
     Backend, CommandId, DeleteReason, DeploymentId, Event, GenerationParams, IndexedEvent, Instance, InstanceId,
-    Message, ModelCard, NodeId, Origin, Pos, Role, RunnerId, SessionId, State, TaskId,
+    ModelCard, NodeId, Origin, Pos, RunnerId, SessionId, State, TaskId,
 };
 
 use crate::apply::apply_in_place;
@@ -475,12 +476,20 @@ impl EventGen {
                 origin,
                 status: TaskStatus::Pending,
                 error: None,
+                // Content never reaches the log (issue 15): a task holds its size and digest instead.
                 params: GenerationParams {
                     model: self.card.id.clone(),
-                    messages: vec![Message::new(Role::User, "Tell me about fish.")],
                     max_output_tokens: Some(64),
                     temperature: Some(0.7),
                     ..GenerationParams::default()
+                },
+                prompt: PromptRef {
+                    bytes: 64,
+                    messages: 1,
+                    digest: [self.rng.bytes16(), self.rng.bytes16()]
+                        .concat()
+                        .try_into()
+                        .unwrap_or([0; 32]),
                 },
                 created_ms: self.time_ms,
                 updated_ms: self.time_ms,

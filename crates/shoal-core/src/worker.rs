@@ -17,6 +17,8 @@ use shoal_types::ids::{InstanceId, ModelId, NodeId, RunnerId, TaskId};
 use shoal_types::model::{DownloadProgress, Instance, RunnerStatus, TaskStatus};
 use shoal_types::{Event, State};
 
+use crate::prompts::PromptBook;
+
 /// A runner that has failed this many times is not respawned; the master deletes its instance at the same count
 /// (§8), so the worker stops at the point the cluster gives up on the placement.
 pub const RUNNER_ATTEMPTS: u32 = crate::master::RUNNER_FAILURES_DELETE;
@@ -159,6 +161,9 @@ pub struct LocalView {
     pub in_flight: BTreeSet<ActionKey>,
     /// The last assertion of each local fact (rule 9).
     pub asserted: BTreeMap<Fact, Asserted>,
+    /// Which tasks' contents this node holds or is fetching (rank 0; [`crate::prompts`]). Rule 8 submits only a
+    /// task whose content is held.
+    pub prompts: PromptBook,
 }
 
 impl LocalView {
@@ -170,6 +175,7 @@ impl LocalView {
             models: BTreeMap::new(),
             in_flight: BTreeSet::new(),
             asserted: BTreeMap::new(),
+            prompts: PromptBook::default(),
         }
     }
 
@@ -467,7 +473,9 @@ pub fn plan(state: &State, local: &LocalView, now_ms: u64) -> Vec<Action> {
             .map(|t| (t.created_ms, t.id))
             .collect();
         pending.sort_unstable();
-        for (_, task) in pending {
+        // Only a task whose content has arrived (`crate::prompts` fetches them in this same order); the others wait
+        // without holding a slot.
+        for (_, task) in pending.into_iter().filter(|(_, t)| local.prompts.held.contains(t)) {
             if open.len() >= limit {
                 break;
             }

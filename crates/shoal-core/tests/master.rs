@@ -471,6 +471,7 @@ fn generation(model: &str) -> Command {
             model: ModelId(model.into()),
             ..GenerationParams::default()
         },
+        prompt: Default::default(),
     }
 }
 

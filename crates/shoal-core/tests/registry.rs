@@ -138,6 +138,7 @@ fn task(id: u128, instance: InstanceId) -> Task {
             messages: vec![Message::new(Role::User, "hi")],
             ..Default::default()
         },
+        prompt: Default::default(),
         created_ms: T0,
         updated_ms: T0,
     }

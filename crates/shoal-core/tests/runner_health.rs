@@ -37,6 +37,7 @@ fn build(tasks: &[(bool, usize, bool)], unknown_held: usize) -> (State, [Instanc
             status: STATUSES[status % STATUSES.len()],
             error: None,
             params: GenerationParams::default(),
+            prompt: Default::default(),
             created_ms: 0,
             updated_ms: 0,
         };

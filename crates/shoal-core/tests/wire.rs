@@ -86,7 +86,14 @@ fn commands_chunks_and_transients_round_trip() {
         Command::DeleteInstance {
             instance_id: InstanceId::from_u128(3),
         },
-        Command::TextGeneration { params: params.clone() },
+        Command::TextGeneration {
+            params: params.clone(),
+            prompt: shoal_types::params::PromptRef {
+                bytes: 1234,
+                messages: 2,
+                digest: [7; 32],
+            },
+        },
         Command::TaskCancelled {
             target: CommandId::from_u128(4),
         },
@@ -253,6 +260,24 @@ fn transport_snapshot_and_election_messages_round_trip() {
         round_trip(&reply);
     }
     round_trip(&SnapshotRequest { requester: node(3) });
+    round_trip(&PromptRequest {
+        command_id: CommandId::from_u128(9),
+        requester: node(2),
+    });
+    round_trip(&PromptReply::Missing);
+    round_trip(&PromptReply::Found {
+        salt: [3; 16],
+        params: Box::new(GenerationParams {
+            model: "m".into(),
+            messages: vec![Message::new(Role::User, "hi")],
+            raw_prompt: Some("raw".into()),
+            constraint: Some(Constraint::JsonSchema {
+                schema: "{}".into(),
+                strict: true,
+            }),
+            ..GenerationParams::default()
+        }),
+    });
     let blob = shoal_core::snapshot::encode(generator.state()).unwrap();
     round_trip(&SnapshotHeader {
         schema: blob.schema,

@@ -166,6 +166,7 @@ fn add_task(state: &mut State, inst: u8, n: u8) {
         status: TaskStatus::Pending,
         error: None,
         params: GenerationParams::default(),
+        prompt: Default::default(),
         created_ms: u64::from(n),
         updated_ms: u64::from(n),
     };
@@ -770,6 +771,20 @@ fn rank_zero_submits_pending_tasks_of_a_serving_instance() {
         .unwrap()
         .submitted
         .insert(task_id(4));
+    // Nothing is submitted before its content has arrived (issue 15) …
+    let submits_now = |local: &LocalView| {
+        plan(&state, local, NOW)
+            .into_iter()
+            .filter(|a| matches!(a, Action::Submit { .. }))
+            .count()
+    };
+    assert_eq!(submits_now(&local), 0);
+    // … and each task whose content is held is.
+    local.prompts.held.insert(task_id(3));
+    assert_eq!(submits_now(&local), 1);
+    for n in 1..=4 {
+        local.prompts.held.insert(task_id(n));
+    }
     let submits = |planned: Vec<Action>| -> Vec<TaskId> {
         planned
             .into_iter()
@@ -791,7 +806,8 @@ fn rank_zero_submits_pending_tasks_of_a_serving_instance() {
     assert!(submits(plan(&warming, &local, NOW)).is_empty());
 
     // Not before this runner is serving.
-    let local_loaded = local_with(1, RunnerStatus::Loaded);
+    let mut local_loaded = local_with(1, RunnerStatus::Loaded);
+    local_loaded.prompts = local.prompts.clone();
     assert!(submits(plan(&state, &local_loaded, NOW)).is_empty());
 
     // Only rank 0 takes tasks.
@@ -814,6 +830,9 @@ fn submission_stops_at_the_queue_limit() {
     }
     let mut local = local_with(1, RunnerStatus::Running);
     local.max_seqs = 2;
+    for n in 1..=5 {
+        local.prompts.held.insert(task_id(n));
+    }
     let runner = local.runners.get_mut(&runner_id(1, 0)).unwrap();
     // Open tasks already on the runner (their ids are not in State's pending set).
     for n in 0..(2 + QUEUE_SLACK - 3) {
@@ -1012,6 +1031,7 @@ fn busy_node() -> (State, LocalView) {
     serving.open_tasks.insert(task_id(1));
     serving.submitted.insert(task_id(1));
     local.runners.insert(runner_id(2, 0), serving);
+    local.prompts.held.insert(task_id(2));
     local
         .runners
         .insert(runner_id(6, 0), live_runner(6, RunnerStatus::Idle));

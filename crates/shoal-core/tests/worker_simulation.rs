@@ -192,6 +192,7 @@ fn task(n: u64, instance: InstanceId, now: u64) -> Task {
         status: TaskStatus::Pending,
         error: None,
         params: GenerationParams::default(),
+        prompt: Default::default(),
         created_ms: now,
         updated_ms: now,
     }
@@ -890,6 +891,14 @@ impl Sim {
         self.kill_hung(node);
         let now = self.now;
         let view = self.nodes[node].view.clone();
+        // Task contents arrive at once here (their fetch is `shoal_core::prompts`, tested on its own).
+        let pending = view
+            .tasks
+            .values()
+            .filter(|t| t.status == TaskStatus::Pending)
+            .map(|t| t.id);
+        let local = &mut self.nodes[node].shell.as_mut().unwrap().local;
+        local.prompts.held.extend(pending);
         let actions = plan(&view, &self.nodes[node].shell.as_ref().unwrap().local, now);
         for action in actions {
             self.nodes[node].shell.as_mut().unwrap().local.start(&action, now);
@@ -1361,8 +1370,9 @@ impl Sim {
         let new = task(u64::MAX / 2 + self.now, instance.id, self.now);
         let task = new.id;
         index(&mut view, Event::TaskCreated { task: new }, self.now);
-        let local = &self.nodes[node].shell.as_ref().unwrap().local;
-        let submits = plan(&view, local, self.now)
+        let mut local = self.nodes[node].shell.as_ref().unwrap().local.clone();
+        local.prompts.held.insert(task);
+        let submits = plan(&view, &local, self.now)
             .into_iter()
             .any(|a| a == Action::Submit { runner: rank0, task });
         if !submits {

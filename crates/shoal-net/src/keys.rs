@@ -80,6 +80,12 @@ pub fn ctl(ns: &str, node: NodeId) -> String {
     format!("shoal/{ns}/t/{node}/ctl")
 }
 
+/// The queryable of an API node that answers rank 0's request for a task's content (issue 15): transient, never
+/// logged.
+pub fn prompt(ns: &str, node: NodeId) -> String {
+    format!("shoal/{ns}/t/{node}/prompt")
+}
+
 /// A liveliness token this node understands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Token {

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::card::ModelCard;
 use crate::ids::{CommandId, DeploymentId, InstanceId, ModelId, NodeId, SessionId};
 use crate::model::{Instance, Sharding};
-use crate::params::GenerationParams;
+use crate::params::{GenerationParams, PromptRef};
 
 #[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
 pub struct CommandEnvelope {
@@ -37,8 +37,11 @@ pub enum Command {
     DeleteInstance {
         instance_id: InstanceId,
     },
+    /// `params` without content ([`GenerationParams::without_content`]); the content stays on the API node until
+    /// rank 0 fetches it (issue 15), so the master never sees a prompt.
     TextGeneration {
         params: GenerationParams,
+        prompt: PromptRef,
     },
     /// Cancels the generation command `target`.
     TaskCancelled {

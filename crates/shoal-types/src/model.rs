@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::card::{Backend, ModelCard};
 use crate::ids::{CommandId, DeploymentId, InstanceId, ModelId, NodeId, RunnerId, TaskId};
-use crate::params::GenerationParams;
+use crate::params::{GenerationParams, PromptRef};
 
 /// A model loaded on a set of nodes, one runner per node, each holding a contiguous layer range.
 #[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
@@ -213,7 +213,11 @@ pub struct Task {
     pub origin: NodeId,
     pub status: TaskStatus,
     pub error: Option<TaskError>,
+    /// The request without its content ([`GenerationParams::without_content`]): State and the log never hold a
+    /// prompt (issue 15). Rank 0 fetches the content from `origin`.
     pub params: GenerationParams,
+    /// The size and digest of the full request.
+    pub prompt: PromptRef,
     pub created_ms: u64,
     pub updated_ms: u64,
 }

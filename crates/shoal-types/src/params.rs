@@ -7,6 +7,83 @@ use crate::ids::ModelId;
 /// Encoded params larger than this are refused by the API with 413.
 pub const MAX_PARAMS_BYTES: usize = 4 * 1024 * 1024;
 
+/// What State and the durable log say of a request's content (issue 15): its size and a salted digest, never the
+/// content. The content travels from the API node to rank 0 as a transient message (`wire::PromptReply`), and the
+/// digest lets rank 0 check that what it fetched is what the master scheduled. The salt is random per request and
+/// travels only with the content, so the digest in State cannot be used to confirm a guess of a short prompt.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+pub struct PromptRef {
+    /// Encoded size of the full request (content included).
+    pub bytes: u32,
+    /// Messages in the request (0 for a raw prompt).
+    pub messages: u32,
+    /// sha256 of the salt followed by the encoded full request.
+    pub digest: [u8; 32],
+}
+
+impl GenerationParams {
+    /// The request without its content, as it may be written to the durable log and served by `/state`. Content is
+    /// every text the client or a tool wrote: messages (with tool calls and results), the raw prompt, instructions,
+    /// stop strings, tool definitions and a constraint's schema or grammar (they carry descriptions and enum values a
+    /// user wrote, and can be megabytes). Kept: the model, sampling numbers, flags and `tool_choice` (an identifier).
+    pub fn without_content(&self) -> GenerationParams {
+        // Destructured field by field, so a new field cannot reach the log before someone decides what it is.
+        let GenerationParams {
+            model,
+            messages: _,
+            raw_prompt: _,
+            instructions: _,
+            tools: _,
+            max_output_tokens,
+            temperature,
+            top_p,
+            top_k,
+            min_p,
+            repetition_penalty,
+            presence_penalty,
+            frequency_penalty,
+            seed,
+            stop: _,
+            logprobs,
+            top_logprobs,
+            enable_thinking,
+            reasoning_effort,
+            constraint: _,
+            tool_choice,
+            single_tool_call,
+        } = self;
+        GenerationParams {
+            model: model.clone(),
+            messages: Vec::new(),
+            raw_prompt: None,
+            instructions: None,
+            tools: None,
+            max_output_tokens: *max_output_tokens,
+            temperature: *temperature,
+            top_p: *top_p,
+            top_k: *top_k,
+            min_p: *min_p,
+            repetition_penalty: *repetition_penalty,
+            presence_penalty: *presence_penalty,
+            frequency_penalty: *frequency_penalty,
+            seed: *seed,
+            stop: Vec::new(),
+            logprobs: *logprobs,
+            top_logprobs: *top_logprobs,
+            enable_thinking: *enable_thinking,
+            reasoning_effort: reasoning_effort.clone(),
+            constraint: None,
+            tool_choice: tool_choice.clone(),
+            single_tool_call: *single_tool_call,
+        }
+    }
+
+    /// Whether the request carries none of the content [`Self::without_content`] removes.
+    pub fn is_content_free(&self) -> bool {
+        *self == self.without_content()
+    }
+}
+
 #[derive(Clone, PartialEq, Debug, Default, Serialize, Deserialize)]
 pub struct GenerationParams {
     pub model: ModelId,

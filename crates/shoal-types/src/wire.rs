@@ -6,6 +6,7 @@ use crate::chunk::Chunk;
 use crate::command::RejectReason;
 use crate::event::{Event, IndexedEvent};
 use crate::ids::{CommandId, NodeId, Origin, Pos, SessionId, TaskId};
+use crate::params::GenerationParams;
 
 /// `seq` of an `Error` chunk sent by a worker rather than the last rank: accepted at any point of a stream.
 pub const SEQ_OOB: u32 = u32::MAX;
@@ -152,4 +153,25 @@ pub struct Candidate {
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub enum ElectionMsg {
     Campaign { term: u64, candidate: Candidate },
+}
+
+/// Rank 0's worker asks the API node that owns a task for its content (issue 15), on `t/<api node>/prompt`.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct PromptRequest {
+    /// The generation command whose content is wanted.
+    pub command_id: CommandId,
+    /// The node asking, for the API node's log.
+    pub requester: NodeId,
+}
+
+/// The API node's answer to a [`PromptRequest`]. Transient: never logged, never written to disk.
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+pub enum PromptReply {
+    /// The full request and the salt of its digest (`PromptRef::digest`).
+    Found {
+        salt: [u8; 16],
+        params: Box<GenerationParams>,
+    },
+    /// The API node holds no content for the command (its stream ended, or the node restarted).
+    Missing,
 }

@@ -7,7 +7,9 @@
 //! plan never waits on a runner. Runner statuses reach State only through rule 9 of the plan (`Emit`), so a status
 //! that was lost on its way is asserted again.
 //!
-//! Generation (§10.3–§10.4): on rank 0's node `Submit` renders the task's messages with the chat template, tokenizes
+//! Generation (§10.3–§10.4): State holds a task without its content (issue 15); rank 0's node fetches the content
+//! from the task's API node first (`prompts`, as `shoal_core::prompts::plan` decides, checked against the task's
+//! digest, kept in memory until submitted). `Submit` then renders the task's messages with the chat template, tokenizes
 //! them and hands the runner the task with its route (task id, command id, API node); the last rank's runner gives the
 //! route back to its own worker (`Started`), whose node sends every chunk straight to the API node. Runner messages
 //! become durable events: `Accepted` → `TaskStatusUpdated(Running)` (rank 0), the last chunk's `TaskDone(Complete)` →
@@ -24,13 +26,14 @@
 //! fail, when a runner is hung) are pure, in `shoal_core::runner_health`.
 //!
 //! The modules, by job: `lifecycle` (spawn, load, warm up, reset, stop runners), `health` (the hang watch),
-//! `tasks` (task routing and chunk translation), `downloads`, `data_plane` (addresses); this file wires them to
+//! `prompts` (task contents from API nodes), `tasks` (task routing and chunk translation), `downloads`, `data_plane` (addresses); this file wires them to
 //! the worker's one thread.
 
 mod data_plane;
 mod downloads;
 mod health;
 mod lifecycle;
+mod prompts;
 mod tasks;
 
 pub use data_plane::DataPlane;
@@ -48,8 +51,9 @@ use shoal_core::worker::{Action, ActionKey, LocalView, plan};
 use shoal_models::ModelStore;
 use shoal_runner::local::RunnerProcess;
 use shoal_runner::proto::{DataPlaneTls, FromRunner, TaskHandle};
-use shoal_types::ids::{InstanceId, ModelId, RunnerId};
+use shoal_types::ids::{InstanceId, ModelId, RunnerId, TaskId};
 use shoal_types::model::DownloadProgress;
+use shoal_types::params::GenerationParams;
 use shoal_types::{NodeId, State};
 
 use tasks::RunnerTasks;
@@ -95,6 +99,11 @@ pub(crate) enum Input {
     },
     Progress(ModelId, DownloadProgress),
     Fetched(ModelId, Result<PathBuf, String>),
+    /// A task's content arrived from its API node, or did not.
+    Prompt {
+        task: TaskId,
+        result: Box<Result<([u8; 16], GenerationParams), shoal_cluster::FetchError>>,
+    },
     /// State changed (an applied event or an installed snapshot): plan again.
     StateChanged,
     Stop,
@@ -145,6 +154,7 @@ impl Worker {
             counters: counters.clone(),
             node,
             tasks: BTreeMap::new(),
+            contents: HashMap::new(),
             next_handle: 1,
             prompters: BTreeMap::new(),
             reports: reports.clone(),
@@ -195,6 +205,8 @@ pub(crate) struct Shell {
     node: NodeId,
     /// Tasks each local runner holds (rank 0: submitted; last rank: started).
     tasks: BTreeMap<RunnerId, RunnerTasks>,
+    /// Rank 0: the fetched contents of tasks not yet submitted (memory only; issue 15).
+    contents: HashMap<TaskId, GenerationParams>,
     next_handle: TaskHandle,
     /// Rank 0's tokenizer and chat template per model.
     prompters: BTreeMap<ModelId, Arc<Prompter>>,
@@ -306,6 +318,9 @@ impl Shell {
         let now = unix_ms();
         self.kill_hung(state, self.mono_ms());
         self.scan_held_files(state, now);
+        for action in shoal_core::prompts::plan(state, &self.local, now) {
+            self.carry_out_prompt(action, state);
+        }
         for action in plan(state, &self.local, now) {
             self.local.start(&action, now);
             self.carry_out(action, state, spawner);
@@ -347,6 +362,7 @@ impl Shell {
             }
             Input::Progress(model, progress) => self.on_download_progress(model, progress),
             Input::Fetched(model, result) => self.on_fetched(model, result, now),
+            Input::Prompt { task, result } => self.on_prompt(task, *result, now),
         }
     }
 }

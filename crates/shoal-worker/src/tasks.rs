@@ -11,7 +11,7 @@ use shoal_core::runner_health::tasks_to_fail;
 use shoal_runner::proto::{ChunkEnd, FromRunner, Outcome, TaskHandle, ToRunner};
 use shoal_types::chunk::{Chunk, FinishReason, Usage};
 use shoal_types::ids::{CommandId, InstanceId, RunnerId, TaskId};
-use shoal_types::model::{ErrorKind, TaskError, TaskProgress, TaskStatus};
+use shoal_types::model::{ErrorKind, Task, TaskError, TaskProgress, TaskStatus};
 use shoal_types::params::ToolCall;
 use shoal_types::wire::SEQ_OOB;
 use shoal_types::{Event, ModelCard, NodeId, State, codec};
@@ -20,11 +20,22 @@ use crate::{Prompter, Shell};
 
 /// Where a task's chunks and events go; travels with the sequence from rank 0 to the last rank (opaque to runners).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-struct Route {
+pub(crate) struct Route {
     task_id: TaskId,
     command_id: CommandId,
     origin: NodeId,
     instance: InstanceId,
+}
+
+impl Route {
+    pub(crate) fn of(task: &Task) -> Route {
+        Route {
+            task_id: task.id,
+            command_id: task.command_id,
+            origin: task.origin,
+            instance: task.instance,
+        }
+    }
 }
 
 /// The tasks one runner holds, by the handle the runner knows them by.
@@ -58,16 +69,17 @@ impl Shell {
         let Some(instance) = state.instances.get(&task.instance) else {
             return;
         };
-        let route = Route {
-            task_id,
-            command_id: task.command_id,
-            origin: task.origin,
-            instance: task.instance,
+        let route = Route::of(&task);
+        // The content fetched from the API node (rule 8 submits only a task whose content is held); dropped here, as
+        // the runner holds the tokens from now on.
+        self.local.prompts.forget(&task_id);
+        let Some(content) = self.contents.remove(&task_id) else {
+            return;
         };
         if let Some(r) = self.local.runners.get_mut(&runner) {
             r.submitted.insert(task_id);
         }
-        let prepared = self.prompter(&instance.model).and_then(|p| p.prepare(&task.params));
+        let prepared = self.prompter(&instance.model).and_then(|p| p.prepare(&content));
         let (prompt, params) = match prepared {
             Ok(x) => x,
             Err(message) => {
@@ -143,7 +155,7 @@ impl Shell {
 
     /// The client hears of a failure at once (an out-of-band `Error` chunk to its API node), and State records it
     /// (`TaskFailed`), which also closes the stream should the chunk be lost.
-    fn fail_task(&self, route: Route, kind: ErrorKind, message: String) {
+    pub(crate) fn fail_task(&self, route: Route, kind: ErrorKind, message: String) {
         let chunk = Chunk::Error {
             kind,
             message: message.clone(),
