@@ -120,6 +120,7 @@ fn instance(inst: u8, nodes: &[u8]) -> Instance {
         assignments,
         runner_failures: OrdMap::new(),
         created_ms: 0,
+        token: Default::default(),
     }
 }
 
