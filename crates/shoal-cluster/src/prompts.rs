@@ -21,6 +21,8 @@ use shoal_types::wire::{PromptReply, PromptRequest};
 pub const MAX_HELD_PROMPTS: usize = 16_384;
 /// At most this many bytes of encoded requests are held at once on one API node (a request is at most 4 MiB).
 pub const MAX_HELD_PROMPT_BYTES: usize = 1 << 30;
+/// Prompt queries waiting for the answering thread; more are dropped and counted (rank 0 asks again).
+pub const PROMPT_QUERIES_QUEUED: usize = 64;
 /// How long rank 0 waits for the API node's answer to one fetch.
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -157,37 +159,57 @@ impl PromptRoute {
     }
 }
 
-/// `t/<this node>/prompt`: answered in zenoh's callback from the shelf (a map lookup and an encode, no loop).
+/// `t/<this node>/prompt`: queries are answered on a thread of their own, never in zenoh's callback: a reply to a
+/// requester whose link stalls may wait for room in its queue, and a callback that waits stalls every other message
+/// this node receives on zenoh's receive threads.
 pub(crate) fn declare(route: &PromptRoute) -> Result<Queryable<()>, crate::ClusterError> {
     let key = keys::prompt(&route.ns, route.node);
+    let (queries, waiting) = std::sync::mpsc::sync_channel::<Query>(PROMPT_QUERIES_QUEUED);
     let shelf = route.shelf.clone();
+    let counters = route.counters.clone();
+    let reply_key = key.clone();
+    std::thread::Builder::new()
+        .name("shoal-prompts".into())
+        // Ends when the queryable (which owns the sender) is undeclared.
+        .spawn(move || {
+            for query in waiting {
+                answer(&shelf, &counters, &reply_key, query);
+            }
+        })?;
     let counters = route.counters.clone();
     Ok(route
         .session
-        .declare_queryable(key.clone())
+        .declare_queryable(key)
         .allowed_origin(Locality::Remote)
         .callback(move |query: Query| {
-            let Some(bytes) = query.payload().map(|p| p.to_bytes().into_owned()) else {
-                Counters::bump(&counters.prompt.malformed);
-                return;
-            };
-            let Some(request) = decode_counted::<PromptRequest>(&bytes, &key, &counters.prompt) else {
-                return;
-            };
-            let reply = match shelf.get(&request.command_id) {
-                Some((salt, params)) => {
-                    tracing::debug!(command = %request.command_id, to = %request.requester, "sending a request's content");
-                    PromptReply::Found {
-                        salt,
-                        params: Box::new((*params).clone()),
-                    }
-                }
-                None => PromptReply::Missing,
-            };
-            let Ok(bytes) = codec::encode(&reply) else { return };
-            if let Err(error) = query.reply(key.clone(), bytes).wait() {
-                tracing::debug!(%error, "prompt reply failed");
+            // Full: rank 0's fetch times out and tries again (it makes several attempts).
+            if let Err(std::sync::mpsc::TrySendError::Full(_)) = queries.try_send(query) {
+                Counters::bump(&counters.prompt.dropped_full);
             }
         })
         .wait()?)
+}
+
+fn answer(shelf: &PromptShelf, counters: &crate::NetCounters, key: &str, query: Query) {
+    let Some(bytes) = query.payload().map(|p| p.to_bytes().into_owned()) else {
+        Counters::bump(&counters.prompt.malformed);
+        return;
+    };
+    let Some(request) = decode_counted::<PromptRequest>(&bytes, key, &counters.prompt) else {
+        return;
+    };
+    let reply = match shelf.get(&request.command_id) {
+        Some((salt, params)) => {
+            tracing::debug!(command = %request.command_id, to = %request.requester, "sending a request's content");
+            PromptReply::Found {
+                salt,
+                params: Box::new((*params).clone()),
+            }
+        }
+        None => PromptReply::Missing,
+    };
+    let Ok(bytes) = codec::encode(&reply) else { return };
+    if let Err(error) = query.reply(key, bytes).wait() {
+        tracing::debug!(%error, "prompt reply failed");
+    }
 }
