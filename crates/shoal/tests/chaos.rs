@@ -73,14 +73,16 @@ fn run(mut chaos: Chaos, faults: &[Fault], trials: usize) {
                 result.notes
             );
             for s in &result.streams {
-                let expected = if fault.kills_api_node() {
-                    // Nothing is left to write an error when the clients' own node is SIGKILLed.
-                    Ending::Cut
+                if fault.kills_api_node() {
+                    // The clients' own node is SIGKILLed with the others: mostly nothing is left to write an error,
+                    // but a node killed a few milliseconds after a stage node may still write the broken edge's.
+                    assert!(
+                        matches!(s.ending, Ending::Cut | Ending::Error),
+                        "{} trial {trial}: {s:?}",
+                        fault.name()
+                    );
                 } else {
-                    Ending::Error
-                };
-                assert_eq!(s.ending, expected, "{} trial {trial}: {s:?}", fault.name());
-                if expected == Ending::Error {
+                    assert_eq!(s.ending, Ending::Error, "{} trial {trial}: {s:?}", fault.name());
                     assert!(s.after_fault <= bound(fault), "{} trial {trial}: {s:?}", fault.name());
                 }
             }
