@@ -70,8 +70,12 @@ fn nan_weights_fail_the_request_and_the_runner_naming_the_corrupt_file() {
     let mut nodes = cluster(root.path(), 1);
     let node = &mut nodes[0];
     node.extra = vec!["--models-dir".into(), models.display().to_string()];
-    // The card's `hf` source must never be reached (tests send nothing off the machine): a closed local port.
-    node.env = vec![("HF_ENDPOINT".into(), "http://127.0.0.1:9".into())];
+    // The card's sources must never be reached (tests send nothing off the machine): pip without an index, the Hub
+    // at a closed local port. So once the copy is found corrupt, no good one can be fetched.
+    node.env = vec![
+        ("PIP_NO_INDEX".into(), "1".into()),
+        ("HF_ENDPOINT".into(), "http://127.0.0.1:9".into()),
+    ];
     node.start();
     wait_for(Duration::from_secs(15), "agreement", || agreement(&[&nodes[0]]));
     // The node verifies the good copy (sha256 against the card) and its runner loads it.
@@ -118,6 +122,9 @@ fn nan_weights_fail_the_request_and_the_runner_naming_the_corrupt_file() {
         // Downloads are node facts (`nodes.<id>.downloads`).
         state["nodes"].to_string().contains(&shown).then_some(())
     });
+    let log = node.log_text();
+    // Verified once (the good copy), never again.
+    assert_eq!(log.matches("model files verified").count(), 1, "{log}");
     let statuses = runner_statuses(&node.state().unwrap());
     assert!(
         statuses.iter().all(|(_, s)| s != "Ready"),
