@@ -117,11 +117,15 @@ fn nan_weights_fail_the_request_and_the_runner_naming_the_corrupt_file() {
 
     // The worker no longer trusts the file: it hashes it again, rejects it and names it in the model's download
     // error in `/state`, instead of handing it to a new runner that would load it and fail again.
-    wait_for(Duration::from_secs(15), "the corrupt copy named in the download error", || {
-        let state = node.state()?;
-        // Downloads are node facts (`nodes.<id>.downloads`).
-        state["nodes"].to_string().contains(&shown).then_some(())
-    });
+    wait_for(
+        Duration::from_secs(15),
+        "the corrupt copy named in the download error",
+        || {
+            let state = node.state()?;
+            // Downloads are node facts (`nodes.<id>.downloads`).
+            state["nodes"].to_string().contains(&shown).then_some(())
+        },
+    );
     let log = node.log_text();
     // Verified once (the good copy), never again.
     assert_eq!(log.matches("model files verified").count(), 1, "{log}");
