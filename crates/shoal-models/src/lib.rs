@@ -25,3 +25,4 @@ mod verify;
 pub use add::{AddError, MAX_HEADER_BYTES, SourceSpec, read_local_header};
 pub use error::{ModelError, SourceError, SourceFailure};
 pub use store::{ModelFile, ModelFiles, ModelStore};
+pub use verify::verify_digest_now;

@@ -154,6 +154,12 @@ impl ModelStore {
         self.cache.digest(path, &meta)
     }
 
+    /// Forgets the remembered digest of `path` (see [`crate::verify_digest_now`]): the next `locate` hashes it again
+    /// and, if it no longer matches, rejects it as any corrupt copy (logged, named in the fetch error).
+    pub fn forget_digest(&self, path: &Path) {
+        self.cache.forget(path);
+    }
+
     pub(crate) fn hf_settings(&self) -> &HfSettings {
         &self.hf
     }

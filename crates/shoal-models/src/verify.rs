@@ -96,6 +96,13 @@ impl VerifyCache {
         }
     }
 
+    /// Drops what is remembered of `path`, so the next check reads it again: a runner found the file's bytes wrong
+    /// (its weights produced NaN) although its size, times and inode may all be as they were (bit rot, a write
+    /// through a raw device or a tool that restores the change time).
+    pub(crate) fn forget(&self, path: &Path) {
+        self.lock().remove(path);
+    }
+
     /// A panic while the map was held cannot leave it inconsistent (single inserts), so poisoning is ignored.
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, (Stamp, [u8; 32])>> {
         self.digests.lock().unwrap_or_else(|e| e.into_inner())
@@ -126,6 +133,26 @@ impl VerifyCache {
             check_sha(path, expected, &digest)?;
         }
         Ok(meta.len())
+    }
+}
+
+/// Hashes `path` now, whatever any cache remembers, and checks it against `sha256` (lowercase or uppercase hex).
+/// The entry point for a runner whose weights produced non-finite numbers: the corruption it suspects may have kept
+/// every stamp the cache trusts, so only reading the bytes again can tell.
+pub fn verify_digest_now(path: &Path, sha256: &str) -> Result<(), SourceError> {
+    let digest = hash_file(path).map_err(|source| SourceError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    let got = hex::encode(digest);
+    if got.eq_ignore_ascii_case(sha256) {
+        Ok(())
+    } else {
+        Err(SourceError::ShaMismatch {
+            file: path.to_owned(),
+            expected: sha256.to_ascii_lowercase(),
+            actual: got,
+        })
     }
 }
 

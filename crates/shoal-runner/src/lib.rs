@@ -3,6 +3,7 @@
 
 mod edges;
 pub mod frame;
+pub mod integrity;
 pub mod local;
 pub mod proto;
 pub mod runner;

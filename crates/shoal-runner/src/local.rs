@@ -265,6 +265,8 @@ impl LocalPipeline {
             let rank = r.rank();
             r.send(&ToRunner::Load(LoadSpec {
                 model_path: model.to_path_buf(),
+                // A bare file given to `shoal generate` has no card, so no digest to check it against.
+                sha256: None,
                 instance: instance.clone(),
                 layer_start: w[0],
                 layer_end: w[1],

@@ -22,8 +22,8 @@ use shoal_engine::{FinishReason, GenerateParams, SeqSlot};
 /// carries a grammar constraint and how to read the output (reasoning, tool calls); `ToolCalls`, `Chunk.thinking`;
 /// 5: a logprobs request, answered in `Chunk::logprobs`; 6: `Load` carries the instance's token and the data plane's
 /// TLS material, the data-plane handshake the token.
-/// 7: `OutputSpec::call_grammar` (`tool_choice: auto`).
-pub const PROTOCOL: u32 = 7;
+/// 7: `OutputSpec::call_grammar` (`tool_choice: auto`). 8: `LoadSpec::sha256`, `FromRunner::FileCorrupt`.
+pub const PROTOCOL: u32 = 8;
 
 /// A task handle chosen by the worker, unique among the runner's live tasks.
 pub type TaskHandle = u64;
@@ -31,6 +31,9 @@ pub type TaskHandle = u64;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LoadSpec {
     pub model_path: PathBuf,
+    /// The file's sha256 (lowercase hex) from its model card, when the card lists one: a rank whose weights produce
+    /// non-finite numbers hashes the file again and compares (`integrity.rs`).
+    pub sha256: Option<String>,
     /// Identifies the instance in the data-plane handshake, so ranks of different instances never pair up.
     pub instance: String,
     pub layer_start: usize,
@@ -153,6 +156,11 @@ pub enum FromRunner {
         bytes: u64,
     },
     Status(RunnerStatus),
+    /// The model file no longer matches its sha256 (found after non-finite output); a `Status(Failed)` naming it
+    /// follows. The worker stops trusting its verification of the file, so the next runner does not load it.
+    FileCorrupt {
+        path: PathBuf,
+    },
     /// Rank 0 admitted the task.
     Accepted {
         task: TaskHandle,

@@ -24,6 +24,7 @@ use shoal_engine::{
 
 use crate::edges::{Dials, spawn_acceptor};
 use crate::frame::{FrameError, read_frame, write_frame};
+use crate::integrity::{self, Verdict};
 use crate::proto::{
     ChunkEnd, ChunkLogprobs, DataFrame, FromRunner, FwdSeq, Handshake, LoadSpec, LogprobEntry, Outcome, PROTOCOL,
     RunnerStatus, SeqStart, TaskHandle, ToRunner,
@@ -47,6 +48,9 @@ pub enum RunnerError {
     Protocol(String),
     #[error("data plane: {0}")]
     DataPlane(String),
+    /// The model file failed verification after its weights produced non-finite numbers; names the file.
+    #[error("{0}")]
+    Corrupt(String),
 }
 
 pub(crate) enum Input {
@@ -174,6 +178,7 @@ pub fn run(socket: &Path) -> Result<(), RunnerError> {
         next_slot: 0,
         in_flight: None,
         microbatch: 0,
+        verdict: None,
     };
     let result = rank.serve(&rx, tokenizer.as_ref());
     if let Err(e) = &result {
@@ -271,6 +276,9 @@ struct Rank {
     next_slot: SeqSlot,
     in_flight: Option<InFlight>,
     microbatch: u64,
+    /// What re-reading the model file after non-finite output found: hashed once per runner life (a sound file
+    /// stays sound; a corrupt one ends the runner).
+    verdict: Option<Verdict>,
 }
 
 /// The last rank's state of one sequence.
@@ -528,6 +536,7 @@ impl Rank {
         self.in_flight = Some(InFlight { step });
         match out {
             StageOutput::Hidden(activations) => {
+                self.check_hidden(&activations, None)?;
                 let frame = DataFrame::Forward {
                     microbatch: self.microbatch,
                     seqs,
@@ -551,6 +560,40 @@ impl Rank {
         self.progress.steps.fetch_add(1, Ordering::Relaxed);
         self.progress.stepping.store(false, Ordering::Relaxed);
         out
+    }
+
+    /// This rank's output was not finite: hashes the model file again (once per runner life) and judges it. A
+    /// corrupt file is reported to the worker, which stops trusting its cached verification.
+    fn non_finite(&mut self) -> Verdict {
+        if let Some(verdict) = &self.verdict {
+            return verdict.clone();
+        }
+        let path = self.spec.model_path.clone();
+        tracing::warn!(path = %path.display(), "non-finite output: verifying the model file again");
+        let check = self
+            .spec
+            .sha256
+            .as_deref()
+            .map(|sha| shoal_models::verify_digest_now(&path, sha));
+        let verdict = integrity::verdict(&path, check);
+        tracing::warn!(verdict = verdict.reason(), "model file verified again");
+        if let Verdict::Corrupt(_) = &verdict {
+            self.worker.send(&FromRunner::FileCorrupt { path });
+        }
+        self.verdict = Some(verdict.clone());
+        verdict
+    }
+
+    /// A rank before the last: non-finite activations leaving it, made from finite ones (or tokens) entering it, come
+    /// from its own layers. A corrupt file ends the runner; otherwise the last rank fails the sequences.
+    fn check_hidden(&mut self, out: &[f32], input: Option<&[f32]>) -> Result<(), RunnerError> {
+        if integrity::all_finite(out) || input.is_some_and(|i| !integrity::all_finite(i)) {
+            return Ok(());
+        }
+        match self.non_finite() {
+            Verdict::Corrupt(reason) => Err(RunnerError::Corrupt(reason)),
+            Verdict::NotTheFile(_) => Ok(()),
+        }
     }
 
     fn fail_step(&mut self, step: &ScheduledStep, why: &str) {
@@ -615,11 +658,14 @@ impl Rank {
                     .forward(&chunks, StageInput::Hidden(&activations))
                     .map_err(|e| RunnerError::DataPlane(format!("forward frame {microbatch}: {e}")))?;
                 match out {
-                    StageOutput::Hidden(activations) => self.send_next(&DataFrame::Forward {
-                        microbatch,
-                        seqs,
-                        activations,
-                    }),
+                    StageOutput::Hidden(out) => {
+                        self.check_hidden(&out, Some(&activations))?;
+                        self.send_next(&DataFrame::Forward {
+                            microbatch,
+                            seqs,
+                            activations: out,
+                        })
+                    }
                     StageOutput::Logits(logits) => {
                         let tokens = self.sample(&seqs, logits, tokenizer, sampling)?;
                         self.send_next(&DataFrame::Back { microbatch, tokens })
@@ -646,6 +692,7 @@ impl Rank {
         };
         let limit = self.stage.hparams().context_length;
         let mut tokens = Vec::new();
+        let mut corrupt = None;
         for (s, logits) in seqs.iter().zip(logits.iter_mut()) {
             if let Some(start) = &s.start {
                 self.worker.send(&FromRunner::Started {
@@ -684,6 +731,21 @@ impl Rank {
                 tokens.push((s.slot, 0, true));
                 continue;
             };
+            if !integrity::all_finite(logits) {
+                // Sampling NaN logits would print garbage: the sequence fails with what re-reading the file found.
+                let task = seq.task;
+                let verdict = self.non_finite();
+                self.worker.send(&FromRunner::TaskDone {
+                    task,
+                    outcome: Outcome::Failed(verdict.reason().to_string()),
+                });
+                sampling.remove(&s.slot);
+                tokens.push((s.slot, 0, true));
+                if let Verdict::Corrupt(reason) = verdict {
+                    corrupt = Some(reason);
+                }
+                continue;
+            }
             let step = match seq.decoding.step(logits) {
                 Ok(step) => step,
                 Err(e) => {
@@ -731,6 +793,9 @@ impl Rank {
                 }
             }
             tokens.push((s.slot, step.token, done));
+        }
+        if let Some(reason) = corrupt {
+            return Err(RunnerError::Corrupt(reason));
         }
         Ok(tokens)
     }

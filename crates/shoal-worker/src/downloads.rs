@@ -1,7 +1,7 @@
 //! Downloads (§10.2 rule 4): fetching a model's files off the worker thread, and finding the files of models only
 //! `path` sources name.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use shoal_core::worker::ActionKey;
 use shoal_types::ids::ModelId;
@@ -85,6 +85,26 @@ impl Shell {
         }
         let entry = self.local.models.entry(model).or_default();
         entry.progress = Some(progress);
+    }
+
+    /// A runner found its model file corrupt (non-finite output, then a sha256 mismatch): the file's cached digest
+    /// and the model's verification are forgotten, so no runner is handed the file again. Rule 4 then fetches the
+    /// model anew; the store hashes the copy again, rejects it, logs it and names it in the download's error (State).
+    pub(crate) fn on_file_corrupt(&mut self, path: &Path) {
+        tracing::error!(path = %path.display(), "model file corrupt: its weights produced non-finite numbers and its sha256 no longer matches");
+        self.models.forget_digest(path);
+        let models: Vec<ModelId> = self
+            .gguf
+            .iter()
+            .filter(|(_, p)| p.as_path() == path)
+            .map(|(m, _)| m.clone())
+            .collect();
+        for model in models {
+            self.gguf.remove(&model);
+            if let Some(entry) = self.local.models.get_mut(&model) {
+                entry.verified = false;
+            }
+        }
     }
 
     /// A download ended, either way.

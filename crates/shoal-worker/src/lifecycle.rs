@@ -165,8 +165,10 @@ impl Shell {
                 return None;
             };
             let model_path = self.gguf.get(&instance.model.id)?.clone();
+            let sha256 = gguf_sha256(&instance.model, &model_path);
             Some(LoadSpec {
                 model_path,
+                sha256,
                 instance: instance.id.to_string(),
                 layer_start: shard.start_layer as usize,
                 layer_end: shard.end_layer as usize,
@@ -217,6 +219,10 @@ impl Shell {
             self.fail_tasks_of(runner, &state, ErrorKind::Runner, &message);
             self.lock_reports().remove(&runner);
         }
+        if let FromRunner::FileCorrupt { path } = &msg {
+            self.on_file_corrupt(path);
+            return;
+        }
         if let FromRunner::Weights { bytes } = msg {
             self.report_weights(runner, bytes);
             return;
@@ -261,6 +267,7 @@ impl Shell {
             | FromRunner::Heartbeat { .. }
             | FromRunner::Weights { .. }
             | FromRunner::Listening { .. }
+            | FromRunner::FileCorrupt { .. }
             | FromRunner::Accepted { .. }
             | FromRunner::Started { .. }
             | FromRunner::Chunk { .. }
@@ -306,6 +313,18 @@ impl Shell {
             attempt: r.attempts,
         });
     }
+}
+
+/// The card's sha256 for the weights file a runner loads (matched by file name), which the runner checks the file
+/// against again if its weights produce non-finite numbers. The first part only for a split model: the runner is
+/// handed that part's path.
+fn gguf_sha256(card: &shoal_types::ModelCard, path: &std::path::Path) -> Option<String> {
+    let name = path.file_name()?.to_str()?;
+    shoal_models::plan::expected_files(card)
+        .ok()?
+        .into_iter()
+        .find(|f| f.name == name || f.name.rsplit('/').next() == Some(name))
+        .and_then(|f| f.sha256)
 }
 
 /// Stops a runner off the worker thread: `Shutdown`, then SIGKILL after its grace (the process's `Drop`).
