@@ -13,6 +13,7 @@ mod prompts;
 mod range;
 mod shell;
 mod snapshot;
+mod storage;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -34,6 +35,7 @@ pub use prompts::{FETCH_TIMEOUT, FetchError, MAX_HELD_PROMPT_BYTES, MAX_HELD_PRO
 /// See [`ClusterHandle::set_fatal_hook`]; gets the fatal error's message.
 pub type FatalHook = Arc<dyn Fn(&str) + Send + Sync>;
 pub use faults::Faults;
+pub use storage::StorageFault;
 
 /// Capacity of the State-change broadcast (§6, §13).
 pub const STATE_CHANGES: usize = 4_096;
@@ -88,6 +90,8 @@ pub struct NodeStatus {
     /// §6 step 6.
     pub ready: bool,
     pub pos: Pos,
+    /// Set while the node's store cannot write (a full disk): it is then never master and refuses new work.
+    pub storage: Option<StorageFault>,
 }
 
 /// The latest State with the status it was seen under.
