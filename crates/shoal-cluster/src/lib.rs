@@ -32,8 +32,6 @@ use tokio::sync::{broadcast, oneshot, watch};
 pub use chunks::{ChunkMsg, ChunkSink};
 pub use prompts::{FETCH_TIMEOUT, FetchError, MAX_HELD_PROMPT_BYTES, MAX_HELD_PROMPTS, PromptShelf, ShelfFull};
 
-/// See [`ClusterHandle::set_fatal_hook`]; gets the fatal error's message.
-pub type FatalHook = Arc<dyn Fn(&str) + Send + Sync>;
 pub use faults::Faults;
 pub use storage::StorageFault;
 
@@ -180,7 +178,6 @@ pub struct ClusterHandle {
     beats: Arc<std::sync::atomic::AtomicU64>,
     chunks: chunks::ChunkRoute,
     prompts: prompts::PromptRoute,
-    fatal_hook: Arc<std::sync::RwLock<Option<FatalHook>>>,
 }
 
 impl ClusterHandle {
@@ -250,12 +247,6 @@ impl ClusterHandle {
 
     /// Installs where this node's incoming chunks go (the API's stream registry). Called from zenoh's callback
     /// thread or the sender's thread: the sink must not block.
-    /// Installs what runs on the node loop's thread just before the process exits on a fatal error (the API ends
-    /// its clients' streams with an error). It must return promptly: the process exits when it does.
-    pub fn set_fatal_hook(&self, hook: FatalHook) {
-        *self.fatal_hook.write().unwrap_or_else(|e| e.into_inner()) = Some(hook);
-    }
-
     pub fn set_chunk_sink(&self, sink: ChunkSink) {
         *self.chunks.sink.write().unwrap_or_else(|e| e.into_inner()) = Some(sink);
     }

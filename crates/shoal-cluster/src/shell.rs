@@ -117,8 +117,6 @@ struct Shell {
     beats: Arc<AtomicU64>,
     /// Whether the store writes, and what it could not write (see [`crate::storage`]).
     storage: Storage,
-    /// Called before the process exits on a fatal error, so the API can end its clients' streams with a word.
-    fatal_hook: Arc<std::sync::RwLock<Option<crate::FatalHook>>>,
 }
 
 pub(crate) fn start(config: ClusterConfig, store: Store) -> Result<(ClusterHandle, JoinHandle<()>), ClusterError> {
@@ -171,7 +169,6 @@ pub(crate) fn start(config: ClusterConfig, store: Store) -> Result<(ClusterHandl
         stop: false,
         beats: Arc::new(AtomicU64::new(0)),
         storage: Storage::new(),
-        fatal_hook: Default::default(),
     };
     let static_decls = shell.declare_static()?;
     // The node token is declared once the duplicate-id check has passed (§2.2), off the start-up path: the check
@@ -207,7 +204,6 @@ pub(crate) fn start(config: ClusterConfig, store: Store) -> Result<(ClusterHandl
         beats: shell.beats.clone(),
         chunks,
         prompts,
-        fatal_hook: shell.fatal_hook.clone(),
     };
     let thread = std::thread::Builder::new().name("shoal-node".into()).spawn(move || {
         shell.run(rx);
