@@ -542,7 +542,7 @@ impl Shell {
                 // steps down; whoever wins continues from what was committed.
                 self.to_send
                     .retain(|o| !matches!(o, Outgoing::Acked { .. } | Outgoing::Down(..)));
-                self.storage_failed(format!("master commit failed: {error}"));
+                self.storage_failed_losing(format!("master commit failed: {error}"), events);
                 return;
             }
             self.to_broadcast.extend(events.iter().cloned());
@@ -955,13 +955,18 @@ impl Shell {
     /// The store cannot write: the node stays up, serving from memory, but commits nothing it could lose — a master
     /// steps down and nobody campaigns or votes here until [`Self::recover_storage`] succeeds.
     fn storage_failed(&mut self, error: String) {
+        self.storage_failed_losing(error, Vec::new());
+    }
+
+    /// As [`Self::storage_failed`], for a master whose batch `lost` was not committed.
+    fn storage_failed_losing(&mut self, error: String, lost: Vec<IndexedEvent>) {
         if self.storage.fail(error.clone(), unix_ms()) {
             tracing::error!(
                 %error,
                 probe_every_ms = crate::storage::STORAGE_PROBE_EVERY.as_millis() as u64,
                 "the store cannot write: standing aside from mastership until it can"
             );
-            self.step(NodeInput::StorageFailed);
+            self.step(NodeInput::StorageFailed { lost });
             self.publish_view();
         }
     }

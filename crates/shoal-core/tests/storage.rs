@@ -44,7 +44,7 @@ fn lone_master() -> (NodeCore, SessionId) {
 #[test]
 fn a_master_whose_store_fails_steps_down_and_stands_aside_until_it_recovers() {
     let (mut core, session) = lone_master();
-    let out = core.step(NodeInput::StorageFailed, 1_600);
+    let out = core.step(NodeInput::StorageFailed { lost: Vec::new() }, 1_600);
     assert!(
         out.contains(&NodeOutput::Role(RoleChange::SteppedDown(session))),
         "{out:?}"
@@ -72,7 +72,7 @@ fn a_master_whose_store_fails_steps_down_and_stands_aside_until_it_recovers() {
 #[test]
 fn a_failed_node_does_not_vote_and_follows_whoever_wins() {
     let (mut core, session) = lone_master();
-    core.step(NodeInput::StorageFailed, 1_600);
+    core.step(NodeInput::StorageFailed { lost: Vec::new() }, 1_600);
     let rival = id(0x42);
     let candidate = shoal_types::wire::Candidate {
         node: rival,
@@ -114,7 +114,39 @@ fn a_follower_whose_store_fails_keeps_following() {
     };
     core.step(NodeInput::MasterTokenAppeared(master), 10);
     assert_eq!(core.following(), Some(master));
-    let out = core.step(NodeInput::StorageFailed, 20);
+    let out = core.step(NodeInput::StorageFailed { lost: Vec::new() }, 20);
     assert!(out.iter().all(|o| !matches!(o, NodeOutput::Role(_))), "{out:?}");
     assert_eq!(core.following(), Some(master));
+}
+
+#[test]
+fn the_own_events_of_a_batch_that_failed_to_commit_go_to_the_next_master() {
+    let (mut core, session) = lone_master();
+    let fact = shoal_types::model::NodeFact::Memory(shoal_types::model::Memory {
+        total: 10,
+        available: 5,
+    });
+    let out = core.step(NodeInput::Facts(vec![fact.clone()]), 1_600);
+    let lost: Vec<_> = out
+        .into_iter()
+        .filter_map(|o| match o {
+            NodeOutput::Indexed(e) => Some(*e),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(lost.len(), 1, "indexed by its own master");
+    assert!(core.outbox().is_empty(), "cleared once indexed");
+
+    core.step(NodeInput::StorageFailed { lost }, 1_610);
+    assert_eq!(core.outbox().len(), 1, "back in the outbox");
+    let winner = SessionId {
+        term: session.term + 1,
+        master: id(0x42),
+    };
+    let out = core.step(NodeInput::MasterTokenAppeared(winner), 2_000);
+    let sent = out.iter().any(|o| {
+        matches!(o, NodeOutput::Send(Outgoing::Up(s, up))
+            if *s == winner && matches!(&up.event, shoal_types::Event::NodeGatheredInfo { info, .. } if *info == fact))
+    });
+    assert!(sent, "resent to the new master: {out:?}");
 }
