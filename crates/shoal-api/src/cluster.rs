@@ -112,6 +112,7 @@ mod tests {
             session: None,
             ready: false,
             pos: shoal_types::ids::Pos::EMPTY,
+            storage: None,
         };
         let (code, body) = health_of(&status, false);
         assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);

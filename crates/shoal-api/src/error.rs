@@ -43,6 +43,9 @@ impl std::fmt::Display for BadRequest {
     }
 }
 
+/// `Retry-After` of a node whose store cannot write: it probes every second, but space rarely returns that fast.
+const STORAGE_RETRY_AFTER_S: u32 = 5;
+
 /// One error, before a dialect writes it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApiError {
@@ -130,6 +133,20 @@ impl ApiError {
             "invalid_api_key",
             "this node needs an API key: send `Authorization: Bearer <key>` or `x-api-key: <key>`",
         )
+    }
+
+    /// The node's store cannot write (a full disk); `/status` names the cause until it recovers by itself.
+    pub fn storage_failed(cause: &str) -> Self {
+        ApiError {
+            retry_after: Some(STORAGE_RETRY_AFTER_S),
+            ..ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage_unavailable",
+                format!(
+                    "this node cannot write its store and takes no new work until it can ({cause}); another node of the cluster can serve this request"
+                ),
+            )
+        }
     }
 
     pub fn not_ready() -> Self {

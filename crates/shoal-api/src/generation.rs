@@ -45,6 +45,10 @@ pub async fn start(api: &Api, mut params: GenerationParams) -> Result<Started, A
     if api.streams.is_stopping() {
         return Err(ApiError::shutting_down());
     }
+    if let Some(fault) = api.cluster.view().status.storage {
+        // A node that cannot write takes no new work (issue 15 item 4): another node of the cluster can.
+        return Err(ApiError::storage_failed(&fault.error));
+    }
     if let Some(limit) = api.streams.full() {
         return Err(ApiError::too_many_streams(limit));
     }

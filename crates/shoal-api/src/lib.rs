@@ -61,9 +61,6 @@ pub async fn read_body(request: Request) -> Result<Bytes, ApiError> {
     read.map_err(|_| ApiError::payload_too_large(openai::MAX_BODY_BYTES))
 }
 
-/// How long a node stopping on a fatal error gives the streams it just closed to reach their clients.
-pub const FATAL_FLUSH: std::time::Duration = std::time::Duration::from_millis(300);
-
 /// What the API's handlers share.
 #[derive(Clone)]
 pub struct Api {
@@ -97,15 +94,6 @@ impl Api {
         collectors: Vec<Box<dyn prometheus_client::collector::Collector>>,
     ) -> Api {
         let streams = Streams::start(cluster.clone(), stream_ttl_ms);
-        // A fatal error (a store that cannot write) exits the process from the node loop: first every client hears
-        // why, and the bytes get a moment to leave.
-        let fatal_streams = streams.clone();
-        cluster.set_fatal_hook(Arc::new(move |message: &str| {
-            let closed = fatal_streams.stop_all(&format!("the node is stopping: {message}"), false);
-            if closed > 0 {
-                std::thread::sleep(FATAL_FLUSH);
-            }
-        }));
         let metrics = metrics::Metrics::new(cluster.clone(), streams.clone(), collectors);
         Api {
             cluster,

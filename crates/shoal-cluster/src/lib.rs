@@ -13,6 +13,7 @@ mod prompts;
 mod range;
 mod shell;
 mod snapshot;
+mod storage;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -31,9 +32,8 @@ use tokio::sync::{broadcast, oneshot, watch};
 pub use chunks::{ChunkMsg, ChunkSink};
 pub use prompts::{FETCH_TIMEOUT, FetchError, MAX_HELD_PROMPT_BYTES, MAX_HELD_PROMPTS, PromptShelf, ShelfFull};
 
-/// See [`ClusterHandle::set_fatal_hook`]; gets the fatal error's message.
-pub type FatalHook = Arc<dyn Fn(&str) + Send + Sync>;
 pub use faults::Faults;
+pub use storage::StorageFault;
 
 /// Capacity of the State-change broadcast (§6, §13).
 pub const STATE_CHANGES: usize = 4_096;
@@ -88,6 +88,8 @@ pub struct NodeStatus {
     /// §6 step 6.
     pub ready: bool,
     pub pos: Pos,
+    /// Set while the node's store cannot write (a full disk): it is then never master and refuses new work.
+    pub storage: Option<StorageFault>,
 }
 
 /// The latest State with the status it was seen under.
@@ -176,7 +178,6 @@ pub struct ClusterHandle {
     beats: Arc<std::sync::atomic::AtomicU64>,
     chunks: chunks::ChunkRoute,
     prompts: prompts::PromptRoute,
-    fatal_hook: Arc<std::sync::RwLock<Option<FatalHook>>>,
 }
 
 impl ClusterHandle {
@@ -246,12 +247,6 @@ impl ClusterHandle {
 
     /// Installs where this node's incoming chunks go (the API's stream registry). Called from zenoh's callback
     /// thread or the sender's thread: the sink must not block.
-    /// Installs what runs on the node loop's thread just before the process exits on a fatal error (the API ends
-    /// its clients' streams with an error). It must return promptly: the process exits when it does.
-    pub fn set_fatal_hook(&self, hook: FatalHook) {
-        *self.fatal_hook.write().unwrap_or_else(|e| e.into_inner()) = Some(hook);
-    }
-
     pub fn set_chunk_sink(&self, sink: ChunkSink) {
         *self.chunks.sink.write().unwrap_or_else(|e| e.into_inner()) = Some(sink);
     }

@@ -26,6 +26,7 @@ use tokio::sync::{broadcast, watch};
 
 use crate::faults::Faults;
 use crate::snapshot::SnapshotServer;
+use crate::storage::Storage;
 use crate::{
     ChangeCause, ClusterConfig, ClusterError, ClusterHandle, NetCounters, NodeStatus, Rejection, Request, StateChange,
     View,
@@ -107,15 +108,15 @@ struct Shell {
     announced: State,
     view: watch::Sender<View>,
     changes: broadcast::Sender<StateChange>,
-    last_view: Option<(shoal_types::Pos, &'static str, Option<SessionId>, bool)>,
+    last_view: Option<(shoal_types::Pos, &'static str, Option<SessionId>, bool, bool)>,
     snapshots: SnapshotServer,
     rejections: broadcast::Sender<Rejection>,
     started: Instant,
     last_checkpoint_check: Instant,
     stop: bool,
     beats: Arc<AtomicU64>,
-    /// Called before the process exits on a fatal error, so the API can end its clients' streams with a word.
-    fatal_hook: Arc<std::sync::RwLock<Option<crate::FatalHook>>>,
+    /// Whether the store writes, and what it could not write (see [`crate::storage`]).
+    storage: Storage,
 }
 
 pub(crate) fn start(config: ClusterConfig, store: Store) -> Result<(ClusterHandle, JoinHandle<()>), ClusterError> {
@@ -131,7 +132,7 @@ pub(crate) fn start(config: ClusterConfig, store: Store) -> Result<(ClusterHandl
     let state = store.state().clone();
     let core = NodeCore::new(config.node, state.clone(), store.max_term_seen(), now);
     let initial = state.clone();
-    let status = status_of(&core);
+    let status = status_of(&core, &Storage::new());
     let (view_tx, view_rx) = watch::channel(View {
         state: Arc::new(state),
         status,
@@ -167,7 +168,7 @@ pub(crate) fn start(config: ClusterConfig, store: Store) -> Result<(ClusterHandl
         last_checkpoint_check: Instant::now(),
         stop: false,
         beats: Arc::new(AtomicU64::new(0)),
-        fatal_hook: Default::default(),
+        storage: Storage::new(),
     };
     let static_decls = shell.declare_static()?;
     // The node token is declared once the duplicate-id check has passed (§2.2), off the start-up path: the check
@@ -203,7 +204,6 @@ pub(crate) fn start(config: ClusterConfig, store: Store) -> Result<(ClusterHandl
         beats: shell.beats.clone(),
         chunks,
         prompts,
-        fatal_hook: shell.fatal_hook.clone(),
     };
     let thread = std::thread::Builder::new().name("shoal-node".into()).spawn(move || {
         shell.run(rx);
@@ -263,7 +263,7 @@ fn unix_ms() -> u64 {
         .unwrap_or_default()
 }
 
-fn status_of(core: &NodeCore) -> NodeStatus {
+fn status_of(core: &NodeCore, storage: &Storage) -> NodeStatus {
     let (role, session) = match core.election().role() {
         Role::Master { session } => ("master", Some(*session)),
         Role::Following { session, .. } => ("follower", Some(*session)),
@@ -276,6 +276,7 @@ fn status_of(core: &NodeCore) -> NodeStatus {
         session,
         ready: core.ready(),
         pos: core.state().pos,
+        storage: storage.fault().cloned(),
     }
 }
 
@@ -443,10 +444,14 @@ impl Shell {
         for output in outputs {
             match output {
                 NodeOutput::PersistMaxTerm(term) => {
-                    if let Err(error) = self.store.set_max_term_seen(term) {
-                        self.fatal(&format!("cannot persist max_term_seen: {error}"));
+                    if !self.storage.failed()
+                        && let Err(error) = self.store.set_max_term_seen(term)
+                    {
+                        self.storage_failed(format!("cannot persist max_term_seen: {error}"));
                     }
                 }
+                // A term that is not persisted is not campaigned in (the core stands aside once told).
+                NodeOutput::Send(Outgoing::Campaign(_)) if self.storage.failed() => {}
                 NodeOutput::Send(outgoing) => self.to_send.push(outgoing),
                 NodeOutput::Indexed(event) => self.to_commit.push(*event),
                 NodeOutput::Applied(event) => {
@@ -488,9 +493,18 @@ impl Shell {
         let pos = state.pos;
         self.to_log.clear();
         self.to_log_since = None;
-        match self.store.install_snapshot(state.clone()) {
+        let installed = if self.storage.failed() {
+            self.storage.hold_snapshot(state.clone());
+            Ok(())
+        } else {
+            self.store.install_snapshot(state.clone())
+        };
+        match installed {
             Ok(()) => tracing::info!(?pos, "installed a snapshot"),
-            Err(error) => self.fatal(&format!("cannot install the snapshot: {error}")),
+            Err(error) => {
+                self.storage.hold_snapshot(state.clone());
+                self.storage_failed(format!("cannot install the snapshot: {error}"));
+            }
         }
         self.announced = state.clone();
         self.publish_view();
@@ -505,21 +519,30 @@ impl Shell {
         if !self.to_log.is_empty() {
             let events = std::mem::take(&mut self.to_log);
             self.to_log_since = None;
-            if let Err(error) = self.store.append(&events, Commit::Fsync) {
-                // The replica log lags; the node re-fetches (its State in memory is right).
-                tracing::warn!(%error, "replica log append failed");
+            if self.storage.failed() {
+                self.storage.hold(events);
+            } else if let Err(error) = self.store.append(&events, Commit::Fsync) {
+                // The State in memory is right; what the log lacks is written once the store recovers.
+                self.storage.hold(events);
+                self.storage_failed(format!("replica log append failed: {error}"));
             }
         }
         if !self.to_commit.is_empty() {
             let events = std::mem::take(&mut self.to_commit);
-            let appended = if self.faults.store_fails() {
+            let appended = if self.storage.failed() {
+                Err("the store is failing".to_owned())
+            } else if self.faults.store_fails() {
                 Err("injected store failure (SHOAL_FAULT_STORE_FAIL_FILE)".to_owned())
             } else {
                 self.store.append(&events, Commit::Fsync).map_err(|e| e.to_string())
             };
             if let Err(error) = appended {
-                // Publishing what is not durable would let followers hold what a crash loses (§5.2).
-                self.fatal(&format!("master commit failed: {error}"));
+                // Publishing what is not durable would let followers hold what a crash loses (§5.2): the batch is
+                // dropped unpublished and unacknowledged (producers resend it to the next master), and the node
+                // steps down; whoever wins continues from what was committed.
+                self.to_send
+                    .retain(|o| !matches!(o, Outgoing::Acked { .. } | Outgoing::Down(..)));
+                self.storage_failed_losing(format!("master commit failed: {error}"), events);
                 return;
             }
             self.to_broadcast.extend(events.iter().cloned());
@@ -570,11 +593,15 @@ impl Shell {
         for outgoing in std::mem::take(&mut self.to_send) {
             self.send(outgoing);
         }
+        if self.storage.probe_due() {
+            self.recover_storage();
+        }
         self.reconcile_declarations();
         self.publish_view();
         if self.last_checkpoint_check.elapsed() >= CHECKPOINT_CHECK_EVERY {
             self.last_checkpoint_check = Instant::now();
             if self.to_log.is_empty()
+                && !self.storage.failed()
                 && let Err(error) = self.store.checkpoint_if_due()
             {
                 tracing::warn!(%error, "checkpoint failed");
@@ -583,8 +610,14 @@ impl Shell {
     }
 
     fn publish_view(&mut self) {
-        let status = status_of(&self.core);
-        let key = (status.pos, status.role, status.session, status.ready);
+        let status = status_of(&self.core, &self.storage);
+        let key = (
+            status.pos,
+            status.role,
+            status.session,
+            status.ready,
+            status.storage.is_some(),
+        );
         if self.last_view == Some(key) {
             return;
         }
@@ -919,20 +952,48 @@ impl Shell {
         })
     }
 
-    /// A node that cannot write its store must not go on: it would serve or publish what it could lose.
-    fn fatal(&mut self, message: &str) {
-        tracing::error!("{message}; stopping the node");
-        eprintln!("shoal: {message}");
-        let hook = self.fatal_hook.read().unwrap_or_else(|e| e.into_inner()).clone();
-        if let Some(hook) = hook {
-            hook(message);
+    /// The store cannot write: the node stays up, serving from memory, but commits nothing it could lose — a master
+    /// steps down and nobody campaigns or votes here until [`Self::recover_storage`] succeeds.
+    fn storage_failed(&mut self, error: String) {
+        self.storage_failed_losing(error, Vec::new());
+    }
+
+    /// As [`Self::storage_failed`], for a master whose batch `lost` was not committed.
+    fn storage_failed_losing(&mut self, error: String, lost: Vec<IndexedEvent>) {
+        if self.storage.fail(error.clone(), unix_ms()) {
+            tracing::error!(
+                %error,
+                probe_every_ms = crate::storage::STORAGE_PROBE_EVERY.as_millis() as u64,
+                "the store cannot write: standing aside from mastership until it can"
+            );
+            self.step(NodeInput::StorageFailed { lost });
+            self.publish_view();
         }
-        std::process::exit(70);
+    }
+
+    fn recover_storage(&mut self) {
+        if self.faults.store_fails() {
+            return; // the injected fault is a disk that stays full while its file exists
+        }
+        // Whatever is still batched joins what is held, so the store is written in order.
+        let batched = std::mem::take(&mut self.to_log);
+        self.to_log_since = None;
+        self.storage.hold(batched);
+        let max_term = self.core.election().max_term_seen();
+        match self.storage.try_recover(&mut self.store, self.core.state(), max_term) {
+            Ok(()) => {
+                tracing::info!(pos = ?self.store.pos(), "the store writes again: resuming");
+                self.step(NodeInput::StorageRecovered);
+            }
+            Err(error) => tracing::debug!(%error, "the store still cannot write"),
+        }
     }
 
     fn finish(mut self) {
         self.commit();
-        if let Err(error) = self.store.checkpoint_now() {
+        if self.storage.failed() {
+            tracing::warn!("the store cannot write: no final checkpoint; the disk holds what was committed");
+        } else if let Err(error) = self.store.checkpoint_now() {
             tracing::warn!(%error, "final checkpoint failed; the log still holds every event");
         }
         self.decls = SessionDecls::default();

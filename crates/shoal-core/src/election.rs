@@ -26,6 +26,8 @@ pub const CAMPAIGN_WINDOW_RANGE_MS: std::ops::RangeInclusive<u64> = 300..=500;
 pub const WINNER_WAIT_MS: u64 = 1_500;
 /// Cap of the doubled winner wait, so a node with a broken view cannot drag the cluster into an election storm.
 pub const WINNER_WAIT_CAP_MS: u64 = 30_000;
+/// How often a node whose store cannot write looks again for a master to follow (it never campaigns meanwhile).
+pub const STORAGE_FAILED_WAIT_MS: u64 = 1_000;
 
 /// The comparison key of a candidate: `(last.session.term, last.session.master, last.idx, priority, incumbent,
 /// node)`, each ascending, the greatest wins. The most up-to-date State wins first; `--force-master` and incumbency
@@ -107,6 +109,11 @@ pub enum ElectionInput {
     },
     /// The position of the last event this node applied; kept current by the shell (cheap, no outputs).
     SelfPos(Pos),
+    /// The node's store cannot write (a full disk): a master steps down, and the node neither campaigns nor joins a
+    /// campaign (a term it cannot persist could be reused after a crash, and a master must commit) until
+    /// [`ElectionInput::StorageRecovered`]. It goes on following whoever wins.
+    StorageFailed,
+    StorageRecovered,
 }
 
 /// What the shell must do, in the order given.
@@ -170,6 +177,8 @@ pub struct Election {
     masters: BTreeSet<SessionId>,
     /// Visible `follows` tokens by session.
     members: BTreeMap<SessionId, BTreeSet<NodeId>>,
+    /// See [`ElectionInput::StorageFailed`].
+    storage_failed: bool,
 }
 
 impl Election {
@@ -192,6 +201,7 @@ impl Election {
             failed_campaigns: 0,
             masters: BTreeSet::new(),
             members: BTreeMap::new(),
+            storage_failed: false,
         }
     }
 
@@ -265,8 +275,40 @@ impl Election {
                 self.pos = pos;
                 self.see_term(pos.session.term);
             }
+            ElectionInput::StorageFailed => self.on_storage_failed(now_ms, &mut out),
+            ElectionInput::StorageRecovered => self.storage_failed = false,
         }
         out
+    }
+
+    /// Whether the node stands aside from elections because its store cannot write.
+    pub fn storage_failed(&self) -> bool {
+        self.storage_failed
+    }
+
+    fn on_storage_failed(&mut self, now_ms: u64, out: &mut Vec<ElectionOutput>) {
+        self.storage_failed = true;
+        match self.role.clone() {
+            Role::Following { .. } => return,
+            Role::Master { session } => out.push(ElectionOutput::StepDown(session)),
+            Role::Campaigning {
+                frozen_session: Some(old),
+                ..
+            } => out.push(ElectionOutput::StepDown(old)),
+            Role::Campaigning { .. } | Role::AwaitingWinner { .. } | Role::Starting { .. } => {}
+        }
+        self.stand_aside(now_ms);
+        // Another master may already be visible.
+        self.reconsider_masters(now_ms, out);
+    }
+
+    /// Waits for any master (term 0: whichever session wins) instead of campaigning, looking again every
+    /// [`STORAGE_FAILED_WAIT_MS`].
+    fn stand_aside(&mut self, now_ms: u64) {
+        self.role = Role::AwaitingWinner {
+            term: 0,
+            until_ms: now_ms.saturating_add(STORAGE_FAILED_WAIT_MS),
+        };
     }
 
     fn see_term(&mut self, term: u64) {
@@ -374,7 +416,9 @@ impl Election {
                 frozen_session,
             } if now_ms >= until_ms => self.decide(term, &candidates, frozen_session, now_ms, out),
             Role::AwaitingWinner { until_ms, .. } if now_ms >= until_ms => {
-                self.failed_campaigns = self.failed_campaigns.saturating_add(1);
+                if !self.storage_failed {
+                    self.failed_campaigns = self.failed_campaigns.saturating_add(1);
+                }
                 self.campaign(now_ms, None, out);
             }
             _ => {}
@@ -383,6 +427,10 @@ impl Election {
 
     /// §7 step 3: a new campaign with `term = max_term_seen + 1`. `frozen_session` is carried by a master.
     fn campaign(&mut self, now_ms: u64, frozen_session: Option<SessionId>, out: &mut Vec<ElectionOutput>) {
+        if self.storage_failed {
+            self.stand_aside(now_ms);
+            return;
+        }
         let term = self.max_term_seen.saturating_add(1);
         self.open_window(term, frozen_session, now_ms, out);
     }
@@ -414,6 +462,11 @@ impl Election {
     /// §7 step 4.
     fn on_campaign(&mut self, term: u64, candidate: Candidate, now_ms: u64, out: &mut Vec<ElectionOutput>) {
         if candidate.node == self.config.node {
+            return;
+        }
+        if self.storage_failed {
+            // Not a voter while it cannot persist the term; the others elect among themselves.
+            self.see_term(term);
             return;
         }
         if let Role::Campaigning {

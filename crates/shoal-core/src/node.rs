@@ -135,6 +135,15 @@ pub enum NodeInput {
     /// From `s/<session>/cmd` (or in-process when this node is the master): decided if this node serves
     /// `envelope.session`, dropped otherwise (the sender resends to whoever is master).
     Command(Box<CommandEnvelope>),
+    /// The store failed to write (a full disk): a master steps down, no campaign is started or joined, and the
+    /// node keeps following (its State in memory stays right; the shell keeps what it could not write). `lost`: the
+    /// master's batch that failed to commit; this node's own events in it go back to its outbox for the next
+    /// master (other producers were not acknowledged and resend theirs; the master's decisions are made again).
+    StorageFailed {
+        lost: Vec<IndexedEvent>,
+    },
+    /// The store writes again (the shell's probe succeeded and the store reopened).
+    StorageRecovered,
 }
 
 /// A message for the network.
@@ -307,6 +316,11 @@ impl NodeCore {
     }
 
     /// The session this node serves as master.
+    /// Whether the store cannot write (see [`NodeInput::StorageFailed`]).
+    pub fn storage_failed(&self) -> bool {
+        self.election.storage_failed()
+    }
+
     pub fn master_of(&self) -> Option<SessionId> {
         self.election.master_of()
     }
@@ -417,6 +431,16 @@ impl NodeCore {
                 }
             }
             NodeInput::Command(envelope) => self.on_command(*envelope, now_ms, &mut out),
+            NodeInput::StorageFailed { lost } => {
+                let own = lost
+                    .into_iter()
+                    .filter(|e| e.origin.is_some_and(|(origin, _)| origin == self.origin))
+                    .map(|e| e.event)
+                    .collect();
+                self.outbox.requeue(own, now_ms);
+                self.drive_election(ElectionInput::StorageFailed, now_ms, &mut out)
+            }
+            NodeInput::StorageRecovered => self.drive_election(ElectionInput::StorageRecovered, now_ms, &mut out),
         }
         match self.following() {
             Some(session) if self.follower.on_chain() => {

@@ -266,6 +266,35 @@ impl Outbox {
             .collect()
     }
 
+    /// Puts back, ahead of everything still pending and in their order, this node's events that a master indexed
+    /// but never committed (its store failed): they go to the next master like any unacknowledged entry. The
+    /// entries are renumbered from the current seq; the next session change renumbers them again.
+    pub fn requeue(&mut self, events: Vec<Event>, now_ms: u64) {
+        if events.is_empty() {
+            return;
+        }
+        let back: Vec<Entry> = events
+            .into_iter()
+            .map(|event| Entry {
+                seq: 0,
+                event,
+                last_sent_ms: now_ms,
+                attempts: 0,
+                next_send_ms: now_ms,
+            })
+            .collect();
+        let rest = std::mem::take(&mut self.entries);
+        self.entries = back.into_iter().chain(rest).collect();
+        for entry in &mut self.entries {
+            entry.seq = self.next_seq;
+            self.next_seq += 1;
+        }
+        while self.entries.len() > self.capacity {
+            self.entries.pop_front();
+            self.dropped_total += 1;
+        }
+    }
+
     /// Resends every entry that is due.
     pub fn poll(&mut self, now_ms: u64) -> Vec<UpMsg> {
         if self.session.is_none() {

@@ -1,6 +1,6 @@
 //! The [`Store`] shell: one redb file holding the replica log, the checkpoints and a little metadata (§5.3).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
@@ -90,6 +90,8 @@ pub struct Recovery {
 /// Synchronous by design: the caller runs it on a blocking thread (checkpoint encoding and fsync block).
 pub struct Store {
     db: Database,
+    /// The file, for [`Store::reopen`].
+    path: PathBuf,
     cfg: StoreConfig,
     state: State,
     log_start_idx: u64,
@@ -108,9 +110,10 @@ impl Store {
     /// errors are redb's own and a store schema mismatch.
     pub fn open(path: impl AsRef<Path>, cfg: StoreConfig) -> Result<(Store, Recovery), StoreError> {
         let started = Instant::now();
+        let path = path.as_ref().to_path_buf();
         let db = Database::builder()
             .set_check_integrity_on_open(cfg.check_integrity_on_open)
-            .create(path)?;
+            .create(&path)?;
         let txn = db.begin_write()?;
         let found = recover(&txn)?;
         txn.commit()?;
@@ -132,6 +135,7 @@ impl Store {
         }
         let store = Store {
             db,
+            path,
             cfg,
             state: found.state,
             log_start_idx: found.log_start_idx,
@@ -142,6 +146,29 @@ impl Store {
             poisoned: false,
         };
         Ok((store, recovery))
+    }
+
+    /// The store's file (its directory is the node's data dir).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether a failed commit left the store refusing writes until [`Store::reopen`].
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned
+    }
+
+    /// Closes the file and opens it again, recovering State from what is on disk: the way out of
+    /// [`StoreError::Poisoned`] once the cause (a full disk) is gone. If the open fails the store stays poisoned, its
+    /// file closed (reads fail too), and a later call tries again.
+    pub fn reopen(&mut self) -> Result<Recovery, StoreError> {
+        // redb refuses a second handle on an open file: the old one is closed first, a placeholder standing in.
+        let placeholder = Database::builder().create_with_backend(redb::backends::InMemoryBackend::new())?;
+        drop(std::mem::replace(&mut self.db, placeholder));
+        self.poisoned = true;
+        let (store, recovery) = Store::open(&self.path, self.cfg.clone())?;
+        *self = store;
+        Ok(recovery)
     }
 
     /// The State after every committed event.
