@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -99,7 +99,6 @@ pub struct ModelStore {
     python: PathBuf,
     hf: HfSettings,
     cache: VerifyCache,
-    locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     /// Copies on disk that failed verification, with why: logged once per new reason (the worker asks every tick)
     /// and named in a failed fetch's error, which the worker puts in State.
     rejected: Mutex<HashMap<PathBuf, String>>,
@@ -116,7 +115,6 @@ impl ModelStore {
             python: PathBuf::from("python3"),
             hf: HfSettings::from_env(),
             cache: VerifyCache::default(),
-            locks: Mutex::new(HashMap::new()),
             rejected: Mutex::new(HashMap::new()),
         }
     }
@@ -268,10 +266,18 @@ impl ModelStore {
         })
     }
 
+    /// The lock a fetch of `id` into this store holds. Shared by every store of the process over the same directory:
+    /// the worker and the API (Ollama's pull) each hold one, and a second fetch of a model clears the scratch
+    /// directories it finds, which must never be the first fetch's.
     fn model_lock(&self, id: &ModelId) -> Arc<Mutex<()>> {
-        // Entries are never removed: one small mutex per model this node ever fetched.
-        let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
-        locks.entry(model_dir_name(id)).or_default().clone()
+        static LOCKS: OnceLock<Mutex<HashMap<PathBuf, Arc<Mutex<()>>>>> = OnceLock::new();
+        // Entries are never removed: one small mutex per model this process ever fetched.
+        let mut locks = LOCKS
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let scratch = self.own_dir.join(TMP_DIR).join(model_dir_name(id));
+        locks.entry(scratch).or_default().clone()
     }
 
     /// All expected files, or the names of those not found verified.

@@ -397,6 +397,32 @@ fn concurrent_fetches_of_one_model_produce_the_file_once() {
     assert_eq!(store.hashes_computed(), 1, "one copy; the others found it verified");
 }
 
+/// Two stores of one process over the same directory (the worker's and the API's, for Ollama's pull) fetching one
+/// model at once: both succeed. Each clears the scratch directories it finds, so without a lock shared across stores
+/// the second deleted the first's copy in flight (seen in CI: `fetch-…/0.part: No such file or directory`).
+#[test]
+fn two_stores_over_one_directory_fetch_one_model_at_once() {
+    let big: Vec<u8> = (0..16u32 << 20).map(|i| (i % 241) as u8).collect();
+    let src = dir_with(&big);
+    let (data, worker_store) = store(&[]);
+    let api_store = ModelStore::new(data.path().join("models"), Vec::new())
+        .with_hf_endpoint(closed_endpoint())
+        .with_hf_token(None);
+    let mut card = card(vec![path_source(src.path())]);
+    card.storage_size = big.len() as u64;
+    card.sources[0].sha256.insert(FILE.to_owned(), sha(&big));
+    let results: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = [&worker_store, &api_store, &worker_store, &api_store]
+            .into_iter()
+            .map(|store| s.spawn(|| fetch(store, &card).0))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for result in results {
+        assert_eq!(result.unwrap().gguf(), Some(installed(&worker_store, &card).as_path()));
+    }
+}
+
 /// A card naming a file outside the model directory is refused before anything is read or written.
 #[test]
 fn a_card_naming_an_unsafe_file_is_refused() {
