@@ -67,7 +67,10 @@ fn params() -> GenerationParams {
 /// A valid encoding of every kind of message and record.
 static SAMPLES: LazyLock<Vec<Vec<u8>>> = LazyLock::new(|| {
     let (state, events) = &*HISTORY;
-    let session = SessionId { term: 3, master: node(0) };
+    let session = SessionId {
+        term: 3,
+        master: node(0),
+    };
     let mut out = Vec::new();
     for e in events.iter().step_by(10) {
         out.push(codec::encode(e).unwrap());
@@ -83,12 +86,35 @@ static SAMPLES: LazyLock<Vec<Vec<u8>>> = LazyLock::new(|| {
         );
     }
     out.push(codec::encode(&DownMsg::Head { idx: 19 }).unwrap());
-    out.push(codec::encode(&RangeRequest { after: state.pos, max: 10_000 }).unwrap());
-    out.push(codec::encode(&RangeReply::Events { events: events[..5].to_vec() }).unwrap());
+    out.push(
+        codec::encode(&RangeRequest {
+            after: state.pos,
+            max: 10_000,
+        })
+        .unwrap(),
+    );
+    out.push(
+        codec::encode(&RangeReply::Events {
+            events: events[..5].to_vec(),
+        })
+        .unwrap(),
+    );
     out.push(codec::encode(&RangeReply::End { head: 19 }).unwrap());
     out.push(codec::encode(&SnapshotRequest { requester: node(3) }).unwrap());
-    out.push(codec::encode(&PromptRequest { command_id: CommandId::from_u128(9), requester: node(2) }).unwrap());
-    out.push(codec::encode(&PromptReply::Found { salt: [3; 16], params: Box::new(params()) }).unwrap());
+    out.push(
+        codec::encode(&PromptRequest {
+            command_id: CommandId::from_u128(9),
+            requester: node(2),
+        })
+        .unwrap(),
+    );
+    out.push(
+        codec::encode(&PromptReply::Found {
+            salt: [3; 16],
+            params: Box::new(params()),
+        })
+        .unwrap(),
+    );
     out.push(
         codec::encode(&CommandEnvelope {
             session,
@@ -97,7 +123,11 @@ static SAMPLES: LazyLock<Vec<Vec<u8>>> = LazyLock::new(|| {
             sent_ms: 5,
             command: Command::TextGeneration {
                 params: params(),
-                prompt: PromptRef { bytes: 12, messages: 2, digest: [7; 32] },
+                prompt: PromptRef {
+                    bytes: 12,
+                    messages: 2,
+                    digest: [7; 32],
+                },
             },
         })
         .unwrap(),
@@ -107,7 +137,12 @@ static SAMPLES: LazyLock<Vec<Vec<u8>>> = LazyLock::new(|| {
         token_id: 17,
         is_thinking: false,
         logprob: Some(-0.25),
-        top_logprobs: vec![TopLogprob { token: "h".into(), token_id: 3, logprob: -1.5, bytes: vec![b'h'] }],
+        top_logprobs: vec![TopLogprob {
+            token: "h".into(),
+            token_id: 3,
+            logprob: -1.5,
+            bytes: vec![b'h'],
+        }],
         finish: Some(FinishReason::Stop),
         usage: None,
         stats: None,
@@ -119,11 +154,23 @@ static SAMPLES: LazyLock<Vec<Vec<u8>>> = LazyLock::new(|| {
         seq: 4,
         chunk,
     };
-    out.push(codec::encode(&TransientEnvelope { from: node(2), session, body }).unwrap());
+    out.push(
+        codec::encode(&TransientEnvelope {
+            from: node(2),
+            session,
+            body,
+        })
+        .unwrap(),
+    );
     out.push(
         codec::encode(&ElectionMsg::Campaign {
             term: 4,
-            candidate: Candidate { node: node(1), last: state.pos, priority: 1, incumbent: false },
+            candidate: Candidate {
+                node: node(1),
+                last: state.pos,
+                priority: 1,
+                incumbent: false,
+            },
         })
         .unwrap(),
     );
@@ -140,7 +187,13 @@ static SAMPLES: LazyLock<Vec<Vec<u8>>> = LazyLock::new(|| {
         })
         .unwrap(),
     );
-    out.push(codec::encode(&SnapshotChunk { index: 0, bytes: blob.body[..64].to_vec() }).unwrap());
+    out.push(
+        codec::encode(&SnapshotChunk {
+            index: 0,
+            bytes: blob.body[..64].to_vec(),
+        })
+        .unwrap(),
+    );
     out.push(snapshot::to_bytes(state).unwrap());
     out
 });

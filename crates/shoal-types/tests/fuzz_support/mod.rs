@@ -72,6 +72,10 @@ pub fn mutate(bytes: &mut Vec<u8>, edits: &[Edit]) {
 /// Arbitrary bytes up to 512 long; half of them start with `lead` so decoders get past their version check.
 pub fn bytes_after(lead: &'static [u8]) -> impl Strategy<Value = Vec<u8>> {
     (any::<bool>(), prop::collection::vec(any::<u8>(), 0..512)).prop_map(move |(led, rest)| {
-        if led { lead.iter().copied().chain(rest).collect() } else { rest }
+        if led {
+            lead.iter().copied().chain(rest).collect()
+        } else {
+            rest
+        }
     })
 }
