@@ -345,7 +345,10 @@ mod tests {
             }
         }
         let err = card_from_gguf(&[header], ModelId::new("m"), path_source()).unwrap_err();
-        assert!(matches!(&err, DeriveError::InvalidKey { key, .. } if key == "llama.block_count"), "{err}");
+        assert!(
+            matches!(&err, DeriveError::InvalidKey { key, .. } if key == "llama.block_count"),
+            "{err}"
+        );
     }
 
     fn derive(bytes: &[u8]) -> Result<ModelCard, DeriveError> {
