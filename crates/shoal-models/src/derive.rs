@@ -115,6 +115,15 @@ pub fn card_from_gguf(parts: &[GgufHeader], id: ModelId, sources: Vec<ModelSourc
             });
         }
     }
+    // Every layer holds at least one tensor, so a count above the header's tensors is a lie; checked before the
+    // per-layer table is allocated, which a lying count (up to u32::MAX) would make tens of GB.
+    let n_tensors: usize = parts.iter().map(|p| p.tensors.len()).sum();
+    if n_layers as usize > n_tensors {
+        return Err(DeriveError::InvalidKey {
+            key: key("block_count"),
+            reason: format!("{n_layers} layers, but the file has only {n_tensors} tensors"),
+        });
+    }
 
     let mut layer_bytes = vec![0u64; n_layers as usize];
     let mut embedding_bytes = 0u64;
@@ -323,6 +332,23 @@ mod tests {
             files: vec!["m.gguf".into()],
             sha256: BTreeMap::new(),
         }]
+    }
+
+    /// Found by fuzzing (issue 15): a lying `block_count` was a per-layer table of up to 32 GiB, and the node aborted.
+    #[test]
+    fn a_block_count_above_the_tensor_count_is_refused_before_allocating() {
+        let bytes = synthetic(2, false, "llama", 8);
+        let mut header = parse_header(&bytes, bytes.len() as u64).unwrap_or_else(|e| panic!("parse: {e}"));
+        for (k, v) in &mut header.metadata {
+            if k == "llama.block_count" {
+                *v = Value::U32(u32::MAX);
+            }
+        }
+        let err = card_from_gguf(&[header], ModelId::new("m"), path_source()).unwrap_err();
+        assert!(
+            matches!(&err, DeriveError::InvalidKey { key, .. } if key == "llama.block_count"),
+            "{err}"
+        );
     }
 
     fn derive(bytes: &[u8]) -> Result<ModelCard, DeriveError> {

@@ -27,10 +27,13 @@ pub fn json_value(words: &'static [&'static str], keys: &'static [&'static str])
     })
 }
 
-/// `PROPTEST_CASES`, else 512.
+/// Cases per property: `SHOAL_FUZZ_CASES` (the long run: `SHOAL_FUZZ_CASES=1000000`), else `PROPTEST_CASES`, else
+/// `CI_CASES`.
 pub fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(512)
+    /// Small enough that every fuzz file of the workspace together stays within CI's budget on 2 cores.
+    const CI_CASES: u32 = 512;
+    ["SHOAL_FUZZ_CASES", "PROPTEST_CASES"]
+        .iter()
+        .find_map(|name| std::env::var(name).ok()?.parse().ok())
+        .unwrap_or(CI_CASES)
 }
