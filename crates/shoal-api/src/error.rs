@@ -191,6 +191,8 @@ impl ApiError {
             CloseReason::Cancelled => (StatusCode::CONFLICT, "cancelled"),
             CloseReason::Incomplete | CloseReason::StreamGap => (StatusCode::BAD_GATEWAY, "stream_incomplete"),
             CloseReason::NodeStopping { .. } => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+            // The client is the cause: it did not read in time (written in band, as the stream is well under way).
+            CloseReason::ClientTooSlow => (StatusCode::REQUEST_TIMEOUT, "client_too_slow"),
             // Nothing is written to a client that is gone; nginx's 499 is for logs only.
             CloseReason::ClientGone => (
                 StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
@@ -342,6 +344,7 @@ mod tests {
             (CloseReason::Incomplete, 502, "stream_incomplete"),
             (CloseReason::StreamGap, 502, "stream_incomplete"),
             (CloseReason::ClientGone, 499, "client_gone"),
+            (CloseReason::ClientTooSlow, 408, "client_too_slow"),
             (
                 CloseReason::NodeStopping {
                     message: "the node is shutting down".into(),

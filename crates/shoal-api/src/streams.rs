@@ -21,12 +21,35 @@ use shoal_types::ids::CommandId;
 use shoal_types::params::GenerationParams;
 
 use crate::error::ApiError;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::commands;
 
 /// `TaskCancelled` and `TaskFinished` are sent again while State still shows their effect missing, this long at most.
 const FOLLOW_UP_FOR: Duration = Duration::from_secs(10);
+
+/// Events a stream's queue holds before its client must have read some (issue 15 "bounded everything"). A chunk is
+/// one token, so this is minutes of output for a client that reads a little late, yet bounds what a client that stops
+/// reading can make the node hold. Past it the stream ends with `client_too_slow` and its task is cancelled: the
+/// producer is zenoh's callback thread (or the local worker's), which must never wait on one client.
+pub const STREAM_QUEUE: usize = 4_096;
+
+/// Test knob, not a user setting (and not in `--help`): overrides [`STREAM_QUEUE`] so a test can fill a stream's
+/// queue with a few tokens.
+pub const STREAM_QUEUE_ENV: &str = "SHOAL_STREAM_QUEUE";
+
+/// The per-stream queue length: [`STREAM_QUEUE`] unless the test knob [`STREAM_QUEUE_ENV`] names a positive number.
+fn stream_queue(knob: Option<&str>) -> usize {
+    knob.and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(STREAM_QUEUE)
+}
+
+/// Whether an event fits a stream's queue that has `free` slots left; if not, the client is too slow. No slot is kept
+/// back for the `End`: it travels beside the queue, so a full queue never hides how the stream ended.
+fn fits(free: usize) -> bool {
+    free > 0
+}
 
 /// What a request's handler receives.
 #[derive(Debug)]
@@ -66,10 +89,17 @@ struct Inner {
     /// When each stream opened and when its last chunk came, for the latency histograms.
     timing: HashMap<CommandId, (Instant, Option<Instant>)>,
     tokens: u64,
-    outs: HashMap<CommandId, mpsc::UnboundedSender<StreamEvent>>,
+    outs: HashMap<CommandId, Out>,
     closes: BTreeMap<&'static str, u64>,
     finished: u64,
     chunks_unknown: u64,
+}
+
+/// A stream's way to its handler: a bounded queue of events, and beside it the `End`, which must always get through.
+/// The handler reads the `End` once the queue is drained and closed, so it still comes after every queued event.
+struct Out {
+    events: mpsc::Sender<StreamEvent>,
+    end: oneshot::Sender<End>,
 }
 
 /// The node's stream registry.
@@ -90,6 +120,8 @@ pub struct Streams {
     grace_ms: u64,
     /// New generations are refused with 429 while this many streams are open (`--max-streams`).
     max_open: std::sync::atomic::AtomicUsize,
+    /// Each stream's queue length ([`STREAM_QUEUE`]).
+    queue: usize,
 }
 
 /// Streams a node holds open at once unless `--max-streams` says otherwise.
@@ -129,6 +161,7 @@ impl Streams {
             stopping: std::sync::atomic::AtomicBool::new(false),
             silent: std::sync::atomic::AtomicBool::new(false),
             max_open: std::sync::atomic::AtomicUsize::new(DEFAULT_MAX_STREAMS),
+            queue: stream_queue(std::env::var(STREAM_QUEUE_ENV).ok().as_deref()),
         });
         let sink = Arc::downgrade(&streams);
         cluster.set_chunk_sink(Arc::new(move |msg: ChunkMsg| {
@@ -172,12 +205,13 @@ impl Streams {
 
     /// Registers a stream for `command` and only then sends it (§11.2 step 2).
     fn open_as(self: &Arc<Self>, command_id: CommandId, command: Command) -> StreamHandle {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (events, rx) = mpsc::channel(self.queue);
+        let (end, end_rx) = oneshot::channel();
         {
             let mut inner = self.lock();
             inner.registry.register(command_id, unix_ms());
             inner.timing.insert(command_id, (Instant::now(), None));
-            inner.outs.insert(command_id, tx);
+            inner.outs.insert(command_id, Out { events, end });
         }
         self.wake.notify_one();
         tracing::debug!(%command_id, "stream registered; sending its command");
@@ -196,6 +230,7 @@ impl Streams {
         StreamHandle {
             command_id,
             rx,
+            end: end_rx,
             streams: self.clone(),
             ended: false,
         }
@@ -293,16 +328,35 @@ impl Streams {
                     }
                     *last = Some(now);
                 }
-                state.tokens += 1;
-                if let Some(out) = inner.outs.get(&msg.command_id) {
-                    let _ = out.send(StreamEvent::Chunk(msg.chunk));
+                if !self.push(&mut inner, msg.command_id, StreamEvent::Chunk(msg.chunk)) {
+                    return;
                 }
+                inner.tokens += 1;
                 if is_final {
                     self.end(&mut inner, msg.command_id, End::Finished);
                 }
             }
             ChunkVerdict::Close(reason) => self.end(&mut inner, msg.command_id, End::Closed(reason)),
         }
+    }
+
+    /// Queues `event` for its stream's handler without ever waiting (the caller may be zenoh's callback thread). A
+    /// full queue means the client stopped reading: the stream ends with `client_too_slow` (counted among the
+    /// closes in `/metrics`) and its task is cancelled, as when a client disconnects. False if the event was not
+    /// queued (the stream is gone or was just ended).
+    fn push(&self, inner: &mut Inner, command_id: CommandId, event: StreamEvent) -> bool {
+        let Some(out) = inner.outs.get(&command_id) else {
+            return false;
+        };
+        if !fits(out.events.capacity()) {
+            tracing::warn!(%command_id, queue = self.queue, "client stopped reading; ending its stream");
+            self.cancel_task(command_id);
+            self.end(inner, command_id, End::Closed(CloseReason::ClientTooSlow));
+            return false;
+        }
+        // Cannot be full (checked under the lock every sender holds); closed means the handler is being dropped,
+        // which ends the stream as `client_gone`.
+        out.events.try_send(event).is_ok()
     }
 
     /// Runs §11.3's `reconcile` against `state` and carries out what it says.
@@ -317,9 +371,7 @@ impl Streams {
                 StreamAction::MarkObserved { command_id, .. } => {
                     tracing::debug!(%command_id, "stream observed in State");
                     inner.registry.apply(&action);
-                    if let Some(out) = inner.outs.get(command_id) {
-                        let _ = out.send(StreamEvent::Observed);
-                    }
+                    self.push(&mut inner, *command_id, StreamEvent::Observed);
                 }
                 StreamAction::MarkComplete { .. } => {
                     inner.registry.apply(&action);
@@ -385,7 +437,8 @@ impl Streams {
             }
         };
         if let Some(out) = inner.outs.remove(&command_id) {
-            let _ = out.send(StreamEvent::End(end));
+            // Dropping `out.events` closes the queue: the handler reads what it holds, then this.
+            let _ = out.end.send(end);
         }
         if finished {
             self.follow_up(Command::TaskFinished { target: command_id }, move |state| {
@@ -412,7 +465,8 @@ impl Streams {
 /// A registered stream as its handler holds it. Dropping it before its `End` is the client going away.
 pub struct StreamHandle {
     pub command_id: CommandId,
-    rx: mpsc::UnboundedReceiver<StreamEvent>,
+    rx: mpsc::Receiver<StreamEvent>,
+    end: oneshot::Receiver<End>,
     streams: Arc<Streams>,
     ended: bool,
 }
@@ -423,12 +477,12 @@ impl StreamHandle {
         if self.ended {
             return None;
         }
-        let event = self.rx.recv().await;
-        match &event {
-            Some(StreamEvent::End(_)) | None => self.ended = true,
-            _ => {}
+        if let Some(event) = self.rx.recv().await {
+            return Some(event);
         }
-        event
+        // The queue closed: the stream ended, and its `End` was sent before the sender went (or the registry is gone).
+        self.ended = true;
+        (&mut self.end).await.ok().map(StreamEvent::End)
     }
 
     pub fn mark_bytes_sent(&self) {
@@ -485,5 +539,44 @@ async fn rejection_loop(streams: Arc<Streams>, cluster: ClusterHandle) {
             Err(RecvError::Lagged(_)) => {}
             Err(RecvError::Closed) => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_queue_length_is_the_constant_unless_the_test_knob_names_a_positive_number() {
+        assert_eq!(stream_queue(None), STREAM_QUEUE);
+        assert_eq!(stream_queue(Some("8")), 8);
+        assert_eq!(stream_queue(Some(" 16 ")), 16);
+        // A zero-length queue cannot exist (tokio would panic), and junk is no setting.
+        assert_eq!(stream_queue(Some("0")), STREAM_QUEUE);
+        assert_eq!(stream_queue(Some("-3")), STREAM_QUEUE);
+        assert_eq!(stream_queue(Some("many")), STREAM_QUEUE);
+    }
+
+    #[test]
+    fn an_event_fits_while_a_slot_is_free_and_the_end_needs_none() {
+        assert!(fits(STREAM_QUEUE));
+        assert!(fits(1));
+        assert!(!fits(0));
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_still_delivers_its_events_then_the_end() {
+        // The shape `open_as` builds: the `End` beside a full queue comes after every queued event.
+        let (events, mut rx) = mpsc::channel(2);
+        let (end, mut end_rx) = oneshot::channel::<End>();
+        events.try_send(StreamEvent::Observed).unwrap();
+        events.try_send(StreamEvent::Observed).unwrap();
+        assert!(!fits(events.capacity()));
+        end.send(End::Closed(CloseReason::ClientTooSlow)).unwrap();
+        drop(events);
+        assert!(matches!(rx.recv().await, Some(StreamEvent::Observed)));
+        assert!(matches!(rx.recv().await, Some(StreamEvent::Observed)));
+        assert!(rx.recv().await.is_none());
+        assert_eq!((&mut end_rx).await.ok(), Some(End::Closed(CloseReason::ClientTooSlow)));
     }
 }

@@ -48,6 +48,8 @@ pub enum CloseReason {
     StreamGap,
     /// The client disconnected; nothing is written.
     ClientGone,
+    /// The client stopped reading and its stream's queue filled up; the error is written in band (issue 15).
+    ClientTooSlow,
     /// The API node is stopping (SIGTERM, or a fatal error such as a full disk); carries why.
     NodeStopping { message: String },
 }
@@ -65,6 +67,9 @@ impl CloseReason {
             CloseReason::Incomplete => "the generation completed but its final chunk never arrived".to_owned(),
             CloseReason::StreamGap => "the stream lost a chunk".to_owned(),
             CloseReason::ClientGone => "the client disconnected".to_owned(),
+            CloseReason::ClientTooSlow => {
+                "the client stopped reading the stream; the node does not queue more".to_owned()
+            }
             CloseReason::NodeStopping { message } => message.clone(),
         }
     }

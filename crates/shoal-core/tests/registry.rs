@@ -984,6 +984,7 @@ fn every_close_reason_has_a_message_and_only_a_rejection_skips_task_finished() {
         CloseReason::Incomplete,
         CloseReason::StreamGap,
         CloseReason::ClientGone,
+        CloseReason::ClientTooSlow,
         CloseReason::Rejected(RejectReason::NotFound),
     ];
     for reason in reasons {

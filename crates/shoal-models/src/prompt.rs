@@ -71,10 +71,7 @@ impl Prompter {
     pub fn prepare(&self, params: &GenerationParams) -> Result<(Vec<u32>, GenerateParams), String> {
         let (text, tools) = self.render(params)?;
         let prompt = self.tokenizer.encode(&text).map_err(|e| e.to_string())?;
-        let room = self.context_length.saturating_sub(prompt.len()).max(1);
-        let max_tokens = params
-            .max_output_tokens
-            .map_or(DEFAULT_MAX_TOKENS.min(room), |m| m as usize);
+        let max_tokens = output_budget(params.max_output_tokens, self.context_length, prompt.len());
         let mut engine = engine_params(params, max_tokens);
         engine.output = OutputSpec {
             tools: tools.then_some(self.tool_format),
@@ -331,6 +328,14 @@ pub fn engine_constraint(c: &Constraint) -> shoal_engine::Constraint {
 
 /// The engine's parameters; a field the request leaves unset keeps the engine's default (the API has already filled
 /// the card's defaults in).
+/// The tokens a request may generate: its `max_tokens` (or [`DEFAULT_MAX_TOKENS`]), capped at the room the context
+/// leaves after the prompt (issue 15), so no request asks for more than the model can hold. At least 1: a prompt that
+/// fills the context is refused by the engine's own check, with its own message.
+pub fn output_budget(requested: Option<u32>, context_length: usize, prompt_tokens: usize) -> usize {
+    let room = context_length.saturating_sub(prompt_tokens).max(1);
+    requested.map_or(DEFAULT_MAX_TOKENS, |m| m as usize).min(room)
+}
+
 pub fn engine_params(params: &GenerationParams, max_tokens: usize) -> GenerateParams {
     let defaults = SamplingParams::default();
     GenerateParams {
@@ -355,6 +360,22 @@ pub fn engine_params(params: &GenerationParams, max_tokens: usize) -> GeneratePa
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn max_tokens_is_capped_at_the_room_the_context_leaves() {
+        use super::{DEFAULT_MAX_TOKENS, output_budget};
+        // Within the room: as asked.
+        assert_eq!(output_budget(Some(100), 8_192, 50), 100);
+        // Past it (even past u32's worth of context): the room.
+        assert_eq!(output_budget(Some(1_000_000), 8_192, 192), 8_000);
+        assert_eq!(output_budget(Some(u32::MAX), 2_048, 0), 2_048);
+        // Unset: the default, capped the same way.
+        assert_eq!(output_budget(None, 100_000, 10), DEFAULT_MAX_TOKENS);
+        assert_eq!(output_budget(None, 1_000, 10), 990);
+        // A prompt that fills the context leaves 1 (the engine refuses it with its own message).
+        assert_eq!(output_budget(Some(5), 1_000, 1_000), 1);
+        assert_eq!(output_budget(Some(5), 1_000, 5_000), 1);
+    }
+
     use super::*;
 
     const TOOLS: &str = r#"[{"type":"function","function":{"name":"get_weather","parameters":{"type":"object",

@@ -6,7 +6,7 @@
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{Sender, SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
 use std::time::{Duration, Instant};
 
 use crate::frame::read_frame;
@@ -31,7 +31,7 @@ pub(crate) fn spawn_acceptor(
     listener: TcpListener,
     expected: Handshake,
     tls: Option<Arc<TlsConfigs>>,
-    tx: Sender<Input>,
+    tx: SyncSender<Input>,
 ) {
     // One slot: the first edge through wins; another that passes meanwhile is dropped.
     let (edge_tx, edge_rx) = sync_channel::<EdgeReader>(1);
@@ -101,12 +101,12 @@ fn hand_over(edge_tx: &SyncSender<EdgeReader>, edge: EdgeReader, peer: Option<So
 /// The dials of the next rank, numbered; a new one supersedes the one in progress, which stops at its next round.
 pub(crate) struct Dials {
     current: Arc<AtomicU64>,
-    tx: Sender<Input>,
+    tx: SyncSender<Input>,
     tls: Option<Arc<TlsConfigs>>,
 }
 
 impl Dials {
-    pub(crate) fn new(tx: Sender<Input>, tls: Option<Arc<TlsConfigs>>) -> Dials {
+    pub(crate) fn new(tx: SyncSender<Input>, tls: Option<Arc<TlsConfigs>>) -> Dials {
         Dials {
             current: Arc::new(AtomicU64::new(0)),
             tx,
@@ -191,7 +191,7 @@ mod tests {
 
     #[test]
     fn a_later_dial_supersedes_one_against_a_dead_address() {
-        let (tx, rx) = std::sync::mpsc::channel();
+        let (tx, rx) = sync_channel(crate::runner::RUNNER_INPUTS);
         let mut dials = Dials::new(tx, None);
         dials.start(vec![dead_addr()], hello());
         let live = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -211,7 +211,7 @@ mod tests {
     fn a_silent_connection_does_not_hold_up_the_real_previous_rank() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
+        let (tx, rx) = sync_channel(crate::runner::RUNNER_INPUTS);
         spawn_acceptor(listener, hello(), None, tx.clone());
         let _silent = TcpStream::connect(addr).unwrap();
         let _plaintext_garbage = {

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::time::{Duration, Instant};
 
 use shoal_engine::{FinishReason, GenerateParams};
@@ -39,9 +39,16 @@ pub struct RunnerProcess {
     _dir: TempDir,
 }
 
+/// Reports from runner processes queued for their reader (the worker, or a [`LocalPipeline`]). Each producer is the
+/// reader thread of a runner's socket, so a full queue blocks it and the runner's writes stall behind it:
+/// back-pressure, never a lost report (a lost chunk would cut a client's stream). A runner has at most a few hundred
+/// sequences (`--max-seqs` plus [`crate::runner::MAX_WAITING`]), each with one report per step in flight, so the limit
+/// only binds a runner that floods its parent.
+pub const RUNNER_EVENTS: usize = 4_096;
+
 impl RunnerProcess {
     /// Starts `<exe> runner --socket <path>` and waits for its `Hello`.
-    pub fn spawn(exe: &Path, rank: u32, events: Sender<(u32, FromRunner)>) -> Result<Self, LocalError> {
+    pub fn spawn(exe: &Path, rank: u32, events: SyncSender<(u32, FromRunner)>) -> Result<Self, LocalError> {
         let dir = TempDir::new(rank)?;
         let path = dir.0.join("runner.sock");
         let listener = UnixListener::bind(&path)?;
@@ -253,7 +260,7 @@ impl LocalPipeline {
         max_seqs: usize,
         tls: Option<DataPlaneTls>,
     ) -> Result<Self, LocalError> {
-        let (tx, events) = mpsc::channel();
+        let (tx, events) = mpsc::sync_channel(RUNNER_EVENTS);
         let world_size = u32::try_from(bounds.len().saturating_sub(1)).unwrap_or(u32::MAX);
         let mut runners = Vec::new();
         for rank in 0..world_size {

@@ -12,7 +12,7 @@ use std::net::TcpListener;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -35,6 +35,13 @@ use crate::secure::{EdgeWriter, TlsConfigs};
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
 /// Sequences rank 0 queues beyond the `max_seqs` it runs (§10.4); more are refused at once.
 pub const MAX_WAITING: usize = 64;
+/// Inputs the compute loop's queue holds (control frames from the worker, data frames from the previous rank, edge
+/// news). Every producer is a reader thread of a socket (or a dial thread), so a full queue blocks it: back-pressure
+/// that reaches the sender through the socket, never a dropped frame (a lost frame would corrupt a sequence). The
+/// ring and the worker/runner pair are cycles, so the limit stays far above what normal work can have in flight
+/// (at most 256 `--max-seqs` + [`MAX_WAITING`] sequences, each with a few control frames and one activation frame
+/// in the ring per step) and only binds a runaway or hostile peer.
+pub const RUNNER_INPUTS: usize = 4_096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunnerError {
@@ -103,7 +110,7 @@ pub fn run(socket: &Path) -> Result<(), RunnerError> {
         pid: std::process::id(),
         protocol: PROTOCOL,
     });
-    let (tx, rx) = mpsc::channel();
+    let (tx, rx) = mpsc::sync_channel(RUNNER_INPUTS);
     spawn_control_reader(stream, tx.clone());
     let heartbeat = worker.clone();
     let progress = Arc::new(Progress::default());
@@ -221,7 +228,7 @@ fn expected_prev(spec: &LoadSpec, model: &str) -> Handshake {
     }
 }
 
-fn spawn_control_reader(stream: UnixStream, tx: Sender<Input>) {
+fn spawn_control_reader(stream: UnixStream, tx: SyncSender<Input>) {
     std::thread::spawn(move || {
         let mut r = BufReader::new(stream);
         loop {

@@ -42,7 +42,7 @@ pub use shoal_models::prompt::{DEFAULT_MAX_TOKENS, Prompter, engine_params};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -60,6 +60,16 @@ use tasks::RunnerTasks;
 
 /// A runner silent or stuck in one step this long is hung (§13); see [`WorkerConfig::hung_after`].
 pub const RUNNER_HUNG_AFTER: Duration = Duration::from_millis(shoal_core::runner_health::RUNNER_HUNG_AFTER_MS);
+
+/// Inputs the worker thread's queue holds. Most producers wait when it is full (back-pressure: the runners' socket
+/// readers, so a runner's writes stall rather than lose a chunk; the spawner; fetch results); what only says
+/// "something changed" is dropped and counted instead (see [`Overflow`]). The worker thread drains the queue between
+/// steps of microseconds, so this binds only a runaway producer, far above what normal work keeps in flight.
+pub const WORKER_INPUTS: usize = 8_192;
+
+/// Runner forks the spawner thread may have queued. The worker thread must never wait on it (the spawner reports
+/// back through the worker's own queue), so a full queue defers the spawn to a later plan, counted.
+pub const SPAWN_QUEUE: usize = 64;
 
 /// The plan runs at least this often (§10.2).
 const TICK: Duration = Duration::from_millis(250);
@@ -87,6 +97,55 @@ pub struct WorkerConfig {
 
 /// A watcher of this node's downloads.
 pub type ProgressHook = Arc<dyn Fn(&ModelId, &DownloadProgress) + Send + Sync>;
+
+/// What happens to an input that finds the worker's queue full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Overflow {
+    /// Its producer waits: losing it would lose work (a runner's chunk, a spawned process, a fetch's result).
+    Wait,
+    /// Dropped and counted: a later input says as much (a State wake-up: the plan also runs every [`TICK`]; a
+    /// download's progress: the next report or the result supersedes it).
+    Drop,
+}
+
+/// The decision for each input on a full queue.
+pub(crate) fn overflow(input: &Input) -> Overflow {
+    match input {
+        Input::StateChanged | Input::Progress(..) => Overflow::Drop,
+        Input::Runner(..) | Input::Spawned { .. } | Input::Fetched(..) | Input::Prompt { .. } | Input::Stop => {
+            Overflow::Wait
+        }
+    }
+}
+
+/// The worker's queue as its producers hold it: bounded ([`WORKER_INPUTS`]), waiting or dropping per [`overflow`].
+#[derive(Clone)]
+pub(crate) struct Inputs {
+    tx: SyncSender<Input>,
+    counters: Arc<WorkerCounters>,
+}
+
+/// The worker thread is gone.
+#[derive(Debug)]
+pub(crate) struct WorkerGone;
+
+impl Inputs {
+    pub(crate) fn send(&self, input: Input) -> Result<(), WorkerGone> {
+        match overflow(&input) {
+            Overflow::Wait => self.tx.send(input).map_err(|_| WorkerGone),
+            Overflow::Drop => match self.tx.try_send(input) {
+                Ok(()) => Ok(()),
+                Err(TrySendError::Full(_)) => {
+                    self.counters
+                        .inputs_dropped
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    Ok(())
+                }
+                Err(TrySendError::Disconnected(_)) => Err(WorkerGone),
+            },
+        }
+    }
+}
 
 /// What reaches the worker thread.
 pub(crate) enum Input {
@@ -129,6 +188,10 @@ pub struct WorkerCounters {
     /// Chunks produced for a task that State already shows cancelled, failed or gone: what a cancellation cost
     /// beyond the step in flight.
     pub chunks_after_cancel: std::sync::atomic::AtomicU64,
+    /// Inputs dropped on a full worker queue ([`WORKER_INPUTS`]): State wake-ups and download progress only.
+    pub inputs_dropped: std::sync::atomic::AtomicU64,
+    /// Spawns put off to a later plan because the spawner's queue ([`SPAWN_QUEUE`]) was full.
+    pub spawns_deferred: std::sync::atomic::AtomicU64,
 }
 
 /// The live reports of this node's runners, shared with the HTTP layer.
@@ -136,7 +199,7 @@ pub type RunnerReports = Arc<std::sync::Mutex<BTreeMap<RunnerId, RunnerReport>>>
 
 /// A running worker; dropping it stops the thread (its runners are stopped with it).
 pub struct Worker {
-    inputs: Sender<Input>,
+    inputs: Inputs,
     thread: Option<JoinHandle<()>>,
     reports: RunnerReports,
     counters: Arc<WorkerCounters>,
@@ -144,12 +207,16 @@ pub struct Worker {
 
 impl Worker {
     pub fn start(cluster: ClusterHandle, models: ModelStore, config: WorkerConfig) -> std::io::Result<Worker> {
-        let (inputs, rx) = channel();
+        let (tx, rx) = sync_channel(WORKER_INPUTS);
         let node = cluster.view().status.node;
         let mut local = LocalView::new(node);
         local.max_seqs = config.max_seqs;
         let reports = RunnerReports::default();
         let counters = Arc::new(WorkerCounters::default());
+        let inputs = Inputs {
+            tx,
+            counters: counters.clone(),
+        };
         let mut shell = Shell {
             counters: counters.clone(),
             node,
@@ -215,7 +282,7 @@ pub(crate) struct Shell {
     cluster: ClusterHandle,
     models: Arc<ModelStore>,
     config: WorkerConfig,
-    inputs: Sender<Input>,
+    inputs: Inputs,
     local: LocalView,
     processes: BTreeMap<RunnerId, RunnerProcess>,
     /// Spawn tag → runner: runner messages arrive tagged.
@@ -247,7 +314,7 @@ fn unix_ms() -> u64 {
 
 impl Shell {
     fn run(&mut self, rx: Receiver<Input>) {
-        let (runner_tx, runner_rx) = channel::<(u32, FromRunner)>();
+        let (runner_tx, runner_rx) = sync_channel::<(u32, FromRunner)>(shoal_runner::local::RUNNER_EVENTS);
         let forward = self.inputs.clone();
         // Runner processes report on a channel of their own; one thread folds it into the worker's.
         std::thread::Builder::new()
@@ -262,7 +329,7 @@ impl Shell {
             .ok();
         // Runners are forked by one thread that lives as long as the worker: a runner's PR_SET_PDEATHSIG fires when
         // the *thread* that forked it exits, so a short-lived spawning thread would kill its runner at once.
-        let (spawner, spawns) = channel::<(RunnerId, u32)>();
+        let (spawner, spawns) = sync_channel::<(RunnerId, u32)>(SPAWN_QUEUE);
         let exe = self.config.exe.clone();
         let spawned = self.inputs.clone();
         std::thread::Builder::new()
@@ -314,7 +381,7 @@ impl Shell {
         self.stop_all();
     }
 
-    fn step(&mut self, state: &State, spawner: &Sender<(RunnerId, u32)>) {
+    fn step(&mut self, state: &State, spawner: &SyncSender<(RunnerId, u32)>) {
         let now = unix_ms();
         self.kill_hung(state, self.mono_ms());
         self.scan_held_files(state, now);
@@ -327,7 +394,7 @@ impl Shell {
         }
     }
     /// Carries out one action of the plan; each job's module does the work.
-    fn carry_out(&mut self, action: Action, state: &State, spawner: &Sender<(RunnerId, u32)>) {
+    fn carry_out(&mut self, action: Action, state: &State, spawner: &SyncSender<(RunnerId, u32)>) {
         match action {
             Action::Spawn { runner, instance } => self.spawn(runner, instance, state, spawner),
             Action::Shutdown { runner } => self.shutdown(runner),
@@ -364,5 +431,51 @@ impl Shell {
             Input::Fetched(model, result) => self.on_fetched(model, result, now),
             Input::Prompt { task, result } => self.on_prompt(task, *result, now),
         }
+    }
+}
+
+#[cfg(test)]
+mod bounds_tests {
+    use super::*;
+
+    #[test]
+    fn only_inputs_a_later_one_supersedes_are_dropped_on_a_full_queue() {
+        let model = ModelId::new("m");
+        assert_eq!(overflow(&Input::StateChanged), Overflow::Drop);
+        assert_eq!(
+            overflow(&Input::Progress(model.clone(), DownloadProgress::Pending)),
+            Overflow::Drop
+        );
+        assert_eq!(overflow(&Input::Fetched(model, Err("x".into()))), Overflow::Wait);
+        assert_eq!(
+            overflow(&Input::Runner(
+                0,
+                FromRunner::Heartbeat {
+                    steps: 0,
+                    stepping: false
+                }
+            )),
+            Overflow::Wait
+        );
+        assert_eq!(overflow(&Input::Stop), Overflow::Wait);
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts_a_wake_up_but_keeps_what_was_queued() {
+        let (tx, rx) = sync_channel(1);
+        let counters = Arc::new(WorkerCounters::default());
+        let inputs = Inputs {
+            tx,
+            counters: counters.clone(),
+        };
+        inputs.send(Input::StateChanged).unwrap();
+        // Full: the second wake-up is dropped at once (it would block otherwise), and counted.
+        inputs.send(Input::StateChanged).unwrap();
+        assert_eq!(counters.inputs_dropped.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert!(matches!(rx.try_recv(), Ok(Input::StateChanged)));
+        assert!(rx.try_recv().is_err());
+        drop(rx);
+        assert!(inputs.send(Input::StateChanged).is_err());
+        assert!(inputs.send(Input::Stop).is_err());
     }
 }

@@ -2,7 +2,7 @@
 //! and folding their status messages into the local view.
 
 use std::collections::BTreeMap;
-use std::sync::mpsc::Sender;
+use std::sync::mpsc::{SyncSender, TrySendError};
 
 use shoal_core::worker::{ActionKey, LocalRunner};
 use shoal_runner::local::RunnerProcess;
@@ -20,7 +20,7 @@ impl Shell {
         runner: RunnerId,
         instance: InstanceId,
         state: &State,
-        spawner: &Sender<(RunnerId, u32)>,
+        spawner: &SyncSender<(RunnerId, u32)>,
     ) {
         let Some(instance) = state.instances.get(&instance) else {
             self.local.finish(&ActionKey::Spawn(runner));
@@ -39,8 +39,18 @@ impl Shell {
         // The instance's ring has a gap until this process joins it, so none of its running tasks can finish; after
         // a restart of this worker nothing else would fail them (`runner_health::tasks_to_fail`).
         self.fail_tasks_of(runner, state, ErrorKind::Runner, "a runner of the instance restarted");
-        if spawner.send((runner, tag)).is_err() {
-            self.local.finish(&ActionKey::Spawn(runner));
+        // Never waits: the spawner answers through this thread's own queue. Unsent, the spawn is planned again.
+        match spawner.try_send((runner, tag)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                tracing::warn!(%runner, "the spawner's queue is full; the spawn waits for a later plan");
+                self.counters
+                    .spawns_deferred
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.tags.remove(&tag);
+                self.local.finish(&ActionKey::Spawn(runner));
+            }
+            Err(TrySendError::Disconnected(_)) => self.local.finish(&ActionKey::Spawn(runner)),
         }
     }
 

@@ -91,6 +91,18 @@ impl Collector for WorkerCollector {
             "shoal_worker_chunks_after_cancel",
             "Chunks produced for a task State already shows cancelled, failed or gone",
             &[(Vec::new(), self.counters.chunks_after_cancel.load(Relaxed))],
+        )?;
+        write_counter(
+            &mut encoder,
+            "shoal_worker_inputs_dropped",
+            "State wake-ups and download progress dropped on the worker's full queue",
+            &[(Vec::new(), self.counters.inputs_dropped.load(Relaxed))],
+        )?;
+        write_counter(
+            &mut encoder,
+            "shoal_worker_spawns_deferred",
+            "Runner spawns put off to a later plan on the spawner's full queue",
+            &[(Vec::new(), self.counters.spawns_deferred.load(Relaxed))],
         )
     }
 }
