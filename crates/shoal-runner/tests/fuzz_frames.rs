@@ -80,6 +80,7 @@ static SAMPLES: LazyLock<Vec<Vec<u8>>> = LazyLock::new(|| {
         frame(&DataFrame::Release { slot: 3 }),
         frame(&ToRunner::Load(LoadSpec {
             model_path: "/m/model.gguf".into(),
+            sha256: Some("ab".repeat(32)),
             instance: "i".into(),
             layer_start: 0,
             layer_end: 30,
@@ -132,6 +133,9 @@ static SAMPLES: LazyLock<Vec<Vec<u8>>> = LazyLock::new(|| {
         frame(&FromRunner::Heartbeat {
             steps: 9,
             stepping: true,
+        }),
+        frame(&FromRunner::FileCorrupt {
+            path: "/m/model.gguf".into(),
         }),
     ];
     // A stream of several frames, so edits shift the boundaries between them.
