@@ -17,7 +17,7 @@ use shoal_types::ids::{CommandId, NodeId, TaskId};
 use shoal_types::model::{ErrorKind, RunnerStatus, TaskStatus};
 use shoal_types::params::{GenerationParams, PromptRef};
 
-use crate::worker::{ActionKey, LocalView, QUEUE_SLACK};
+use crate::worker::{LocalView, QUEUE_SLACK};
 
 /// A task's content is fetched at most this many times before the task fails.
 pub const FETCH_ATTEMPTS: u32 = 5;
@@ -193,21 +193,9 @@ pub fn plan(state: &State, local: &LocalView, now_ms: u64) -> Vec<PromptAction> 
         if !is_rank0 || stopping {
             continue;
         }
-        let mut open: BTreeSet<TaskId> = r.open_tasks.clone();
-        open.extend(local.in_flight.iter().filter_map(|k| match k {
-            ActionKey::Submit(on, task) if on == runner => Some(*task),
-            _ => None,
-        }));
-        let mut pending: Vec<_> = state
-            .tasks
-            .values()
-            .filter(|t| t.instance == instance.id && t.status == TaskStatus::Pending)
-            .filter(|t| !r.submitted.contains(&t.id) && !open.contains(&t.id))
-            .map(|t| (t.created_ms, t.id))
-            .collect();
-        pending.sort_unstable();
+        let (open, pending) = crate::worker::rank0_queue(state, local, runner, r, &instance.id);
         let room = limit.saturating_sub(open.len());
-        for (_, task_id) in pending.into_iter().take(room) {
+        for task_id in pending.into_iter().take(room) {
             let Some(task) = state.tasks.get(&task_id) else {
                 continue;
             };

@@ -459,23 +459,10 @@ pub fn plan(state: &State, local: &LocalView, now_ms: u64) -> Vec<Action> {
         if !all_serving {
             continue;
         }
-        // Submits in flight count as open whether or not the shell has added them to `open_tasks` yet.
-        let mut open: BTreeSet<TaskId> = r.open_tasks.clone();
-        open.extend(local.in_flight.iter().filter_map(|k| match k {
-            ActionKey::Submit(on, task) if on == runner => Some(*task),
-            _ => None,
-        }));
-        let mut pending: Vec<_> = state
-            .tasks
-            .values()
-            .filter(|t| t.instance == instance.id && t.status == TaskStatus::Pending)
-            .filter(|t| !r.submitted.contains(&t.id) && !open.contains(&t.id))
-            .map(|t| (t.created_ms, t.id))
-            .collect();
-        pending.sort_unstable();
+        let (mut open, pending) = rank0_queue(state, local, runner, r, &instance.id);
         // Only a task whose content has arrived (`crate::prompts` fetches them in this same order); the others wait
         // without holding a slot.
-        for (_, task) in pending.into_iter().filter(|(_, t)| local.prompts.held.contains(t)) {
+        for task in pending.into_iter().filter(|t| local.prompts.held.contains(t)) {
             if open.len() >= limit {
                 break;
             }
@@ -580,6 +567,32 @@ fn next_rank_addrs(state: &State, instance: &Instance, runner: &RunnerId) -> Opt
         .iter()
         .find(|(_, s)| s.device_rank() == next_rank)?;
     state.runners.get(next).map(|rec| rec.data_addrs.clone())
+}
+
+/// A rank-0 runner's queue: the tasks it holds open (submits in flight count, whether or not the shell has added
+/// them to `open_tasks` yet), and its instance's `Pending` tasks it has not taken, oldest first. Rule 8 submits from
+/// it and `crate::prompts` fetches contents in the same order.
+pub(crate) fn rank0_queue(
+    state: &State,
+    local: &LocalView,
+    runner: &RunnerId,
+    r: &LocalRunner,
+    instance: &InstanceId,
+) -> (BTreeSet<TaskId>, Vec<TaskId>) {
+    let mut open: BTreeSet<TaskId> = r.open_tasks.clone();
+    open.extend(local.in_flight.iter().filter_map(|k| match k {
+        ActionKey::Submit(on, task) if on == runner => Some(*task),
+        _ => None,
+    }));
+    let mut pending: Vec<_> = state
+        .tasks
+        .values()
+        .filter(|t| t.instance == *instance && t.status == TaskStatus::Pending)
+        .filter(|t| !r.submitted.contains(&t.id) && !open.contains(&t.id))
+        .map(|t| (t.created_ms, t.id))
+        .collect();
+    pending.sort_unstable();
+    (open, pending.into_iter().map(|(_, id)| id).collect())
 }
 
 /// A failed download is retried after the same backoff as a runner respawn, so a model that cannot be fetched (no
