@@ -87,14 +87,12 @@ impl ApiError {
 
     /// The prompt does not leave room for one generated token in the model's context (checked before any runner
     /// sees the request).
-    pub fn context_length_exceeded(prompt_tokens: usize, context_length: u32) -> Self {
+    /// `at_least`: the count stops once past the context, so it is a lower bound.
+    pub fn context_length_exceeded(at_least: usize, context_length: u32) -> Self {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "context_length_exceeded",
-            format!(
-                "the prompt is {prompt_tokens} tokens; this model's context holds {context_length} tokens, \
-                 including at least one generated token"
-            ),
+            shoal_models::prompt::too_long(at_least, context_length as usize),
         )
     }
 
@@ -188,6 +186,7 @@ impl ApiError {
                 (StatusCode::SERVICE_UNAVAILABLE, "instance_unavailable")
             }
             CloseReason::Failed { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "generation_failed"),
+            CloseReason::Refused { .. } => (StatusCode::BAD_REQUEST, "invalid_request"),
             CloseReason::Cancelled => (StatusCode::CONFLICT, "cancelled"),
             CloseReason::Incomplete | CloseReason::StreamGap => (StatusCode::BAD_GATEWAY, "stream_incomplete"),
             CloseReason::NodeStopping { .. } => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
@@ -340,6 +339,13 @@ mod tests {
             (CloseReason::InstanceGone, 503, "instance_unavailable"),
             (CloseReason::TaskGone, 503, "instance_unavailable"),
             (CloseReason::Failed { message: "boom".into() }, 500, "generation_failed"),
+            (
+                CloseReason::Refused {
+                    message: "too long".into(),
+                },
+                400,
+                "invalid_request",
+            ),
             (CloseReason::Cancelled, 409, "cancelled"),
             (CloseReason::Incomplete, 502, "stream_incomplete"),
             (CloseReason::StreamGap, 502, "stream_incomplete"),

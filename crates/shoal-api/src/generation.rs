@@ -23,6 +23,7 @@ use shoal_types::params::{GenerationParams, MAX_PARAMS_BYTES, ToolCall};
 use crate::Api;
 use crate::error::{ApiError, Dialect};
 use crate::logprobs::{TokenLogprob, choice_params};
+use crate::prompts::Count;
 use crate::streams::{End, StreamEvent, StreamHandle};
 
 /// A streaming response starts at the latest this long after registration (§11.2 step 4).
@@ -58,13 +59,15 @@ pub async fn start(api: &Api, mut params: GenerationParams) -> Result<Started, A
             .ok_or_else(|| ApiError::model_not_found(params.model.as_str()))?
     };
     fill_defaults(&mut params, &card);
-    let prompt_tokens = api.prompts.count(&card, &params).await?;
+    // The prompt and one generated token must fit the context.
+    let room = (card.context_length as usize).saturating_sub(1);
+    let prompt_tokens = api.prompts.count(&card, &params, room).await?;
     wait_until_servable(api, &card.id).await?;
-    if let Some(n) = prompt_tokens
-        && n >= card.context_length as usize
-    {
-        return Err(ApiError::context_length_exceeded(n, card.context_length));
-    }
+    let prompt_tokens = match prompt_tokens {
+        Some(Count::AtLeast(n)) => return Err(ApiError::context_length_exceeded(n, card.context_length)),
+        Some(Count::Exactly(n)) => Some(n),
+        None => None,
+    };
     let encoded = shoal_types::codec::encode(&params)
         .map(|b| b.len())
         .unwrap_or(usize::MAX);

@@ -9,7 +9,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use shoal_models::ModelStore;
-use shoal_models::prompt::Prompter;
+
+use shoal_models::prompt::{Bounded, Prompter};
 use shoal_types::ModelCard;
 use shoal_types::ids::ModelId;
 use shoal_types::params::GenerationParams;
@@ -68,16 +69,34 @@ impl Prompts {
         Some(prompter)
     }
 
-    /// The prompt's token count, where this node can count it; an error if the prompt cannot be rendered.
-    pub async fn count(&self, card: &ModelCard, params: &GenerationParams) -> Result<Option<usize>, ApiError> {
+    /// The prompt's token count, where this node can count it, or that it has more than `limit` tokens (told
+    /// without tokenizing all of a long prompt); an error if the prompt cannot be rendered.
+    pub async fn count(
+        &self,
+        card: &ModelCard,
+        params: &GenerationParams,
+        limit: usize,
+    ) -> Result<Option<Count>, ApiError> {
         let Some(prompter) = self.prompter(card).await else {
             return Ok(None);
         };
         // A long prompt takes milliseconds to tokenize: off the async threads too.
         let params = params.clone();
-        let counted = tokio::task::spawn_blocking(move || prompter.tokens(&params).map(|t| t.len()))
+        let counted = tokio::task::spawn_blocking(move || prompter.tokens_within(&params, limit))
             .await
             .map_err(|e| ApiError::internal(format!("prompt counting failed: {e}")))?;
-        counted.map(Some).map_err(|e| ApiError::bad_request("messages", e))
+        match counted {
+            Ok(Bounded::Tokens(ids)) => Ok(Some(Count::Exactly(ids.len()))),
+            Ok(Bounded::Over { at_least }) => Ok(Some(Count::AtLeast(at_least))),
+            Err(e) => Err(ApiError::bad_request("messages", e)),
+        }
     }
+}
+
+/// A prompt's size in tokens, as far as it was counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Count {
+    Exactly(usize),
+    /// More than the limit asked for: at least this many.
+    AtLeast(usize),
 }

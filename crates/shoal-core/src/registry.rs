@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use shoal_types::chunk::Chunk;
 use shoal_types::command::RejectReason;
 use shoal_types::ids::{CommandId, TaskId};
-use shoal_types::model::TaskStatus;
+use shoal_types::model::{ErrorKind, TaskStatus};
 use shoal_types::state::State;
 
 /// How long a stream whose command was never observed in State waits before it closes `NotAccepted` (`--stream-ttl`).
@@ -40,6 +40,9 @@ pub enum CloseReason {
     TaskGone,
     /// The task failed in State, or an `Error` chunk arrived; carries the error's message.
     Failed { message: String },
+    /// As `Failed`, for an error of kind `Invalid`: the model cannot take the request as it is (a prompt past the
+    /// context, messages its template refuses), which is the client's to fix.
+    Refused { message: String },
     /// The task was cancelled (in State, or by `POST /v1/cancel/{id}`).
     Cancelled,
     /// The task is `Complete` in State but its final chunk did not arrive within the grace period.
@@ -62,7 +65,7 @@ impl CloseReason {
             CloseReason::NotAccepted => "the cluster did not accept the request in time".to_owned(),
             CloseReason::InstanceGone => "the instance serving this request is gone".to_owned(),
             CloseReason::TaskGone => "the generation task is no longer in the cluster state".to_owned(),
-            CloseReason::Failed { message } => message.clone(),
+            CloseReason::Failed { message } | CloseReason::Refused { message } => message.clone(),
             CloseReason::Cancelled => "the request was cancelled".to_owned(),
             CloseReason::Incomplete => "the generation completed but its final chunk never arrived".to_owned(),
             CloseReason::StreamGap => "the stream lost a chunk".to_owned(),
@@ -161,11 +164,13 @@ pub fn reconcile<'a>(
                 }
                 match t.status {
                     TaskStatus::Failed => {
-                        let message = t
-                            .error
-                            .as_ref()
-                            .map_or_else(|| "generation failed".to_owned(), |e| e.message.clone());
-                        actions.push(close(CloseReason::Failed { message }));
+                        let reason = match &t.error {
+                            Some(e) => failure(e.kind, e.message.clone()),
+                            None => CloseReason::Failed {
+                                message: "generation failed".to_owned(),
+                            },
+                        };
+                        actions.push(close(reason));
                     }
                     TaskStatus::Cancelled => actions.push(close(CloseReason::Cancelled)),
                     TaskStatus::Complete => match st.complete_seen_ms {
@@ -198,6 +203,14 @@ pub fn reconcile<'a>(
     actions
 }
 
+/// A task's error as a close: `Invalid` is the request's fault, anything else the cluster's.
+fn failure(kind: ErrorKind, message: String) -> CloseReason {
+    match kind {
+        ErrorKind::Invalid => CloseReason::Refused { message },
+        _ => CloseReason::Failed { message },
+    }
+}
+
 /// What to do with a chunk for a registered stream.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ChunkVerdict {
@@ -212,10 +225,8 @@ pub enum ChunkVerdict {
 /// and count it). An `Error` chunk closes `Failed` at any `seq`, including [`shoal_types::wire::SEQ_OOB`]; any other
 /// chunk must carry exactly `next_seq`, else the stream closes `StreamGap` (never silently garbled text).
 pub fn on_chunk(entry: &StreamEntry, seq: u32, chunk: &Chunk) -> ChunkVerdict {
-    if let Chunk::Error { message, .. } = chunk {
-        return ChunkVerdict::Close(CloseReason::Failed {
-            message: message.clone(),
-        });
+    if let Chunk::Error { kind, message } = chunk {
+        return ChunkVerdict::Close(failure(*kind, message.clone()));
     }
     if seq != entry.next_seq {
         return ChunkVerdict::Close(CloseReason::StreamGap);

@@ -564,6 +564,36 @@ fn case6_error_chunk_first_closes_the_same_way_and_only_once() {
 }
 
 #[test]
+fn case6_a_request_the_model_cannot_take_closes_refused_by_either_path() {
+    let message = "the prompt is at least 9000 tokens";
+    let mut log = running();
+    log.push(Event::TaskFailed {
+        task_id: tid(7),
+        error: TaskError {
+            kind: ErrorKind::Invalid,
+            message: message.into(),
+        },
+    });
+    let refused = CloseReason::Refused {
+        message: message.into(),
+    };
+    let mut reg = observed_stream();
+    assert_eq!(
+        step(&mut reg, &log.state, T0 + 100),
+        vec![close(cmd(7), refused.clone())]
+    );
+    let chunk = Chunk::Error {
+        kind: ErrorKind::Invalid,
+        message: message.into(),
+    };
+    assert_eq!(
+        on_chunk(&StreamEntry::new(cmd(7), T0), SEQ_OOB, &chunk),
+        ChunkVerdict::Close(refused.clone())
+    );
+    assert_eq!(refused.message(), message);
+}
+
+#[test]
 fn case6_error_chunk_closes_at_any_seq() {
     let entry = StreamEntry {
         next_seq: 3,

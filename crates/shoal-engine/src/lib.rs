@@ -31,4 +31,4 @@ pub use generate::{
 pub use grammar::{Constrained, Constraint, GrammarError, GrammarFactory};
 pub use logprobs::{MAX_TOP_LOGPROBS, TokenLogprobs, token_logprobs};
 pub use sampling::{Sampler, SamplingParams};
-pub use tokenizer::{IncrementalDecoder, Tokenizer};
+pub use tokenizer::{Bounded, IncrementalDecoder, Tokenizer};

@@ -3,7 +3,7 @@
 
 mod common;
 
-use shoal_engine::{ChatMessage, ChatTemplate, Tokenizer};
+use shoal_engine::{Bounded, ChatMessage, ChatTemplate, Tokenizer};
 
 fn tok() -> Tokenizer {
     Tokenizer::from_gguf_path(common::model_path()).unwrap()
@@ -208,4 +208,30 @@ fn template_features_used_by_hf_templates() {
     let err = tpl.render(&many, false).unwrap_err();
     assert!(err.to_string().contains("too many"), "{err}");
     assert!(ChatTemplate::new("{% if %}", "", "").is_err());
+}
+
+/// A prompt far past the context (issue 15): told by its length alone when no token could cover it, else in pieces
+/// that stop at the limit; either way the count is a true lower bound.
+#[test]
+fn a_prompt_past_the_context_is_told_without_tokenizing_all_of_it() {
+    let t = tok();
+    let context = 8_192;
+    let huge = "lorem ipsum ".repeat(350_000);
+    let Bounded::Over { at_least } = t.encode_within(&huge, context).unwrap() else {
+        panic!("4 MB of text within the context")
+    };
+    assert!(at_least > context);
+    // 1 MB: a token could cover it, so it is tokenized, in pieces, up to the first past the limit.
+    let large = "lorem ipsum ".repeat(90_000);
+    let Bounded::Over { at_least } = t.encode_within(&large, context).unwrap() else {
+        panic!("1 MB of text within the context")
+    };
+    assert!(at_least > context && at_least < context + 16 * 1024, "{at_least}");
+    let whole = t.encode(&large).unwrap().len();
+    assert!(at_least <= whole, "{at_least} > {whole}");
+    let short = "lorem ipsum ".repeat(100);
+    assert_eq!(
+        t.encode_within(&short, context).unwrap(),
+        Bounded::Tokens(t.encode(&short).unwrap())
+    );
 }

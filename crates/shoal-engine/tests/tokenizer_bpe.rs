@@ -9,7 +9,7 @@ mod vocab;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use shoal_engine::Tokenizer;
+use shoal_engine::{Bounded, Tokenizer};
 
 // Exact ids from llama.cpp (the reference build of shared/scripts/build-llama-reference.sh, llama-cpp-python 0.3.36),
 // through tools/ref_tokenize.cpp, which calls llama_tokenize(add_special = true, parse_special = true) as
@@ -426,4 +426,54 @@ fn unknown_pre_tokenizer_is_refused_by_name() {
         err.contains("`made-up-pre`") && err.contains("llama-bpe") && err.contains("tekken"),
         "{err}"
     );
+}
+
+/// A long prompt is tokenized in pieces cut where every pre-tokenizer cuts (issue 15: bounded memory); the ids must
+/// be exactly the whole text's, for every family, wherever the cuts fall, and a limit stops it with a true lower bound.
+#[test]
+fn a_text_tokenized_in_pieces_gives_the_whole_texts_ids() {
+    let samples = [
+        LLAMA3_SAMPLES,
+        QWEN3_SAMPLES,
+        TEKKEN_SAMPLES,
+        GPT2_SAMPLES,
+        DEFAULT_SAMPLES,
+    ];
+    let text: String = samples
+        .iter()
+        .flat_map(|s| s.iter().map(|(t, _)| *t))
+        .collect::<Vec<_>>()
+        .join(" x ");
+    let families = [
+        ("llama-bpe", llama3()),
+        ("qwen2", qwen3()),
+        ("tekken", tekken()),
+        ("gpt-2", &smollm_as("gpt-2")),
+        ("default", &smollm_as("default")),
+        ("smollm", &smollm_as("smollm")),
+    ];
+    for (family, t) in families {
+        let whole = t.encode(&text).unwrap();
+        for piece_bytes in [1, 2, 7, 64, 4096] {
+            assert_eq!(
+                t.encode_bounded(&text, usize::MAX, piece_bytes).unwrap(),
+                Bounded::Tokens(whole.clone()),
+                "{family}, pieces of {piece_bytes} bytes"
+            );
+        }
+        assert_eq!(
+            t.encode_bounded(&text, whole.len(), 7).unwrap(),
+            Bounded::Tokens(whole.clone())
+        );
+        for limit in [0, 1, whole.len() / 2, whole.len() - 1] {
+            match t.encode_bounded(&text, limit, 7).unwrap() {
+                Bounded::Over { at_least } => assert!(
+                    at_least > limit && at_least <= whole.len(),
+                    "{family}: limit {limit}, at least {at_least} of {}",
+                    whole.len()
+                ),
+                Bounded::Tokens(ids) => panic!("{family}: {} ids within a limit of {limit}", ids.len()),
+            }
+        }
+    }
 }

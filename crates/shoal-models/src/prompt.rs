@@ -14,6 +14,9 @@ use shoal_engine::{
 use shoal_types::ModelCard;
 use shoal_types::params::{Constraint, GenerationParams, Role, ToolChoice};
 
+/// What [`Prompter::tokens_within`] found.
+pub use shoal_engine::Bounded;
+
 /// `max_tokens` when the request sets none: the rest of the context, capped so a forgotten limit cannot hold a
 /// sequence slot for minutes.
 pub const DEFAULT_MAX_TOKENS: usize = 4_096;
@@ -67,10 +70,15 @@ impl Prompter {
         })
     }
 
-    /// The prompt tokens and engine parameters of a request; an error is the request's fault (`Invalid`).
+    /// The prompt tokens and engine parameters of a request; an error is the request's fault (`Invalid`), a prompt
+    /// that leaves no room for one generated token among them. A prompt far past the context is told without
+    /// tokenizing all of it ([`Tokenizer::encode_within`]).
     pub fn prepare(&self, params: &GenerationParams) -> Result<(Vec<u32>, GenerateParams), String> {
         let (text, tools) = self.render(params)?;
-        let prompt = self.tokenizer.encode(&text).map_err(|e| e.to_string())?;
+        let prompt = match self.encode_within(&text, self.context_length.saturating_sub(1))? {
+            Bounded::Tokens(ids) => ids,
+            Bounded::Over { at_least } => return Err(too_long(at_least, self.context_length)),
+        };
         let max_tokens = output_budget(params.max_output_tokens, self.context_length, prompt.len());
         let mut engine = engine_params(params, max_tokens);
         engine.output = OutputSpec {
@@ -96,10 +104,15 @@ impl Prompter {
         Ok((prompt, engine))
     }
 
-    /// The prompt tokens of a request: its raw prompt as is, else its messages through the chat template.
-    pub fn tokens(&self, params: &GenerationParams) -> Result<Vec<u32>, String> {
+    /// The prompt tokens of a request (its raw prompt as is, else its messages through the chat template), or that
+    /// it has more than `limit`, told in memory that does not grow with the prompt.
+    pub fn tokens_within(&self, params: &GenerationParams, limit: usize) -> Result<Bounded, String> {
         let (text, _) = self.render(params)?;
-        self.tokenizer.encode(&text).map_err(|e| e.to_string())
+        self.encode_within(&text, limit)
+    }
+
+    fn encode_within(&self, text: &str, limit: usize) -> Result<Bounded, String> {
+        self.tokenizer.encode_within(text, limit).map_err(|e| e.to_string())
     }
 
     /// How this model writes tool calls.
@@ -331,6 +344,14 @@ pub fn engine_constraint(c: &Constraint) -> shoal_engine::Constraint {
 /// The tokens a request may generate: its `max_tokens` (or [`DEFAULT_MAX_TOKENS`]), capped at the room the context
 /// leaves after the prompt (issue 15), so no request asks for more than the model can hold. At least 1: a prompt that
 /// fills the context is refused by the engine's own check, with its own message.
+/// Why a prompt is refused as too long (rank 0's `Invalid`; the API node says the same as a 400 before sending).
+pub fn too_long(at_least: usize, context_length: usize) -> String {
+    format!(
+        "the prompt is at least {at_least} tokens; this model's context holds {context_length} tokens, including at \
+         least one generated token"
+    )
+}
+
 pub fn output_budget(requested: Option<u32>, context_length: usize, prompt_tokens: usize) -> usize {
     let room = context_length.saturating_sub(prompt_tokens).max(1);
     requested.map_or(DEFAULT_MAX_TOKENS, |m| m as usize).min(room)

@@ -249,7 +249,8 @@ fn measure_store_and_rss_under_large_prompts() {
     let started = Instant::now();
     let api = nodes[3].api;
     let sent = std::sync::atomic::AtomicUsize::new(0);
-    let codes = std::sync::Mutex::new(std::collections::BTreeMap::<u16, usize>::new());
+    // Per status: how many, and the first body (to tell a refusal from a failure).
+    let codes = std::sync::Mutex::new(std::collections::BTreeMap::<u16, (usize, String)>::new());
     std::thread::scope(|scope| {
         for _ in 0..4 {
             scope.spawn(|| {
@@ -257,13 +258,15 @@ fn measure_store_and_rss_under_large_prompts() {
                     && sent.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < count
                 {
                     let body = json!({"model": "smollm2-135m", "prompt": prompt, "max_tokens": 1});
-                    let code = http(api, "POST", "/v1/completions", Some(&body)).map_or(0, |r| r.0);
-                    *codes.lock().unwrap().entry(code).or_default() += 1;
+                    let (code, text) = http(api, "POST", "/v1/completions", Some(&body)).unwrap_or_default();
+                    let mut codes = codes.lock().unwrap();
+                    let seen = codes.entry(code).or_insert_with(|| (0, text));
+                    seen.0 += 1;
                 }
             });
         }
     });
-    let done: usize = codes.lock().unwrap().values().sum();
+    let done: usize = codes.lock().unwrap().values().map(|(n, _)| n).sum();
     let elapsed = started.elapsed();
     std::thread::sleep(Duration::from_secs(5));
     let after = measure(&nodes);

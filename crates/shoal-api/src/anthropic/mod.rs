@@ -16,6 +16,7 @@ use serde_json::json;
 use self::reply::{MessageStream, Reply, message_json};
 use self::request::{parse_count_tokens, parse_messages};
 use crate::error::{ApiError, Dialect};
+use crate::prompts::Count;
 use crate::{Api, generation, read_body};
 
 /// The Anthropic routes.
@@ -67,8 +68,9 @@ async fn count(api: Api, request: Request) -> Result<Response, ApiError> {
             .ok_or_else(|| ApiError::model_not_found(params.model.as_str()))?
     };
     generation::fill_defaults(&mut params, &card);
-    match api.prompts.count(&card, &params).await? {
-        Some(n) => Ok(Json(json!({ "input_tokens": n })).into_response()),
+    // Counted whatever its length, as the client asks for the count (the body limit bounds it).
+    match api.prompts.count(&card, &params, usize::MAX).await? {
+        Some(Count::Exactly(n) | Count::AtLeast(n)) => Ok(Json(json!({ "input_tokens": n })).into_response()),
         None => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "cannot_count",

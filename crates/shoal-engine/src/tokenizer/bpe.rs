@@ -112,6 +112,27 @@ pub(super) fn build(tokens: &[&str], merges: &[&str], spec: &PreTokenizerSpec) -
     Ok(inner)
 }
 
+/// `raw` cut into pieces of about `piece_bytes` (more where no cut is found), each cut just before a space that
+/// follows an ASCII letter. Every supported pre-tokenizer cuts there: no regex of theirs matches a letter followed
+/// by a space, every letter is matched (so no unmatched stretch spans the cut), none looks behind, and a lookahead
+/// at the end of the letter run sees a space or the end alike. So the pieces' ids, joined, are the whole text's.
+pub(super) fn pieces(raw: &str, piece_bytes: usize) -> impl Iterator<Item = &str> {
+    let mut rest = raw;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let bytes = rest.as_bytes();
+        let cut = (piece_bytes.max(1)..bytes.len())
+            .find(|&i| bytes[i] == b' ' && bytes[i - 1].is_ascii_alphabetic())
+            .unwrap_or(bytes.len());
+        // A space is one byte, so the cut is a character boundary.
+        let (piece, after) = rest.split_at(cut);
+        rest = after;
+        Some(piece)
+    })
+}
+
 pub(super) fn encode(inner: &tokenizers::Tokenizer, raw: &str, out: &mut Vec<u32>) -> Result<()> {
     let enc = inner
         .encode_fast(raw, false)

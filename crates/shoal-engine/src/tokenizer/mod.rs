@@ -119,12 +119,32 @@ enum Model {
     Spm(spm::Spm),
 }
 
+/// UTF-8's longest character: what one byte-fallback or unknown token can stand for.
+const MAX_CHAR_BYTES: usize = 4;
+
+/// How much of a long prompt [`Tokenizer::encode_within`] hands the BPE tokenizer at a time: about 3 MB of its
+/// bookkeeping (a whole 1 MB text took ~170 MB).
+pub const ENCODE_PIECE_BYTES: usize = 16 * 1024;
+
+/// What [`Tokenizer::encode_within`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Bounded {
+    /// The text's ids: at most the limit.
+    Tokens(Vec<u32>),
+    /// More tokens than the limit: at least this many.
+    Over { at_least: usize },
+}
+
 pub struct Tokenizer {
     model: Model,
     specials: SpecialMatcher,
     tokens: Vec<String>,
     /// What each token prints as (llama.cpp's token_to_piece), so decoding and streaming never re-derive it.
     token_bytes: Vec<Vec<u8>>,
+    /// The most bytes of text one token can stand for (its spelling in the vocabulary or its piece, whichever is
+    /// longer): a text of `n` bytes has at least `n / longest_token_bytes` tokens, which tells a prompt far past any
+    /// context without tokenizing it.
+    longest_token_bytes: usize,
     /// Control and unknown tokens: left out of decoded text unless asked for.
     special: Vec<bool>,
     bos: Option<u32>,
@@ -267,7 +287,14 @@ impl Tokenizer {
             .iter()
             .map(|t| matches!(*t, TOKEN_TYPE_CONTROL | TOKEN_TYPE_UNKNOWN))
             .collect();
-        let token_bytes = tokens.iter().zip(&types).map(|(s, t)| piece(s, *t, is_spm)).collect();
+        let token_bytes: Vec<Vec<u8>> = tokens.iter().zip(&types).map(|(s, t)| piece(s, *t, is_spm)).collect();
+        let longest_token_bytes = tokens
+            .iter()
+            .zip(&token_bytes)
+            // A byte-fallback or unknown token stands for at most one character.
+            .map(|(s, b)| s.len().max(b.len()).max(MAX_CHAR_BYTES))
+            .max()
+            .unwrap_or(MAX_CHAR_BYTES);
         let chat_template = gguf.get_str("tokenizer.chat_template").ok().map(str::to_string);
         let architecture = gguf.get_str("general.architecture").ok().map(str::to_string);
         tracing::debug!(
@@ -281,6 +308,7 @@ impl Tokenizer {
             specials,
             tokens: tokens.iter().map(|s| s.to_string()).collect(),
             token_bytes,
+            longest_token_bytes,
             special,
             bos,
             eos,
@@ -304,7 +332,30 @@ impl Tokenizer {
     /// user-defined and unknown tokens written literally (as chat templates do) become their ids, BOS/EOS are added
     /// when the file asks for them (`tokenizer.ggml.add_bos_token` / `add_eos_token`, else the family's default).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let mut ids = Vec::with_capacity(text.len() / 2 + 2);
+        match self.encode_bounded(text, usize::MAX, usize::MAX)? {
+            Bounded::Tokens(ids) => Ok(ids),
+            Bounded::Over { .. } => unreachable!("no text has more than usize::MAX tokens"),
+        }
+    }
+
+    /// [`Self::encode`] for a text that may be far longer than any context (a request's prompt): more than `limit`
+    /// tokens is told without tokenizing all of it, in memory that does not grow with the text. A text longer than
+    /// `limit` tokens can cover is refused by its length alone; byte-level BPE text is tokenized in pieces of
+    /// [`ENCODE_PIECE_BYTES`] cut where every pre-tokenizer cuts (so the ids are exactly `encode`'s), and stops at
+    /// the first piece past `limit`. Tokenizing a whole 1 MB text at once takes ~170 MB of the `tokenizers` crate's
+    /// bookkeeping, which the allocator then keeps (issue 15).
+    pub fn encode_within(&self, text: &str, limit: usize) -> Result<Bounded> {
+        self.encode_bounded(text, limit, ENCODE_PIECE_BYTES)
+    }
+
+    /// [`Self::encode_within`] with the piece size chosen (tests cut pieces of a few bytes, to cut everywhere).
+    #[doc(hidden)]
+    pub fn encode_bounded(&self, text: &str, limit: usize, piece_bytes: usize) -> Result<Bounded> {
+        let at_least = text.len().div_ceil(self.longest_token_bytes);
+        if at_least > limit {
+            return Ok(Bounded::Over { at_least });
+        }
+        let mut ids = Vec::with_capacity((text.len() / 2 + 2).min(limit.saturating_add(2)));
         if self.add_bos
             && let Some(bos) = self.bos
         {
@@ -320,17 +371,31 @@ impl Tokenizer {
                 }
                 Fragment::Text(raw) => {
                     match &self.model {
+                        // Our own SentencePiece merges may cross spaces, so it takes the text whole (bounded above).
                         Model::Spm(spm) => spm.encode(raw, self.add_space_prefix && prev_special, &mut ids),
-                        Model::Bpe(inner) => bpe::encode(inner, raw, &mut ids)?,
+                        Model::Bpe(inner) => {
+                            for piece in bpe::pieces(raw, piece_bytes) {
+                                bpe::encode(inner, piece, &mut ids)?;
+                                if ids.len() > limit {
+                                    return Ok(Bounded::Over { at_least: ids.len() });
+                                }
+                            }
+                        }
                     }
                     prev_special = false;
                 }
+            }
+            if ids.len() > limit {
+                return Ok(Bounded::Over { at_least: ids.len() });
             }
         }
         if self.add_eos {
             ids.push(self.eos);
         }
-        Ok(ids)
+        if ids.len() > limit {
+            return Ok(Bounded::Over { at_least: ids.len() });
+        }
+        Ok(Bounded::Tokens(ids))
     }
 
     /// Decodes as llama.cpp's `llama_detokenize` (without its optional space clean-up): `skip_special` leaves out
