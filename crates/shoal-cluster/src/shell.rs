@@ -966,7 +966,7 @@ impl Shell {
                 probe_every_ms = crate::storage::STORAGE_PROBE_EVERY.as_millis() as u64,
                 "the store cannot write: standing aside from mastership until it can"
             );
-            self.step(NodeInput::StorageFailed { lost });
+            self.step(NodeInput::StorageFailed { error, lost });
             self.publish_view();
         }
     }

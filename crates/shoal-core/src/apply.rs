@@ -90,6 +90,7 @@ pub(crate) fn reduce(s: &mut State, event: &Event, time_ms: u64) {
                 NodeFact::Interfaces(v) => entry.interfaces = v,
                 NodeFact::Backends(v) => entry.backends = v,
                 NodeFact::MemBandwidth(v) => entry.mem_bandwidth_gbps = Some(v),
+                NodeFact::StoreFault(v) => entry.store_fault = v,
             }
             entry.updated_ms = time_ms;
         }

@@ -140,6 +140,8 @@ pub enum NodeInput {
     /// master's batch that failed to commit; this node's own events in it go back to its outbox for the next
     /// master (other producers were not acknowledged and resend theirs; the master's decisions are made again).
     StorageFailed {
+        /// The store's error, which State then holds for this node (no new placement comes to it).
+        error: String,
         lost: Vec<IndexedEvent>,
     },
     /// The store writes again (the shell's probe succeeded and the store reopened).
@@ -414,14 +416,7 @@ impl NodeCore {
             }
             NodeInput::Facts(facts) => {
                 for fact in facts {
-                    let kind = fact_kind(&fact);
-                    match self.facts.get_mut(&kind) {
-                        Some((held, _)) if *held == fact => {}
-                        Some(entry) => *entry = (fact, None),
-                        None => {
-                            self.facts.insert(kind, (fact, None));
-                        }
-                    }
+                    self.keep_fact(fact);
                 }
                 self.assert_facts(now_ms, &mut out);
             }
@@ -431,16 +426,20 @@ impl NodeCore {
                 }
             }
             NodeInput::Command(envelope) => self.on_command(*envelope, now_ms, &mut out),
-            NodeInput::StorageFailed { lost } => {
+            NodeInput::StorageFailed { error, lost } => {
                 let own = lost
                     .into_iter()
                     .filter(|e| e.origin.is_some_and(|(origin, _)| origin == self.origin))
                     .map(|e| e.event)
                     .collect();
                 self.outbox.requeue(own, now_ms);
-                self.drive_election(ElectionInput::StorageFailed, now_ms, &mut out)
+                self.drive_election(ElectionInput::StorageFailed, now_ms, &mut out);
+                self.hold_fact(NodeFact::StoreFault(Some(error)), now_ms, &mut out);
             }
-            NodeInput::StorageRecovered => self.drive_election(ElectionInput::StorageRecovered, now_ms, &mut out),
+            NodeInput::StorageRecovered => {
+                self.drive_election(ElectionInput::StorageRecovered, now_ms, &mut out);
+                self.hold_fact(NodeFact::StoreFault(None), now_ms, &mut out);
+            }
         }
         match self.following() {
             Some(session) if self.follower.on_chain() => {
@@ -621,6 +620,22 @@ impl NodeCore {
             Ok(indexed) => self.publish(indexed, now_ms, out),
             Err(error) => tracing::warn!(%error, "master decision not indexed"),
         }
+    }
+
+    /// Holds `fact` true from now on, in place of the one of its kind (asserted again only if it changed).
+    fn keep_fact(&mut self, fact: NodeFact) {
+        match self.facts.get_mut(&fact.kind()) {
+            Some((held, _)) if *held == fact => {}
+            Some(entry) => *entry = (fact, None),
+            None => {
+                self.facts.insert(fact.kind(), (fact, None));
+            }
+        }
+    }
+
+    fn hold_fact(&mut self, fact: NodeFact, now_ms: u64, out: &mut Vec<NodeOutput>) {
+        self.keep_fact(fact);
+        self.assert_facts(now_ms, out);
     }
 
     /// Pushes every held fact that State does not hold and that is not already on its way (§10.2 rule 9).
@@ -807,18 +822,6 @@ fn id_prefix(node: NodeId) -> [u8; 8] {
     prefix
 }
 
-/// Facts are last-writer-wins per kind; the kind is the variant.
-fn fact_kind(fact: &NodeFact) -> u8 {
-    match fact {
-        NodeFact::Identity(_) => 0,
-        NodeFact::Memory(_) => 1,
-        NodeFact::Disk(_) => 2,
-        NodeFact::Interfaces(_) => 3,
-        NodeFact::Backends(_) => 4,
-        NodeFact::MemBandwidth(_) => 5,
-    }
-}
-
 /// Whether State already holds `fact` for `node`.
 pub fn fact_in_state(state: &State, node: NodeId, fact: &NodeFact) -> bool {
     let Some(info) = state.nodes.get(&node) else {
@@ -831,5 +834,6 @@ pub fn fact_in_state(state: &State, node: NodeId, fact: &NodeFact) -> bool {
         NodeFact::Interfaces(ifaces) => &info.interfaces == ifaces,
         NodeFact::Backends(backends) => &info.backends == backends,
         NodeFact::MemBandwidth(gbps) => info.mem_bandwidth_gbps == Some(*gbps),
+        NodeFact::StoreFault(fault) => &info.store_fault == fault,
     }
 }

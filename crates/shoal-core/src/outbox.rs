@@ -6,7 +6,6 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use shoal_types::model::NodeFact;
 use shoal_types::wire::UpMsg;
 use shoal_types::{Event, IndexedEvent, ModelId, NodeId, Origin, SessionId};
 
@@ -48,17 +47,7 @@ enum FactKey {
 
 fn fact_key(event: &Event) -> Option<FactKey> {
     match event {
-        Event::NodeGatheredInfo { node, info } => {
-            let kind = match info {
-                NodeFact::Identity(_) => 0,
-                NodeFact::Memory(_) => 1,
-                NodeFact::Disk(_) => 2,
-                NodeFact::Interfaces(_) => 3,
-                NodeFact::Backends(_) => 4,
-                NodeFact::MemBandwidth(_) => 5,
-            };
-            Some(FactKey::NodeFact(*node, kind))
-        }
+        Event::NodeGatheredInfo { node, info } => Some(FactKey::NodeFact(*node, info.kind())),
         Event::DownloadUpdated { node, model_id, .. } => Some(FactKey::Download(*node, model_id.clone())),
         _ => None,
     }

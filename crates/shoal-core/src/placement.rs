@@ -70,6 +70,8 @@ pub enum Ineligible {
     NoCapacity,
     /// The model's files can only be found where they are (a `path` source) and this node has not reported them.
     NoModelFiles,
+    /// Its store cannot write (a full disk): it takes no new work until it can (issue 15).
+    StoreFails,
 }
 
 /// One node's share, for previews.
@@ -452,6 +454,9 @@ pub fn node_budget(
     card: &ModelCard,
     cfg: &PlacementConfig,
 ) -> Result<u64, Ineligible> {
+    if info.store_fault.is_some() {
+        return Err(Ineligible::StoreFails);
+    }
     if !info.backends.iter().any(|b| card.backends.contains(b)) {
         return Err(Ineligible::NoBackend);
     }

@@ -234,7 +234,7 @@ impl EventGen {
     fn node_fact(&mut self) -> Event {
         let node = self.any_node();
         let gib = 1u64 << 30;
-        let info = match self.rng.below(6) {
+        let info = match self.rng.below(7) {
             0 => NodeFact::Identity(Identity {
                 friendly_name: format!("node-{}", &node.to_string()[..6]),
                 os: "linux".into(),
@@ -254,7 +254,9 @@ impl EventGen {
                 addrs: vec![IpAddr::V4(Ipv4Addr::new(10, 0, 0, self.rng.below(250) as u8 + 1))],
             }]),
             4 => NodeFact::Backends(vec![Backend::Cpu]),
-            _ => NodeFact::MemBandwidth(20.0 + self.rng.below(100) as f32),
+            5 => NodeFact::MemBandwidth(20.0 + self.rng.below(100) as f32),
+            // Mostly a recovery: a node that cannot write takes no placement.
+            _ => NodeFact::StoreFault((self.rng.below(4) == 0).then(|| "No space left on device".to_owned())),
         };
         Event::NodeGatheredInfo { node, info }
     }

@@ -472,3 +472,27 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_node_whose_store_cannot_write_takes_no_new_placement_until_it_can() {
+    let c = bytes_card(vec![100; 4], 0, 0);
+    let cfg = bytes_cfg();
+    let mut s = bytes_state(&c, &[10_000, 10_000, 10_000]);
+    let full = node_id(1);
+    let mut info = s.nodes[&full].as_ref().clone();
+    info.store_fault = Some("No space left on device (os error 28)".into());
+    s.nodes.insert(full, Arc::new(info.clone()));
+    let p = run(&bytes_request(&c, 2), &s, &cfg).unwrap_or_else(|e| panic!("{e}"));
+    assert!(p.shares.iter().all(|share| share.node != full), "{:?}", ranges(&p));
+    assert!(p.ineligible.contains(&(full, Ineligible::StoreFails)));
+    assert!(matches!(
+        run(&bytes_request(&c, 3), &s, &cfg),
+        Err(PlacementError::MinNodes { eligible: 2, .. })
+    ));
+    info.store_fault = None;
+    s.nodes.insert(full, Arc::new(info));
+    assert!(
+        run(&bytes_request(&c, 3), &s, &cfg).is_ok(),
+        "eligible again once it writes"
+    );
+}

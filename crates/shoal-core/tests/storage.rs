@@ -5,8 +5,11 @@
 
 use shoal_core::election::STORAGE_FAILED_WAIT_MS;
 use shoal_core::node::{NodeConfig, NodeCore, NodeInput, NodeOutput, Outgoing, RoleChange};
+use shoal_types::model::NodeFact;
 use shoal_types::wire::ElectionMsg;
 use shoal_types::{NodeId, Pos, SessionId, State};
+
+const DISK_FULL: &str = "master commit failed: No space left on device (os error 28)";
 
 fn id(b: u8) -> NodeId {
     NodeId::from_bytes([b; 16])
@@ -44,7 +47,13 @@ fn lone_master() -> (NodeCore, SessionId) {
 #[test]
 fn a_master_whose_store_fails_steps_down_and_stands_aside_until_it_recovers() {
     let (mut core, session) = lone_master();
-    let out = core.step(NodeInput::StorageFailed { lost: Vec::new() }, 1_600);
+    let out = core.step(
+        NodeInput::StorageFailed {
+            error: DISK_FULL.into(),
+            lost: Vec::new(),
+        },
+        1_600,
+    );
     assert!(
         out.contains(&NodeOutput::Role(RoleChange::SteppedDown(session))),
         "{out:?}"
@@ -72,7 +81,13 @@ fn a_master_whose_store_fails_steps_down_and_stands_aside_until_it_recovers() {
 #[test]
 fn a_failed_node_does_not_vote_and_follows_whoever_wins() {
     let (mut core, session) = lone_master();
-    core.step(NodeInput::StorageFailed { lost: Vec::new() }, 1_600);
+    core.step(
+        NodeInput::StorageFailed {
+            error: DISK_FULL.into(),
+            lost: Vec::new(),
+        },
+        1_600,
+    );
     let rival = id(0x42);
     let candidate = shoal_types::wire::Candidate {
         node: rival,
@@ -114,7 +129,13 @@ fn a_follower_whose_store_fails_keeps_following() {
     };
     core.step(NodeInput::MasterTokenAppeared(master), 10);
     assert_eq!(core.following(), Some(master));
-    let out = core.step(NodeInput::StorageFailed { lost: Vec::new() }, 20);
+    let out = core.step(
+        NodeInput::StorageFailed {
+            error: DISK_FULL.into(),
+            lost: Vec::new(),
+        },
+        20,
+    );
     assert!(out.iter().all(|o| !matches!(o, NodeOutput::Role(_))), "{out:?}");
     assert_eq!(core.following(), Some(master));
 }
@@ -137,8 +158,14 @@ fn the_own_events_of_a_batch_that_failed_to_commit_go_to_the_next_master() {
     assert_eq!(lost.len(), 1, "indexed by its own master");
     assert!(core.outbox().is_empty(), "cleared once indexed");
 
-    core.step(NodeInput::StorageFailed { lost }, 1_610);
-    assert_eq!(core.outbox().len(), 1, "back in the outbox");
+    core.step(
+        NodeInput::StorageFailed {
+            error: DISK_FULL.into(),
+            lost,
+        },
+        1_610,
+    );
+    assert_eq!(core.outbox().len(), 2, "back in the outbox, beside the store's fault");
     let winner = SessionId {
         term: session.term + 1,
         master: id(0x42),
@@ -149,4 +176,41 @@ fn the_own_events_of_a_batch_that_failed_to_commit_go_to_the_next_master() {
             if *s == winner && matches!(&up.event, shoal_types::Event::NodeGatheredInfo { info, .. } if *info == fact))
     });
     assert!(sent, "resent to the new master: {out:?}");
+}
+
+/// The events a follower sends its master as its own facts.
+fn facts_sent(out: &[NodeOutput]) -> Vec<NodeFact> {
+    out.iter()
+        .filter_map(|o| match o {
+            NodeOutput::Send(Outgoing::Up(_, up)) => match &up.event {
+                shoal_types::Event::NodeGatheredInfo { info, .. } => Some(info.clone()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_node_whose_store_fails_says_so_in_state_and_says_so_again_when_it_recovers() {
+    let mut core = NodeCore::new(NodeConfig::new(id(0x21), 7), State::empty(), 0, 0);
+    let master = SessionId {
+        term: 1,
+        master: id(0x42),
+    };
+    core.step(NodeInput::MasterTokenAppeared(master), 10);
+    let out = core.step(
+        NodeInput::StorageFailed {
+            error: DISK_FULL.into(),
+            lost: Vec::new(),
+        },
+        20,
+    );
+    assert_eq!(
+        facts_sent(&out),
+        vec![NodeFact::StoreFault(Some(DISK_FULL.into()))],
+        "placement must learn it: {out:?}"
+    );
+    let out = core.step(NodeInput::StorageRecovered, 30);
+    assert_eq!(facts_sent(&out), vec![NodeFact::StoreFault(None)], "{out:?}");
 }

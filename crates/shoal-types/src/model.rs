@@ -299,6 +299,8 @@ pub struct NodeInfo {
     pub interfaces: Vec<Iface>,
     pub backends: Vec<Backend>,
     pub mem_bandwidth_gbps: Option<f32>,
+    /// Why the node's store cannot write (a full disk), while it cannot: it takes no new placement (issue 15).
+    pub store_fault: Option<String>,
     #[serde(deserialize_with = "crate::bounded::ordmap")]
     pub downloads: OrdMap<ModelId, DownloadProgress>,
     pub first_seen_ms: u64,
@@ -342,6 +344,24 @@ pub enum NodeFact {
     Interfaces(Vec<Iface>),
     Backends(Vec<Backend>),
     MemBandwidth(f32),
+    /// The node's store cannot write, and why (`None`: it writes). Asserted by the node core itself on a storage
+    /// failure and on recovery, not by the fact gatherer.
+    StoreFault(Option<String>),
+}
+
+impl NodeFact {
+    /// Facts are last-writer-wins per kind; the kind is the variant.
+    pub fn kind(&self) -> u8 {
+        match self {
+            NodeFact::Identity(_) => 0,
+            NodeFact::Memory(_) => 1,
+            NodeFact::Disk(_) => 2,
+            NodeFact::Interfaces(_) => 3,
+            NodeFact::Backends(_) => 4,
+            NodeFact::MemBandwidth(_) => 5,
+            NodeFact::StoreFault(_) => 6,
+        }
+    }
 }
 
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]

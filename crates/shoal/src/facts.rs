@@ -294,17 +294,7 @@ mod tests {
         let lo = ifaces.unwrap().iter().find(|i| i.name == "lo").unwrap();
         assert!(lo.addrs.contains(&IpAddr::V4(Ipv4Addr::LOCALHOST)));
 
-        let order: Vec<_> = facts
-            .iter()
-            .map(|f| match f {
-                NodeFact::Identity(_) => 0,
-                NodeFact::Memory(_) => 1,
-                NodeFact::Disk(_) => 2,
-                NodeFact::Interfaces(_) => 3,
-                NodeFact::Backends(_) => 4,
-                NodeFact::MemBandwidth(_) => 5,
-            })
-            .collect();
+        let order: Vec<_> = facts.iter().map(NodeFact::kind).collect();
         assert_eq!(order, vec![0, 1, 2, 3, 4]);
         assert_eq!(facts.last(), Some(&NodeFact::Backends(vec![Backend::Cpu])));
     }

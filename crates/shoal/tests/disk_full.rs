@@ -164,6 +164,12 @@ fn a_master_on_a_full_disk_steps_down_stays_up_and_recovers_when_space_returns()
     );
     // It still serves reads from memory.
     assert!(nodes[m].state().is_some());
+    // The cluster's State names the fault, so placement leaves the node out.
+    let full_id = nodes[m].get("/node_id").unwrap().1.trim().trim_matches('"').to_owned();
+    let store_fault = |node: &Node| node.state().map(|s| s["nodes"][&full_id]["store_fault"].clone());
+    wait_for(FAILOVER_WITHIN, "State to name the full disk", || {
+        store_fault(&nodes[new_master]).filter(|f| f.as_str().is_some_and(|e| e.contains("No space left")))
+    });
 
     // Space returns: the node notices by itself, rejoins as a follower and takes work again.
     std::fs::remove_file(&filler).unwrap();
@@ -174,6 +180,9 @@ fn a_master_on_a_full_disk_steps_down_stays_up_and_recovers_when_space_returns()
     });
     eprintln!("recovered {} ms after space returned", freed.elapsed().as_millis());
     wait_for(FAILOVER_WITHIN, "agreement after recovery", || agree(&nodes));
+    wait_for(FAILOVER_WITHIN, "State to clear the fault", || {
+        store_fault(&nodes[new_master]).filter(Value::is_null)
+    });
     assert!(nodes.iter_mut().all(|n| n.alive()));
     let (code, body) = nodes[m].http("POST", "/v1/chat/completions", Some(&chat(2))).unwrap();
     assert_eq!(code, 200, "{body}");
