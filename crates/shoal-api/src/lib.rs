@@ -13,6 +13,7 @@ pub mod anthropic;
 mod cancel;
 pub mod cluster;
 pub mod commands;
+pub mod dashboard;
 pub mod error;
 pub mod fields;
 pub mod generation;
@@ -134,6 +135,7 @@ pub fn router(api: Api) -> Router {
         .merge(openai::routes())
         .merge(anthropic::routes())
         .merge(ollama::routes())
+        .merge(dashboard::routes())
         .fallback(not_found)
         // Handlers read bodies with their own limit, so an oversized body is a 413 in the dialect's shape.
         .layer(DefaultBodyLimit::disable())

@@ -1,0 +1,257 @@
+//! The dashboard in a real browser (issue 16): headless Chromium through chromedriver against a real 3-node cluster
+//! on loopback with the test model. The page loads without console errors, shows the topology, places the model
+//! over 2 nodes from its buttons, streams a chat reply token by token, marks a SIGKILLed node lost and shows the
+//! instance re-placed, deletes the instance from its button; screenshots (light and dark) go to
+//! `$CARGO_TARGET_TMPDIR/dashboard/`. A second test: with `--api-key` the page asks for the key, then shows the
+//! cluster.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+mod support;
+mod webdriver;
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::*;
+use webdriver::{Browser, screenshot_dir};
+
+const MODEL: &str = "HuggingFaceTB/SmolLM2-135M-Instruct";
+
+/// Console errors the page is allowed: none, but for the 401 that makes it ask for the key.
+fn assert_no_errors(browser: &Browser, allowed: &[&str]) {
+    let errors: Vec<String> = browser
+        .errors()
+        .into_iter()
+        .filter(|e| !allowed.iter().any(|a| e.contains(a)))
+        .collect();
+    assert!(errors.is_empty(), "console errors: {errors:#?}");
+}
+
+/// How many nodes the graph shows as live, and as lost.
+fn graph(browser: &Browser) -> (u64, u64) {
+    let counts = browser.js(
+        "return [document.querySelectorAll('#topology [data-live=live]').length,
+                 document.querySelectorAll('#topology [data-live=lost]').length]",
+        &[],
+    );
+    (counts[0].as_u64().unwrap(), counts[1].as_u64().unwrap())
+}
+
+#[test]
+fn the_dashboard_follows_a_live_cluster() {
+    let _serial = serial();
+    if !webdriver::available() {
+        return;
+    }
+    let started = Instant::now();
+    let (_root, mut nodes) = start(3);
+    let browser = Browser::start();
+    browser.goto(&format!("http://127.0.0.1:{}/", nodes[0].api));
+
+    // The topology shows the three nodes, one master, from the live stream.
+    browser.wait_js(
+        Duration::from_secs(15),
+        "three live nodes on the graph",
+        "return document.querySelectorAll('#topology [data-live=live]').length === 3
+            && document.getElementById('conn').dataset.conn === 'live'",
+    );
+    assert_eq!(
+        browser.js(
+            "return document.querySelectorAll('#topology [data-role=master]').length",
+            &[]
+        ),
+        1
+    );
+    assert_eq!(
+        browser.js("return document.getElementById('sum-nodes').textContent", &[]),
+        "3"
+    );
+    browser.wait_js(
+        Duration::from_secs(10),
+        "the event log and health",
+        "return document.querySelectorAll('#events [data-event-idx]').length > 3
+            && document.querySelector('#health [data-tile=open]') !== null",
+    );
+    assert_no_errors(&browser, &[]);
+
+    // Place the model over 2 nodes with the preview's button.
+    let place = format!("#models [data-place='2'][data-model='{MODEL}']");
+    browser.wait_js(
+        Duration::from_secs(10),
+        "the 2-node preview",
+        &format!("return document.querySelector(\"{place}\") !== null"),
+    );
+    browser.click(&place);
+    browser.wait_js(
+        Duration::from_secs(60),
+        "an instance with 2 ready ranks",
+        "const i = document.querySelector('#instances [data-instance][data-serving=true]');
+         return i && i.querySelectorAll('[data-runner-state=Ready],[data-runner-state=Running]').length === 2
+            && i.dataset.instance",
+    );
+    let state = nodes[0].state().unwrap();
+    let instances = state["instances"].as_object().unwrap();
+    assert_eq!(instances.len(), 1, "one instance in State");
+    let (first_id, first) = instances.iter().next().unwrap();
+    assert_eq!(first["assignments"]["node_runner"].as_object().unwrap().len(), 2);
+    browser.wait_js(
+        Duration::from_secs(5),
+        "layer chips on the graph",
+        "return document.querySelectorAll('#topology .layer-chip').length === 2",
+    );
+    browser.screenshot(&screenshot_dir().join("light.png"));
+
+    // Chat: the reply arrives token by token (several distinct DOM updates before the end).
+    browser.wait_js(
+        Duration::from_secs(5),
+        "the model in the chat's list",
+        &format!("return document.getElementById('chat-model').value === '{MODEL}'"),
+    );
+    browser.js(
+        "window.__updates = 0;
+         new MutationObserver(() => { window.__updates += 1; })
+           .observe(document.getElementById('chat-log'), { childList: true, subtree: true, characterData: true });",
+        &[],
+    );
+    browser.type_into("#chat-input", "Write three short sentences about the sea.");
+    browser.click("#chat-send");
+    let tokens = browser.wait_js(
+        Duration::from_secs(60),
+        "the reply to finish",
+        "const m = document.querySelector('#chat-log .msg.assistant[data-done]'); return m && m.dataset.tokens",
+    );
+    let updates = browser.js("return window.__updates", &[]).as_u64().unwrap();
+    let reply = browser.js(
+        "return document.querySelector('#chat-log .msg.assistant .content').textContent",
+        &[],
+    );
+    let meta = browser.js(
+        "return document.querySelector('#chat-log .msg.assistant .meta').textContent",
+        &[],
+    );
+    eprintln!("chat: {tokens} tokens in {updates} DOM updates; {meta}");
+    assert!(!reply.as_str().unwrap().trim().is_empty(), "an empty reply");
+    assert!(updates >= 4, "{updates} DOM updates: the reply did not stream");
+    assert!(meta.as_str().unwrap().contains("TTFT"), "{meta}");
+    assert!(meta.as_str().unwrap().contains("tok/s"), "{meta}");
+
+    // Dark, through the toggle.
+    browser.click("#theme-toggle");
+    assert_eq!(browser.js("return document.documentElement.dataset.theme", &[]), "dark");
+    browser.screenshot(&screenshot_dir().join("dark.png"));
+    assert_no_errors(&browser, &[]);
+
+    // SIGKILL a node of the pipeline other than the page's: it shows lost, the instance comes back elsewhere.
+    let victim = first["assignments"]["node_runner"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|id| {
+            nodes
+                .iter()
+                .position(|n| n.status().unwrap()["node"] == id.as_str())
+                .unwrap()
+        })
+        .find(|&i| i != 0)
+        .unwrap();
+    let victim_id = nodes[victim].status().unwrap()["node"].as_str().unwrap().to_owned();
+    nodes[victim].kill9();
+    let killed = Instant::now();
+    browser.wait_js(
+        Duration::from_secs(15),
+        "the killed node marked lost",
+        &format!("return document.querySelector('#topology [data-node=\"{victim_id}\"][data-live=lost]') !== null"),
+    );
+    eprintln!("lost shown {} ms after SIGKILL", killed.elapsed().as_millis());
+    assert_eq!(graph(&browser), (2, 1));
+    let replaced = browser.wait_js(
+        Duration::from_secs(60),
+        "the instance re-placed and serving",
+        &format!(
+            "const i = document.querySelector('#instances [data-instance][data-serving=true]');
+             return i && i.dataset.instance !== '{first_id}'
+                && i.querySelectorAll('[data-runner-state=Ready],[data-runner-state=Running]').length === 2
+                && i.dataset.instance"
+        ),
+    );
+    let replaced = replaced.as_str().unwrap().to_owned();
+    browser.screenshot(&screenshot_dir().join("after-loss.png"));
+
+    // Delete it from the UI: the button asks once more.
+    let delete = format!("#instances [data-delete-instance='{replaced}']");
+    browser.click(&delete);
+    browser.wait_js(
+        Duration::from_secs(3),
+        "the confirm button",
+        &format!("return document.querySelector(\"{delete}\").textContent.includes('Confirm')"),
+    );
+    browser.click(&delete);
+    browser.wait_js(
+        Duration::from_secs(20),
+        "no instance left",
+        "return document.querySelectorAll('#instances [data-instance]').length === 0",
+    );
+    assert_eq!(nodes[0].state().unwrap()["instances"], json!({}));
+    assert_no_errors(&browser, &[]);
+    eprintln!("dashboard test: {} ms", started.elapsed().as_millis());
+}
+
+#[test]
+fn the_dashboard_asks_for_the_api_key_once() {
+    let _serial = serial();
+    if !webdriver::available() {
+        return;
+    }
+    const KEY: &str = "dash-key-0123456789";
+    let root = tempfile::tempdir().unwrap();
+    let mut nodes = cluster(root.path(), 1);
+    nodes[0].extra = vec!["--api-key".into(), KEY.into()];
+    nodes[0].headers = vec![("Authorization".into(), format!("Bearer {KEY}"))];
+    nodes[0].start();
+    common::wait_for(Duration::from_secs(15), "the node ready", || {
+        nodes[0].status().filter(|s| s["ready"] == true)
+    });
+    // The page and its assets load without the key; data does not.
+    let (code, head, _) = http_full(nodes[0].api, "GET", "/", &[("Accept", "text/html")], None).unwrap();
+    assert_eq!(code, 200);
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-security-policy: default-src 'self'"),
+        "{head}"
+    );
+    assert_eq!(http_get(nodes[0].api, "/dashboard/app.js").unwrap().0, 200);
+    assert_eq!(http_get(nodes[0].api, "/state/stream").unwrap().0, 401);
+
+    let browser = Browser::start();
+    browser.goto(&format!("http://127.0.0.1:{}/", nodes[0].api));
+    browser.wait_js(
+        Duration::from_secs(10),
+        "the key dialog",
+        "return document.getElementById('key-dialog').open",
+    );
+    browser.type_into("#key-input", "wrong-key");
+    browser.click("#key-submit");
+    browser.wait_js(
+        Duration::from_secs(10),
+        "the dialog again, saying the key was refused",
+        "return document.getElementById('key-dialog').open
+            && document.getElementById('key-note').textContent.includes('refused')",
+    );
+    browser.js("document.getElementById('key-input').value = ''", &[]);
+    browser.type_into("#key-input", KEY);
+    browser.click("#key-submit");
+    browser.wait_js(
+        Duration::from_secs(15),
+        "the cluster shown",
+        "return !document.getElementById('key-dialog').open
+            && document.querySelectorAll('#topology [data-live=live]').length === 1
+            && document.querySelector('#models [data-model-row]') !== null",
+    );
+    assert_eq!(
+        browser.js("return sessionStorage.getItem('shoal.apiKey')", &[]),
+        Value::String(KEY.into())
+    );
+    // Only the refusals that made it ask.
+    assert_no_errors(&browser, &["401"]);
+}
