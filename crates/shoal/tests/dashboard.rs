@@ -38,6 +38,28 @@ fn graph(browser: &Browser) -> (u64, u64) {
     (counts[0].as_u64().unwrap(), counts[1].as_u64().unwrap())
 }
 
+/// The node id of each node (index → id).
+fn ids(nodes: &[Node]) -> Vec<String> {
+    nodes
+        .iter()
+        .map(|n| n.status().unwrap()["node"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The master the page's header names (its short id is the last word).
+fn header_master(browser: &Browser) -> String {
+    let text = browser.js("return document.getElementById('sum-master').textContent", &[]);
+    text.as_str().unwrap().rsplit(' ').next().unwrap().to_owned()
+}
+
+/// Both screenshots of a theme: the laptop viewport and the whole page.
+fn screenshots(browser: &Browser, name: &str) {
+    browser.screenshot(&screenshot_dir().join(format!("{name}.png")));
+    browser.resize(1440, 2300);
+    browser.screenshot(&screenshot_dir().join(format!("{name}-full.png")));
+    browser.resize(1440, 1000);
+}
+
 #[test]
 fn the_dashboard_follows_a_live_cluster() {
     let _serial = serial();
@@ -46,8 +68,12 @@ fn the_dashboard_follows_a_live_cluster() {
     }
     let started = Instant::now();
     let (_root, mut nodes) = start(3);
+    let ids = ids(&nodes);
+    let (_, master) = agreement(&nodes.iter().collect::<Vec<_>>()).unwrap();
+    // The page is served by a follower: it must follow the cluster through a master change.
+    let page = (0..3).find(|&i| i != master).unwrap();
     let browser = Browser::start();
-    browser.goto(&format!("http://127.0.0.1:{}/", nodes[0].api));
+    browser.goto(&format!("http://127.0.0.1:{}/", nodes[page].api));
 
     // The topology shows the three nodes, one master, from the live stream.
     browser.wait_js(
@@ -67,11 +93,11 @@ fn the_dashboard_follows_a_live_cluster() {
         browser.js("return document.getElementById('sum-nodes').textContent", &[]),
         "3"
     );
+    assert_eq!(header_master(&browser), ids[master][..8]);
     browser.wait_js(
         Duration::from_secs(10),
-        "the event log and health",
-        "return document.querySelectorAll('#events [data-event-idx]').length > 3
-            && document.querySelector('#health [data-tile=open]') !== null",
+        "the health numbers",
+        "return document.querySelector('#health [data-tile=open]') !== null",
     );
     assert_no_errors(&browser, &[]);
 
@@ -90,17 +116,29 @@ fn the_dashboard_follows_a_live_cluster() {
          return i && i.querySelectorAll('[data-runner-state=Ready],[data-runner-state=Running]').length === 2
             && i.dataset.instance",
     );
-    let state = nodes[0].state().unwrap();
+    let state = nodes[page].state().unwrap();
     let instances = state["instances"].as_object().unwrap();
     assert_eq!(instances.len(), 1, "one instance in State");
     let (first_id, first) = instances.iter().next().unwrap();
-    assert_eq!(first["assignments"]["node_runner"].as_object().unwrap().len(), 2);
+    let holders: Vec<String> = first["assignments"]["node_runner"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    assert_eq!(holders.len(), 2);
     browser.wait_js(
         Duration::from_secs(5),
         "layer chips on the graph",
         "return document.querySelectorAll('#topology .layer-chip').length === 2",
     );
-    browser.screenshot(&screenshot_dir().join("light.png"));
+    // The placement's events in the log (the page's node joined from a snapshot: its log starts after it).
+    browser.wait_js(
+        Duration::from_secs(5),
+        "the placement in the event log",
+        "return [...document.querySelectorAll('#events [data-event-idx]')]
+            .some((e) => e.textContent.includes('InstanceCreated'))",
+    );
 
     // Chat: the reply arrives token by token (several distinct DOM updates before the end).
     browser.wait_js(
@@ -135,51 +173,82 @@ fn the_dashboard_follows_a_live_cluster() {
     assert!(updates >= 4, "{updates} DOM updates: the reply did not stream");
     assert!(meta.as_str().unwrap().contains("TTFT"), "{meta}");
     assert!(meta.as_str().unwrap().contains("tok/s"), "{meta}");
+    browser.wait_js(
+        Duration::from_secs(5),
+        "the instance's measured tok/s",
+        "return document.querySelector('#instances [data-instance] [data-tps]')?.dataset.tps !== ''",
+    );
+    screenshots(&browser, "light");
 
     // Dark, through the toggle.
     browser.click("#theme-toggle");
     assert_eq!(browser.js("return document.documentElement.dataset.theme", &[]), "dark");
-    browser.screenshot(&screenshot_dir().join("dark.png"));
+    screenshots(&browser, "dark");
     assert_no_errors(&browser, &[]);
 
     // SIGKILL a node of the pipeline other than the page's: it shows lost, the instance comes back elsewhere.
-    let victim = first["assignments"]["node_runner"]
-        .as_object()
-        .unwrap()
-        .keys()
-        .map(|id| {
-            nodes
-                .iter()
-                .position(|n| n.status().unwrap()["node"] == id.as_str())
-                .unwrap()
-        })
-        .find(|&i| i != 0)
+    let victim = ids
+        .iter()
+        .position(|id| holders.contains(id) && *id != ids[page])
         .unwrap();
-    let victim_id = nodes[victim].status().unwrap()["node"].as_str().unwrap().to_owned();
     nodes[victim].kill9();
     let killed = Instant::now();
-    browser.wait_js(
-        Duration::from_secs(15),
-        "the killed node marked lost",
-        &format!("return document.querySelector('#topology [data-node=\"{victim_id}\"][data-live=lost]') !== null"),
-    );
+    let lost = |i: usize| {
+        format!(
+            "return document.querySelector('#topology [data-node=\"{}\"][data-live=lost]') !== null",
+            ids[i]
+        )
+    };
+    browser.wait_js(Duration::from_secs(15), "the killed node marked lost", &lost(victim));
     eprintln!("lost shown {} ms after SIGKILL", killed.elapsed().as_millis());
     assert_eq!(graph(&browser), (2, 1));
-    let replaced = browser.wait_js(
+    browser.wait_js(
         Duration::from_secs(60),
         "the instance re-placed and serving",
         &format!(
             "const i = document.querySelector('#instances [data-instance][data-serving=true]');
              return i && i.dataset.instance !== '{first_id}'
-                && i.querySelectorAll('[data-runner-state=Ready],[data-runner-state=Running]').length === 2
-                && i.dataset.instance"
+                && i.querySelectorAll('[data-runner-state=Ready],[data-runner-state=Running]').length === 2"
         ),
     );
-    let replaced = replaced.as_str().unwrap().to_owned();
     browser.screenshot(&screenshot_dir().join("after-loss.png"));
 
-    // Delete it from the UI: the button asks once more.
-    let delete = format!("#instances [data-delete-instance='{replaced}']");
+    // The node comes back: it shows live again.
+    nodes[victim].start();
+    let back = Instant::now();
+    browser.wait_js(
+        Duration::from_secs(20),
+        "the restarted node live again",
+        &format!(
+            "return document.querySelector('#topology [data-node=\"{}\"][data-live=live]') !== null",
+            ids[victim]
+        ),
+    );
+    eprintln!("rejoin shown {} ms after restart", back.elapsed().as_millis());
+
+    // A master change: the page, served by a follower, keeps its stream and names the new master.
+    if victim != master {
+        nodes[master].kill9();
+        browser.wait_js(Duration::from_secs(15), "the old master marked lost", &lost(master));
+    }
+    browser.wait_js(
+        Duration::from_secs(20),
+        "a new master in the header",
+        &format!(
+            "const m = document.getElementById('sum-master').textContent;
+             return !m.includes('{}') && m !== '—' && document.getElementById('conn').dataset.conn === 'live'
+                && document.querySelectorAll('#topology [data-role=master]').length === 1",
+            &ids[master][..8]
+        ),
+    );
+
+    // Delete the instance from the UI: the button asks once more.
+    let instance = browser.wait_js(
+        Duration::from_secs(60),
+        "an instance to delete",
+        "return document.querySelector('#instances [data-instance]')?.dataset.instance",
+    );
+    let delete = format!("#instances [data-delete-instance='{}']", instance.as_str().unwrap());
     browser.click(&delete);
     browser.wait_js(
         Duration::from_secs(3),
@@ -192,8 +261,16 @@ fn the_dashboard_follows_a_live_cluster() {
         "no instance left",
         "return document.querySelectorAll('#instances [data-instance]').length === 0",
     );
-    assert_eq!(nodes[0].state().unwrap()["instances"], json!({}));
+    assert_eq!(nodes[page].state().unwrap()["instances"], json!({}));
     assert_no_errors(&browser, &[]);
+
+    // The page's own node goes away: the page says it is reconnecting.
+    nodes[page].kill9();
+    browser.wait_js(
+        Duration::from_secs(10),
+        "the page reconnecting",
+        "return document.getElementById('conn').dataset.conn === 'reconnecting'",
+    );
     eprintln!("dashboard test: {} ms", started.elapsed().as_millis());
 }
 

@@ -50,6 +50,8 @@ pub const MAX_LIVE_STREAMS: usize = 64;
 pub const INITIAL_EVENTS: i64 = 200;
 /// Events in one `events` frame; a stream further behind catches up over several frames.
 pub const EVENTS_PER_FRAME: usize = 500;
+/// Reads of the log that found nothing new, in a row, before the stream waits for the next State change.
+const EMPTY_READS_MAX: u32 = 10;
 /// An SSE comment when nothing else was sent for this long (proxies close idle connections).
 pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
@@ -198,6 +200,8 @@ struct Live {
     /// The last event idx sent; `None` until the snapshot.
     events_after: Option<i64>,
     health_at: Instant,
+    /// Consecutive reads of the log that found nothing new ([`EMPTY_READS_MAX`]).
+    empty_reads: u32,
     done: bool,
     _place: Place,
 }
@@ -283,6 +287,7 @@ impl Live {
 
     async fn send_events(&mut self, after: i64) {
         let mut read = self.cluster.events(Some(after), EVENTS_PER_FRAME).await;
+        let mut gap = false;
         if let Ok(Err(message)) = &read {
             // This node's log no longer holds them (pruned, or the node joined from a snapshot): say so, and go on
             // from the oldest event it holds.
@@ -290,16 +295,29 @@ impl Live {
                 "events_gap",
                 &serde_json::json!({ "message": message, "resume_after": after }),
             ));
+            gap = true;
             read = self.cluster.events(None, EVENTS_PER_FRAME).await;
         }
+        let idx = self.sent.as_ref().map_or(after, |s| s.pos.idx);
         match read {
             Ok(Ok(events)) => {
                 let lines: Vec<_> = events
                     .iter()
-                    .filter(|e| i64::try_from(e.idx).is_ok_and(|idx| idx > after))
+                    .filter(|e| i64::try_from(e.idx).is_ok_and(|i| i > after))
                     .map(summary::line)
                     .collect();
-                let Some(last) = events.last() else { return };
+                let Some(last) = events.last() else {
+                    if gap {
+                        // The log holds nothing up to this State: everything before it came in a snapshot.
+                        self.events_after = Some(idx);
+                    } else if self.empty_reads < EMPTY_READS_MAX {
+                        // A follower writes its log a moment after it applies: look again shortly.
+                        self.empty_reads += 1;
+                        self.dirty = true;
+                    }
+                    return;
+                };
+                self.empty_reads = 0;
                 self.events_after = Some(i64::try_from(last.idx).unwrap_or(i64::MAX));
                 if !lines.is_empty() {
                     self.queue.push_back(json_frame("events", &lines));
@@ -309,7 +327,7 @@ impl Live {
                     self.dirty = true;
                 }
             }
-            Ok(Err(_)) => self.events_after = self.sent.as_ref().map(|s| s.pos.idx),
+            Ok(Err(_)) => self.events_after = Some(idx),
             Err(_) => self.done = true,
         }
     }
@@ -366,6 +384,7 @@ pub async fn stream(AxumState(api): AxumState<Api>) -> Response {
         dirty: true,
         events_after: None,
         health_at: Instant::now(),
+        empty_reads: 0,
         done: false,
         _place: place,
     };

@@ -232,6 +232,15 @@ impl Browser {
             .collect()
     }
 
+    /// Resizes the browser window (a tall one takes a whole-page screenshot).
+    pub fn resize(&self, width: u32, height: u32) {
+        self.cmd(
+            "POST",
+            "/window/rect",
+            Some(&json!({ "width": width, "height": height })),
+        );
+    }
+
     /// Saves a PNG of the viewport to `path`.
     pub fn screenshot(&self, path: &Path) {
         let png = self.cmd("GET", "/screenshot", None);

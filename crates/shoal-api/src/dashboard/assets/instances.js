@@ -56,7 +56,7 @@ export function renderInstances(state, tps) {
         ${deploymentBadge(state.deployments?.[inst.deployment])}
         ${serving ? '<span class="badge ok">serving</span>' : '<span class="badge warn">starting</span>'}
         <span class="spacer"></span>
-        <span class="hint" title="measured by this page's chats">${measured ? `${measured.tps.toFixed(1)} tok/s` : '— tok/s'}</span>
+        <span class="hint" data-tps="${measured ? measured.tps.toFixed(1) : ''}" title="measured by this page's chats">${measured ? `${measured.tps.toFixed(1)} tok/s` : '— tok/s'}</span>
         <button type="button" class="${isArmed ? 'danger small' : 'ghost small'}" data-delete-instance="${esc(inst.id)}">${isArmed ? 'Confirm delete' : 'Delete'}</button>
       </div>
       <div class="pipeline">${segments}</div>

@@ -13,8 +13,8 @@ function layout(count) {
   if (count === 2) {
     return { height: BOX_H + 48, points: [[WIDTH / 2 - 190, BOX_H / 2 + 24], [WIDTH / 2 + 190, BOX_H / 2 + 24]] };
   }
-  const rx = Math.min(WIDTH / 2 - BOX_W / 2 - 12, 150 + count * 30);
-  const ry = 88 + Math.max(0, count - 3) * 34;
+  const rx = Math.min(WIDTH / 2 - BOX_W / 2 - 12, 170 + count * 30);
+  const ry = 112 + Math.max(0, count - 3) * 34;
   const height = 2 * ry + BOX_H + 40;
   const points = [];
   for (let i = 0; i < count; i += 1) {
