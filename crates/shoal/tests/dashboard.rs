@@ -186,6 +186,33 @@ fn the_dashboard_follows_a_live_cluster() {
     screenshots(&browser, "dark");
     assert_no_errors(&browser, &[]);
 
+    // Stop: the reply ends where it was, marked stopped, and the node's stream closes (cancelled).
+    browser.type_into("#chat-input", "Count from one to two hundred, one number per line.");
+    browser.click("#chat-send");
+    let second = "const m = document.querySelectorAll('#chat-log .msg.assistant')[1];";
+    browser.wait_js(
+        Duration::from_secs(30),
+        "the second reply started",
+        &format!("{second} return m && m.querySelector('.content').textContent.length > 0"),
+    );
+    browser.click("#chat-stop");
+    let meta = browser.wait_js(
+        Duration::from_secs(10),
+        "the second reply stopped",
+        &format!("{second} return m && m.dataset.done && m.querySelector('.meta').textContent"),
+    );
+    assert!(meta.as_str().unwrap().contains("stopped"), "{meta}");
+    common::wait_for(Duration::from_secs(10), "the node's stream closed", || {
+        let (_, metrics) = nodes[page].get("/metrics")?;
+        metrics.lines().any(|l| l == "shoal_streams_open 0").then_some(())
+    });
+    browser.wait_js(
+        Duration::from_secs(5),
+        "the cancelled stream in the health panel",
+        "return document.querySelector('#health .closes').textContent.includes('cancelled')",
+    );
+    assert_no_errors(&browser, &[]);
+
     // SIGKILL a node of the pipeline other than the page's: it shows lost, the instance comes back elsewhere.
     let victim = ids
         .iter()

@@ -2,7 +2,7 @@
 // each node's memory over the last minutes.
 
 import { sparkline } from './charts.js';
-import { color, esc, fmtBytes, fmtNumber, nodeName, setHtml } from './util.js';
+import { color, esc, fmtBytes, fmtNumber, nodeLabel, setHtml } from './util.js';
 
 /** Samples the charts keep (one per health frame, about a second each). */
 const SAMPLES = 180;
@@ -57,7 +57,7 @@ function render(h, state) {
   const legend = ids
     .map((id, i) => {
       const last = memory.get(id).at(-1);
-      return `<span><span class="swatch" data-c="${color(i)}"></span>${esc(nodeName(state?.nodes?.[id], id))} ${fmtBytes(last.used)}</span>`;
+      return `<span><span class="swatch" data-c="${color(i)}"></span>${esc(nodeLabel(state, id))} ${fmtBytes(last.used)}</span>`;
     })
     .join('');
   const dropped = h.net.dropped;

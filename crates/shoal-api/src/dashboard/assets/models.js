@@ -2,7 +2,7 @@
 // node's download progress from State.
 
 import { json } from './api.js';
-import { color, esc, errorMessage, fmtBytes, modelName, nodeName, setHtml, toast, variant } from './util.js';
+import { color, esc, errorMessage, fmtBytes, modelName, nodeLabel, setHtml, toast, variant } from './util.js';
 
 /** Previews are fetched again at most this often while nodes' memory changes. */
 const PREVIEW_REFRESH_MS = 5000;
@@ -64,9 +64,9 @@ function previewBox(card, p, state, nodeIndex) {
     return `<div class="preview" data-preview="${p.nodes}"><span class="k">${p.nodes} node${p.nodes > 1 ? 's' : ''}</span><span class="err">${esc(p.error)}</span></div>`;
   }
   const shares = (p.shares ?? [])
-    .map((s) => `<span data-flex="${s.layers}" data-c="${color(nodeIndex.get(s.node) ?? 0)}" title="${esc(nodeName(state.nodes?.[s.node], s.node))}: ${s.layers} layers, ${fmtBytes(s.weight_bytes)} weights"></span>`)
+    .map((s) => `<span data-flex="${s.layers}" data-c="${color(nodeIndex.get(s.node) ?? 0)}" title="${esc(nodeLabel(state, s.node))}: ${s.layers} layers, ${fmtBytes(s.weight_bytes)} weights"></span>`)
     .join('');
-  const names = (p.shares ?? []).map((s) => `${esc(nodeName(state.nodes?.[s.node], s.node))}·${s.layers}`).join(' ');
+  const names = (p.shares ?? []).map((s) => `${esc(nodeLabel(state, s.node))}: ${s.layers}`).join(' · ');
   const busy = placing.has(`${card.id}#${p.nodes}`);
   return `<div class="preview" data-preview="${p.nodes}">
     <span class="k">${p.nodes} node${p.nodes > 1 ? 's' : ''}</span>
@@ -104,7 +104,7 @@ function render() {
       const pct = name === 'Ongoing' && body.total ? Math.floor((100 * body.done) / body.total) : 0;
       const label = name === 'Ongoing' ? `${pct}%` : name === 'Failed' ? 'failed' : 'pending';
       downloads.push(`<div class="download" data-download="${esc(id)}" title="${esc(body?.error ?? '')}">
-        <span>${esc(nodeName(state.nodes[id], id))}</span>
+        <span>${esc(nodeLabel(state, id))}</span>
         <div class="bar"><span data-w="${pct}"></span></div><span class="hint">${label}</span></div>`);
     }
     const list = previews.get(card.id) ?? [];

@@ -42,6 +42,14 @@ export function nodeName(info, id) {
   return info?.identity?.friendly_name || short(id);
 }
 
+/** A node's label among the others of `state`: its name, with a short id when another node has the same name. */
+export function nodeLabel(state, id) {
+  const info = state?.nodes?.[id];
+  const name = nodeName(info, id);
+  const same = Object.entries(state?.nodes ?? {}).some(([other, i]) => other !== id && nodeName(i, other) === name);
+  return same ? `${name}·${String(id).slice(0, 4)}` : name;
+}
+
 /** The variant name of an externally tagged enum as serde writes it (`"Ready"` or `{"Loading": {...}}`). */
 export function variant(value) {
   if (typeof value === 'string') return [value, null];
