@@ -356,6 +356,24 @@ fn the_dashboard_asks_for_the_api_key_once() {
         browser.js("return sessionStorage.getItem('shoal.apiKey')", &[]),
         Value::String(KEY.into())
     );
+
+    // Add a model by path (with the key the page holds), then delete it.
+    let path = common::model_path();
+    browser.type_into("#add-source", &path.display().to_string());
+    browser.type_into("#add-id", "dash-smol");
+    browser.click("#add-button");
+    browser.wait_js(
+        Duration::from_secs(20),
+        "the added model in the catalog",
+        "return document.querySelector('#models [data-model-row=\"dash-smol\"] [data-delete-model]') !== null",
+    );
+    assert!(nodes[0].state().unwrap()["model_cards"]["dash-smol"].is_object());
+    browser.click("#models [data-delete-model='dash-smol']");
+    browser.wait_js(
+        Duration::from_secs(20),
+        "the added model gone",
+        "return document.querySelector('#models [data-model-row=\"dash-smol\"]') === null",
+    );
     // Only the refusals that made it ask.
     assert_no_errors(&browser, &["401"]);
 }

@@ -4,7 +4,8 @@
 //! - `status`: this node's `/status` ([`shoal_cluster::NodeStatus`]) first, and again whenever it changes (a new
 //!   master, this node becoming ready or stepping down);
 //! - `snapshot`: once the node is ready, `{"idx", "session", "state"}` where `state` is exactly `GET /state`'s body;
-//!   then `state` frames of the same shape for every later change, at most one per [`STATE_FRAME_INTERVAL`]: a burst
+//!   then `state` frames of the same shape for every later change, at most one per [`STATE_FRAME_INTERVAL`] (and
+//!   further apart for a State so large that one dashboard would get more than [`STATE_BYTES_PER_SECOND`]): a burst
 //!   of events becomes one frame with the newest State, so a busy cluster cannot flood a browser. A broadcast
 //!   receiver that lagged behind the node's State changes only means the newest State is sent next (never an error);
 //! - `events`: the durable events after the snapshot's idx (starting [`INITIAL_EVENTS`] before it, for context), as
@@ -53,7 +54,10 @@ pub const EVENTS_PER_FRAME: usize = 500;
 /// Reads of the log that found nothing new, in a row, before the stream waits for the next State change.
 const EMPTY_READS_MAX: u32 = 10;
 /// An SSE comment when nothing else was sent for this long (proxies close idle connections).
-pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
+pub const KEEP_ALIVE: Duration = Duration::from_secs(10);
+/// State frames of a large cluster are spaced further apart, so one dashboard receives at most about this many
+/// bytes of State per second.
+pub const STATE_BYTES_PER_SECOND: usize = 2 << 20;
 
 /// Dashboard streams open on this node (one node per process).
 static OPEN: AtomicUsize = AtomicUsize::new(0);
@@ -109,6 +113,14 @@ pub fn state_due(dirty: bool, last_sent: Option<Instant>, now: Instant, interval
         Some(at) if at + interval > now => at + interval,
         _ => now,
     })
+}
+
+/// The least time between State frames after one of `bytes`: [`STATE_FRAME_INTERVAL`], or longer for a State so
+/// large that frames at that pace would exceed [`STATE_BYTES_PER_SECOND`]. Pure.
+pub fn frame_interval(bytes: usize) -> Duration {
+    let by_size =
+        Duration::from_millis(u64::try_from(bytes.saturating_mul(1_000) / STATE_BYTES_PER_SECOND).unwrap_or(u64::MAX));
+    by_size.max(STATE_FRAME_INTERVAL)
 }
 
 /// Where the event log starts for a snapshot at `idx`.
@@ -195,6 +207,8 @@ struct Live {
     /// The State last sent (compared by pointer: State is immutable behind its `Arc`).
     sent: Option<Arc<State>>,
     sent_at: Option<Instant>,
+    /// The least time until the next State frame ([`frame_interval`] of the last one).
+    interval: Duration,
     status: Option<NodeStatus>,
     dirty: bool,
     /// The last event idx sent; `None` until the snapshot.
@@ -224,7 +238,7 @@ impl Live {
                 continue;
             }
             let now = Instant::now();
-            let due = state_due(self.dirty, self.sent_at, now, STATE_FRAME_INTERVAL);
+            let due = state_due(self.dirty, self.sent_at, now, self.interval);
             if due.is_some_and(|at| at <= now) {
                 self.send_view(now).await;
                 continue;
@@ -271,8 +285,10 @@ impl Live {
         }
         if !self.sent.as_ref().is_some_and(|s| Arc::ptr_eq(s, &view.state)) {
             let first = self.sent.is_none();
+            let body = state_body(&view.state);
+            self.interval = frame_interval(body.len());
             self.queue
-                .push_back(frame(if first { "snapshot" } else { "state" }, state_body(&view.state)));
+                .push_back(frame(if first { "snapshot" } else { "state" }, body));
             self.sent = Some(view.state.clone());
         }
         let idx = view.state.pos.idx;
@@ -380,6 +396,7 @@ pub async fn stream(AxumState(api): AxumState<Api>) -> Response {
         queue: Default::default(),
         sent: None,
         sent_at: None,
+        interval: STATE_FRAME_INTERVAL,
         status: None,
         dirty: true,
         events_after: None,
@@ -461,6 +478,14 @@ mod tests {
         assert!(dirty || frames > 0);
         assert!(frames <= 1_000 / 150 + 1, "{frames} frames");
         assert!(frames >= 6, "{frames} frames: the stream keeps up");
+    }
+
+    #[test]
+    fn a_large_state_is_sent_less_often() {
+        assert_eq!(frame_interval(10_000), STATE_FRAME_INTERVAL);
+        assert_eq!(frame_interval(STATE_BYTES_PER_SECOND), Duration::from_secs(1));
+        assert_eq!(frame_interval(4 * STATE_BYTES_PER_SECOND), Duration::from_secs(4));
+        assert!(frame_interval(usize::MAX) >= Duration::from_secs(1));
     }
 
     #[test]

@@ -1,8 +1,8 @@
 // The page's shell: one store fed by the live stream; every panel renders from it.
 
 import { wireChat, updateChatModels } from './chat.js';
-import { addEvents, addGap } from './events.js';
-import { addHealth } from './health.js';
+import { addEvents, addGap, resetEvents } from './events.js';
+import { addHealth, resetHealth } from './health.js';
 import { renderInstances, wireInstances } from './instances.js';
 import { follow } from './live.js';
 import { modelCards, updateModels, wireModels } from './models.js';
@@ -76,6 +76,10 @@ function onFrame(kind, data) {
       renderTopology(store.state, store.status, store.lost);
       break;
     case 'snapshot':
+      resetEvents();
+      resetHealth();
+      applyState(data.state);
+      break;
     case 'state':
       applyState(data.state);
       break;

@@ -21,6 +21,12 @@ function time(ms) {
   return d.toTimeString().slice(0, 8);
 }
 
+/** A new stream (perhaps from another node, after a master change) starts the log afresh. */
+export function resetEvents() {
+  lines = [];
+  newest = -1;
+}
+
 export function addEvents(batch, names) {
   const fresh = batch.filter((e) => e.idx > newest);
   if (!fresh.length) return;

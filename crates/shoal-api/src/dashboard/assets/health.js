@@ -10,6 +10,11 @@ const tps = [];
 const memory = new Map();
 let previous = null;
 
+/** A new stream may come from another node: its counters are not comparable with the last ones. */
+export function resetHealth() {
+  previous = null;
+}
+
 /** Adds one health sample; `state` gives each node's memory at that moment. */
 export function addHealth(health, state) {
   if (previous && health.time_ms > previous.time_ms) {
