@@ -1,7 +1,8 @@
 //! Every HTTP endpoint of a node (SYSTEM.md §11): the dialects people's tools speak, each a module that parses its
 //! request into `GenerationParams` and writes the stream's events its own way ([`openai`], [`anthropic`],
 //! [`ollama`]), over one shared path ([`generation`]) and the stream registry ([`streams`]); the cluster's own
-//! endpoints ([`cluster`], [`instances`], [`models`], [`cancel`], [`metrics`]); and access control ([`access`]).
+//! endpoints ([`cluster`], [`instances`], [`models`], [`cancel`], [`metrics`]); the web dashboard and its live feed
+//! ([`dashboard`]); and access control ([`access`]).
 //!
 //! A request becomes [`GenerationParams`](shoal_types::params::GenerationParams), is registered, and its
 //! `TextGeneration` command goes to the master. Chunks arrive from the pipeline's last rank straight into the

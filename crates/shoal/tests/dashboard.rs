@@ -376,4 +376,68 @@ fn the_dashboard_asks_for_the_api_key_once() {
     );
     // Only the refusals that made it ask.
     assert_no_errors(&browser, &["401"]);
+    drop(browser);
+
+    // The live stream is bounded: past the cap a new one is a 429 with Retry-After.
+    let auth = format!("Authorization: Bearer {KEY}");
+    let mut open = Vec::new();
+    let refused = (0..=MAX_LIVE_STREAMS).find_map(|_| {
+        let (code, head, stream) = open_stream(nodes[0].api, &auth);
+        open.push(stream);
+        (code == 429).then_some(head)
+    });
+    let refused = refused.expect("no 429 past the cap");
+    assert!(refused.to_ascii_lowercase().contains("retry-after"), "{refused}");
+    assert!(open.len() <= MAX_LIVE_STREAMS + 1, "{} streams opened", open.len());
+    drop(open);
+    // Places come back once the node notices the clients went (its next frame, within a second).
+    common::wait_for(Duration::from_secs(5), "a place again", || {
+        (open_stream(nodes[0].api, &auth).0 == 200).then_some(())
+    });
+
+    // SIGTERM: an open stream says goodbye and ends.
+    let (code, _, mut stream) = open_stream(nodes[0].api, &auth);
+    assert_eq!(code, 200);
+    let pid = nodes[0].child.as_ref().unwrap().id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let stopped = Instant::now();
+    let mut rest = String::new();
+    let _ = std::io::Read::read_to_string(&mut stream, &mut rest);
+    assert!(rest.contains("event: bye"), "no goodbye before the end: {rest:.300}");
+    assert!(
+        stopped.elapsed() < Duration::from_secs(5),
+        "the stream outlived the node's stop"
+    );
+}
+
+/// Dashboard streams a node serves at once (`shoal_api::dashboard::live::MAX_LIVE_STREAMS`).
+const MAX_LIVE_STREAMS: usize = 64;
+
+/// Opens `GET /state/stream`: the status, the response head, and the connection (still open for a 200).
+fn open_stream(port: u16, auth: &str) -> (u16, String, std::net::TcpStream) {
+    use std::io::{BufRead, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        stream,
+        "GET /state/stream HTTP/1.0\r\nHost: 127.0.0.1\r\n{auth}\r\n\r\n"
+    )
+    .unwrap();
+    let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
+            break;
+        }
+        head.push_str(&line);
+    }
+    let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (code, head, stream)
 }
