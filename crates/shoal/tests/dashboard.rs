@@ -54,6 +54,7 @@ fn header_master(browser: &Browser) -> String {
 
 /// Both screenshots of a theme: the laptop viewport and the whole page.
 fn screenshots(browser: &Browser, name: &str) {
+    browser.js("document.activeElement?.blur(); window.scrollTo(0, 0);", &[]);
     browser.screenshot(&screenshot_dir().join(format!("{name}.png")));
     browser.resize(1440, 2300);
     browser.screenshot(&screenshot_dir().join(format!("{name}-full.png")));
@@ -355,6 +356,28 @@ fn the_dashboard_asks_for_the_api_key_once() {
     assert_eq!(
         browser.js("return sessionStorage.getItem('shoal.apiKey')", &[]),
         Value::String(KEY.into())
+    );
+
+    // The chat's markdown renderer escapes before it interprets, and links only http(s).
+    let rendered = browser.js_async(
+        "import('/dashboard/markdown.js').then((m) => done([
+            m.markdown('**b** *i* `<x>`'),
+            m.markdown('<img src=x onerror=alert(1)>'),
+            m.markdown('[a](javascript:alert(1)) [b](https://example.com/?q=1&r=2)'),
+            m.markdown('```rust\\nfn main() {}\\n```\\n- one\\n- two'),
+        ]))",
+    );
+    assert_eq!(
+        rendered[0],
+        "<p><strong>b</strong> <em>i</em> <code>&lt;x&gt;</code></p>"
+    );
+    assert_eq!(rendered[1], "<p>&lt;img src=x onerror=alert(1)&gt;</p>");
+    let links = rendered[2].as_str().unwrap();
+    assert!(!links.contains("href=\"javascript"), "{links}");
+    assert!(links.contains("href=\"https://example.com/?q=1&amp;r=2\""), "{links}");
+    assert_eq!(
+        rendered[3],
+        "<pre data-lang=\"rust\"><code>fn main() {}</code></pre><ul><li>one</li><li>two</li></ul>"
     );
 
     // Add a model by path (with the key the page holds), then delete it.

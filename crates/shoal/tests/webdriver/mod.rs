@@ -166,6 +166,12 @@ impl Browser {
         )
     }
 
+    /// Runs `script` asynchronously: it calls `done(value)`, the last of its `arguments`.
+    pub fn js_async(&self, script: &str) -> Value {
+        let script = format!("const done = arguments[arguments.length - 1]; {script}");
+        self.cmd("POST", "/execute/async", Some(&json!({ "script": script, "args": [] })))
+    }
+
     /// Polls `script` until it returns something truthy; returns that.
     pub fn wait_js(&self, within: Duration, what: &str, script: &str) -> Value {
         let deadline = Instant::now() + within;
