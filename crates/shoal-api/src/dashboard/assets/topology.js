@@ -7,11 +7,26 @@ const BOX_W = 232;
 const BOX_H = 132;
 const WIDTH = 780;
 
-/** Node positions on an ellipse (one: centred; two: side by side), in a stable order. */
+/** Clusters up to this size sit on an ellipse; larger ones in a grid (an ellipse would overlap their cards). */
+const RING_MAX = 6;
+const GRID_COLUMNS = 3;
+
+/** Node positions: one centred, two side by side, up to RING_MAX on an ellipse, more in a grid. */
 function layout(count) {
   if (count === 1) return { height: BOX_H + 48, points: [[WIDTH / 2, BOX_H / 2 + 24]] };
   if (count === 2) {
     return { height: BOX_H + 48, points: [[WIDTH / 2 - 190, BOX_H / 2 + 24], [WIDTH / 2 + 190, BOX_H / 2 + 24]] };
+  }
+  if (count > RING_MAX) {
+    const rows = Math.ceil(count / GRID_COLUMNS);
+    const gapX = (WIDTH - GRID_COLUMNS * BOX_W) / (GRID_COLUMNS + 1);
+    const points = [];
+    for (let i = 0; i < count; i += 1) {
+      const col = i % GRID_COLUMNS;
+      const row = Math.floor(i / GRID_COLUMNS);
+      points.push([gapX + BOX_W / 2 + col * (BOX_W + gapX), 24 + BOX_H / 2 + row * (BOX_H + 44)]);
+    }
+    return { height: rows * (BOX_H + 44) + 4, points };
   }
   const rx = Math.min(WIDTH / 2 - BOX_W / 2 - 12, 170 + count * 30);
   const ry = 112 + Math.max(0, count - 3) * 34;
@@ -122,7 +137,8 @@ export function renderTopology(state, status, lost) {
   }
   let mesh = '';
   const live = nodes.filter((n) => !n.lost);
-  for (let i = 0; i < live.length; i += 1) {
+  // Every pair of nodes is linked; past a ring's size those lines would only hide the pipelines.
+  for (let i = 0; nodes.length <= RING_MAX && i < live.length; i += 1) {
     for (let j = i + 1; j < live.length; j += 1) {
       const a = at.get(live[i].id);
       const b = at.get(live[j].id);
