@@ -1,4 +1,5 @@
-//! Who may call the node: `--api-key` (every endpoint but `GET /health` and CORS preflights needs the key, as
+//! Who may call the node: `--api-key` (every endpoint but `GET /health`, the dashboard's page and assets (they hold
+//! no data) and CORS preflights needs the key, as
 //! `Authorization: Bearer <key>` or `x-api-key: <key>`, compared in constant time; a refusal is a 401 in the
 //! dialect's error shape) and CORS (open to every origin unless `--cors-origin` names the allowed ones).
 
@@ -65,7 +66,11 @@ impl Access {
 /// The key check, in front of every route.
 pub async fn require_key(AxumState(api): AxumState<Api>, request: Request, next: Next) -> Response {
     let path = request.uri().path();
-    if request.method() == Method::OPTIONS || OPEN_PATHS.contains(&path) || api.access.allows(request.headers()) {
+    if request.method() == Method::OPTIONS
+        || OPEN_PATHS.contains(&path)
+        || crate::dashboard::is_public(request.method(), path)
+        || api.access.allows(request.headers())
+    {
         return next.run(request).await;
     }
     Dialect::of_path(path).error_response(&ApiError::unauthorized())

@@ -1,7 +1,8 @@
 //! Every HTTP endpoint of a node (SYSTEM.md §11): the dialects people's tools speak, each a module that parses its
 //! request into `GenerationParams` and writes the stream's events its own way ([`openai`], [`anthropic`],
 //! [`ollama`]), over one shared path ([`generation`]) and the stream registry ([`streams`]); the cluster's own
-//! endpoints ([`cluster`], [`instances`], [`models`], [`cancel`], [`metrics`]); and access control ([`access`]).
+//! endpoints ([`cluster`], [`instances`], [`models`], [`cancel`], [`metrics`]); the web dashboard and its live feed
+//! ([`dashboard`]); and access control ([`access`]).
 //!
 //! A request becomes [`GenerationParams`](shoal_types::params::GenerationParams), is registered, and its
 //! `TextGeneration` command goes to the master. Chunks arrive from the pipeline's last rank straight into the
@@ -13,6 +14,7 @@ pub mod anthropic;
 mod cancel;
 pub mod cluster;
 pub mod commands;
+pub mod dashboard;
 pub mod error;
 pub mod fields;
 pub mod generation;
@@ -134,6 +136,7 @@ pub fn router(api: Api) -> Router {
         .merge(openai::routes())
         .merge(anthropic::routes())
         .merge(ollama::routes())
+        .merge(dashboard::routes())
         .fallback(not_found)
         // Handlers read bodies with their own limit, so an oversized body is a 413 in the dialect's shape.
         .layer(DefaultBodyLimit::disable())

@@ -25,7 +25,8 @@ const PREFIXES: [&str; 2] = ["/api", "/ollama/api"];
 
 /// The Ollama routes.
 pub fn routes() -> Router<Api> {
-    let mut router = Router::new().route("/", get(models::running).head(models::running));
+    // `GET /` and `HEAD /` are routed by the dashboard, which answers clients that do not ask for HTML as here.
+    let mut router = Router::new();
     for prefix in PREFIXES {
         router = router
             .route(&format!("{prefix}/chat"), post(reply::chat))
