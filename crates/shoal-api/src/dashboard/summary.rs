@@ -55,6 +55,8 @@ fn fact(info: &NodeFact) -> String {
         NodeFact::Interfaces(i) => format!("{} network interfaces", i.len()),
         NodeFact::Backends(b) => format!("backends {b:?}"),
         NodeFact::MemBandwidth(g) => format!("memory bandwidth {g:.0} GB/s"),
+        NodeFact::StoreFault(Some(error)) => format!("store cannot write: {error}"),
+        NodeFact::StoreFault(None) => "store writes again".into(),
     }
 }
 

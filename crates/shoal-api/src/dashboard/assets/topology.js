@@ -86,7 +86,9 @@ function nodeCard(node, x, y, held, masterId, selfId) {
     <text class="sub" x="${left + 14}" y="${top + 60}">${esc(sub)} · ${esc(backends)}</text>
     <rect class="mem-track" x="${left + 14}" y="${top + 70}" width="${BOX_W - 28}" height="6" rx="3"/>
     <rect x="${left + 14}" y="${top + 70}" width="${Math.max(0, (BOX_W - 28) * frac)}" height="6" rx="3" class="${frac > 0.85 ? 'mem-fill hot' : 'mem-fill'}"/>
-    <text class="sub" x="${left + 14}" y="${top + 94}">${total ? `${fmtBytes(used)} / ${fmtBytes(total)} used` : 'memory unknown'}</text>
+    ${info?.store_fault
+      ? `<text class="fault" x="${left + 14}" y="${top + 94}"><title>${esc(info.store_fault)}</title>store cannot write: no new work</text>`
+      : `<text class="sub" x="${left + 14}" y="${top + 94}">${total ? `${fmtBytes(used)} / ${fmtBytes(total)} used` : 'memory unknown'}</text>`}
     ${chips}
   </g>`;
 }
