@@ -3,7 +3,6 @@
 //! tokenizing all of it, with a message that says how long it is at least.
 
 #[path = "../../shoal-engine/tests/common/mod.rs"]
-#[allow(dead_code)]
 mod common;
 
 use shoal_models::prompt::{Bounded, Prompter};
