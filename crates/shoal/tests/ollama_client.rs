@@ -234,9 +234,10 @@ fn exos_ollama_paths_answer_refuse_and_end_streams_in_band() {
         ["verifying sha256 digest", "success"],
         "{lines:?}"
     );
-    // Progress lines come from the fetch that copies the file. Another fetch of the same model in this process may
-    // hold the model's lock first (seen in CI, not yet explained; the worker fetches only for its runners); the pull
-    // then waits for it and finds the file verified, so it goes straight from the manifest to the digest.
+    // Progress lines come from the fetch that copies the file. The node's worker fetches the same model on its own:
+    // a model only `path` sources name is placed only where its files are, so every worker looks for it and copies
+    // it in when it can (`shoal-worker/src/downloads.rs`, `scan_held_files`). When that fetch holds the model's lock
+    // first, the pull waits for it and finds the file verified, so it goes straight from the manifest to the digest.
     let progress: Vec<&Value> = lines.iter().filter(|l| l["status"] == "pulling pull-me.gguf").collect();
     if let Some(last) = progress.last() {
         assert!(
@@ -272,8 +273,8 @@ fn exos_ollama_paths_answer_refuse_and_end_streams_in_band() {
     std::fs::remove_file(&source).unwrap();
     let lines = NdJson::open(api, "/api/pull", &json!({"model": "fail-me"})).rest();
     let last = lines.last().unwrap();
-    // The other fetch seen above (not yet explained) may have copied the file in before it was removed; then the pull
-    // succeeds, and only a pull that found nothing must fail, in both shapes.
+    // The worker's own fetch (above) may have copied the file in before it was removed; then the pull succeeds, and
+    // only a pull that found nothing must fail, in both shapes.
     if last["status"] != "success" {
         assert!(last["error"].as_str().is_some_and(|e| !e.is_empty()), "{lines:?}");
         let (code, body) = http(
