@@ -1,8 +1,11 @@
 //! How many prompt tokens may share a forward pass with decoding sequences. A decoding stream gets one token per
 //! step, so a step's wall time is that stream's gap: a 512-token chunk of a long prompt held running streams for
 //! 3–10 s on 2 cores (later chunks attend over a longer prefix, so they are slower still). The budget sizes the
-//! prompt chunk from the measured cost of recent steps so that a step stays near a time target, and leaves the
-//! chunk at its full size when no sequence is decoding (then nobody waits on the step).
+//! prompt chunk from the measured cost of recent steps so that a step stays near a time target. With no sequence
+//! decoding the chunk may take up to [`SOLO_STEP_TARGET`]: nobody waits on each step, but a late chunk of a long
+//! prompt (512 tokens attending over ~7,000) must not hold the pipeline for many seconds either, or a request that
+//! arrives meanwhile waits that long for its first step, and the worker's hang watch (no layer done for 5 s) can
+//! fire on a loaded machine, as it did while measuring this.
 //!
 //! Pure: the caller times each step and reports it; nothing here reads a clock.
 
@@ -11,6 +14,9 @@ use std::time::Duration;
 /// The wall time a step that holds decoding sequences aims for, below the ≤ 250 ms gap a running stream should see
 /// while another request prefills, with room for scheduling jitter on a shared machine.
 pub const STEP_TARGET: Duration = Duration::from_millis(150);
+/// The wall time a step of prompt chunks alone aims for (see the module comment); early chunks of a prompt are
+/// cheap and stay at the full chunk size.
+pub const SOLO_STEP_TARGET: Duration = Duration::from_secs(1);
 /// A prompt chunk beside decoding sequences never shrinks below this, so a long prompt always advances: on a machine
 /// too slow for the target, progress of the prompt wins over the target.
 pub const MIN_PREFILL_TOKENS: usize = 8;
@@ -61,13 +67,20 @@ impl StepBudget {
     /// Prompt tokens the next step may hold beside `decoding` decoding sequences (one token each).
     pub fn prompt_tokens(&self, decoding: usize) -> usize {
         let room = self.max_tokens.saturating_sub(decoding).max(MIN_PREFILL_TOKENS);
-        if decoding == 0 {
-            return room;
-        }
-        let Some(per) = self.per_prompt_token.filter(|p| *p > 0.0) else {
-            return FIRST_PREFILL_TOKENS.min(room);
+        let (target, base) = if decoding == 0 {
+            // Nobody decodes: the base of decode steps does not apply.
+            (self.target.max(SOLO_STEP_TARGET), 0.0)
+        } else {
+            (self.target, self.base.unwrap_or(0.0))
         };
-        let spare = (self.target.as_secs_f64() - self.base.unwrap_or(0.0)).max(0.0);
+        let Some(per) = self.per_prompt_token.filter(|p| *p > 0.0) else {
+            return if decoding == 0 {
+                room
+            } else {
+                FIRST_PREFILL_TOKENS.min(room)
+            };
+        };
+        let spare = (target.as_secs_f64() - base).max(0.0);
         // Bounded by `room` before the conversion, so the float always fits; the nudge keeps an exact fit (16.0 computed
         // as 15.999…) from losing a token to rounding.
         let fit = (spare / per + FIT_NUDGE).floor().min(room as f64) as usize;
@@ -88,11 +101,20 @@ mod tests {
     }
 
     #[test]
-    fn full_chunks_when_nobody_decodes() {
+    fn larger_chunks_when_nobody_decodes() {
         let mut b = StepBudget::new(ms(150), 512);
         assert_eq!(b.prompt_tokens(0), 512);
-        b.observe(512, ms(9_000));
-        assert_eq!(b.prompt_tokens(0), 512, "no stream waits on the step");
+        b.observe(512, ms(1_024));
+        assert_eq!(
+            b.prompt_tokens(0),
+            500,
+            "no stream waits on the step: up to the solo target"
+        );
+        assert_eq!(b.prompt_tokens(1), 75, "beside a decoding stream: the step target");
+        // Late chunks attend over a long prefix: they shrink so one step stays near the solo target.
+        let mut late = StepBudget::new(ms(150), 512);
+        late.observe(512, ms(9_000));
+        assert_eq!(late.prompt_tokens(0), 56);
     }
 
     #[test]

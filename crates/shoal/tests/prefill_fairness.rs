@@ -48,19 +48,34 @@ fn chat(content: &str, max_tokens: u32) -> Value {
     })
 }
 
-/// Opens the running stream and a reader thread that sends the arrival time of every content delta.
-fn running_stream(port: u16) -> mpsc::Receiver<Instant> {
+/// What the running stream's reader reports.
+enum Running {
+    /// A content delta arrived.
+    Token(Instant),
+    /// The model ended its answer; the reader opened the same request again (the gap across is not measured).
+    Restarted,
+}
+
+/// Opens the running stream and a reader thread that sends the arrival time of every content delta, opening the
+/// request again whenever the model ends its answer, so a stream is always running.
+fn running_stream(port: u16) -> mpsc::Receiver<Running> {
     let (tx, rx) = mpsc::channel();
-    let mut sse = SseClient::open(port, &chat(RUNNING_PROMPT, RUNNING_MAX_TOKENS));
-    assert_eq!(sse.status, 200);
     std::thread::spawn(move || {
-        while let Some(data) = sse.next_data() {
-            if data == "[DONE]" {
-                return;
+        loop {
+            let mut sse = SseClient::open(port, &chat(RUNNING_PROMPT, RUNNING_MAX_TOKENS));
+            assert_eq!(sse.status, 200);
+            while let Some(data) = sse.next_data() {
+                if data == "[DONE]" {
+                    break;
+                }
+                let event: Value = serde_json::from_str(&data).unwrap();
+                assert!(event.get("error").is_none(), "the running stream failed: {event}");
+                let content = event["choices"][0]["delta"]["content"].as_str();
+                if content.is_some_and(|c| !c.is_empty()) && tx.send(Running::Token(Instant::now())).is_err() {
+                    return;
+                }
             }
-            let event: Value = serde_json::from_str(&data).unwrap();
-            let content = event["choices"][0]["delta"]["content"].as_str();
-            if content.is_some_and(|c| !c.is_empty()) && tx.send(Instant::now()).is_err() {
+            if tx.send(Running::Restarted).is_err() {
                 return;
             }
         }
@@ -92,6 +107,8 @@ struct Watch {
     gaps: Vec<Duration>,
     /// The long prompt's tokens and prefill time, when it finished within the window.
     prefilled: Option<(u64, Duration)>,
+    /// Times the running request ended its answer and was sent again.
+    restarts: usize,
 }
 
 /// Starts the running stream, waits for it to flow, sends the long prompt and records the running stream's gaps
@@ -99,14 +116,19 @@ struct Watch {
 fn watch(port: u16, window: Duration) -> Watch {
     let running = running_stream(port);
     // Past the running stream's own prefill: it is decoding.
-    for _ in 0..5 {
-        running.recv_timeout(Duration::from_secs(60)).unwrap();
+    let mut flowing = 0;
+    while flowing < 5 {
+        if let Running::Token(_) = running.recv_timeout(Duration::from_secs(60)).unwrap() {
+            flowing += 1;
+        }
     }
     while running.try_recv().is_ok() {}
     let sent = Instant::now();
     let long = long_request(port);
-    let mut last = sent;
+    // None right after a restart: the next token starts a new series of gaps.
+    let mut last = Some(sent);
     let mut gaps = Vec::new();
+    let mut restarts = 0;
     let mut prefilled = None;
     while sent.elapsed() < window {
         if let Ok(outcome) = long.try_recv() {
@@ -115,20 +137,27 @@ fn watch(port: u16, window: Duration) -> Watch {
             break;
         }
         match running.recv_timeout(Duration::from_millis(20)) {
-            Ok(at) => {
-                gaps.push(at - last);
-                last = at;
+            Ok(Running::Token(at)) => {
+                if let Some(last) = last {
+                    gaps.push(at - last);
+                }
+                last = Some(at);
+            }
+            Ok(Running::Restarted) => {
+                restarts += 1;
+                last = None;
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                let long = long.try_recv();
-                panic!("the running stream ended during the prefill (long prompt: {long:?})")
-            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => panic!("the running stream's reader ended"),
         }
     }
     // The gap still open when the window closed counts too.
-    gaps.push(last.elapsed());
-    Watch { gaps, prefilled }
+    gaps.extend(last.map(|l| l.elapsed()));
+    Watch {
+        gaps,
+        prefilled,
+        restarts,
+    }
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -144,11 +173,13 @@ fn summary(label: &str, w: &Watch) -> String {
         format!("{t} tokens in {:.1} s", d.as_secs_f64())
     });
     format!(
-        "{label}: running stream gaps during a long prefill: n={} p50={:.0} ms p99={:.0} ms max={:.0} ms; long prompt: {prefill}",
+        "{label}: running stream gaps during a long prefill: n={} p50={:.0} ms p99={:.0} ms max={:.0} ms \
+         (restarts {}); long prompt: {prefill}",
         g.len(),
         ms(percentile(&g, 0.5)),
         ms(percentile(&g, 0.99)),
         ms(percentile(&g, 1.0)),
+        w.restarts,
     )
 }
 
