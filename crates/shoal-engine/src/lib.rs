@@ -21,14 +21,17 @@ pub mod grammar;
 pub mod logprobs;
 pub mod output;
 pub mod sampling;
+pub mod scheduler;
+pub mod step_budget;
 pub mod tokenizer;
 
 pub use chat::{ChatMessage, ChatTemplate, ChatToolCall, TemplateExtras};
 pub use generate::{
-    BatchRequest, DecodeStep, Decoding, FinishReason, GenerateParams, Generation, ScheduledStep, Scheduler, generate,
-    generate_batch,
+    BatchRequest, DecodeStep, Decoding, FinishReason, GenerateParams, Generation, generate, generate_batch,
 };
 pub use grammar::{Constrained, Constraint, GrammarError, GrammarFactory};
 pub use logprobs::{MAX_TOP_LOGPROBS, TokenLogprobs, token_logprobs};
 pub use sampling::{Sampler, SamplingParams};
+pub use scheduler::{ScheduledStep, Scheduler};
+pub use step_budget::{STEP_TARGET, StepBudget};
 pub use tokenizer::{Bounded, IncrementalDecoder, Tokenizer};

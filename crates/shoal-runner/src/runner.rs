@@ -14,20 +14,22 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use shoal_engine::output::{OutputParser, Piece};
+use shoal_engine::output::OutputParser;
 use shoal_engine::{
-    DecodeStep, Decoding, EngineError, FinishReason, LayerRange, PREFILL_CHUNK, Pool, ScheduledStep, Scheduler,
-    SeqChunk, SeqSlot, Stage, StageInput, StageOutput, Tokenizer,
+    Decoding, EngineError, LayerRange, PREFILL_CHUNK, Pool, STEP_TARGET, ScheduledStep, Scheduler, SeqChunk, SeqSlot,
+    Stage, StageInput, StageOutput, Tokenizer,
 };
+
+use crate::chunks::{Sampling, chunk_logprobs, chunk_messages};
 
 use crate::edges::{Dials, spawn_acceptor};
 use crate::frame::{FrameError, read_frame, write_frame};
 use crate::integrity::{self, Verdict};
 use crate::proto::{
-    ChunkEnd, ChunkLogprobs, DataFrame, FromRunner, FwdSeq, Handshake, LoadSpec, LogprobEntry, Outcome, PROTOCOL,
-    RunnerStatus, SeqStart, TaskHandle, ToRunner,
+    ChunkEnd, DataFrame, FromRunner, FwdSeq, Handshake, LoadSpec, Outcome, PROTOCOL, RunnerStatus, SeqStart,
+    TaskHandle, ToRunner,
 };
 use crate::secure::{EdgeWriter, TlsConfigs};
 
@@ -168,7 +170,8 @@ pub fn run(socket: &Path) -> Result<(), RunnerError> {
     stage.count_layers_into(progress.steps.clone());
 
     let mut rank = Rank {
-        scheduler: Scheduler::new(spec.max_seqs, PREFILL_CHUNK),
+        // Prompt chunks beside decoding sequences are sized so a step (a running stream's gap) stays near the target.
+        scheduler: Scheduler::new(spec.max_seqs, PREFILL_CHUNK).with_step_target(STEP_TARGET),
         spec,
         model,
         stage,
@@ -260,6 +263,8 @@ struct TaskEntry {
 
 struct InFlight {
     step: ScheduledStep,
+    /// When rank 0 started the step: its sampled tokens coming back end it (every rank and hop included).
+    started: Instant,
 }
 
 struct Rank {
@@ -286,17 +291,6 @@ struct Rank {
     /// What re-reading the model file after non-finite output found: hashed once per runner life (a sound file
     /// stays sound; a corrupt one ends the runner).
     verdict: Option<Verdict>,
-}
-
-/// The last rank's state of one sequence.
-struct Sampling<'t> {
-    task: TaskHandle,
-    decoding: Decoding<'t>,
-    /// Reasoning and tool calls read out of the text (SYSTEM.md §10.4).
-    output: OutputParser,
-    /// Tokens whose text was reasoning.
-    reasoning_tokens: usize,
-    seq: u64,
 }
 
 impl Rank {
@@ -515,6 +509,7 @@ impl Rank {
         let Some(step) = self.scheduler.next_step() else {
             return Ok(());
         };
+        let started = Instant::now();
         let out = match self.forward(&step.chunks, StageInput::Tokens(&step.tokens)) {
             Ok(out) => out,
             Err(e) => {
@@ -540,7 +535,7 @@ impl Rank {
             })
             .collect();
         self.microbatch += 1;
-        self.in_flight = Some(InFlight { step });
+        self.in_flight = Some(InFlight { step, started });
         match out {
             StageOutput::Hidden(activations) => {
                 self.check_hidden(&activations, None)?;
@@ -809,10 +804,11 @@ impl Rank {
 
     /// Rank 0: the sampled tokens of the step in flight came back.
     fn on_back(&mut self, tokens: Vec<(SeqSlot, u32, bool)>) {
-        let Some(InFlight { step }) = self.in_flight.take() else {
+        let Some(InFlight { step, started }) = self.in_flight.take() else {
             tracing::warn!("a back frame with no step in flight; ignored");
             return;
         };
+        self.scheduler.observe(&step, started.elapsed());
         self.scheduler.complete(&step, &tokens);
         self.free_slots.append(&mut self.pending_free);
         for (slot, _, done) in tokens {
@@ -821,90 +817,4 @@ impl Rank {
             }
         }
     }
-}
-
-/// A step's logprobs spelled with the tokenizer; none for an end-of-generation token (OpenAI never lists it).
-fn chunk_logprobs(tokenizer: &Tokenizer, step: &DecodeStep) -> Option<ChunkLogprobs> {
-    if step.finish == Some(FinishReason::Stop) {
-        return None;
-    }
-    let lp = step.logprobs.as_ref()?;
-    let entry = |token: u32, logprob: f32| LogprobEntry {
-        token,
-        bytes: tokenizer.token_bytes(token).to_vec(),
-        logprob,
-    };
-    Some(ChunkLogprobs {
-        chosen: entry(lp.token, lp.logprob),
-        top: lp.top.iter().map(|&(t, l)| entry(t, l)).collect(),
-    })
-}
-
-/// The messages one sampled token makes: its text split into reasoning and answer pieces (at least one chunk, so
-/// every token is seen), and at the end either the last chunk or the tool calls the output made.
-/// The token's logprobs go with its first chunk.
-fn chunk_messages(
-    seq: &mut Sampling<'_>,
-    token: u32,
-    text: &str,
-    control: Option<&str>,
-    end: Option<ChunkEnd>,
-    mut logprobs: Option<ChunkLogprobs>,
-) -> Vec<FromRunner> {
-    let task = seq.task;
-    let mut pieces = if seq.output.is_active() {
-        let mut pieces = seq.output.push(text);
-        if let Some(control) = control {
-            pieces.extend(seq.output.push_control(control));
-        }
-        pieces
-    } else {
-        vec![Piece {
-            text: text.to_string(),
-            thinking: false,
-        }]
-    };
-    if pieces.iter().any(|p| p.thinking) {
-        seq.reasoning_tokens += 1;
-    }
-    let end = end.map(|e| ChunkEnd {
-        reasoning_tokens: seq.reasoning_tokens,
-        ..e
-    });
-    let mut calls = Vec::new();
-    if end.is_some() && seq.output.is_active() {
-        let (rest, made) = seq.output.finish();
-        pieces.extend(rest);
-        calls = made;
-    }
-    if pieces.is_empty() && (end.is_none() || calls.is_empty()) {
-        pieces.push(Piece {
-            text: String::new(),
-            thinking: false,
-        });
-    }
-    let mut out = Vec::with_capacity(pieces.len() + 1);
-    let last = pieces.len().saturating_sub(1);
-    for (i, piece) in pieces.into_iter().enumerate() {
-        out.push(FromRunner::Chunk {
-            task,
-            seq: seq.seq,
-            token,
-            text: piece.text,
-            end: if i == last && calls.is_empty() { end } else { None },
-            thinking: piece.thinking,
-            logprobs: logprobs.take(),
-        });
-        seq.seq += 1;
-    }
-    if let Some(end) = end.filter(|_| !calls.is_empty()) {
-        out.push(FromRunner::ToolCalls {
-            task,
-            seq: seq.seq,
-            calls,
-            end,
-        });
-        seq.seq += 1;
-    }
-    out
 }
