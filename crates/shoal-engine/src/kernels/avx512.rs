@@ -57,25 +57,37 @@ impl Avx512 {
 /// `N` are, so a row's result does not depend on the batch it is computed in (bit for bit).
 trait Kernel {
     type Row<'a>: Copy;
+    /// The unsigned offset the weights carry into `vpdpbusd` (see [`ActPair::init`]).
+    const OFFSET: i8;
     fn row(m: &QMatrix, r: usize) -> Self::Row<'_>;
+    /// `a` holds each activation row's block pairs (see [`act_pairs`]).
     /// # Safety
     /// The CPU must support the features of [`drive`].
-    unsafe fn tile<const R: usize, const N: usize>(w: [Self::Row<'_>; R], a: [&[BlockQ8]; N]) -> [[f32; N]; R];
+    unsafe fn tile<const R: usize, const N: usize>(w: [Self::Row<'_>; R], a: [&[ActPair]; N]) -> [[f32; N]; R];
 }
 
 /// Weight rows per tile for a single activation row.
 const DECODE_ROWS: usize = 4;
 /// Activation rows per tile when there are several.
 const BATCH_ROWS: usize = 4;
+/// Weight rows per tile when there are several activation rows: each activation pair loaded is used twice, each
+/// unpacked weight pair four times.
+const BATCH_WEIGHT_ROWS: usize = 2;
 
 /// Walks weight rows `[r0, r1)` × all activation rows in register tiles: 4 weight rows against the single
-/// activation row of a decode step, else 4 activation rows per weight row, so each unpacked weight pair is used 4
-/// times while it is in registers.
+/// activation row of a decode step, else 2 weight rows × 4 activation rows.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn drive<K: Kernel>(m: &QMatrix, acts: &Acts, r0: usize, r1: usize, out: &mut [f32]) {
     let n = acts.n;
     let len = r1 - r0;
-    let views: Vec<&[BlockQ8]> = (0..n).map(|i| acts.q8_row(i)).collect();
+    // The activations' side of every block pair, once per call: every weight row reuses it.
+    let npairs = acts.cols.div_ceil(2 * super::QK);
+    let pairs = act_pairs(acts, K::OFFSET);
+    let views: Vec<&[ActPair]> = pairs.chunks_exact(npairs.max(1)).take(n).collect();
+    if npairs == 0 {
+        out.fill(0.0);
+        return;
+    }
     if n == 1 {
         let a = [views[0]];
         let out = &mut out[..len];
@@ -98,23 +110,40 @@ fn drive<K: Kernel>(m: &QMatrix, acts: &Acts, r0: usize, r1: usize, out: &mut [f
         }
         return;
     }
-    for r in r0..r1 {
-        let w = [K::row(m, r)];
-        let c = r - r0;
-        let mut i = 0;
-        while i + BATCH_ROWS <= n {
-            // SAFETY: as above.
-            let y = unsafe { K::tile::<1, BATCH_ROWS>(w, pick(&views, i)) };
-            put(out, len, i, c, y[0]);
-            i += BATCH_ROWS;
-        }
-        // SAFETY (all three): as above.
-        match n - i {
-            3 => put(out, len, i, c, unsafe { K::tile::<1, 3>(w, pick(&views, i)) }[0]),
-            2 => put(out, len, i, c, unsafe { K::tile::<1, 2>(w, pick(&views, i)) }[0]),
-            1 => put(out, len, i, c, unsafe { K::tile::<1, 1>(w, pick(&views, i)) }[0]),
-            _ => {}
-        }
+    let mut r = r0;
+    while r + BATCH_WEIGHT_ROWS <= r1 {
+        let w = [K::row(m, r), K::row(m, r + 1)];
+        batch_row::<K, BATCH_WEIGHT_ROWS>(w, &views, out, len, r - r0);
+        r += BATCH_WEIGHT_ROWS;
+    }
+    if r < r1 {
+        batch_row::<K, 1>([K::row(m, r)], &views, out, len, r - r0);
+    }
+}
+
+/// `R` weight rows (from column `c` of the output) against every activation row, `BATCH_ROWS` at a time.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn batch_row<K: Kernel, const R: usize>(
+    w: [K::Row<'_>; R],
+    views: &[&[ActPair]],
+    out: &mut [f32],
+    len: usize,
+    c: usize,
+) {
+    let n = views.len();
+    let mut i = 0;
+    while i + BATCH_ROWS <= n {
+        // SAFETY: `batch_row` runs only with the features `tile` needs (its own target features).
+        put(out, len, i, c, unsafe { K::tile::<R, BATCH_ROWS>(w, pick(views, i)) });
+        i += BATCH_ROWS;
+    }
+    // SAFETY (all three): as above.
+    match n - i {
+        3 => put(out, len, i, c, unsafe { K::tile::<R, 3>(w, pick(views, i)) }),
+        2 => put(out, len, i, c, unsafe { K::tile::<R, 2>(w, pick(views, i)) }),
+        1 => put(out, len, i, c, unsafe { K::tile::<R, 1>(w, pick(views, i)) }),
+        _ => {}
     }
 }
 
@@ -124,10 +153,13 @@ fn pick<T: Copy, const N: usize>(v: &[T], i: usize) -> [T; N] {
     [(); N].map(|_| it.next().unwrap_or_else(|| unreachable!()))
 }
 
+/// Stores a tile: weight row `j` (output column `col + j`) against activation row `i0 + k`.
 #[inline]
-fn put<const N: usize>(out: &mut [f32], len: usize, i0: usize, col: usize, v: [f32; N]) {
-    for (k, v) in v.into_iter().enumerate() {
-        out[(i0 + k) * len + col] = v;
+fn put<const R: usize, const N: usize>(out: &mut [f32], len: usize, i0: usize, col: usize, y: [[f32; N]; R]) {
+    for (j, y) in y.into_iter().enumerate() {
+        for (k, v) in y.into_iter().enumerate() {
+            out[(i0 + k) * len + col + j] = v;
+        }
     }
 }
 
@@ -209,16 +241,17 @@ struct ActPair {
     s: __m128,
 }
 
-/// A placeholder, overwritten before use.
-#[inline]
+/// Every activation row's block pairs, row after row (`cols / 64` rounded up per row).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn no_pair() -> ActPair {
-    ActPair {
-        q: _mm512_setzero_si512(),
-        d: _mm512_setzero_ps(),
-        init: _mm512_setzero_si512(),
-        s: _mm_setzero_ps(),
+fn act_pairs(acts: &Acts, offset: i8) -> Vec<ActPair> {
+    let mut v = Vec::with_capacity(acts.n * acts.cols.div_ceil(2 * super::QK));
+    for i in 0..acts.n {
+        let a = acts.q8_row(i);
+        for b in (0..a.len()).step_by(2) {
+            v.push(act_pair(a, b, offset));
+        }
     }
+    v
 }
 
 /// Activation blocks `b` and `b + 1` of `a`, or block `b` alone (the second half weighted 0) at an odd end.
@@ -274,7 +307,7 @@ impl<const BB: usize> Q45<BB> {
     /// Whether a block carries a u32 of fifth bits before its nibbles (Q5_0, Q5_1).
     const HAS_H: bool = BB == 22 || BB == 24;
     /// The unsigned offset of the types without `m`.
-    const OFFSET: i8 = match BB {
+    const UNSIGNED_BY: i8 = match BB {
         18 => 8,
         22 => 16,
         _ => 0,
@@ -286,9 +319,13 @@ impl<const BB: usize> Q45<BB> {
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn q45_pair<const BB: usize>(b0: &[u8; BB], b1: &[u8; BB]) -> __m512i {
-    let n = _mm512_inserti32x4::<1>(_mm512_castsi128_si512(load_16(b0, BB - 16)), load_16(b1, BB - 16));
-    // 128-bit lanes (n0, n0, n1, n1), then the second copy of each shifted down to its high nibbles.
-    let n = _mm512_shuffle_i64x2::<0b01_01_00_00>(n, n);
+    // 128-bit lanes (n0, n0, n1, n1) (broadcast loads and one blend), then the second copy of each shifted down to
+    // its high nibbles.
+    let n = _mm512_mask_blend_epi64(
+        0xF0,
+        _mm512_broadcast_i32x4(load_16(b0, BB - 16)),
+        _mm512_broadcast_i32x4(load_16(b1, BB - 16)),
+    );
     let s = 0x0004_0004_0004_0004;
     let n = _mm512_srlv_epi16(n, _mm512_set_epi64(s, s, 0, 0, s, s, 0, 0));
     let q = _mm512_and_si512(n, _mm512_set1_epi8(0x0F));
@@ -304,6 +341,7 @@ fn q45_pair<const BB: usize>(b0: &[u8; BB], b1: &[u8; BB]) -> __m512i {
 
 impl<const BB: usize> Kernel for Q45<BB> {
     type Row<'a> = &'a [[u8; BB]];
+    const OFFSET: i8 = Self::UNSIGNED_BY;
 
     fn row(m: &QMatrix, r: usize) -> &[[u8; BB]] {
         row_blocks::<BB>(m, r)
@@ -311,20 +349,17 @@ impl<const BB: usize> Kernel for Q45<BB> {
 
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-    unsafe fn tile<const R: usize, const N: usize>(w: [&[[u8; BB]]; R], a: [&[BlockQ8]; N]) -> [[f32; N]; R] {
+    unsafe fn tile<const R: usize, const N: usize>(w: [&[[u8; BB]]; R], a: [&[ActPair]; N]) -> [[f32; N]; R] {
         const { assert!(BB == 18 || BB == 20 || BB == 22 || BB == 24) };
         let nb = w[0].len();
         let w = w.map(|w| &w[..nb]);
-        let a = a.map(|a| &a[..nb]);
+        let a = a.map(|a| &a[..nb.div_ceil(2)]);
         let mut acc = [[_mm512_setzero_ps(); N]; R];
         let mut msum = [[_mm_setzero_ps(); N]; R];
-        let mut ap = [no_pair(); N];
         for b in (0..nb).step_by(2) {
             // An odd last block pairs with itself; its second half is weighted 0 by the activation pair.
             let b1 = (b + 1).min(nb - 1);
-            for k in 0..N {
-                ap[k] = act_pair(a[k], b, Self::OFFSET);
-            }
+            let ap = a.map(|a| &a[b / 2]);
             for r in 0..R {
                 let q = q45_pair(&w[r][b], &w[r][b1]);
                 let dm = headers(&w[r][b], &w[r][b1], Self::HAS_M);
@@ -349,6 +384,7 @@ struct Q8_0;
 
 impl Kernel for Q8_0 {
     type Row<'a> = &'a [[u8; 34]];
+    const OFFSET: i8 = i8::MIN;
 
     fn row(m: &QMatrix, r: usize) -> &[[u8; 34]] {
         row_blocks::<34>(m, r)
@@ -356,18 +392,15 @@ impl Kernel for Q8_0 {
 
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-    unsafe fn tile<const R: usize, const N: usize>(w: [&[[u8; 34]]; R], a: [&[BlockQ8]; N]) -> [[f32; N]; R] {
+    unsafe fn tile<const R: usize, const N: usize>(w: [&[[u8; 34]]; R], a: [&[ActPair]; N]) -> [[f32; N]; R] {
         let nb = w[0].len();
         let w = w.map(|w| &w[..nb]);
-        let a = a.map(|a| &a[..nb]);
+        let a = a.map(|a| &a[..nb.div_ceil(2)]);
         let flip = _mm512_set1_epi8(i8::MIN);
         let mut acc = [[_mm512_setzero_ps(); N]; R];
-        let mut ap = [no_pair(); N];
         for b in (0..nb).step_by(2) {
             let b1 = (b + 1).min(nb - 1);
-            for k in 0..N {
-                ap[k] = act_pair(a[k], b, i8::MIN);
-            }
+            let ap = a.map(|a| &a[b / 2]);
             for r in 0..R {
                 let (w0, w1) = (&w[r][b], &w[r][b1]);
                 // w + 128 as u8 (flipping the sign bit); 4 · 255 · 128 fits in i32.
@@ -455,6 +488,69 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+}
+
+/// Side-by-side timing of the AVX-512 and AVX2 kernels in one process, alternated so a shared machine's load hits
+/// both alike: `cargo test --release -p shoal-engine --lib kernels::avx512::bench -- --ignored --nocapture`.
+#[cfg(test)]
+mod bench {
+    use std::time::{Duration, Instant};
+
+    use super::super::{ActFormat, Isa, compute_rows};
+    use super::*;
+
+    /// Rounds of alternated measurements; each reports its median.
+    const ROUNDS: usize = 15;
+    /// Calls per measurement.
+    const CALLS: usize = 20;
+
+    #[test]
+    #[ignore = "timing, run by hand"]
+    fn avx512_against_avx2() {
+        let Some(t) = Avx512::detect() else {
+            eprintln!("no AVX-512 VNNI on this CPU");
+            return;
+        };
+        let cases = [
+            (WeightType::Q4_1, 1536, 576, 1),
+            (WeightType::Q4_1, 576, 1536, 1),
+            (WeightType::Q8_0, 8192, 576, 1),
+            (WeightType::Q5_0, 1536, 576, 1),
+            (WeightType::Q4_1, 1536, 576, 64),
+            (WeightType::Q8_0, 8192, 576, 64),
+        ];
+        for (ty, rows, cols, n) in cases {
+            let v: Vec<f32> = (0..rows * cols)
+                .map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 0.1)
+                .collect();
+            let m = QMatrix::quantize(ty, rows, cols, &v).unwrap_or_else(|e| panic!("{e}"));
+            let x: Vec<f32> = (0..n * cols)
+                .map(|i| ((i * 31 % 200) as f32 / 100.0 - 1.0) * 2.0)
+                .collect();
+            let acts = Acts::quantize(ActFormat::Q8, &x, n, cols, Isa::Scalar);
+            let mut out = vec![0.0; n * rows];
+            let isas = [Isa::Avx2(t.avx2()), Isa::Avx512(t)];
+            let mut times = [Vec::new(), Vec::new()];
+            for _ in 0..ROUNDS {
+                for (j, &isa) in isas.iter().enumerate() {
+                    let s = Instant::now();
+                    for _ in 0..CALLS {
+                        compute_rows(&m, &acts, 0, rows, &mut out, isa);
+                    }
+                    times[j].push(s.elapsed() / CALLS as u32);
+                }
+            }
+            let med = |v: &mut Vec<Duration>| {
+                v.sort();
+                v[v.len() / 2]
+            };
+            let (a, b) = (med(&mut times[0]), med(&mut times[1]));
+            eprintln!(
+                "{ty} {rows}×{cols} n={n}: avx2 {a:?}, avx512 {b:?}, {:.2}×",
+                a.as_secs_f64() / b.as_secs_f64()
+            );
         }
     }
 }
