@@ -204,6 +204,13 @@ fn join(lo: __m256i, hi: __m256i) -> __m512i {
     _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi)
 }
 
+/// As [`join`], for two loads: broadcast loads and a blend (no shuffle port).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn pair_256(lo: __m256i, hi: __m256i) -> __m512i {
+    _mm512_mask_blend_epi64(0xF0, _mm512_broadcast_i64x4(lo), _mm512_broadcast_i64x4(hi))
+}
+
 /// Two f16 scales from two blocks' headers as f32 lanes 0 and 2 of the result (lanes 1 and 3 are each block's
 /// second header half: Q4_1's `m`, or 0.0 where `second` is false).
 #[inline]
@@ -343,6 +350,7 @@ impl<const BB: usize> Kernel for Q45<BB> {
     type Row<'a> = &'a [[u8; BB]];
     const OFFSET: i8 = Self::UNSIGNED_BY;
 
+    #[inline(always)]
     fn row(m: &QMatrix, r: usize) -> &[[u8; BB]] {
         row_blocks::<BB>(m, r)
     }
@@ -359,17 +367,17 @@ impl<const BB: usize> Kernel for Q45<BB> {
         for b in (0..nb).step_by(2) {
             // An odd last block pairs with itself; its second half is weighted 0 by the activation pair.
             let b1 = (b + 1).min(nb - 1);
-            let ap = a.map(|a| &a[b / 2]);
             for r in 0..R {
                 let q = q45_pair(&w[r][b], &w[r][b1]);
                 let dm = headers(&w[r][b], &w[r][b1], Self::HAS_M);
                 let dw = halves(dm);
                 for k in 0..N {
+                    let ap = &a[k][b / 2];
                     // q ≤ 31, |a| ≤ 127: four products sum far inside i32.
-                    let p = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(ap[k].init, q, ap[k].q));
-                    acc[r][k] = _mm512_fmadd_ps(_mm512_mul_ps(dw, ap[k].d), p, acc[r][k]);
+                    let p = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(ap.init, q, ap.q));
+                    acc[r][k] = _mm512_fmadd_ps(_mm512_mul_ps(dw, ap.d), p, acc[r][k]);
                     if Self::HAS_M {
-                        msum[r][k] = _mm_fmadd_ps(dm, ap[k].s, msum[r][k]);
+                        msum[r][k] = _mm_fmadd_ps(dm, ap.s, msum[r][k]);
                     }
                 }
             }
@@ -386,6 +394,7 @@ impl Kernel for Q8_0 {
     type Row<'a> = &'a [[u8; 34]];
     const OFFSET: i8 = i8::MIN;
 
+    #[inline(always)]
     fn row(m: &QMatrix, r: usize) -> &[[u8; 34]] {
         row_blocks::<34>(m, r)
     }
@@ -400,15 +409,15 @@ impl Kernel for Q8_0 {
         let mut acc = [[_mm512_setzero_ps(); N]; R];
         for b in (0..nb).step_by(2) {
             let b1 = (b + 1).min(nb - 1);
-            let ap = a.map(|a| &a[b / 2]);
             for r in 0..R {
                 let (w0, w1) = (&w[r][b], &w[r][b1]);
                 // w + 128 as u8 (flipping the sign bit); 4 · 255 · 128 fits in i32.
-                let q = _mm512_xor_si512(join(load_32(w0, 2), load_32(w1, 2)), flip);
+                let q = _mm512_xor_si512(pair_256(load_32(w0, 2), load_32(w1, 2)), flip);
                 let dw = halves(headers(w0, w1, false));
                 for k in 0..N {
-                    let p = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(ap[k].init, q, ap[k].q));
-                    acc[r][k] = _mm512_fmadd_ps(_mm512_mul_ps(dw, ap[k].d), p, acc[r][k]);
+                    let ap = &a[k][b / 2];
+                    let p = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(ap.init, q, ap.q));
+                    acc[r][k] = _mm512_fmadd_ps(_mm512_mul_ps(dw, ap.d), p, acc[r][k]);
                 }
             }
         }
