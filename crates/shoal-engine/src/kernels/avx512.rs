@@ -1,10 +1,14 @@
-//! AVX-512 (F, BW, VL, VNNI) kernels for the 32-weight block types (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0), chosen at run time ahead of AVX2 (no
-//! `target-cpu` flag needed: the binary stays portable). Each step takes two weight blocks (64 weights) in one
-//! 512-bit register and multiplies them with the activations by `vpdpbusd` (u8 × i8, four products summed into each
-//! i32 lane), where AVX2 needs `maddubs` + `madd` per block. Types without a kernel here fall through to AVX2.
+//! AVX-512 (F, BW, VL, VNNI) kernels for the 32-weight block types (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0), chosen at run
+//! time ahead of AVX2 (no `target-cpu` flag needed: the binary stays portable). Types without a kernel here fall
+//! through to AVX2.
 //!
-//! Signed weights go in as unsigned by an offset that is taken back out exactly, in integers: Q4_0's `q − 8` and
-//! Q8_0's `w = (w + 128) − 128` start each block's sum at `−8·Σa` or `−128·Σa`, computed once per activation block.
+//! Each 512-bit register holds two products side by side, one per 256-bit half: two weight rows against one
+//! activation row while decoding, one weight row against two activation rows in a batch. Each half computes its
+//! product exactly as the AVX2 kernel does, bit for bit: the integer sums of four u8 × i8 products per i32 lane come
+//! from one `vpdpbusd` where AVX2 needs `maddubs` + `madd` (and, for Q8_0, two sign fixes), and are exact in both;
+//! the float steps (scale, fused multiply-add, block by block, then the same horizontal sum) are the same
+//! instructions in the same order. So switching between AVX2 and AVX-512 never changes a result, and a product does
+//! not depend on the batch it is computed in.
 //!
 //! Soundness: every function here that uses the instructions carries `#[target_feature(enable = ...)]` with the
 //! AVX-512 features and AVX2/FMA/F16C, and is only reachable through an [`Avx512`] token, which exists only after
@@ -14,7 +18,7 @@
 use std::arch::x86_64::*;
 
 use super::avx2::Avx2;
-use super::{Acts, BlockQ8, QMatrix, WeightType};
+use super::{Acts, QMatrix, WeightType};
 
 /// Proof that this CPU has AVX-512 F, BW, VL and VNNI, and AVX2, FMA and F16C.
 #[derive(Clone, Copy, Debug)]
@@ -52,114 +56,85 @@ impl Avx512 {
     }
 }
 
-/// One weight type's tile: how to view a weight row, and the product of `R` weight rows with `N` activation rows
-/// held in registers. Every (row, activation) pair takes the same instructions in the same order whatever `R` and
-/// `N` are, so a row's result does not depend on the batch it is computed in (bit for bit).
+/// One weight type's kernel: how to view a weight row, and `P` registers of two products each.
 trait Kernel {
     type Row<'a>: Copy;
-    /// The unsigned offset the weights carry into `vpdpbusd` (see [`ActPair::init`]).
-    const OFFSET: i8;
     fn row(m: &QMatrix, r: usize) -> Self::Row<'_>;
-    /// `a` holds each activation row's block pairs (see [`act_pairs`]).
+    /// Register `j`'s low half computes `lo[j]` times the low activation row of `a[j]` (a pair of activation rows,
+    /// see [`act_table`]), its high half `hi[j]` times the high one; returns `[[low, high]; P]`. Passing the same
+    /// weight row to several places lets the compiler load and unpack it once.
     /// # Safety
     /// The CPU must support the features of [`drive`].
-    unsafe fn tile<const R: usize, const N: usize>(w: [Self::Row<'_>; R], a: [&[ActPair]; N]) -> [[f32; N]; R];
+    unsafe fn tile<const P: usize>(
+        lo: [Self::Row<'_>; P],
+        hi: [Self::Row<'_>; P],
+        a: [&[ActBlocks]; P],
+    ) -> [[f32; 2]; P];
 }
 
-/// Weight rows per tile for a single activation row.
-const DECODE_ROWS: usize = 4;
-/// Activation rows per tile when there are several.
-const BATCH_ROWS: usize = 4;
-/// Weight rows per tile when there are several activation rows: each activation pair loaded is used twice, each
-/// unpacked weight pair four times.
-const BATCH_WEIGHT_ROWS: usize = 2;
-
-/// Walks weight rows `[r0, r1)` × all activation rows in register tiles: 4 weight rows against the single
-/// activation row of a decode step, else 2 weight rows × 4 activation rows.
+/// Walks weight rows `[r0, r1)` × all activation rows: 4 weight rows (2 registers) against the single activation
+/// row of a decode step, else 2 weight rows × 4 activation rows (4 registers), so each unpacked weight block is
+/// used 4 times and each activation block twice while in registers.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn drive<K: Kernel>(m: &QMatrix, acts: &Acts, r0: usize, r1: usize, out: &mut [f32]) {
     let n = acts.n;
     let len = r1 - r0;
-    // The activations' side of every block pair, once per call: every weight row reuses it.
-    let npairs = acts.cols.div_ceil(2 * super::QK);
-    let pairs = act_pairs(acts, K::OFFSET);
-    let views: Vec<&[ActPair]> = pairs.chunks_exact(npairs.max(1)).take(n).collect();
-    if npairs == 0 {
+    let nb = acts.cols / super::QK;
+    if nb == 0 {
         out.fill(0.0);
         return;
     }
+    // Activation rows in pairs (0, 1), (2, 3), …, an odd last one with itself; one decode row with itself.
+    let pairs: Vec<(usize, usize)> = (0..n).step_by(2).map(|i| (i, (i + 1).min(n - 1))).collect();
+    let table = act_table(acts, &pairs);
+    let t: Vec<&[ActBlocks]> = table.chunks_exact(nb).collect();
+    // SAFETY (every `tile` call below): `drive` runs only with the features `tile` needs (its own).
     if n == 1 {
-        let a = [views[0]];
-        let out = &mut out[..len];
+        let x = t[0];
         let mut r = r0;
-        while r + DECODE_ROWS <= r1 {
-            let mut w = [K::row(m, r); DECODE_ROWS];
-            for (j, w) in w.iter_mut().enumerate() {
-                *w = K::row(m, r + j);
-            }
-            // SAFETY: `drive` runs only with the features `tile` needs (its own target features).
-            let y = unsafe { K::tile::<DECODE_ROWS, 1>(w, a) };
-            for (j, y) in y.iter().enumerate() {
-                out[r - r0 + j] = y[0];
-            }
-            r += DECODE_ROWS;
+        while r + 4 <= r1 {
+            let w = [K::row(m, r), K::row(m, r + 1), K::row(m, r + 2), K::row(m, r + 3)];
+            // Both halves of x's table entry are x: low halves take rows r and r + 2, high r + 1 and r + 3.
+            let y = unsafe { K::tile::<2>([w[0], w[2]], [w[1], w[3]], [x, x]) };
+            out[r - r0..r - r0 + 4].copy_from_slice(&[y[0][0], y[0][1], y[1][0], y[1][1]]);
+            r += 4;
         }
-        for r in r..r1 {
-            // SAFETY: as above.
-            out[r - r0] = unsafe { K::tile::<1, 1>([K::row(m, r)], a) }[0][0];
+        while r < r1 {
+            // The last odd row pairs with itself.
+            let r2 = (r + 1).min(r1 - 1);
+            let y = unsafe { K::tile::<1>([K::row(m, r)], [K::row(m, r2)], [x]) };
+            out[r - r0] = y[0][0];
+            out[r2 - r0] = y[0][1];
+            r += 2;
         }
         return;
     }
     let mut r = r0;
-    while r + BATCH_WEIGHT_ROWS <= r1 {
-        let w = [K::row(m, r), K::row(m, r + 1)];
-        batch_row::<K, BATCH_WEIGHT_ROWS>(w, &views, out, len, r - r0);
-        r += BATCH_WEIGHT_ROWS;
-    }
-    if r < r1 {
-        batch_row::<K, 1>([K::row(m, r)], &views, out, len, r - r0);
-    }
-}
-
-/// `R` weight rows (from column `c` of the output) against every activation row, `BATCH_ROWS` at a time.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn batch_row<K: Kernel, const R: usize>(
-    w: [K::Row<'_>; R],
-    views: &[&[ActPair]],
-    out: &mut [f32],
-    len: usize,
-    c: usize,
-) {
-    let n = views.len();
-    let mut i = 0;
-    while i + BATCH_ROWS <= n {
-        // SAFETY: `batch_row` runs only with the features `tile` needs (its own target features).
-        put(out, len, i, c, unsafe { K::tile::<R, BATCH_ROWS>(w, pick(views, i)) });
-        i += BATCH_ROWS;
-    }
-    // SAFETY (all three): as above.
-    match n - i {
-        3 => put(out, len, i, c, unsafe { K::tile::<R, 3>(w, pick(views, i)) }),
-        2 => put(out, len, i, c, unsafe { K::tile::<R, 2>(w, pick(views, i)) }),
-        1 => put(out, len, i, c, unsafe { K::tile::<R, 1>(w, pick(views, i)) }),
-        _ => {}
-    }
-}
-
-#[inline]
-fn pick<T: Copy, const N: usize>(v: &[T], i: usize) -> [T; N] {
-    let mut it = v[i..i + N].iter().copied();
-    [(); N].map(|_| it.next().unwrap_or_else(|| unreachable!()))
-}
-
-/// Stores a tile: weight row `j` (output column `col + j`) against activation row `i0 + k`.
-#[inline]
-fn put<const R: usize, const N: usize>(out: &mut [f32], len: usize, i0: usize, col: usize, y: [[f32; N]; R]) {
-    for (j, y) in y.into_iter().enumerate() {
-        for (k, v) in y.into_iter().enumerate() {
-            out[(i0 + k) * len + col + j] = v;
+    while r < r1 {
+        // An odd last row pairs with itself (computed twice, stored once).
+        let rb = (r + 1).min(r1 - 1);
+        let (wa, wb) = (K::row(m, r), K::row(m, rb));
+        let mut p = 0;
+        while p + 2 <= pairs.len() {
+            let y = unsafe { K::tile::<4>([wa, wa, wb, wb], [wa, wa, wb, wb], [t[p], t[p + 1], t[p], t[p + 1]]) };
+            let ((i, i2), (k, k2)) = (pairs[p], pairs[p + 1]);
+            for (row, ys) in [(r, [y[0], y[1]]), (rb, [y[2], y[3]])] {
+                out[i * len + row - r0] = ys[0][0];
+                out[i2 * len + row - r0] = ys[0][1];
+                out[k * len + row - r0] = ys[1][0];
+                out[k2 * len + row - r0] = ys[1][1];
+            }
+            p += 2;
         }
+        if p < pairs.len() {
+            let y = unsafe { K::tile::<2>([wa, wb], [wa, wb], [t[p], t[p]]) };
+            let (i, i2) = pairs[p];
+            for (row, ys) in [(r, y[0]), (rb, y[1])] {
+                out[i * len + row - r0] = ys[0];
+                out[i2 * len + row - r0] = ys[1];
+            }
+        }
+        r += 2;
     }
 }
 
@@ -197,28 +172,21 @@ fn load_i8x32(a: &[i8; 32]) -> __m256i {
     unsafe { _mm256_loadu_si256(a.as_ptr().cast()) }
 }
 
-/// Two 256-bit halves as one 512-bit register (`lo` in bits 0..256).
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn join(lo: __m256i, hi: __m256i) -> __m512i {
-    _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi)
-}
-
-/// As [`join`], for two loads: broadcast loads and a blend (no shuffle port).
+/// Two 256-bit values as the halves of one register, by broadcast loads and a blend (no shuffle port).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn pair_256(lo: __m256i, hi: __m256i) -> __m512i {
     _mm512_mask_blend_epi64(0xF0, _mm512_broadcast_i64x4(lo), _mm512_broadcast_i64x4(hi))
 }
 
-/// Two f16 scales from two blocks' headers as f32 lanes 0 and 2 of the result (lanes 1 and 3 are each block's
-/// second header half: Q4_1's `m`, or 0.0 where `second` is false).
+/// The f16 header words of two blocks as f32 lanes 0–1 (first block) and 2–3 (second): the scale `d`, then Q4_1's
+/// and Q5_1's offset `m` where `with_m`, else 0.0.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn headers<const B: usize>(b0: &[u8; B], b1: &[u8; B], second: bool) -> __m128 {
+fn headers<const B: usize>(b0: &[u8; B], b1: &[u8; B], with_m: bool) -> __m128 {
     const { assert!(B >= 4) };
     let word = |b: &[u8; B]| {
-        if second {
+        if with_m {
             i32::from_le_bytes([b[0], b[1], b[2], b[3]])
         } else {
             u16::from_le_bytes([b[0], b[1]]) as i32
@@ -227,7 +195,7 @@ fn headers<const B: usize>(b0: &[u8; B], b1: &[u8; B], second: bool) -> __m128 {
     _mm_cvtph_ps(_mm_insert_epi32::<1>(_mm_cvtsi32_si128(word(b0)), word(b1)))
 }
 
-/// Lane 0 of `v` in the low 8 lanes, lane 2 in the high 8: one block's scale per half of a pair.
+/// Lane 0 of `v` in the low 8 lanes, lane 2 in the high 8: one value per half.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn halves(v: __m128) -> __m512 {
@@ -235,77 +203,64 @@ fn halves(v: __m128) -> __m512 {
     _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(v))
 }
 
-/// What a pair of activation blocks contributes, computed once and shared by every weight row of a tile.
+/// Block b of two activation rows, as a register's halves take them: their 32 + 32 values, each scale over its
+/// half's 8 lanes, each `s = d·Σq` in lanes 1 and 3 (0 in lanes 0 and 2), and −128·Σa per lane (Q8_0's start).
 #[derive(Clone, Copy)]
-struct ActPair {
-    /// The 64 i8 activations.
+struct ActBlocks {
     q: __m512i,
-    /// Each block's scale over its 8 lanes (the second 0 when the pair is a row's odd last block alone).
     d: __m512,
-    /// Where each lane's integer sum starts: minus the weight offset times the activations' sum.
-    init: __m512i,
-    /// Each block's `s = d·Σq` in lanes 1 and 3 (Q4_1's offset term), 0 elsewhere.
     s: __m128,
+    minus_128_sum: __m512i,
 }
 
-/// Every activation row's block pairs, row after row (`cols / 64` rounded up per row).
+/// For each pair of activation rows, its blocks as [`ActBlocks`], once per product: every weight row reuses them.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn act_pairs(acts: &Acts, offset: i8) -> Vec<ActPair> {
-    let mut v = Vec::with_capacity(acts.n * acts.cols.div_ceil(2 * super::QK));
-    for i in 0..acts.n {
-        let a = acts.q8_row(i);
-        for b in (0..a.len()).step_by(2) {
-            v.push(act_pair(a, b, offset));
+fn act_table(acts: &Acts, pairs: &[(usize, usize)]) -> Vec<ActBlocks> {
+    let nb = acts.cols / super::QK;
+    let mut v = Vec::with_capacity(pairs.len() * nb);
+    for &(i0, i1) in pairs {
+        for (a0, a1) in acts.q8_row(i0).iter().zip(acts.q8_row(i1)) {
+            let q = pair_256(load_i8x32(&a0.qs), load_i8x32(&a1.qs));
+            let sum = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(i8::MIN), q);
+            v.push(ActBlocks {
+                q,
+                d: _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(a0.d), _mm512_set1_ps(a1.d)),
+                s: _mm_setr_ps(0.0, a0.s, 0.0, a1.s),
+                minus_128_sum: _mm512_sub_epi32(_mm512_setzero_si512(), sum),
+            });
         }
     }
     v
 }
 
-/// Activation blocks `b` and `b + 1` of `a`, or block `b` alone (the second half weighted 0) at an odd end.
-/// `offset` is the unsigned shift the weights carry (their sum is taken back out of `init`).
+/// AVX2's horizontal sum of 8 lanes (same additions in the same order), of each half, plus lanes 1 and 3 of
+/// `extra`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn act_pair(a: &[BlockQ8], b: usize, offset: i8) -> ActPair {
-    let a0 = &a[b];
-    let (a1, d1, s1) = match a.get(b + 1) {
-        Some(a1) => (a1, a1.d, a1.s),
-        None => (a0, 0.0, 0.0),
+fn finish<const P: usize>(acc: [__m512; P], extra: [__m128; P]) -> [[f32; 2]; P] {
+    let hsum = |v: __m256| {
+        let x = _mm_add_ps(_mm256_extractf128_ps::<1>(v), _mm256_castps256_ps128(v));
+        let x = _mm_add_ps(x, _mm_movehl_ps(x, x));
+        _mm_cvtss_f32(_mm_add_ss(x, _mm_movehdup_ps(x)))
     };
-    let q = join(load_i8x32(&a0.qs), load_i8x32(&a1.qs));
-    let init = if offset == 0 {
-        _mm512_setzero_si512()
-    } else {
-        let sum = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(offset), q);
-        _mm512_sub_epi32(_mm512_setzero_si512(), sum)
-    };
-    ActPair {
-        q,
-        d: _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(a0.d), _mm512_set1_ps(d1)),
-        init,
-        s: _mm_setr_ps(0.0, a0.s, 0.0, s1),
-    }
-}
-
-/// Horizontal sums of the accumulators, plus lanes 1 and 3 of the offset sums.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn finish<const R: usize, const N: usize>(acc: [[__m512; N]; R], msum: [[__m128; N]; R]) -> [[f32; N]; R] {
-    let mut y = [[0.0; N]; R];
-    for r in 0..R {
-        for k in 0..N {
-            let h = _mm_movehdup_ps(msum[r][k]);
-            let extra = _mm_cvtss_f32(h) + _mm_cvtss_f32(_mm_movehl_ps(h, h));
-            y[r][k] = _mm512_reduce_add_ps(acc[r][k]) + extra;
-        }
+    let mut y = [[0.0; 2]; P];
+    for j in 0..P {
+        let lo = _mm512_castps512_ps256(acc[j]);
+        let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(acc[j])));
+        let e = _mm_movehdup_ps(extra[j]);
+        y[j] = [
+            hsum(lo) + _mm_cvtss_f32(e),
+            hsum(hi) + _mm_cvtss_f32(_mm_movehl_ps(e, e)),
+        ];
     }
     y
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Tiles
+// Kernels
 
-/// Q4_0 (`BB` = 18), Q4_1 (20), Q5_0 (22) and Q5_1 (24): Σ d_w·d_a·Σ(q·a) + m_w·s_a with unsigned 4- or 5-bit q;
-/// Q4_0's offset of −8 and Q5_0's of −16 are taken out in the integer sum instead (m_w = 0).
+/// Q4_0 (`BB` = 18), Q4_1 (20), Q5_0 (22) and Q5_1 (24), as AVX2 computes them: Σ_blocks d_w·d_a·Σ(q·a) in f32
+/// lanes plus Σ_blocks m_w·s_a in a scalar, with unsigned q and Q4_0's m_w = −8·d_w, Q5_0's −16·d_w.
 struct Q45<const BB: usize>;
 
 impl<const BB: usize> Q45<BB> {
@@ -313,16 +268,12 @@ impl<const BB: usize> Q45<BB> {
     const HAS_M: bool = BB == 20 || BB == 24;
     /// Whether a block carries a u32 of fifth bits before its nibbles (Q5_0, Q5_1).
     const HAS_H: bool = BB == 22 || BB == 24;
-    /// The unsigned offset of the types without `m`.
-    const UNSIGNED_BY: i8 = match BB {
-        18 => 8,
-        22 => 16,
-        _ => 0,
-    };
+    /// m_w / d_w of the types without `m`.
+    const M_PER_D: f32 = if BB == 18 { -8.0 } else { -16.0 };
 }
 
-/// The 64 values of blocks `b0` and `b1` as bytes in element order (per block: low nibbles are elements 0..16,
-/// high nibbles 16..32; Q5's fifth bit of element j is bit j of the u32 before the nibbles).
+/// The 32 values of `b0` (low half) and of `b1` (high half) as bytes in element order (per block: low nibbles are
+/// elements 0..16, high nibbles 16..32; Q5's fifth bit of element j is bit j of the u32 before the nibbles).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn q45_pair<const BB: usize>(b0: &[u8; BB], b1: &[u8; BB]) -> __m512i {
@@ -342,13 +293,12 @@ fn q45_pair<const BB: usize>(b0: &[u8; BB], b1: &[u8; BB]) -> __m512i {
     // The fifth bits sit in the 4 bytes before the 16 of nibbles (BB ≥ 22 here; saturating only for Q4's sake).
     let h = BB.saturating_sub(20);
     let bits = |b: &[u8; BB]| u32::from_le_bytes([b[h], b[h + 1], b[h + 2], b[h + 3]]) as u64;
-    // Byte i of the register is element i % 32 of block i / 32: its fifth bit is bit i of this mask.
+    // Byte i of the register is element i % 32 of its half's block: its fifth bit is bit i of this mask.
     _mm512_mask_add_epi8(q, bits(b0) | bits(b1) << 32, q, _mm512_set1_epi8(0x10))
 }
 
 impl<const BB: usize> Kernel for Q45<BB> {
     type Row<'a> = &'a [[u8; BB]];
-    const OFFSET: i8 = Self::UNSIGNED_BY;
 
     #[inline(always)]
     fn row(m: &QMatrix, r: usize) -> &[[u8; BB]] {
@@ -357,42 +307,40 @@ impl<const BB: usize> Kernel for Q45<BB> {
 
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-    unsafe fn tile<const R: usize, const N: usize>(w: [&[[u8; BB]]; R], a: [&[ActPair]; N]) -> [[f32; N]; R] {
+    unsafe fn tile<const P: usize>(lo: [&[[u8; BB]]; P], hi: [&[[u8; BB]]; P], a: [&[ActBlocks]; P]) -> [[f32; 2]; P] {
         const { assert!(BB == 18 || BB == 20 || BB == 22 || BB == 24) };
-        let nb = w[0].len();
-        let w = w.map(|w| &w[..nb]);
-        let a = a.map(|a| &a[..nb.div_ceil(2)]);
-        let mut acc = [[_mm512_setzero_ps(); N]; R];
-        let mut msum = [[_mm_setzero_ps(); N]; R];
-        for b in (0..nb).step_by(2) {
-            // An odd last block pairs with itself; its second half is weighted 0 by the activation pair.
-            let b1 = (b + 1).min(nb - 1);
-            for r in 0..R {
-                let q = q45_pair(&w[r][b], &w[r][b1]);
-                let dm = headers(&w[r][b], &w[r][b1], Self::HAS_M);
-                let dw = halves(dm);
-                for k in 0..N {
-                    let ap = &a[k][b / 2];
-                    // q ≤ 31, |a| ≤ 127: four products sum far inside i32.
-                    let p = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(ap.init, q, ap.q));
-                    acc[r][k] = _mm512_fmadd_ps(_mm512_mul_ps(dw, ap.d), p, acc[r][k]);
-                    if Self::HAS_M {
-                        msum[r][k] = _mm_fmadd_ps(dm, ap.s, msum[r][k]);
-                    }
-                }
+        let nb = lo[0].len();
+        let (lo, hi, a) = (lo.map(|w| &w[..nb]), hi.map(|w| &w[..nb]), a.map(|a| &a[..nb]));
+        let mut acc = [_mm512_setzero_ps(); P];
+        // Lanes 1 and 3 hold each half's Σ m_w·s_a (multiplied, then added: AVX2's scalar steps).
+        let mut msum = [_mm_setzero_ps(); P];
+        for b in 0..nb {
+            for j in 0..P {
+                let (w0, w1, x) = (&lo[j][b], &hi[j][b], &a[j][b]);
+                let q = q45_pair(w0, w1);
+                let dm = headers(w0, w1, Self::HAS_M);
+                // q ≤ 31, |a| ≤ 127: the four products of a lane sum exactly, as AVX2's maddubs + madd do.
+                let p = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), q, x.q));
+                acc[j] = _mm512_fmadd_ps(_mm512_mul_ps(halves(dm), x.d), p, acc[j]);
+                let m = if Self::HAS_M {
+                    dm
+                } else {
+                    _mm_mul_ps(_mm_set1_ps(Self::M_PER_D), _mm_moveldup_ps(dm))
+                };
+                msum[j] = _mm_add_ps(msum[j], _mm_mul_ps(m, x.s));
             }
         }
         finish(acc, msum)
     }
 }
 
-/// Q8_0: Σ d_w·d_a·Σ(w·a), with w + 128 multiplied unsigned and 128·Σa subtracted in the integer sum.
+/// Q8_0, as AVX2 computes it: Σ_blocks d_w·d_a·Σ(w·a) in f32 lanes. `vpdpbusd` takes w + 128 unsigned; each lane
+/// starts at −128·Σa (from the activation table) so the sum is exact.
 #[allow(non_camel_case_types)]
 struct Q8_0;
 
 impl Kernel for Q8_0 {
     type Row<'a> = &'a [[u8; 34]];
-    const OFFSET: i8 = i8::MIN;
 
     #[inline(always)]
     fn row(m: &QMatrix, r: usize) -> &[[u8; 34]] {
@@ -401,27 +349,21 @@ impl Kernel for Q8_0 {
 
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-    unsafe fn tile<const R: usize, const N: usize>(w: [&[[u8; 34]]; R], a: [&[ActPair]; N]) -> [[f32; N]; R] {
-        let nb = w[0].len();
-        let w = w.map(|w| &w[..nb]);
-        let a = a.map(|a| &a[..nb.div_ceil(2)]);
+    unsafe fn tile<const P: usize>(lo: [&[[u8; 34]]; P], hi: [&[[u8; 34]]; P], a: [&[ActBlocks]; P]) -> [[f32; 2]; P] {
+        let nb = lo[0].len();
+        let (lo, hi, a) = (lo.map(|w| &w[..nb]), hi.map(|w| &w[..nb]), a.map(|a| &a[..nb]));
         let flip = _mm512_set1_epi8(i8::MIN);
-        let mut acc = [[_mm512_setzero_ps(); N]; R];
-        for b in (0..nb).step_by(2) {
-            let b1 = (b + 1).min(nb - 1);
-            for r in 0..R {
-                let (w0, w1) = (&w[r][b], &w[r][b1]);
+        let mut acc = [_mm512_setzero_ps(); P];
+        for b in 0..nb {
+            for j in 0..P {
+                let (w0, w1, x) = (&lo[j][b], &hi[j][b], &a[j][b]);
                 // w + 128 as u8 (flipping the sign bit); 4 · 255 · 128 fits in i32.
                 let q = _mm512_xor_si512(pair_256(load_32(w0, 2), load_32(w1, 2)), flip);
-                let dw = halves(headers(w0, w1, false));
-                for k in 0..N {
-                    let ap = &a[k][b / 2];
-                    let p = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(ap.init, q, ap.q));
-                    acc[r][k] = _mm512_fmadd_ps(_mm512_mul_ps(dw, ap.d), p, acc[r][k]);
-                }
+                let p = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(x.minus_128_sum, q, x.q));
+                acc[j] = _mm512_fmadd_ps(_mm512_mul_ps(halves(headers(w0, w1, false)), x.d), p, acc[j]);
             }
         }
-        finish(acc, [[_mm_setzero_ps(); N]; R])
+        finish(acc, [_mm_setzero_ps(); P])
     }
 }
 
@@ -442,10 +384,11 @@ mod tests {
             .collect()
     }
 
-    /// On a CPU with AVX-512 VNNI: every type's product equals the scalar reference up to f32 summation order, for
-    /// even and odd block counts, one block, every tile shape; and each row is bit-identical whatever the batch.
+    /// On a CPU with AVX-512 VNNI: every type's product is bit-identical to the AVX2 kernel's (so equal to the
+    /// scalar reference up to f32 summation order), for odd and even row, activation and block counts, one block,
+    /// every tile shape; and each row is bit-identical whatever the batch and the split of the rows.
     #[test]
-    fn avx512_matches_scalar_and_is_batch_invariant() {
+    fn avx512_equals_avx2_bit_for_bit_and_is_batch_invariant() {
         let Some(t) = Avx512::detect() else {
             eprintln!("no AVX-512 VNNI on this CPU: nothing to check");
             return;
@@ -457,7 +400,7 @@ mod tests {
             WeightType::Q5_1,
             WeightType::Q8_0,
         ] {
-            for (cols, rows) in [(576, 37), (544, 9), (32, 5), (1536, 8)] {
+            for (cols, rows) in [(576, 37), (544, 9), (32, 5), (1536, 8), (64, 2), (96, 1)] {
                 let m = QMatrix::quantize(ty, rows, cols, &values(cols as u64 * 7 + rows as u64, rows * cols, 0.2))
                     .unwrap_or_else(|e| panic!("{e}"));
                 let n = 9;
@@ -468,6 +411,27 @@ mod tests {
                 scalar::rows(&m, &acts, 0, rows, &mut want);
                 let mut got = vec![f32::NAN; n * rows];
                 t.rows(&m, &acts, 0, rows, &mut got);
+                let mut avx2 = vec![f32::NAN; n * rows];
+                t.avx2().rows(&m, &acts, 0, rows, &mut avx2);
+                for (j, (g, a)) in got.iter().zip(&avx2).enumerate() {
+                    assert_eq!(
+                        g.to_bits(),
+                        a.to_bits(),
+                        "{ty} {rows}×{cols}: y[{}][{}] against AVX2",
+                        j / rows,
+                        j % rows
+                    );
+                }
+                // Batches of every size up to 9 (the 4-wide tiles and each odd remainder).
+                for nb in 2..n {
+                    let part = Acts::quantize(ActFormat::Q8, &x[..nb * cols], nb, cols, Isa::Scalar);
+                    let mut y = vec![f32::NAN; nb * rows];
+                    t.rows(&m, &part, 0, rows, &mut y);
+                    assert!(
+                        y.iter().zip(&got).all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{ty} {rows}×{cols} n={nb}"
+                    );
+                }
                 let mut w = vec![0.0; cols];
                 for r in 0..rows {
                     m.dequantize_row(r, &mut w);
@@ -488,8 +452,9 @@ mod tests {
                     t.rows(&m, &one, 0, rows, &mut y);
                     // Also an odd split of the rows (a work item boundary inside a decode tile).
                     let mut y2 = vec![f32::NAN; rows];
-                    t.rows(&m, &one, 0, 3, &mut y2[..3]);
-                    t.rows(&m, &one, 3, rows, &mut y2[3..]);
+                    let cut = rows.min(3);
+                    t.rows(&m, &one, 0, cut, &mut y2[..cut]);
+                    t.rows(&m, &one, cut, rows, &mut y2[cut..]);
                     for r in 0..rows {
                         let b = got[i * rows + r].to_bits();
                         assert_eq!(y[r].to_bits(), b, "{ty} {rows}×{cols}: row {r} of x[{i}] alone");
