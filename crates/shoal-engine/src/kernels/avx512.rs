@@ -86,11 +86,11 @@ fn drive<K: Kernel>(m: &QMatrix, acts: &Acts, r0: usize, r1: usize, out: &mut [f
     }
     // Activation rows in pairs (0, 1), (2, 3), …, an odd last one with itself; one decode row with itself.
     let pairs: Vec<(usize, usize)> = (0..n).step_by(2).map(|i| (i, (i + 1).min(n - 1))).collect();
-    let table = act_table(acts, &pairs);
-    let t: Vec<&[ActBlocks]> = table.chunks_exact(nb).collect();
+    let mut table = Vec::new();
     // SAFETY (every `tile` call below): `drive` runs only with the features `tile` needs (its own).
     if n == 1 {
-        let x = t[0];
+        act_table(acts, &pairs, &mut table);
+        let x = &table[..nb];
         let mut r = r0;
         while r + 4 <= r1 {
             let w = [K::row(m, r), K::row(m, r + 1), K::row(m, r + 2), K::row(m, r + 3)];
@@ -109,32 +109,33 @@ fn drive<K: Kernel>(m: &QMatrix, acts: &Acts, r0: usize, r1: usize, out: &mut [f
         }
         return;
     }
-    let mut r = r0;
-    while r < r1 {
-        // An odd last row pairs with itself (computed twice, stored once).
-        let rb = (r + 1).min(r1 - 1);
-        let (wa, wb) = (K::row(m, r), K::row(m, rb));
-        let mut p = 0;
-        while p + 2 <= pairs.len() {
-            let y = unsafe { K::tile::<4>([wa, wa, wb, wb], [wa, wa, wb, wb], [t[p], t[p + 1], t[p], t[p + 1]]) };
-            let ((i, i2), (k, k2)) = (pairs[p], pairs[p + 1]);
-            for (row, ys) in [(r, [y[0], y[1]]), (rb, [y[2], y[3]])] {
-                out[i * len + row - r0] = ys[0][0];
-                out[i2 * len + row - r0] = ys[0][1];
-                out[k * len + row - r0] = ys[1][0];
-                out[k2 * len + row - r0] = ys[1][1];
+    // Two pairs of activation rows at a time (their table stays in L1), against every weight row of the range.
+    for group in pairs.chunks(2) {
+        act_table(acts, group, &mut table);
+        let t: Vec<&[ActBlocks]> = table.chunks_exact(nb).collect();
+        let mut r = r0;
+        while r < r1 {
+            // An odd last row pairs with itself (computed twice, stored once).
+            let rb = (r + 1).min(r1 - 1);
+            let (wa, wb) = (K::row(m, r), K::row(m, rb));
+            if let [(i, i2), (k, k2)] = *group {
+                let y = unsafe { K::tile::<4>([wa, wa, wb, wb], [wa, wa, wb, wb], [t[0], t[1], t[0], t[1]]) };
+                for (row, ys) in [(r, [y[0], y[1]]), (rb, [y[2], y[3]])] {
+                    out[i * len + row - r0] = ys[0][0];
+                    out[i2 * len + row - r0] = ys[0][1];
+                    out[k * len + row - r0] = ys[1][0];
+                    out[k2 * len + row - r0] = ys[1][1];
+                }
+            } else {
+                let (i, i2) = group[0];
+                let y = unsafe { K::tile::<2>([wa, wb], [wa, wb], [t[0], t[0]]) };
+                for (row, ys) in [(r, y[0]), (rb, y[1])] {
+                    out[i * len + row - r0] = ys[0];
+                    out[i2 * len + row - r0] = ys[1];
+                }
             }
-            p += 2;
+            r += 2;
         }
-        if p < pairs.len() {
-            let y = unsafe { K::tile::<2>([wa, wb], [wa, wb], [t[p], t[p]]) };
-            let (i, i2) = pairs[p];
-            for (row, ys) in [(r, y[0]), (rb, y[1])] {
-                out[i * len + row - r0] = ys[0];
-                out[i2 * len + row - r0] = ys[1];
-            }
-        }
-        r += 2;
     }
 }
 
@@ -213,11 +214,11 @@ struct ActBlocks {
     minus_128_sum: __m512i,
 }
 
-/// For each pair of activation rows, its blocks as [`ActBlocks`], once per product: every weight row reuses them.
+/// For each pair of activation rows, its blocks as [`ActBlocks`] (into `v`, replacing what it held), computed once
+/// and reused by every weight row.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn act_table(acts: &Acts, pairs: &[(usize, usize)]) -> Vec<ActBlocks> {
-    let nb = acts.cols / super::QK;
-    let mut v = Vec::with_capacity(pairs.len() * nb);
+fn act_table(acts: &Acts, pairs: &[(usize, usize)], v: &mut Vec<ActBlocks>) {
+    v.clear();
     for &(i0, i1) in pairs {
         for (a0, a1) in acts.q8_row(i0).iter().zip(acts.q8_row(i1)) {
             let q = pair_256(load_i8x32(&a0.qs), load_i8x32(&a1.qs));
@@ -230,7 +231,6 @@ fn act_table(acts: &Acts, pairs: &[(usize, usize)]) -> Vec<ActBlocks> {
             });
         }
     }
-    v
 }
 
 /// AVX2's horizontal sum of 8 lanes (same additions in the same order), of each half, plus lanes 1 and 3 of
@@ -476,7 +476,7 @@ mod bench {
     use super::*;
 
     /// Rounds of alternated measurements; each reports its median.
-    const ROUNDS: usize = 15;
+    const ROUNDS: usize = 9;
     /// Calls per measurement.
     const CALLS: usize = 20;
 
@@ -494,6 +494,7 @@ mod bench {
             (WeightType::Q5_0, 1536, 576, 1),
             (WeightType::Q4_1, 1536, 576, 64),
             (WeightType::Q8_0, 8192, 576, 64),
+            (WeightType::Q4_1, 1536, 576, 512),
         ];
         for (ty, rows, cols, n) in cases {
             let v: Vec<f32> = (0..rows * cols)
