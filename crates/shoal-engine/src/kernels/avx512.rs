@@ -87,7 +87,6 @@ fn drive<K: Kernel>(m: &QMatrix, acts: &Acts, r0: usize, r1: usize, out: &mut [f
     // Activation rows in pairs (0, 1), (2, 3), …, an odd last one with itself; one decode row with itself.
     let pairs: Vec<(usize, usize)> = (0..n).step_by(2).map(|i| (i, (i + 1).min(n - 1))).collect();
     let mut table = Vec::new();
-    // SAFETY (every `tile` call below): `drive` runs only with the features `tile` needs (its own).
     if n == 1 {
         act_table(acts, &pairs, &mut table);
         let x = &table[..nb];
@@ -95,6 +94,7 @@ fn drive<K: Kernel>(m: &QMatrix, acts: &Acts, r0: usize, r1: usize, out: &mut [f
         while r + 4 <= r1 {
             let w = [K::row(m, r), K::row(m, r + 1), K::row(m, r + 2), K::row(m, r + 3)];
             // Both halves of x's table entry are x: low halves take rows r and r + 2, high r + 1 and r + 3.
+            // SAFETY: `drive` runs only with the features `tile` needs (its own target features).
             let y = unsafe { K::tile::<2>([w[0], w[2]], [w[1], w[3]], [x, x]) };
             out[r - r0..r - r0 + 4].copy_from_slice(&[y[0][0], y[0][1], y[1][0], y[1][1]]);
             r += 4;
@@ -102,6 +102,7 @@ fn drive<K: Kernel>(m: &QMatrix, acts: &Acts, r0: usize, r1: usize, out: &mut [f
         while r < r1 {
             // The last odd row pairs with itself.
             let r2 = (r + 1).min(r1 - 1);
+            // SAFETY: `drive` runs only with the features `tile` needs (its own target features).
             let y = unsafe { K::tile::<1>([K::row(m, r)], [K::row(m, r2)], [x]) };
             out[r - r0] = y[0][0];
             out[r2 - r0] = y[0][1];
@@ -119,6 +120,7 @@ fn drive<K: Kernel>(m: &QMatrix, acts: &Acts, r0: usize, r1: usize, out: &mut [f
             let rb = (r + 1).min(r1 - 1);
             let (wa, wb) = (K::row(m, r), K::row(m, rb));
             if let [(i, i2), (k, k2)] = *group {
+                // SAFETY: `drive` runs only with the features `tile` needs (its own target features).
                 let y = unsafe { K::tile::<4>([wa, wa, wb, wb], [wa, wa, wb, wb], [t[0], t[1], t[0], t[1]]) };
                 for (row, ys) in [(r, [y[0], y[1]]), (rb, [y[2], y[3]])] {
                     out[i * len + row - r0] = ys[0][0];
@@ -128,6 +130,7 @@ fn drive<K: Kernel>(m: &QMatrix, acts: &Acts, r0: usize, r1: usize, out: &mut [f
                 }
             } else {
                 let (i, i2) = group[0];
+                // SAFETY: `drive` runs only with the features `tile` needs (its own target features).
                 let y = unsafe { K::tile::<2>([wa, wb], [wa, wb], [t[0], t[0]]) };
                 for (row, ys) in [(r, y[0]), (rb, y[1])] {
                     out[i * len + row - r0] = ys[0];
