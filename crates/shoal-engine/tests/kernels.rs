@@ -674,7 +674,7 @@ fn empty_products_and_pool_sizes() {
     assert_eq!(Pool::new(0).threads(), 1);
     assert_eq!(Pool::new(4).threads(), 4);
     assert!(Pool::default().threads() >= 1);
-    assert!(["avx2", "neon", "scalar"].contains(&isa()));
+    assert!(["avx512", "avx2", "neon", "scalar"].contains(&isa()));
 }
 
 /// Batch invariance: a row's result does not depend on which other rows share the product or on the thread split,

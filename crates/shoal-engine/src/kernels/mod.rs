@@ -1,8 +1,9 @@
 //! The engine's own quantized matrix kernels: `y = x · Wᵀ` with W stored in one of GGML's block encodings.
 //!
 //! Every weight type has a portable scalar reference ([`QMatrix::matmul_reference`], the oracle of the tests) and,
-//! where the machine has it, a SIMD path chosen once at run time ([`isa`]): AVX2+FMA+F16C on x86_64 (no
-//! `target-cpu=native` needed), NEON on aarch64. A product first quantizes the activations once into the format the
+//! where the machine has it, a SIMD path chosen once at run time ([`isa`]): AVX-512 VNNI (for the 32-weight block
+//! types; the others run AVX2) or AVX2+FMA+F16C on x86_64 (no `target-cpu=native` needed), NEON on aarch64.
+//! `SHOAL_KERNELS=avx2` (or `scalar`) caps the choice, to compare paths on one machine. A product first quantizes the activations once into the format the
 //! weight type pairs with (8-bit blocks of 32 with a scale, or 256-element Q8_K blocks for the K-quants), then
 //! splits the weight rows across the [`Pool`]'s threads; each unpacked weight block is reused for up to four
 //! activation rows.
@@ -16,6 +17,10 @@ mod scalar;
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)] // SIMD intrinsics; every unsafe block carries its own SAFETY argument.
 mod avx2;
+
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)] // SIMD intrinsics; every unsafe block carries its own SAFETY argument.
+mod avx512;
 
 #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
 #[allow(unsafe_code)] // SIMD intrinsics; every unsafe block carries its own SAFETY argument.
@@ -404,7 +409,7 @@ impl QMatrix {
     }
 }
 
-/// Which implementation [`QMatrix::matmul`] dispatches to on this machine ("avx2", "neon", "scalar").
+/// Which implementation [`QMatrix::matmul`] dispatches to on this machine ("avx512", "avx2", "neon", "scalar").
 pub fn isa() -> &'static str {
     Isa::get().name()
 }
@@ -415,6 +420,8 @@ pub(crate) enum Isa {
     Scalar,
     #[cfg(target_arch = "x86_64")]
     Avx2(avx2::Avx2),
+    #[cfg(target_arch = "x86_64")]
+    Avx512(avx512::Avx512),
     #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
     Neon,
 }
@@ -426,8 +433,18 @@ impl Isa {
     }
 
     fn detect() -> Isa {
-        if std::env::var_os("SHOAL_KERNELS_SCALAR").is_some_and(|v| v == "1") {
+        let cap = IsaCap::from_env(
+            std::env::var("SHOAL_KERNELS").ok().as_deref(),
+            std::env::var_os("SHOAL_KERNELS_SCALAR").is_some_and(|v| v == "1"),
+        );
+        if cap == IsaCap::Scalar {
             return Isa::Scalar;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if cap == IsaCap::Best
+            && let Some(token) = avx512::Avx512::detect()
+        {
+            return Isa::Avx512(token);
         }
         #[cfg(target_arch = "x86_64")]
         if let Some(token) = avx2::Avx2::detect() {
@@ -444,8 +461,30 @@ impl Isa {
             Isa::Scalar => "scalar",
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2(_) => "avx2",
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512(_) => "avx512",
             #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
             Isa::Neon => "neon",
+        }
+    }
+}
+
+/// The most a process may use, from `SHOAL_KERNELS` (`avx2` or `scalar`; unset or anything else: the best the CPU
+/// has) and the older `SHOAL_KERNELS_SCALAR=1`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum IsaCap {
+    Best,
+    Avx2,
+    Scalar,
+}
+
+impl IsaCap {
+    fn from_env(kernels: Option<&str>, scalar: bool) -> IsaCap {
+        match kernels.map(str::trim) {
+            _ if scalar => IsaCap::Scalar,
+            Some(v) if v.eq_ignore_ascii_case("scalar") => IsaCap::Scalar,
+            Some(v) if v.eq_ignore_ascii_case("avx2") => IsaCap::Avx2,
+            _ => IsaCap::Best,
         }
     }
 }
@@ -516,6 +555,8 @@ impl<'a> Acts<'a> {
                     match isa {
                         #[cfg(target_arch = "x86_64")]
                         Isa::Avx2(t) => t.quantize_q8(xr, br),
+                        #[cfg(target_arch = "x86_64")]
+                        Isa::Avx512(t) => t.avx2().quantize_q8(xr, br),
                         _ => scalar::quantize_q8(xr, br),
                     }
                 }
@@ -534,6 +575,8 @@ impl<'a> Acts<'a> {
                     match isa {
                         #[cfg(target_arch = "x86_64")]
                         Isa::Avx2(t) => t.quantize_q8k(xr, br),
+                        #[cfg(target_arch = "x86_64")]
+                        Isa::Avx512(t) => t.avx2().quantize_q8k(xr, br),
                         _ => scalar::quantize_q8k(xr, br),
                     }
                 }
@@ -577,6 +620,8 @@ fn compute_rows(m: &QMatrix, acts: &Acts, r0: usize, r1: usize, out: &mut [f32],
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2(t) => t.rows(m, acts, r0, r1, out),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512(t) => t.rows(m, acts, r0, r1, out),
         #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
         Isa::Neon => neon::rows(m, acts, r0, r1, out),
         _ => scalar::rows(m, acts, r0, r1, out),
@@ -675,6 +720,16 @@ mod tests {
         }
         let ties = Acts::quantize(ActFormat::Q8, &x, 1, cols, Isa::get());
         assert_eq!(&ties.q8[0].qs[..4], &[-16, -14, -14, -12], "round half to even");
+    }
+
+    #[test]
+    fn kernels_env_caps_the_choice() {
+        assert_eq!(IsaCap::from_env(None, false), IsaCap::Best);
+        assert_eq!(IsaCap::from_env(Some("avx2"), false), IsaCap::Avx2);
+        assert_eq!(IsaCap::from_env(Some(" AVX2 "), false), IsaCap::Avx2);
+        assert_eq!(IsaCap::from_env(Some("scalar"), false), IsaCap::Scalar);
+        assert_eq!(IsaCap::from_env(Some("avx2"), true), IsaCap::Scalar);
+        assert_eq!(IsaCap::from_env(Some("avx512"), false), IsaCap::Best);
     }
 
     /// Split products reuse the pool's result buffer instead of allocating one per call.
