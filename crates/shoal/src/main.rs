@@ -2,6 +2,7 @@
 
 mod facts;
 mod generate;
+mod malloc_tuning;
 mod metrics;
 mod node_id;
 mod progress;
@@ -193,6 +194,8 @@ fn parse_namespace(text: &str) -> Result<String, String> {
 }
 
 fn main() -> std::process::ExitCode {
+    // First of all, while nothing else has run: this returns only if there is nothing to do or the exec failed.
+    let untuned = malloc_tuning::reexec_if_untuned();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG")
@@ -200,6 +203,11 @@ fn main() -> std::process::ExitCode {
         )
         .with_writer(|| LogSink(std::io::stderr()))
         .init();
+    if let Some(error) = untuned {
+        warn!(
+            "running with glibc's default malloc thresholds (memory freed after large prompts may stay held): {error}"
+        );
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Cmd::Run(args)) => run(&args),

@@ -188,7 +188,8 @@ fn dir_bytes(dir: &Path) -> u64 {
 }
 
 /// Measurement for BENCHMARKS.md, not a check (run with `--ignored --nocapture`): store size and RSS of every node
-/// before and after many 1 MB prompts (`SHOAL_PROMPTS`, default 1,000, for at most `SHOAL_PROMPT_SECS`, default 240).
+/// before and after many 1 MB prompts (`SHOAL_PROMPTS`, default 1,000, for at most `SHOAL_PROMPT_SECS`, default 240),
+/// "before" being after a first prompt that loads rank 0's tokenizer.
 /// The API node holds no model file, so it cannot count a prompt and sends each one on, as a client could; rank 0
 /// fetches the 1 MB, tokenizes it and refuses it as over the context.
 #[test]
@@ -236,7 +237,23 @@ fn measure_store_and_rss_under_large_prompts() {
             .map(|n| (dir_bytes(&n.dir), rss_kib(n.child.as_ref().unwrap().id())))
             .collect()
     };
+    let ready = measure(&nodes);
+    let prompt = format!("{MARKER} {}", "lorem ipsum ".repeat((1 << 20) / 12));
+    let api = nodes[3].api;
+    // One prompt first: rank 0's node loads the model's tokenizer for it, once (~20 MB), which is not growth.
+    let warm_up = json!({"model": "smollm2-135m", "prompt": prompt, "max_tokens": 1});
+    let (code, body) = http(api, "POST", "/v1/completions", Some(&warm_up)).unwrap();
+    assert_eq!(code, 400, "{body}");
+    std::thread::sleep(Duration::from_secs(2));
     let before = measure(&nodes);
+    for (i, (r, b)) in ready.iter().zip(&before).enumerate() {
+        println!(
+            "node {i}: RSS when ready {} KiB, after the first prompt {} KiB ({:+})",
+            r.1,
+            b.1,
+            b.1 as i64 - r.1 as i64
+        );
+    }
     let count: usize = std::env::var("SHOAL_PROMPTS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -245,9 +262,7 @@ fn measure_store_and_rss_under_large_prompts() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(240);
-    let prompt = format!("{MARKER} {}", "lorem ipsum ".repeat((1 << 20) / 12));
     let started = Instant::now();
-    let api = nodes[3].api;
     let sent = std::sync::atomic::AtomicUsize::new(0);
     // Per status: how many, and the first body (to tell a refusal from a failure).
     let codes = std::sync::Mutex::new(std::collections::BTreeMap::<u16, (usize, String)>::new());
