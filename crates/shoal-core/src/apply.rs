@@ -91,6 +91,7 @@ pub(crate) fn reduce(s: &mut State, event: &Event, time_ms: u64) {
                 NodeFact::Backends(v) => entry.backends = v,
                 NodeFact::MemBandwidth(v) => entry.mem_bandwidth_gbps = Some(v),
                 NodeFact::StoreFault(v) => entry.store_fault = v,
+                NodeFact::FileServer(v) => entry.file_server = v,
             }
             entry.updated_ms = time_ms;
         }

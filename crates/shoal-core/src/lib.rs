@@ -5,6 +5,7 @@
 
 pub mod apply;
 pub mod election;
+pub mod fetch;
 pub mod follower;
 pub mod indexer;
 pub mod invariants;

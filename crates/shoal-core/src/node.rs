@@ -835,5 +835,6 @@ pub fn fact_in_state(state: &State, node: NodeId, fact: &NodeFact) -> bool {
         NodeFact::Backends(backends) => &info.backends == backends,
         NodeFact::MemBandwidth(gbps) => info.mem_bandwidth_gbps == Some(*gbps),
         NodeFact::StoreFault(fault) => &info.store_fault == fault,
+        NodeFact::FileServer(addrs) => &info.file_server == addrs,
     }
 }

@@ -94,6 +94,7 @@ fn describe(state: &State, instance: &Instance) -> String {
                         }
                         Some(DownloadProgress::Pending) => "waiting to download the model".to_owned(),
                         Some(DownloadProgress::Failed { error }) => format!("download failed: {error}"),
+                        Some(DownloadProgress::Gone) => "the model's files are gone; fetching them again".to_owned(),
                         Some(DownloadProgress::Completed { .. }) | None => "starting".to_owned(),
                     }
                 }

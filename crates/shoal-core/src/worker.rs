@@ -119,6 +119,8 @@ pub struct LocalModel {
     pub failures: u32,
     /// When the last download failed.
     pub last_failure_ms: Option<u64>,
+    /// Waiting for the cluster's downloader of this model (`crate::fetch`): no download before this time.
+    pub wait_until_ms: Option<u64>,
 }
 
 /// A local fact that rule 9 asserts to State.
@@ -600,6 +602,7 @@ pub(crate) fn rank0_queue(
 fn download_backoff_elapsed(m: &LocalModel, now_ms: u64) -> bool {
     m.last_failure_ms
         .is_none_or(|failed| now_ms >= failed.saturating_add(respawn_backoff_ms(m.failures)))
+        && m.wait_until_ms.is_none_or(|until| now_ms >= until)
 }
 
 /// Rule 9's rate limit for `event`, the current value of `fact`: a value never asserted goes out after `change_gap_ms`

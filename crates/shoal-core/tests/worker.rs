@@ -469,6 +469,18 @@ fn downloads_missing_files_once() {
         },
     );
     assert!(plan_no_emit(&state, &local, NOW + 1_999).is_empty());
+    assert_eq!(plan_no_emit(&state, &local, NOW + 2_000), vec![download.clone()]);
+
+    // A node waiting for the cluster's downloader of the model (issue 18) asks again only when its wait is over.
+    local.models.insert(
+        model(),
+        LocalModel {
+            wait_until_ms: Some(NOW + 2_000),
+            progress: Some(DownloadProgress::Pending),
+            ..Default::default()
+        },
+    );
+    assert!(plan_no_emit(&state, &local, NOW + 1_999).is_empty());
     assert_eq!(plan_no_emit(&state, &local, NOW + 2_000), vec![download]);
 }
 

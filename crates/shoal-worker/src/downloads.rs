@@ -1,14 +1,43 @@
 //! Downloads (§10.2 rule 4): fetching a model's files off the worker thread, and finding the files of models only
 //! `path` sources name.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
+use shoal_core::fetch::{self, FetchPlan};
 use shoal_core::worker::ActionKey;
 use shoal_types::ids::ModelId;
 use shoal_types::model::DownloadProgress;
-use shoal_types::{ModelCard, State};
+use shoal_types::{ModelCard, NodeId, State};
 
+use crate::sharing::{FromPeers, Sharing};
 use crate::{Input, Shell};
+
+/// How often the worker checks that the files it holds are still there.
+const GONE_CHECK_EVERY_MS: u64 = 5_000;
+
+/// How a download ended.
+#[derive(Debug)]
+pub(crate) enum Fetched {
+    /// The files are here, verified: the weights file.
+    Installed(PathBuf),
+    /// Another node fetches the model for the cluster: ask again in a while.
+    Waiting(NodeId),
+    /// Failed; `dropped` are peers the transfer found at fault.
+    Failed { error: String, dropped: Vec<NodeId> },
+}
+
+impl From<Result<PathBuf, String>> for Fetched {
+    fn from(result: Result<PathBuf, String>) -> Fetched {
+        match result {
+            Ok(path) => Fetched::Installed(path),
+            Err(error) => Fetched::Failed {
+                error,
+                dropped: Vec::new(),
+            },
+        }
+    }
+}
 
 /// How often the files of a model this node was not found to hold are looked for again (an operator may copy them
 /// into a models directory at any time).
@@ -24,33 +53,114 @@ impl Shell {
             .or_else(|| state.model_cards.get(model).map(|c| c.as_ref().clone()))
     }
 
+    /// Rule 4's download, off the worker thread: a copy on this node's disk first, then where
+    /// `shoal_core::fetch::plan` says (peers that hold the files, the card's own sources, or waiting for the node
+    /// that downloads them for the cluster).
     pub(crate) fn download(&mut self, model: ModelId, state: &State) {
         let Some(card) = Self::card_of(state, &model) else {
             self.local.finish(&ActionKey::Download(model));
             return;
         };
+        let now = crate::unix_ms();
+        self.bad_peers.retain(|_, until| *until > now);
+        let avoid: BTreeSet<NodeId> = self.bad_peers.keys().copied().collect();
+        let mut source = match (&self.sharing, fetch::plan(state, self.node, &model, &avoid)) {
+            // Without a file server of its own the node could not pass the files on: it does not share at all.
+            (None, _) => FetchPlan::Sources,
+            (Some(_), plan) => plan,
+        };
+        let token = Self::token_for(state, self.node, &model);
+        if matches!(source, FetchPlan::Peers(_)) && token.is_none() {
+            source = FetchPlan::Sources;
+        }
         let entry = self.local.models.entry(model.clone()).or_default();
         entry.downloading = true;
-        entry.progress = Some(DownloadProgress::Pending);
+        entry.wait_until_ms = None;
+        if !matches!(source, FetchPlan::WaitFor(_)) || entry.progress.is_none() {
+            entry.progress = Some(DownloadProgress::Pending);
+        }
         let store = self.models.clone();
         let inputs = self.inputs.clone();
+        let tls = self.sharing.as_ref().and_then(Sharing::tls);
         std::thread::spawn(move || {
             let progress_to = inputs.clone();
             let id = model.clone();
             let mut progress = move |p: DownloadProgress| {
                 let _ = progress_to.send(Input::Progress(id.clone(), p));
             };
-            let result = store
-                .fetch(&card, &mut progress)
-                .map_err(|e| e.to_string())
-                .and_then(|files| {
-                    files
-                        .gguf()
-                        .map(|p| p.to_path_buf())
-                        .ok_or_else(|| format!("model {} has no .gguf file", card.id))
-                });
-            let _ = inputs.send(Input::Fetched(model, result));
+            let gguf = |files: shoal_models::ModelFiles| {
+                files
+                    .gguf()
+                    .map(|p| p.to_path_buf())
+                    .ok_or_else(|| format!("model {} has no .gguf file", card.id))
+            };
+            let outcome = match source {
+                FetchPlan::Sources => Fetched::from(
+                    store
+                        .fetch(&card, &mut progress)
+                        .map_err(|e| e.to_string())
+                        .and_then(gguf),
+                ),
+                FetchPlan::Peers(holders) => {
+                    let mut from = FromPeers {
+                        holders: holders.into_iter().map(|h| (h.node, h.addrs)).collect(),
+                        token: token.unwrap_or_default(),
+                        tls,
+                        dropped: Vec::new(),
+                    };
+                    let result = store.fetch_from_peers(&card, &mut from, &mut progress);
+                    match result.map_err(|e| e.to_string()).and_then(gguf) {
+                        Ok(path) => Fetched::Installed(path),
+                        Err(error) => Fetched::Failed {
+                            error,
+                            dropped: from.dropped,
+                        },
+                    }
+                }
+                // A copy on this node's disk needs nobody.
+                FetchPlan::WaitFor(downloader) => match store.locate(&card) {
+                    Some(files) => {
+                        progress(DownloadProgress::Completed {
+                            total: files.total_size(),
+                        });
+                        Fetched::from(gguf(files))
+                    }
+                    None => Fetched::Waiting(downloader),
+                },
+            };
+            let _ = inputs.send(Input::Fetched(model, outcome));
         });
+    }
+
+    /// The hex token this node proves to a peer's file server for `model`: that of an instance of the model with a
+    /// shard on this node (else any instance of it).
+    fn token_for(state: &State, node: NodeId, model: &ModelId) -> Option<String> {
+        let of_model = || state.instances.values().filter(|i| i.model.id == *model);
+        let mine = of_model().find(|i| i.assignments.node_runner.contains_key(&node));
+        mine.or_else(|| of_model().next()).map(|i| hex::encode(i.token.0))
+    }
+
+    /// Files that went away (deleted or moved by an operator): the model is no longer held, State hears `Gone`, and
+    /// the offer to peers drops it. Checked every [`GONE_CHECK_EVERY_MS`].
+    pub(crate) fn check_held_files(&mut self, now: u64) {
+        if now < self.last_gone_check_ms.saturating_add(GONE_CHECK_EVERY_MS) {
+            return;
+        }
+        self.last_gone_check_ms = now;
+        let gone: Vec<(ModelId, PathBuf)> = self
+            .gguf
+            .iter()
+            .filter(|(_, path)| !path.exists())
+            .map(|(m, p)| (m.clone(), p.clone()))
+            .collect();
+        for (model, path) in gone {
+            tracing::warn!(model = %model, path = %path.display(), "a verified model file is gone");
+            self.models.forget_digest(&path);
+            self.gguf.remove(&model);
+            let entry = self.local.models.entry(model).or_default();
+            entry.verified = false;
+            entry.progress = Some(DownloadProgress::Gone);
+        }
     }
 
     /// Reconciles "which models' files does this node hold" with State's custom cards: a model that only `path`
@@ -108,10 +218,26 @@ impl Shell {
     }
 
     /// A download ended, either way.
-    pub(crate) fn on_fetched(&mut self, model: ModelId, result: Result<PathBuf, String>, now: u64) {
+    pub(crate) fn on_fetched(&mut self, model: ModelId, outcome: Fetched, now: u64) {
         self.local.finish(&ActionKey::Download(model.clone()));
         let entry = self.local.models.entry(model.clone()).or_default();
         entry.downloading = false;
+        let result = match outcome {
+            Fetched::Installed(path) => Ok(path),
+            Fetched::Waiting(downloader) => {
+                tracing::debug!(model = %model, %downloader, "waiting for the node that fetches the model for the cluster");
+                entry.wait_until_ms = Some(now.saturating_add(fetch::WAIT_FOR_DOWNLOADER_MS));
+                return;
+            }
+            Fetched::Failed { error, dropped } => {
+                for peer in dropped {
+                    tracing::warn!(model = %model, %peer, "a peer failed a model transfer; left out for a while");
+                    self.bad_peers.insert(peer, now.saturating_add(fetch::BAD_PEER_MS));
+                }
+                Err(error)
+            }
+        };
+        let entry = self.local.models.entry(model.clone()).or_default();
         match result {
             Ok(path) => {
                 tracing::info!(model = %model, path = %path.display(), "model files verified");

@@ -34,6 +34,8 @@ mod downloads;
 mod health;
 mod lifecycle;
 mod prompts;
+mod share_client;
+mod sharing;
 mod tasks;
 
 pub use data_plane::DataPlane;
@@ -93,6 +95,8 @@ pub struct WorkerConfig {
     /// With a cluster key: the node's certificate from the cluster CA, which its runners use for the data plane's
     /// mutual TLS (handed to each runner in `Load`, over its private socket).
     pub data_plane_tls: Option<DataPlaneTls>,
+    /// With a cluster key: the same certificate for the model-file server and the fetches from peers (issue 18).
+    pub share_tls: Option<shoal_share::ShareTls>,
 }
 
 /// A watcher of this node's downloads.
@@ -157,7 +161,7 @@ pub(crate) enum Input {
         result: Result<RunnerProcess, String>,
     },
     Progress(ModelId, DownloadProgress),
-    Fetched(ModelId, Result<PathBuf, String>),
+    Fetched(ModelId, downloads::Fetched),
     /// A task's content arrived from its API node, or did not.
     Prompt {
         task: TaskId,
@@ -203,6 +207,7 @@ pub struct Worker {
     thread: Option<JoinHandle<()>>,
     reports: RunnerReports,
     counters: Arc<WorkerCounters>,
+    file_server_port: Option<u16>,
 }
 
 impl Worker {
@@ -217,7 +222,20 @@ impl Worker {
             tx,
             counters: counters.clone(),
         };
+        // The model-file server binds where the runners do; a node that cannot bind one fetches only from sources.
+        let bind = std::net::SocketAddr::new(config.data_plane.bind(), 0);
+        let sharing = match sharing::Sharing::start(bind, config.share_tls.clone()) {
+            Ok(sharing) => Some(sharing),
+            Err(error) => {
+                tracing::warn!(%error, %bind, "cannot start the model-file server: this node will not share model files");
+                None
+            }
+        };
+        let file_server_port = sharing.as_ref().map(sharing::Sharing::port);
         let mut shell = Shell {
+            sharing,
+            bad_peers: BTreeMap::new(),
+            last_gone_check_ms: 0,
             counters: counters.clone(),
             node,
             tasks: BTreeMap::new(),
@@ -246,7 +264,13 @@ impl Worker {
             thread: Some(thread),
             reports,
             counters,
+            file_server_port,
         })
+    }
+
+    /// The port of this node's model-file server (on every address its runners advertise), if it runs.
+    pub fn file_server_port(&self) -> Option<u16> {
+        self.file_server_port
     }
 
     /// What this node's runners report (weights loaded, pids), shared and kept current.
@@ -270,6 +294,12 @@ impl Drop for Worker {
 
 pub(crate) struct Shell {
     node: NodeId,
+    /// The model-file server and its offer (issue 18); `None` when it could not start.
+    sharing: Option<sharing::Sharing>,
+    /// Peers that failed a transfer, left out of fetch plans until the time given.
+    bad_peers: BTreeMap<NodeId, u64>,
+    /// When the held files were last checked for presence.
+    last_gone_check_ms: u64,
     /// Tasks each local runner holds (rank 0: submitted; last rank: started).
     tasks: BTreeMap<RunnerId, RunnerTasks>,
     /// Rank 0: the fetched contents of tasks not yet submitted (memory only; issue 15).
@@ -385,6 +415,10 @@ impl Shell {
         let now = unix_ms();
         self.kill_hung(state, self.mono_ms());
         self.scan_held_files(state, now);
+        self.check_held_files(now);
+        if let Some(sharing) = &self.sharing {
+            sharing.offer(sharing::Offer::from_state(state, &self.gguf));
+        }
         for action in shoal_core::prompts::plan(state, &self.local, now) {
             self.carry_out_prompt(action, state);
         }
@@ -446,7 +480,13 @@ mod bounds_tests {
             overflow(&Input::Progress(model.clone(), DownloadProgress::Pending)),
             Overflow::Drop
         );
-        assert_eq!(overflow(&Input::Fetched(model, Err("x".into()))), Overflow::Wait);
+        assert_eq!(
+            overflow(&Input::Fetched(
+                model,
+                downloads::Fetched::Waiting(NodeId::from_bytes([1; 16]))
+            )),
+            Overflow::Wait
+        );
         assert_eq!(
             overflow(&Input::Runner(
                 0,

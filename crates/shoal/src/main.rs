@@ -326,7 +326,7 @@ fn run(args: &RunArgs) -> anyhow::Result<()> {
             net.tls = Some(key.issue_node_cert(node)?);
             info!(
                 fingerprint = %key.fingerprint(),
-                "cluster key loaded: the control plane (zenoh) and the runners' data plane run over mutual TLS"
+                "cluster key loaded: the control plane (zenoh), the runners' data plane and model-file transfers run over mutual TLS"
             );
         }
         None => warn!(
@@ -342,6 +342,11 @@ fn run(args: &RunArgs) -> anyhow::Result<()> {
         key_pem: tls.key_pem.clone(),
         server_name: shoal_net::cluster_key::NODE_DNS_NAME.to_owned(),
     });
+    // And on the model-file server and the fetches from peers (issue 18).
+    let share_tls = match &net.tls {
+        Some(tls) => Some(shoal_share::ShareTls::new(tls).context("the model-file server's TLS")?),
+        None => None,
+    };
     let boot = u64::from_le_bytes(random_bytes()?);
     let mut node_config = NodeConfig::new(node, boot);
     // The instances' data-plane tokens derive from this secret, drawn from the OS, never from anything others see.
@@ -367,7 +372,6 @@ fn run(args: &RunArgs) -> anyhow::Result<()> {
     let watchdog = watchdog::start(watchdog::STALL_LIMIT)?;
     let beats = handle.clone();
     watchdog::spawn_bumper(watchdog, runtime.handle(), move || beats.loop_beats());
-    spawn_fact_reporter(handle.clone(), dir.clone(), !args.no_worker, runtime.handle());
     let worker = if args.no_worker {
         None
     } else {
@@ -383,9 +387,21 @@ fn run(args: &RunArgs) -> anyhow::Result<()> {
             on_progress: progress::bars(),
             data_plane: data_plane(&args.listen),
             data_plane_tls: data_plane_tls.clone(),
+            share_tls,
         };
         Some(shoal_worker::Worker::start(handle.clone(), store, config)?)
     };
+    let file_server = worker
+        .as_ref()
+        .and_then(shoal_worker::Worker::file_server_port)
+        .map(|port| (data_plane(&args.listen), port));
+    spawn_fact_reporter(
+        handle.clone(),
+        dir.clone(),
+        !args.no_worker,
+        file_server,
+        runtime.handle(),
+    );
     for (card, custom) in models {
         runtime.spawn(startup::place_at_start(handle.clone(), card, custom, !args.no_worker));
     }
@@ -529,10 +545,30 @@ fn random_bytes() -> anyhow::Result<[u8; 8]> {
 }
 
 /// §10.2 rule 9 and §13: facts at start, then memory sampled every second and reported when it moved enough, and
-/// the interfaces every 10 s (a DHCP lease or a new NIC).
-fn spawn_fact_reporter(cluster: ClusterHandle, dir: PathBuf, worker: bool, runtime: &tokio::runtime::Handle) {
+/// the interfaces every 10 s (a DHCP lease or a new NIC), with the model-file server's addresses on them (a node
+/// with a worker; `file_server` is where it binds and its port).
+fn spawn_fact_reporter(
+    cluster: ClusterHandle,
+    dir: PathBuf,
+    worker: bool,
+    file_server: Option<(shoal_worker::DataPlane, u16)>,
+    runtime: &tokio::runtime::Handle,
+) {
+    let serves = move |interfaces: &[shoal_types::model::Iface]| {
+        file_server
+            .as_ref()
+            .map_or_else(Vec::new, |(plane, port)| plane.advertised(interfaces, *port))
+    };
     runtime.spawn(async move {
         let mut facts = facts::gather(&dir, worker);
+        let interfaces = facts
+            .iter()
+            .find_map(|f| match f {
+                NodeFact::Interfaces(i) => Some(i.clone()),
+                _ => None,
+            })
+            .unwrap_or_default();
+        facts.push(NodeFact::FileServer(serves(&interfaces)));
         let mut reported_memory = facts.iter().find_map(|f| match f {
             NodeFact::Memory(m) => Some(*m),
             _ => None,
@@ -563,6 +599,11 @@ fn spawn_fact_reporter(cluster: ClusterHandle, dir: PathBuf, worker: bool, runti
                     {
                         *old = interfaces.clone();
                         changed = true;
+                    }
+                }
+                for fact in &mut facts {
+                    if let NodeFact::FileServer(old) = fact {
+                        *old = serves(&interfaces);
                     }
                 }
             }

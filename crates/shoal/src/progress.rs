@@ -41,6 +41,10 @@ pub fn bars() -> Option<shoal_worker::ProgressHook> {
                 bar.abandon_with_message(format!("{model}: {error}"));
                 bars.remove(model);
             }
+            DownloadProgress::Gone => {
+                bar.abandon_with_message(format!("{model}: its files are gone"));
+                bars.remove(model);
+            }
         }
     }))
 }

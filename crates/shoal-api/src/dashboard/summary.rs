@@ -44,6 +44,7 @@ fn download(progress: &DownloadProgress) -> String {
         DownloadProgress::Ongoing { done, .. } => format!("{done} bytes"),
         DownloadProgress::Completed { .. } => "complete".into(),
         DownloadProgress::Failed { error } => format!("failed: {error}"),
+        DownloadProgress::Gone => "files gone".into(),
     }
 }
 
@@ -57,6 +58,8 @@ fn fact(info: &NodeFact) -> String {
         NodeFact::MemBandwidth(g) => format!("memory bandwidth {g:.0} GB/s"),
         NodeFact::StoreFault(Some(error)) => format!("store cannot write: {error}"),
         NodeFact::StoreFault(None) => "store writes again".into(),
+        NodeFact::FileServer(addrs) if addrs.is_empty() => "serves no model files".into(),
+        NodeFact::FileServer(addrs) => format!("serves model files on {}", addrs[0]),
     }
 }
 

@@ -211,6 +211,8 @@ fn start_pull(store: Arc<ModelStore>, card: ModelCard) -> mpsc::Receiver<PullLin
             DownloadProgress::Completed { .. } => send(Ok(json!({ "status": "verifying sha256 digest" }))),
             // Reported once more as the fetch's error below.
             DownloadProgress::Failed { .. } => {}
+            // Only the worker reports files that went away; a pull never does.
+            DownloadProgress::Gone => {}
         };
         match store.fetch(&card, &mut progress) {
             Ok(_) => send(Ok(json!({ "status": "success" }))),

@@ -97,6 +97,7 @@ function render() {
       const progress = state.nodes[id].downloads?.[card.id];
       if (!progress) continue;
       const [name, body] = variant(progress);
+      if (name === 'Gone') continue;
       if (name === 'Completed') {
         complete += 1;
         continue;
