@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
@@ -32,6 +33,8 @@ enum Served {
 struct Hub {
     port: u16,
     files: Arc<Mutex<BTreeMap<String, Served>>>,
+    /// Bytes of files served from the "CDN" (what the cluster downloaded from the internet).
+    served: Arc<AtomicU64>,
 }
 
 impl Hub {
@@ -39,14 +42,15 @@ impl Hub {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let files: Arc<Mutex<BTreeMap<String, Served>>> = Arc::default();
-        let shared = files.clone();
+        let served = Arc::new(AtomicU64::new(0));
+        let (shared, counted) = (files.clone(), served.clone());
         thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                let files = shared.clone();
-                thread::spawn(move || serve(stream, &files));
+                let (files, served) = (shared.clone(), counted.clone());
+                thread::spawn(move || serve(stream, &files, &served));
             }
         });
-        Hub { port, files }
+        Hub { port, files, served }
     }
 
     fn add(&self, path: &str, served: Served) {
@@ -54,7 +58,7 @@ impl Hub {
     }
 }
 
-fn serve(stream: TcpStream, files: &Mutex<BTreeMap<String, Served>>) {
+fn serve(stream: TcpStream, files: &Mutex<BTreeMap<String, Served>>, served_bytes: &AtomicU64) {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut line = String::new();
     if reader.read_line(&mut line).unwrap_or(0) == 0 {
@@ -108,6 +112,7 @@ fn serve(stream: TcpStream, files: &Mutex<BTreeMap<String, Served>>) {
                 head.push_str(&format!("Content-Range: bytes {start}-{end}/{len}\r\n"));
             }
             body = bytes[start..=end].to_vec();
+            served_bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
             if range.is_some() {
                 "206 Partial Content"
             } else {
@@ -359,6 +364,16 @@ fn models_added_by_path_and_by_hf_are_placed_over_three_nodes_and_answer() {
         let statuses = runner_statuses(&state);
         (statuses.len() == 6 && statuses.iter().all(|(_, s)| s == "Ready")).then_some(())
     });
+    // One download from the Hub for the whole cluster (issue 18): one node fetched the file (beside the header the
+    // card was derived from), the other two from it.
+    let from_hub = hub.served.load(Ordering::Relaxed);
+    let size = bytes.len() as u64;
+    assert!(
+        (size..2 * size).contains(&from_hub),
+        "the Hub served {from_hub} bytes of a {size}-byte file"
+    );
+    let from_peers = nodes.iter().filter(|n| n.logged("model file fetched from peers")).count();
+    assert_eq!(from_peers, 2);
     for (i, id) in ["smol-by-path", "org/smol/smol-hf"].iter().enumerate() {
         let body = json!({
             "model": id,
