@@ -83,6 +83,8 @@ impl Shell {
         let inputs = self.inputs.clone();
         let tls = self.sharing.as_ref().and_then(Sharing::tls);
         std::thread::spawn(move || {
+            // Hashing and copying gigabytes must not take the CPU from runners and the node's loops.
+            crate::sharing::lower_priority();
             let progress_to = inputs.clone();
             let id = model.clone();
             let mut progress = move |p: DownloadProgress| {

@@ -60,6 +60,10 @@ pub(crate) struct Sharing {
 impl Sharing {
     /// Starts the file server on `bind` (port 0: the OS chooses).
     pub(crate) fn start(bind: SocketAddr, tls: Option<ShareTls>) -> std::io::Result<Sharing> {
+        Self::start_inner(bind, tls)
+    }
+
+    fn start_inner(bind: SocketAddr, tls: Option<ShareTls>) -> std::io::Result<Sharing> {
         let offer = Arc::new(RwLock::new(Offer::default()));
         let files = offer.clone();
         let catalogue = Arc::new(move |sha256: &str| {
@@ -76,7 +80,16 @@ impl Sharing {
             }
         });
         let options = ServerOptions::new(catalogue, authorise).with_tls(tls.clone());
-        let server = FileServer::start(bind, options)?;
+        // Started from a thread of lower priority, whose niceness the server's threads inherit.
+        let server = std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    lower_priority();
+                    FileServer::start(bind, options)
+                })
+                .join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("the file server's start panicked")))
+        })?;
         Ok(Sharing { offer, server, tls })
     }
 
@@ -94,6 +107,19 @@ impl Sharing {
 
     pub(crate) fn tls(&self) -> Option<ShareTls> {
         self.tls.clone()
+    }
+}
+
+/// How much nicer than the node's other threads a bulk transfer's threads run (Linux niceness; higher is lower
+/// priority): on a small machine hashing and copying gigabytes would otherwise take CPU time from the runners'
+/// decode steps and the node's control loop (BENCHMARKS.md, "Model sharing").
+pub const BULK_NICENESS: i32 = 10;
+
+/// Lowers the calling thread's CPU priority to [`BULK_NICENESS`]; threads it starts inherit it. A failure only logs.
+pub(crate) fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    if let Err(error) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), BULK_NICENESS) {
+        tracing::debug!(%error, "cannot lower a bulk transfer thread's priority");
     }
 }
 

@@ -96,7 +96,7 @@ fn plaintext_and_silent_connections_to_a_keyed_runner_are_refused_and_the_ring_s
     }
     // The start-up line says what the key covers; the old "data plane is not encrypted" warning is gone.
     assert!(
-        nodes[0].logged("the runners' data plane run over mutual TLS"),
+        nodes[0].logged("the runners' data plane and model-file transfers run over mutual TLS"),
         "{}",
         nodes[0].log_text()
     );

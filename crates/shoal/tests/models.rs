@@ -372,7 +372,10 @@ fn models_added_by_path_and_by_hf_are_placed_over_three_nodes_and_answer() {
         (size..2 * size).contains(&from_hub),
         "the Hub served {from_hub} bytes of a {size}-byte file"
     );
-    let from_peers = nodes.iter().filter(|n| n.logged("model file fetched from peers")).count();
+    let from_peers = nodes
+        .iter()
+        .filter(|n| n.logged("model file fetched from peers"))
+        .count();
     assert_eq!(from_peers, 2);
     for (i, id) in ["smol-by-path", "org/smol/smol-hf"].iter().enumerate() {
         let body = json!({
