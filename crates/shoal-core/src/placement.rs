@@ -68,7 +68,8 @@ pub enum Ineligible {
     NoBackend,
     /// Not even one layer fits.
     NoCapacity,
-    /// The model's files can only be found where they are (a `path` source) and this node has not reported them.
+    /// The model's files can only be found where they are (a `path` source), this node has not reported them, and
+    /// no node that holds them serves files to its peers.
     NoModelFiles,
     /// Its store cannot write (a full disk): it takes no new work until it can (issue 15).
     StoreFails,
@@ -463,7 +464,7 @@ pub fn node_budget(
     let Some(mem) = info.memory else {
         return Err(Ineligible::NoMemoryInfo);
     };
-    if cfg.require_files && card.files_only_where_held() && !holds_files(info, card) {
+    if cfg.require_files && card.files_only_where_held() && !holds_files(info, card) && !shared_by_a_peer(state, card) {
         return Err(Ineligible::NoModelFiles);
     }
     let avail = (mem.available as f64 * cfg.memory_fraction) as u64;
@@ -474,6 +475,15 @@ pub fn node_budget(
 /// Whether the node reported the model's files present and verified.
 fn holds_files(info: &NodeInfo, card: &ModelCard) -> bool {
     matches!(info.downloads.get(&card.id), Some(DownloadProgress::Completed { .. }))
+}
+
+/// Whether some node holds the model's files and serves model files to its peers, so any node can fetch them from
+/// it (issue 18; `crate::fetch`).
+fn shared_by_a_peer(state: &State, card: &ModelCard) -> bool {
+    state
+        .nodes
+        .values()
+        .any(|info| !info.file_server.is_empty() && holds_files(info, card))
 }
 
 /// Memory promised to runners on `node` that have not loaded yet (their use is not yet visible in `available`).

@@ -398,7 +398,7 @@ fn a_tied_head_weighs_on_the_last_stage() {
 }
 
 #[test]
-fn a_path_only_model_goes_only_to_nodes_that_hold_its_files() {
+fn a_path_only_model_goes_only_to_nodes_that_hold_its_files_until_one_shares_them() {
     use shoal_types::card::SourceKind;
     use shoal_types::model::DownloadProgress;
     let mut c = bytes_card(vec![100; 4], 0, 0);
@@ -431,6 +431,12 @@ fn a_path_only_model_goes_only_to_nodes_that_hold_its_files() {
         ..bytes_cfg()
     };
     assert!(run(&bytes_request(&c, 3), &s, &any).is_ok());
+    // Once the holder serves files to its peers (issue 18), every node can fetch them from it: all are eligible.
+    let mut info = s.nodes[&holder].as_ref().clone();
+    info.file_server = vec![std::net::SocketAddr::from(([10, 0, 0, 2], 7000))];
+    s.nodes.insert(holder, Arc::new(info));
+    let p = run(&bytes_request(&c, 3), &s, &cfg).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(p.shares.len(), 3);
 }
 
 proptest! {

@@ -313,8 +313,8 @@ impl ModelCard {
         bytes
     }
 
-    /// Whether the card's files can only be found where they already are: every source is a `path` (no node can
-    /// fetch them until files are shared between peers), so placement uses only the nodes that hold them.
+    /// Whether the card's files can only be found where they already are: every source is a `path`, so placement
+    /// uses only the nodes that hold them, or every node once one that holds them shares files with its peers.
     pub fn files_only_where_held(&self) -> bool {
         self.sources.iter().all(|s| s.kind == SourceKind::Path)
     }
