@@ -3,8 +3,8 @@
 //!
 //! One blocking thread per connection, at most [`ServerOptions::max_connections`]; a connection over the limit is
 //! closed at once. Each connection: the handshake ([`crate::tls`]) within 2 s, then requests until the client closes,
-//! [`IDLE_TIMEOUT`] passes without one, or a request is malformed. The plain path sends with `std::io::copy` from the
-//! file to the socket, which Linux's std turns into `sendfile` (no copy through user space).
+//! [`IDLE_TIMEOUT`] passes without one, or a request is malformed. The plain path sends with `sendfile` (no copy
+//! through user space); the TLS path reads the file in pieces and encrypts them.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -29,6 +29,9 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 /// The TLS path reads the file in pieces of this size (rustls splits them into 16 KiB records).
 const TLS_SEND_BUFFER: usize = 256 << 10;
+/// Largest single `sendfile` call (the kernel caps one call near 2 GiB anyway).
+#[cfg(target_os = "linux")]
+const SENDFILE_MAX: usize = 1 << 30;
 /// How long `shutdown` waits to wake the acceptor by dialling it.
 const WAKE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -329,11 +332,12 @@ fn answer(shared: &Shared, conn: &mut Conn, request: &Request) -> io::Result<()>
             length: request.length,
         },
     )?;
-    file.seek(SeekFrom::Start(request.offset))?;
     let sent = match conn {
-        // `io::copy` from a `Take<File>` to a `TcpStream` is `sendfile` on Linux.
-        Conn::Plain(socket) => io::copy(&mut (&file).take(request.length), socket)?,
-        tls => send_buffered(&mut file, tls, request.length)?,
+        Conn::Plain(socket) => send_plain(&mut file, socket, request.offset, request.length)?,
+        tls => {
+            file.seek(SeekFrom::Start(request.offset))?;
+            send_buffered(&mut file, tls, request.length)?
+        }
     };
     bump(&c.bytes_served, sent);
     if sent != request.length {
@@ -344,6 +348,42 @@ fn answer(shared: &Shared, conn: &mut Conn, request: &Request) -> io::Result<()>
         ));
     }
     Ok(())
+}
+
+/// The plain path: `sendfile`, the kernel copies from the page cache to the socket (no copy through user space; std's
+/// `io::copy` does not do this for sockets).
+#[cfg(target_os = "linux")]
+fn send_plain(file: &mut File, socket: &mut TcpStream, offset: u64, length: u64) -> io::Result<u64> {
+    let end = offset.saturating_add(length);
+    let mut at = offset;
+    while at < end {
+        let want = usize::try_from(end - at).unwrap_or(usize::MAX).min(SENDFILE_MAX);
+        // The kernel advances `at` by what it sent.
+        match rustix::fs::sendfile(&*socket, &*file, Some(&mut at), want) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(at - offset)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn send_plain(file: &mut File, socket: &mut TcpStream, offset: u64, length: u64) -> io::Result<u64> {
+    file.seek(SeekFrom::Start(offset))?;
+    let mut conn_buf = vec![0u8; TLS_SEND_BUFFER];
+    let mut sent = 0u64;
+    while sent < length {
+        let want = usize::try_from(length - sent).unwrap_or(usize::MAX).min(conn_buf.len());
+        let n = file.read(&mut conn_buf[..want])?;
+        if n == 0 {
+            break;
+        }
+        socket.write_all(&conn_buf[..n])?;
+        sent += n as u64;
+    }
+    Ok(sent)
 }
 
 fn send_buffered(file: &mut File, conn: &mut Conn, length: u64) -> io::Result<u64> {
