@@ -278,8 +278,8 @@ pub fn fetch(spec: &FileSpec, peers: &[Peer], options: &FetchOptions<'_>) -> Res
         let before = lock(&job.origin).clone();
         match job.round(vec![p], vec![false; layout.chunks()], true)? {
             Outcome::Cancelled => return Err(job.cancelled()),
-            // `p` failed and was dropped: the next one.
-            Outcome::Incomplete => {}
+            // `p` failed and was dropped: the next one (dropped here too, so no peer is asked twice).
+            Outcome::Incomplete => job.drop_peer(p, DropReason::Protocol("left the file incomplete".into())),
             Outcome::Complete { digest, differs } if digest == sha256 => {
                 // `p`'s copy is the file: whoever served a chunk that differs from it served bad bytes.
                 for (c, _) in differs.iter().enumerate().filter(|(_, d)| **d) {
