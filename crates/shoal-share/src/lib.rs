@@ -17,16 +17,18 @@
 mod fetch;
 mod partial;
 mod server;
+mod spec;
 mod tls;
 mod wire;
 
-pub use fetch::{
-    CHUNK_SIZE, CONNECT_TIMEOUT, DropReason, DroppedPeer, FetchError, FetchOptions, FetchReport, FileSpec, IO_TIMEOUT,
-    MAX_PARALLEL_PEERS, Peer, fetch,
-};
+pub use fetch::fetch;
 pub use partial::{LocalIoError, MAX_CHUNKS};
 pub use server::{
     Authoriser, Catalogue, FileServer, IDLE_TIMEOUT, MAX_UPLOAD_CONNECTIONS, SEND_TIMEOUT, ServerOptions, ServerStats,
+};
+pub use spec::{
+    CHUNK_SIZE, CONNECT_TIMEOUT, DropReason, DroppedPeer, FetchError, FetchOptions, FetchReport, FileSpec, IO_TIMEOUT,
+    MAX_PARALLEL_PEERS, Peer,
 };
 pub use tls::{HANDSHAKE_TIMEOUT, ShareTls, TlsSetupError};
 pub use wire::{MAGIC, MAX_REQUEST_LENGTH, MAX_TOKEN_LEN, Status, VERSION, parse_sha256};
