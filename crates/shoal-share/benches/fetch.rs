@@ -137,19 +137,13 @@ fn serve_only(addr: SocketAddr, sha: &str, size: u64) -> f64 {
     s.write_all(&VERSION.to_le_bytes()).unwrap();
     let mut hello = [0u8; 10];
     s.read_exact(&mut hello).unwrap();
-    let sha = shoal_share::parse_sha256(sha).unwrap();
     let mut buf = vec![0u8; 1 << 20];
     let start = Instant::now();
     let mut offset = 0;
     while offset < size {
         let length = CHUNK_SIZE.min(size - offset);
-        let mut request = vec![1u8];
-        request.extend_from_slice(&sha);
-        request.extend_from_slice(&offset.to_le_bytes());
-        request.extend_from_slice(&length.to_le_bytes());
-        request.extend_from_slice(&u16::try_from(common::TOKEN.len()).unwrap().to_le_bytes());
-        request.extend_from_slice(common::TOKEN.as_bytes());
-        s.write_all(&request).unwrap();
+        s.write_all(&common::raw_request(sha, offset, length, common::TOKEN))
+            .unwrap();
         let mut header = [0u8; 17];
         s.read_exact(&mut header).unwrap();
         assert_eq!(header[0], 0, "status");

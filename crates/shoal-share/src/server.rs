@@ -2,9 +2,10 @@
 //! on its own TCP listener (the bulk channel: never zenoh, so a transfer cannot delay control traffic).
 //!
 //! One blocking thread per connection, at most [`ServerOptions::max_connections`]; a connection over the limit is
-//! closed at once. Each connection: the handshake ([`crate::tls`]) within 2 s, then requests until the client closes,
-//! [`IDLE_TIMEOUT`] passes without one, or a request is malformed. The plain path sends with `sendfile` (no copy
-//! through user space); the TLS path reads the file in pieces and encrypts them.
+//! closed at once. Each connection: the handshake ([`crate::tls`]) and the first request within 2 s each, then
+//! requests until the client closes, [`IDLE_TIMEOUT`] passes without one, a request is malformed or refused. The
+//! plain path sends with `sendfile` (no copy through user space); the TLS path reads the file in pieces and encrypts
+//! them.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -18,7 +19,7 @@ use std::time::Duration;
 
 use tracing::{debug, warn};
 
-use crate::tls::{self, Conn, ShareTls};
+use crate::tls::{self, Conn, HANDSHAKE_TIMEOUT, ShareTls};
 use crate::wire::{self, MAX_REQUEST_LENGTH, Request, Response, Status, WireError};
 
 /// Default bound on simultaneous upload connections (every peer fetching from this node holds one).
@@ -262,9 +263,12 @@ fn serve_connection(shared: &Shared, socket: TcpStream) {
             return;
         }
     };
-    if conn.set_timeouts(IDLE_TIMEOUT, SEND_TIMEOUT).is_err() {
+    // The first request is due as soon as the hello: a connection that never asks for anything holds a slot no
+    // longer than the handshake would.
+    if conn.set_timeouts(HANDSHAKE_TIMEOUT, SEND_TIMEOUT).is_err() {
         return;
     }
+    let mut first = true;
     loop {
         if shared.stop.load(Ordering::SeqCst) {
             return;
@@ -282,7 +286,16 @@ fn serve_connection(shared: &Shared, socket: TcpStream) {
         };
         bump(&shared.counters.requests, 1);
         match answer(shared, &mut conn, &request) {
-            Ok(()) => {}
+            Ok(Status::Refused) => {
+                // An unauthorised client gets its answer and no second try on this connection.
+                debug!(?peer, "file request refused; closing");
+                return;
+            }
+            Ok(_) => {
+                if std::mem::take(&mut first) && conn.set_timeouts(IDLE_TIMEOUT, SEND_TIMEOUT).is_err() {
+                    return;
+                }
+            }
             Err(e) => {
                 debug!(?peer, error = %e, "file transfer connection ended");
                 return;
@@ -291,8 +304,8 @@ fn serve_connection(shared: &Shared, socket: TcpStream) {
     }
 }
 
-/// Answers one request; an error ends the connection.
-fn answer(shared: &Shared, conn: &mut Conn, request: &Request) -> io::Result<()> {
+/// Answers one request with the status it got; an error ends the connection.
+fn answer(shared: &Shared, conn: &mut Conn, request: &Request) -> io::Result<Status> {
     let c = &shared.counters;
     let sha = hex::encode(request.sha256);
     let refuse = |conn: &mut Conn, status: Status, total: u64| {
@@ -304,6 +317,7 @@ fn answer(shared: &Shared, conn: &mut Conn, request: &Request) -> io::Result<()>
                 length: 0,
             },
         )
+        .map(|()| status)
     };
     // The token first: a refused client learns nothing about what this node holds.
     if !(shared.options.authorise)(&request.token, &sha) {
@@ -347,7 +361,7 @@ fn answer(shared: &Shared, conn: &mut Conn, request: &Request) -> io::Result<()>
             "the file shrank while being served",
         ));
     }
-    Ok(())
+    Ok(Status::Ok)
 }
 
 /// The plain path: `sendfile`, the kernel copies from the page cache to the socket (no copy through user space; std's

@@ -381,6 +381,30 @@ fn a_wrong_token_is_refused_and_an_unknown_file_is_not_held() {
     assert_eq!(server.stats().refusals, 1);
     assert_eq!(server.stats().bytes_served, 0);
 
+    // By hand: a range past the end is answered and the connection stays; a refusal is answered, then the connection
+    // closes (no second try on it).
+    let mut s = hello(server.local_addr());
+    s.write_all(&common::raw_request(&sha, 0, 10, TOKEN)).unwrap();
+    let mut header = [0u8; 17];
+    s.read_exact(&mut header).unwrap();
+    assert_eq!(header[0], 0, "Ok");
+    let mut ten = [0u8; 10];
+    s.read_exact(&mut ten).unwrap();
+    s.write_all(&common::raw_request(&sha, size, 1, TOKEN)).unwrap();
+    s.read_exact(&mut header).unwrap();
+    assert_eq!(header[0], 3, "BadRange");
+    assert_eq!(header[1..9], size.to_le_bytes());
+    s.write_all(&common::raw_request(&sha, 0, 10, "nope")).unwrap();
+    s.read_exact(&mut header).unwrap();
+    assert_eq!(header[0], 2, "Refused");
+    assert!(closed(&mut s));
+    let stats = server.stats();
+    assert_eq!(
+        (stats.refusals, stats.bad_ranges, stats.bytes_served),
+        (2, 1, 10),
+        "{stats:?}"
+    );
+
     let result = fetch(&spec(&"00".repeat(32), size, &dest), &peers, &options());
     let Err(FetchError::NoPeer { dropped }) = result else {
         panic!("{result:?}");
@@ -420,6 +444,12 @@ fn malformed_requests_are_counted_and_connections_bounded() {
     let mut server = shoal_share::FileServer::start("127.0.0.1:0".parse().unwrap(), options).unwrap();
     let addr = server.local_addr();
 
+    // A hello and then nothing: closed when the first request is not there in time.
+    let quiet = std::thread::spawn(move || {
+        let mut s = hello(addr);
+        let start = Instant::now();
+        (closed(&mut s), start.elapsed())
+    });
     // An unknown request kind: closed and counted.
     let mut s = hello(addr);
     s.write_all(&[9u8; 60]).unwrap();
@@ -444,6 +474,10 @@ fn malformed_requests_are_counted_and_connections_bounded() {
     third.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     assert!(closed(&mut third));
     assert_eq!(server.stats().over_limit, 1);
+    let (was_closed, took) = quiet.join().unwrap();
+    assert!(was_closed);
+    assert!(took >= HANDSHAKE_TIMEOUT - Duration::from_millis(100), "{took:?}");
+    assert!(took < HANDSHAKE_TIMEOUT + Duration::from_secs(2), "{took:?}");
     // A shutdown closes the held ones too.
     server.shutdown();
     for s in &mut held {

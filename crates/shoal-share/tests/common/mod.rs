@@ -59,3 +59,14 @@ pub fn tls(key: &ClusterKey, n: u8) -> ShareTls {
 pub fn same_bytes(a: &Path, b: &Path) -> bool {
     std::fs::read(a).unwrap() == std::fs::read(b).unwrap()
 }
+
+/// A request as it goes on the wire (see the crate's `wire` module), for tests that speak the protocol by hand.
+pub fn raw_request(sha: &str, offset: u64, length: u64, token: &str) -> Vec<u8> {
+    let mut request = vec![1u8];
+    request.extend_from_slice(&shoal_share::parse_sha256(sha).unwrap());
+    request.extend_from_slice(&offset.to_le_bytes());
+    request.extend_from_slice(&length.to_le_bytes());
+    request.extend_from_slice(&u16::try_from(token.len()).unwrap().to_le_bytes());
+    request.extend_from_slice(token.as_bytes());
+    request
+}
