@@ -81,7 +81,7 @@ impl Shell {
         }
         let store = self.models.clone();
         let inputs = self.inputs.clone();
-        let tls = self.sharing.as_ref().and_then(Sharing::tls);
+        let tls = self.sharing.as_deref().and_then(Sharing::tls);
         std::thread::spawn(move || {
             // Hashing and copying gigabytes must not take the CPU from runners and the node's loops.
             crate::sharing::lower_priority();

@@ -99,6 +99,9 @@ pub struct WorkerConfig {
     pub share_tls: Option<shoal_share::ShareTls>,
 }
 
+/// Reads the model-file server's counters.
+pub type FileServerStats = Arc<dyn Fn() -> shoal_share::ServerStats + Send + Sync>;
+
 /// A watcher of this node's downloads.
 pub type ProgressHook = Arc<dyn Fn(&ModelId, &DownloadProgress) + Send + Sync>;
 
@@ -207,7 +210,7 @@ pub struct Worker {
     thread: Option<JoinHandle<()>>,
     reports: RunnerReports,
     counters: Arc<WorkerCounters>,
-    file_server_port: Option<u16>,
+    file_server: Option<Arc<sharing::Sharing>>,
 }
 
 impl Worker {
@@ -225,13 +228,13 @@ impl Worker {
         // The model-file server binds where the runners do; a node that cannot bind one fetches only from sources.
         let bind = std::net::SocketAddr::new(config.data_plane.bind(), 0);
         let sharing = match sharing::Sharing::start(bind, config.share_tls.clone()) {
-            Ok(sharing) => Some(sharing),
+            Ok(sharing) => Some(Arc::new(sharing)),
             Err(error) => {
                 tracing::warn!(%error, %bind, "cannot start the model-file server: this node will not share model files");
                 None
             }
         };
-        let file_server_port = sharing.as_ref().map(sharing::Sharing::port);
+        let file_server = sharing.clone();
         let mut shell = Shell {
             sharing,
             bad_peers: BTreeMap::new(),
@@ -264,13 +267,22 @@ impl Worker {
             thread: Some(thread),
             reports,
             counters,
-            file_server_port,
+            file_server,
         })
     }
 
     /// The port of this node's model-file server (on every address its runners advertise), if it runs.
     pub fn file_server_port(&self) -> Option<u16> {
-        self.file_server_port
+        self.file_server.as_ref().map(|s| s.port())
+    }
+
+    /// Reads what this node's model-file server did so far (for `/metrics`), if it runs; the reader does not keep
+    /// the worker alive.
+    pub fn file_server_stats(&self) -> Option<FileServerStats> {
+        let sharing = Arc::downgrade(self.file_server.as_ref()?);
+        Some(Arc::new(move || {
+            sharing.upgrade().map(|s| s.stats()).unwrap_or_default()
+        }))
     }
 
     /// What this node's runners report (weights loaded, pids), shared and kept current.
@@ -295,7 +307,7 @@ impl Drop for Worker {
 pub(crate) struct Shell {
     node: NodeId,
     /// The model-file server and its offer (issue 18); `None` when it could not start.
-    sharing: Option<sharing::Sharing>,
+    sharing: Option<Arc<sharing::Sharing>>,
     /// Peers that failed a transfer, left out of fetch plans until the time given.
     bad_peers: BTreeMap<NodeId, u64>,
     /// When the held files were last checked for presence.

@@ -97,6 +97,10 @@ impl Sharing {
         self.server.local_addr().port()
     }
 
+    pub(crate) fn stats(&self) -> shoal_share::ServerStats {
+        self.server.stats()
+    }
+
     /// Replaces the offer when it changed.
     pub(crate) fn offer(&self, offer: Offer) {
         let mut current = self.offer.write().unwrap_or_else(|e| e.into_inner());

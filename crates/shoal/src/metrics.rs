@@ -8,20 +8,27 @@ use std::sync::atomic::Ordering::Relaxed;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
 use shoal_api::metrics::{Labels, write_counter, write_gauge};
-use shoal_worker::{RunnerReport, RunnerReports, Worker, WorkerCounters};
+use shoal_worker::{FileServerStats, RunnerReport, RunnerReports, Worker, WorkerCounters};
 
 /// The collectors of a node with a worker.
 pub fn collectors(worker: &Worker) -> Vec<Box<dyn Collector>> {
     vec![Box::new(WorkerCollector {
         runners: worker.reports(),
         counters: worker.counters(),
+        file_server: worker.file_server_stats(),
     })]
 }
 
-#[derive(Debug)]
 struct WorkerCollector {
     runners: RunnerReports,
     counters: Arc<WorkerCounters>,
+    file_server: Option<FileServerStats>,
+}
+
+impl fmt::Debug for WorkerCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WorkerCollector").finish_non_exhaustive()
+    }
 }
 
 fn runner_labels(r: &RunnerReport) -> Labels {
@@ -103,6 +110,35 @@ impl Collector for WorkerCollector {
             "shoal_worker_spawns_deferred",
             "Runner spawns put off to a later plan on the spawner's full queue",
             &[(Vec::new(), self.counters.spawns_deferred.load(Relaxed))],
+        )?;
+        let Some(files) = self.file_server.as_ref().map(|read| read()) else {
+            return Ok(());
+        };
+        write_counter(
+            &mut encoder,
+            "shoal_file_server_bytes_served",
+            "Model-file bytes this node served to peers",
+            &[(Vec::new(), files.bytes_served)],
+        )?;
+        let outcomes = [
+            ("connection", files.connections),
+            ("over_limit", files.over_limit),
+            ("handshake_failed", files.handshake_failures),
+            ("request", files.requests),
+            ("refused", files.refusals),
+            ("not_held", files.not_held),
+            ("bad_range", files.bad_ranges),
+            ("malformed", files.malformed),
+        ];
+        let rows: Vec<_> = outcomes
+            .iter()
+            .map(|(what, n)| (vec![("event", (*what).to_owned())], *n))
+            .collect();
+        write_counter(
+            &mut encoder,
+            "shoal_file_server_events",
+            "What this node's model-file server saw: connections, requests and each refusal, by kind",
+            &rows,
         )
     }
 }

@@ -19,6 +19,18 @@ fn sha256_hex(path: &Path) -> String {
     hex::encode(Sha256::digest(std::fs::read(path).unwrap()))
 }
 
+fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files_under(&path, out);
+        } else {
+            out.push(path);
+        }
+    }
+}
+
 /// Every file under `dir` named `name`.
 fn find_named(dir: &Path, name: &str, out: &mut Vec<PathBuf>) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };
@@ -128,10 +140,36 @@ fn a_model_only_one_node_holds_reaches_the_others_from_it() {
         assert_eq!(sha256_hex(&copies[0]), want);
         assert!(node.logged("model file fetched from peers"), "{}", node.log_text());
         // Nothing partial is left behind.
-        let mut partial = Vec::new();
-        find_named(&node.dir, &format!("{name}.part"), &mut partial);
+        let mut all = Vec::new();
+        files_under(&node.dir, &mut all);
+        let partial: Vec<_> = all
+            .iter()
+            .filter(|p| {
+                [".part", ".chunks", ".peer"]
+                    .iter()
+                    .any(|end| p.to_string_lossy().ends_with(end))
+            })
+            .collect();
         assert!(partial.is_empty(), "{partial:?}");
     }
+    // The two copies were served by node 0 (and by node 1 once it held one, to a fetch that pulls from every
+    // holder), as each node's /metrics says.
+    let served: Vec<u64> = nodes
+        .iter()
+        .map(|node| {
+            let (_, metrics) = node.get("/metrics").unwrap();
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix("shoal_file_server_bytes_served_total "))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or_else(|| panic!("{metrics}"))
+        })
+        .collect();
+    let size = std::fs::metadata(&source).unwrap().len();
+    assert!(
+        served[0] > 0 && served.iter().sum::<u64>() >= 2 * size,
+        "served {served:?} of {size} bytes"
+    );
 
     // The pipeline answers.
     let body = json!({
