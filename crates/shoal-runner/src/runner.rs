@@ -204,7 +204,8 @@ fn load(spec: &LoadSpec) -> Result<(Stage, Option<Tokenizer>), EngineError> {
         &spec.model_path,
         LayerRange::new(spec.layer_start, spec.layer_end),
         pool,
-    )?;
+    )?
+    .with_kv_type(spec.kv_cache);
     let tokenizer = if stage.is_last() {
         Some(Tokenizer::from_gguf_path(&spec.model_path)?)
     } else {

@@ -76,28 +76,51 @@ fn hsum8(v: __m256) -> f32 {
     _mm_cvtss_f32(_mm_add_ss(x, _mm_movehdup_ps(x)))
 }
 
-/// q · row over the chunks of 8 in `R` rows at once, plus the scalar tail.
+/// q · each of four rows (of q's length), four independent sums over the chunks of 8, plus the scalar tail.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn dots8<const R: usize>(q: &[f32], rows: [&[u16]; R]) -> [f32; R] {
-    let (qc, qt) = q.as_chunks::<8>();
-    let mut acc = [_mm256_setzero_ps(); R];
-    let mut rc = [&[][..]; R];
-    for r in 0..R {
-        rc[r] = rows[r].as_chunks::<8>().0;
-    }
-    for (j, qv) in qc.iter().enumerate() {
+fn dot8x4(q: &[f32], rows: [&[u16]; 4]) -> [f32; 4] {
+    let qc = q.as_chunks::<8>().0;
+    let [c0, c1, c2, c3] = rows.map(|r| r.as_chunks::<8>().0);
+    let [mut a0, mut a1, mut a2, mut a3] = [_mm256_setzero_ps(); 4];
+    for ((((qv, k0), k1), k2), k3) in qc.iter().zip(c0).zip(c1).zip(c2).zip(c3) {
         let qv = load8(qv);
-        for r in 0..R {
-            acc[r] = _mm256_fmadd_ps(load8h(&rc[r][j]), qv, acc[r]);
+        a0 = _mm256_fmadd_ps(load8h(k0), qv, a0);
+        a1 = _mm256_fmadd_ps(load8h(k1), qv, a1);
+        a2 = _mm256_fmadd_ps(load8h(k2), qv, a2);
+        a3 = _mm256_fmadd_ps(load8h(k3), qv, a3);
+    }
+    let mut out = [hsum8(a0), hsum8(a1), hsum8(a2), hsum8(a3)];
+    add_tails(q, qc.len() * 8, &rows, &mut out);
+    out
+}
+
+/// q · one row (of q's length).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot8(q: &[f32], row: &[u16]) -> f32 {
+    let qc = q.as_chunks::<8>().0;
+    let mut acc = _mm256_setzero_ps();
+    for (qv, k) in qc.iter().zip(row.as_chunks::<8>().0) {
+        acc = _mm256_fmadd_ps(load8h(k), load8(qv), acc);
+    }
+    let mut out = [hsum8(acc)];
+    add_tails(q, qc.len() * 8, &[row], &mut out);
+    out[0]
+}
+
+/// Adds q · row over the columns from `done` on, in scalar code.
+#[inline]
+fn add_tails(q: &[f32], done: usize, rows: &[&[u16]], out: &mut [f32]) {
+    if done < q.len() {
+        for (o, row) in out.iter_mut().zip(rows) {
+            *o += q[done..]
+                .iter()
+                .zip(&row[done..])
+                .map(|(&a, &b)| a * to_f32(b))
+                .sum::<f32>();
         }
     }
-    let mut out = [0.0; R];
-    for r in 0..R {
-        let tail = &rows[r][qc.len() * 8..];
-        out[r] = hsum8(acc[r]) + qt.iter().zip(tail).map(|(&a, &b)| a * to_f32(b)).sum::<f32>();
-    }
-    out
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -110,7 +133,7 @@ fn scores2(q: &[f32], k: &[u16], stride: usize, scale: f32, out: &mut [f32]) {
         for (r, row) in rows.iter_mut().enumerate() {
             *row = &k[(t + r) * stride..(t + r) * stride + d];
         }
-        let s = dots8(q, rows);
+        let s = dot8x4(q, rows);
         for r in 0..KEYS {
             o[r] = s[r] * scale;
         }
@@ -118,7 +141,7 @@ fn scores2(q: &[f32], k: &[u16], stride: usize, scale: f32, out: &mut [f32]) {
     let first = groups.len() * KEYS;
     for (i, o) in rest.iter_mut().enumerate() {
         let t = first + i;
-        *o = dots8(q, [&k[t * stride..t * stride + d]])[0] * scale;
+        *o = dot8(q, &k[t * stride..t * stride + d]) * scale;
     }
 }
 
@@ -151,9 +174,16 @@ fn accumulate2(w: &[f32], v: &[u16], stride: usize, out: &mut [f32]) {
         accumulate_block8::<OUT_CHUNKS>(w, &v[c * 8..], stride, &mut chunks[c..c + OUT_CHUNKS]);
         c += OUT_CHUNKS;
     }
-    while c < full {
+    if c + 4 <= full {
+        accumulate_block8::<4>(w, &v[c * 8..], stride, &mut chunks[c..c + 4]);
+        c += 4;
+    }
+    if c + 2 <= full {
+        accumulate_block8::<2>(w, &v[c * 8..], stride, &mut chunks[c..c + 2]);
+        c += 2;
+    }
+    if c < full {
         accumulate_block8::<1>(w, &v[c * 8..], stride, &mut chunks[c..c + 1]);
-        c += 1;
     }
     accumulate_tail(w, v, stride, full * 8, tail);
 }
@@ -209,33 +239,47 @@ fn load16h(x: &[u16; 16]) -> __m512 {
     _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(x.as_ptr().cast()) })
 }
 
-/// q · row over the chunks of 16 in `R` rows at once; what is left (under 16 values) goes through the AVX2 code.
+/// [`dot8x4`] 16 lanes wide; what is left (under 16 columns) goes through the AVX2 code.
 #[inline]
 #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-fn dots16<const R: usize>(q: &[f32], rows: [&[u16]; R]) -> [f32; R] {
-    let (qc, _) = q.as_chunks::<16>();
-    let mut acc = [_mm512_setzero_ps(); R];
-    let mut rc = [&[][..]; R];
-    for r in 0..R {
-        rc[r] = rows[r].as_chunks::<16>().0;
-    }
-    for (j, qv) in qc.iter().enumerate() {
+fn dot16x4(q: &[f32], rows: [&[u16]; 4]) -> [f32; 4] {
+    let qc = q.as_chunks::<16>().0;
+    let [c0, c1, c2, c3] = rows.map(|r| r.as_chunks::<16>().0);
+    let [mut a0, mut a1, mut a2, mut a3] = [_mm512_setzero_ps(); 4];
+    for ((((qv, k0), k1), k2), k3) in qc.iter().zip(c0).zip(c1).zip(c2).zip(c3) {
         let qv = load16(qv);
-        for r in 0..R {
-            acc[r] = _mm512_fmadd_ps(load16h(&rc[r][j]), qv, acc[r]);
+        a0 = _mm512_fmadd_ps(load16h(k0), qv, a0);
+        a1 = _mm512_fmadd_ps(load16h(k1), qv, a1);
+        a2 = _mm512_fmadd_ps(load16h(k2), qv, a2);
+        a3 = _mm512_fmadd_ps(load16h(k3), qv, a3);
+    }
+    let mut out = [a0, a1, a2, a3].map(|a| _mm512_reduce_add_ps(a));
+    let done = qc.len() * 16;
+    if done < q.len() {
+        let rest = dot8x4(&q[done..], rows.map(|r| &r[done..]));
+        for (o, r) in out.iter_mut().zip(rest) {
+            *o += r;
         }
     }
-    let done = qc.len() * 16;
-    let mut tails = [&[][..]; R];
-    for r in 0..R {
-        tails[r] = &rows[r][done..];
-    }
-    let rest = dots8(&q[done..], tails);
-    let mut out = [0.0; R];
-    for r in 0..R {
-        out[r] = _mm512_reduce_add_ps(acc[r]) + rest[r];
-    }
     out
+}
+
+/// [`dot8`] 16 lanes wide.
+#[inline]
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+fn dot16(q: &[f32], row: &[u16]) -> f32 {
+    let qc = q.as_chunks::<16>().0;
+    let mut acc = _mm512_setzero_ps();
+    for (qv, k) in qc.iter().zip(row.as_chunks::<16>().0) {
+        acc = _mm512_fmadd_ps(load16h(k), load16(qv), acc);
+    }
+    let done = qc.len() * 16;
+    let rest = if done < q.len() {
+        dot8(&q[done..], &row[done..])
+    } else {
+        0.0
+    };
+    _mm512_reduce_add_ps(acc) + rest
 }
 
 #[target_feature(enable = "avx512f,avx2,fma,f16c")]
@@ -248,7 +292,7 @@ fn scores512(q: &[f32], k: &[u16], stride: usize, scale: f32, out: &mut [f32]) {
         for (r, row) in rows.iter_mut().enumerate() {
             *row = &k[(t + r) * stride..(t + r) * stride + d];
         }
-        let s = dots16(q, rows);
+        let s = dot16x4(q, rows);
         for r in 0..KEYS {
             o[r] = s[r] * scale;
         }
@@ -256,7 +300,7 @@ fn scores512(q: &[f32], k: &[u16], stride: usize, scale: f32, out: &mut [f32]) {
     let first = groups.len() * KEYS;
     for (i, o) in rest.iter_mut().enumerate() {
         let t = first + i;
-        *o = dots16(q, [&k[t * stride..t * stride + d]])[0] * scale;
+        *o = dot16(q, &k[t * stride..t * stride + d]) * scale;
     }
 }
 
@@ -288,9 +332,17 @@ fn accumulate512(w: &[f32], v: &[u16], stride: usize, out: &mut [f32]) {
         accumulate_block16::<OUT_CHUNKS>(w, &v[c * 16..], stride, &mut chunks[c..c + OUT_CHUNKS]);
         c += OUT_CHUNKS;
     }
-    while c < full {
+    // Head widths of 64 (4 chunks) and 32 (2) in one pass each, so every accumulator chain stays short.
+    if c + 4 <= full {
+        accumulate_block16::<4>(w, &v[c * 16..], stride, &mut chunks[c..c + 4]);
+        c += 4;
+    }
+    if c + 2 <= full {
+        accumulate_block16::<2>(w, &v[c * 16..], stride, &mut chunks[c..c + 2]);
+        c += 2;
+    }
+    if c < full {
         accumulate_block16::<1>(w, &v[c * 16..], stride, &mut chunks[c..c + 1]);
-        c += 1;
     }
     // Under 16 columns left: the AVX2 loop (chunks of 8, then scalar).
     let done = full * 16;
