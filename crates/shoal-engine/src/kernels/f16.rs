@@ -59,9 +59,22 @@ pub fn extend_f16(out: &mut Vec<u16>, x: &[f32]) {
     }
 }
 
-/// The value of f16 bits.
+/// 2^112: rebiases an f16 exponent (bias 15) placed in an f32's exponent field to the f32 bias (127).
+const F16_REBIAS: f32 = f32::from_bits((254 - 15) << 23);
+/// The f16 exponent and mantissa bits of an infinity (and, with a nonzero mantissa, of a NaN).
+const F16_EXP_MASK: u32 = 0x7c00;
+
+/// The value of f16 bits, exactly. Branch-free so the scalar loops vectorize without F16C (the path of aarch64 and
+/// of `SHOAL_KERNELS=scalar`): the exponent and mantissa shifted into an f32's place read as a number 2^112 too
+/// small, subnormals included (they land on f32 subnormals), so one multiplication rebiases them; infinities and
+/// NaNs keep an all-ones exponent instead.
+#[inline]
 pub fn to_f32(bits: u16) -> f32 {
-    f16::from_bits(bits).to_f32()
+    let sign = u32::from(bits & 0x8000) << 16;
+    let rest = u32::from(bits & 0x7fff);
+    let finite = (f32::from_bits(rest << 13) * F16_REBIAS).to_bits();
+    let special = (rest << 13) | 0x7f80_0000;
+    f32::from_bits(sign | if rest >= F16_EXP_MASK { special } else { finite })
 }
 
 /// Scalar [`scores`]: eight running sums per row, like the SIMD kernels' lanes, so the results stay close.
@@ -231,6 +244,18 @@ mod tests {
                 }
             }
         });
+    }
+
+    #[test]
+    fn every_f16_reads_as_half_reads_it() {
+        for bits in 0..=u16::MAX {
+            let (got, want) = (to_f32(bits), f16::from_bits(bits).to_f32());
+            if want.is_nan() {
+                assert!(got.is_nan(), "{bits:#06x}");
+            } else {
+                assert_eq!(got.to_bits(), want.to_bits(), "{bits:#06x}");
+            }
+        }
     }
 
     #[test]
