@@ -2,6 +2,7 @@
 //! quantized kernels, plus the tokenizer, chat template, sampler and batching loops around it.
 
 pub mod arch;
+pub mod attention;
 pub mod bytes;
 pub mod error;
 pub mod gguf;
@@ -10,6 +11,7 @@ pub mod ops;
 pub mod pipeline;
 pub mod stage;
 
+pub use attention::KvType;
 pub use error::{EngineError, Result};
 pub use kernels::Pool;
 pub use pipeline::{PREFILL_CHUNK, Pipeline};

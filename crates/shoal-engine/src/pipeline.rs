@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::attention::KvType;
 use crate::error::{EngineError, Result};
 use crate::gguf::GgufFile;
 use crate::kernels::Pool;
@@ -59,6 +60,24 @@ impl Pipeline {
             });
         }
         Ok(Self { stages })
+    }
+
+    /// Stores the KV caches of sequences started from now on, on every stage, as `kv_type`.
+    pub fn set_kv_type(&mut self, kv_type: KvType) {
+        for s in &mut self.stages {
+            s.set_kv_type(kv_type);
+        }
+    }
+
+    /// [`set_kv_type`](Self::set_kv_type), by value.
+    pub fn with_kv_type(mut self, kv_type: KvType) -> Self {
+        self.set_kv_type(kv_type);
+        self
+    }
+
+    /// Bytes held by the KV caches of every sequence on every stage.
+    pub fn kv_bytes(&self) -> usize {
+        self.stages.iter().map(Stage::kv_bytes).sum()
     }
 
     pub fn stages(&self) -> &[Stage] {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::arch::{self, Architecture, BatchRows, HParams, Layer};
+use crate::attention::KvType;
 use crate::error::{EngineError, Result};
 use crate::gguf::GgufFile;
 use crate::kernels::{Pool, QMatrix};
@@ -86,6 +87,8 @@ pub struct Stage {
     /// Counts every layer this stage runs, for a watcher on another thread (the runner's heartbeat): progress
     /// inside one long forward pass, so a 512-token prefill on slow hardware is not taken for a hang.
     layer_progress: Option<Arc<AtomicU64>>,
+    /// Element type of the KV caches of sequences started from now on.
+    kv_type: KvType,
 }
 
 impl Stage {
@@ -158,6 +161,7 @@ impl Stage {
             seqs: HashMap::new(),
             weight_bytes: gguf.tensor_bytes_read() - read_before,
             layer_progress: None,
+            kv_type: KvType::default(),
         })
     }
 
@@ -165,6 +169,21 @@ impl Stage {
     /// first stage and the norm and head on the last).
     pub fn weight_bytes(&self) -> u64 {
         self.weight_bytes
+    }
+
+    /// Stores the keys and values of sequences started from now on as `kv_type` (running sequences keep theirs).
+    pub fn set_kv_type(&mut self, kv_type: KvType) {
+        self.kv_type = kv_type;
+    }
+
+    /// [`set_kv_type`](Self::set_kv_type), by value.
+    pub fn with_kv_type(mut self, kv_type: KvType) -> Self {
+        self.set_kv_type(kv_type);
+        self
+    }
+
+    pub fn kv_type(&self) -> KvType {
+        self.kv_type
     }
 
     /// Counts every layer run from now on into `counter` (see the field's comment).
@@ -295,13 +314,13 @@ impl Stage {
             }
         };
 
-        let n_layers = self.layers.len();
+        let (n_layers, kv_type) = (self.layers.len(), self.kv_type);
         let mut caches: Vec<SeqCache> = batch
             .iter()
             .map(|c| {
                 self.seqs.remove(&c.slot).unwrap_or_else(|| SeqCache {
                     pos: 0,
-                    layers: (0..n_layers).map(|_| LayerKv::default()).collect(),
+                    layers: (0..n_layers).map(|_| LayerKv::new(kv_type)).collect(),
                 })
             })
             .collect();

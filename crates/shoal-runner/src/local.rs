@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::time::{Duration, Instant};
 
-use shoal_engine::{FinishReason, GenerateParams};
+use shoal_engine::{FinishReason, GenerateParams, KvType};
 
 use crate::frame::{FrameError, read_frame, write_frame};
 use crate::proto::{DataPlaneTls, FromRunner, LoadSpec, Outcome, PROTOCOL, RunnerStatus, TaskHandle, ToRunner, Token};
@@ -260,6 +260,19 @@ impl LocalPipeline {
         max_seqs: usize,
         tls: Option<DataPlaneTls>,
     ) -> Result<Self, LocalError> {
+        Self::start_with_kv(exe, model, bounds, threads, max_seqs, tls, KvType::default())
+    }
+
+    /// [`LocalPipeline::start_with_tls`] with every rank's KV cache of type `kv_cache`.
+    pub fn start_with_kv(
+        exe: &Path,
+        model: &Path,
+        bounds: &[usize],
+        threads: usize,
+        max_seqs: usize,
+        tls: Option<DataPlaneTls>,
+        kv_cache: KvType,
+    ) -> Result<Self, LocalError> {
         let (tx, events) = mpsc::sync_channel(RUNNER_EVENTS);
         let world_size = u32::try_from(bounds.len().saturating_sub(1)).unwrap_or(u32::MAX);
         let mut runners = Vec::new();
@@ -281,6 +294,7 @@ impl LocalPipeline {
                 world_size,
                 max_seqs,
                 threads,
+                kv_cache,
                 bind: std::net::Ipv4Addr::LOCALHOST.into(),
                 token,
                 tls: tls.clone(),

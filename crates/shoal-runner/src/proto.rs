@@ -16,14 +16,15 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use shoal_engine::output::ParsedCall;
-use shoal_engine::{FinishReason, GenerateParams, SeqSlot};
+use shoal_engine::{FinishReason, GenerateParams, KvType, SeqSlot};
 
 /// Protocol revision exchanged in `Hello`; a worker refuses a runner of another revision. 4: `GenerateParams`
 /// carries a grammar constraint and how to read the output (reasoning, tool calls); `ToolCalls`, `Chunk.thinking`;
 /// 5: a logprobs request, answered in `Chunk::logprobs`; 6: `Load` carries the instance's token and the data plane's
 /// TLS material, the data-plane handshake the token.
 /// 7: `OutputSpec::call_grammar` (`tool_choice: auto`). 8: `LoadSpec::sha256`, `FromRunner::FileCorrupt`.
-pub const PROTOCOL: u32 = 8;
+/// 9: `LoadSpec::kv_cache`.
+pub const PROTOCOL: u32 = 9;
 
 /// A task handle chosen by the worker, unique among the runner's live tasks.
 pub type TaskHandle = u64;
@@ -44,6 +45,9 @@ pub struct LoadSpec {
     pub max_seqs: usize,
     /// Kernel threads.
     pub threads: usize,
+    /// Element type of the stage's KV cache (`shoal run --kv-cache`).
+    #[serde(default)]
+    pub kv_cache: KvType,
     /// The address the data-plane listener binds (port chosen by the OS): the node's own interfaces, or loopback
     /// for a node that listens on loopback only.
     pub bind: std::net::IpAddr,

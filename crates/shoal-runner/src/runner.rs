@@ -204,7 +204,9 @@ fn load(spec: &LoadSpec) -> Result<(Stage, Option<Tokenizer>), EngineError> {
         &spec.model_path,
         LayerRange::new(spec.layer_start, spec.layer_end),
         pool,
-    )?;
+    )?
+    .with_kv_type(spec.kv_cache);
+    tracing::info!(kv_cache = %spec.kv_cache, start = spec.layer_start, end = spec.layer_end, "stage loaded");
     let tokenizer = if stage.is_last() {
         Some(Tokenizer::from_gguf_path(&spec.model_path)?)
     } else {

@@ -88,6 +88,7 @@ static SAMPLES: LazyLock<Vec<Vec<u8>>> = LazyLock::new(|| {
             world_size: 2,
             max_seqs: 8,
             threads: 2,
+            kv_cache: shoal_engine::KvType::F16,
             bind: [127, 0, 0, 1].into(),
             token: Token([1; 16]),
             tls: Some(DataPlaneTls {

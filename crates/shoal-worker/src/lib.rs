@@ -85,6 +85,8 @@ pub struct WorkerConfig {
     pub max_seqs: u32,
     /// Compute threads per runner.
     pub threads: usize,
+    /// Element type of every runner's KV cache (`shoal run --kv-cache`).
+    pub kv_cache: shoal_engine::KvType,
     /// Where runners listen for their ring neighbours, and so which addresses go into `data_addrs`.
     pub data_plane: DataPlane,
     /// A runner silent this long, or stuck this long inside one step, is killed as hung (§13);

@@ -186,6 +186,7 @@ impl Shell {
                 world_size: shard.world_size,
                 max_seqs: self.config.max_seqs as usize,
                 threads: self.config.threads,
+                kv_cache: self.config.kv_cache,
                 bind: self.config.data_plane.bind(),
                 token: proto::Token(instance.token.0),
                 tls: self.config.data_plane_tls.clone(),

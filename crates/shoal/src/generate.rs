@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use shoal_engine::{ChatMessage, ChatTemplate, GenerateParams, Pipeline, Pool, SamplingParams, Tokenizer, generate};
+use shoal_engine::{
+    ChatMessage, ChatTemplate, GenerateParams, KvType, Pipeline, Pool, SamplingParams, Tokenizer, generate,
+};
 use shoal_models::ModelStore;
 use shoal_runner::LocalPipeline;
 use shoal_types::card::{ModelCard, builtin_cards, find_card};
@@ -57,6 +59,10 @@ pub struct GenerateArgs {
     /// Kernel threads per stage [default: the number of CPUs].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub threads: Option<u32>,
+    /// Element type of the KV cache: f32 (greedy output identical to llama.cpp's `-ctk f32 -ctv f32`) or f16 (half
+    /// the memory; llama.cpp's default).
+    #[arg(long, default_value_t = KvType::F32, value_name = "f32|f16")]
+    pub kv_cache: KvType,
     /// Print prefill and decode tokens/s and peak memory to stderr.
     #[arg(long)]
     pub stats: bool,
@@ -105,7 +111,8 @@ pub fn run(args: &GenerateArgs, data_dir: Option<&Path>) -> anyhow::Result<()> {
         None => {
             let pool = Arc::new(Pool::new(threads));
             let mut pipeline = Pipeline::load(&model, &bounds[1..bounds.len() - 1], pool)
-                .with_context(|| format!("--model {}", model.display()))?;
+                .with_context(|| format!("--model {}", model.display()))?
+                .with_kv_type(args.kv_cache);
             let load_time = started.elapsed();
             let out = generate(&mut pipeline, &tokenizer, 0, &prompt, &params, &mut print)?;
             Stats {
@@ -120,7 +127,7 @@ pub fn run(args: &GenerateArgs, data_dir: Option<&Path>) -> anyhow::Result<()> {
         }
         Some(_) => {
             let exe = std::env::current_exe().context("cannot find the shoal executable to start stages")?;
-            let mut pipeline = LocalPipeline::start(&exe, &model, &bounds, threads, 8)?;
+            let mut pipeline = LocalPipeline::start_with_kv(&exe, &model, &bounds, threads, 8, None, args.kv_cache)?;
             let load_time = started.elapsed();
             let out = pipeline.generate(&prompt, &params, &mut print)?;
             let stage_rss: Option<Vec<u64>> = pipeline
@@ -143,7 +150,7 @@ pub fn run(args: &GenerateArgs, data_dir: Option<&Path>) -> anyhow::Result<()> {
     if args.stats {
         eprintln!(
             "stats: load {:.2} s; prompt {} tokens, prefill {:.1} tok/s; generated {} tokens ({:?}), decode {:.1} tok/s; \
-             peak RSS {}{}; stages {}; {} threads; kernels {}",
+             peak RSS {}{}; stages {}; {} threads; kernels {}; KV cache {}",
             stats.load_time.as_secs_f64(),
             stats.prompt_tokens,
             stats.prefill,
@@ -162,6 +169,7 @@ pub fn run(args: &GenerateArgs, data_dir: Option<&Path>) -> anyhow::Result<()> {
             bounds.len() - 1,
             threads,
             shoal_engine::kernels::isa(),
+            args.kv_cache,
         );
     }
     Ok(())

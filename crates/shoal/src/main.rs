@@ -139,6 +139,10 @@ struct RunArgs {
     /// Compute threads per runner [default: the number of CPUs].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=256))]
     threads: Option<u32>,
+    /// Element type of every runner's KV cache: f32 (greedy output identical to llama.cpp's `-ctk f32 -ctv f32`) or
+    /// f16 (half the memory, what the placement budgets).
+    #[arg(long, default_value_t = shoal_engine::KvType::F32, value_name = "f32|f16")]
+    kv_cache: shoal_engine::KvType,
     /// Seconds a request waits for its task to appear in State before it fails with 504 (§11.3's ttl).
     #[arg(long, default_value_t = 10, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=3600))]
     stream_ttl: u64,
@@ -384,6 +388,7 @@ fn run(args: &RunArgs) -> anyhow::Result<()> {
                 || std::thread::available_parallelism().map_or(1, |n| n.get()),
                 |t| t as usize,
             ),
+            kv_cache: args.kv_cache,
             on_progress: progress::bars(),
             data_plane: data_plane(&args.listen),
             data_plane_tls: data_plane_tls.clone(),

@@ -8,8 +8,12 @@
 //! splits the weight rows across the [`Pool`]'s threads; each unpacked weight block is reused for up to four
 //! activation rows.
 //!
+//! [`f16`] holds the kernels of attention over an F16 KV cache (scores against f16 key rows, sums of f16 value
+//! rows), dispatched the same way.
+//!
 //! The block layouts are GGML's (ggml-quants / GGUF), so a GGUF tensor's bytes are a [`QMatrix`] as they are.
 
+pub mod f16;
 mod pool;
 pub mod quantize;
 mod scalar;
@@ -21,6 +25,10 @@ mod avx2;
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)] // SIMD intrinsics; every unsafe block carries its own SAFETY argument.
 mod avx512;
+
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)] // SIMD intrinsics; every unsafe block carries its own SAFETY argument.
+mod f16_x86;
 
 #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
 #[allow(unsafe_code)] // SIMD intrinsics; every unsafe block carries its own SAFETY argument.
