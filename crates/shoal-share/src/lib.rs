@@ -37,3 +37,8 @@ pub use wire::{MAGIC, MAX_REQUEST_LENGTH, MAX_TOKEN_LEN, Status, VERSION, parse_
 pub fn partial_path(dest: &std::path::Path) -> std::path::PathBuf {
     partial::part_path(dest)
 }
+
+/// The workspace's shared fuzzing helpers (`wire`'s fuzz tests).
+#[cfg(test)]
+#[path = "../../shoal-types/tests/fuzz_support/mod.rs"]
+mod fuzz_support;

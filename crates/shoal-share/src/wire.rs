@@ -273,3 +273,100 @@ mod tests {
         assert_eq!(parse_sha256(&"zz".repeat(32)), None);
     }
 }
+
+/// Fuzzing the request, response and hello decoders (issue 15: every network decoder): whatever the bytes, a read
+/// returns a message, a clean end or an error, never panics, and a stream of requests ends within as many reads as
+/// it has bytes. `SHOAL_FUZZ_CASES=1000000` runs the long version (BENCHMARKS.md, "Security").
+#[cfg(test)]
+mod fuzz {
+    #![allow(clippy::unwrap_used)]
+    use proptest::prelude::*;
+
+    use super::*;
+
+    use crate::fuzz_support;
+
+    fn request(sha: u8, offset: u64, length: u64, token: String) -> Vec<u8> {
+        let req = Request {
+            sha256: [sha; 32],
+            offset,
+            length,
+            token,
+        };
+        encode_request(&req).unwrap()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: fuzz_support::cases(), ..ProptestConfig::default() })]
+
+        #[test]
+        fn any_bytes_are_read_or_refused(bytes in proptest::collection::vec(any::<u8>(), 0..800)) {
+            let mut stream = &bytes[..];
+            let mut reads = 0usize;
+            while let Ok(Some(req)) = read_request(&mut stream) {
+                prop_assert!(req.token.len() <= MAX_TOKEN_LEN);
+                reads += 1;
+                prop_assert!(reads <= bytes.len());
+            }
+            let _ = read_response(&mut &bytes[..]);
+            let _ = read_hello(&mut &bytes[..]);
+        }
+
+        #[test]
+        fn edited_and_cut_requests_are_read_or_refused(
+            sha in any::<u8>(),
+            offset in any::<u64>(),
+            length in any::<u64>(),
+            token in "[a-f0-9]{0,64}",
+            edits in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..8),
+            cut in any::<usize>(),
+            repeat in 1usize..4,
+        ) {
+            let one = request(sha, offset, length, token.clone());
+            let mut bytes: Vec<u8> = one.iter().copied().cycle().take(one.len() * repeat).collect();
+            let unedited = edits.is_empty();
+            for (at, value) in edits {
+                let at = at % bytes.len();
+                bytes[at] = value;
+            }
+            bytes.truncate(cut % (bytes.len() + 1));
+            let whole = bytes.len() == one.len() * repeat;
+            let mut stream = &bytes[..];
+            let mut read = Vec::new();
+            loop {
+                match read_request(&mut stream) {
+                    Ok(Some(req)) => {
+                        prop_assert!(req.token.len() <= MAX_TOKEN_LEN);
+                        read.push(req);
+                        prop_assert!(read.len() <= repeat);
+                    }
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            if unedited && whole {
+                // Untouched requests come back as they were sent.
+                prop_assert_eq!(read.len(), repeat);
+                prop_assert!(read.iter().all(|r| r.offset == offset && r.length == length && r.token == token));
+            }
+        }
+
+        #[test]
+        fn edited_responses_are_read_or_refused(
+            code in any::<u8>(),
+            total in any::<u64>(),
+            length in any::<u64>(),
+            cut in 0usize..=RESPONSE_LEN,
+        ) {
+            let mut bytes = encode_response(&Response { status: Status::Ok, total, length }).to_vec();
+            bytes[0] = code;
+            bytes.truncate(cut);
+            match read_response(&mut &bytes[..]) {
+                Ok(resp) => {
+                    prop_assert!(cut == RESPONSE_LEN && code <= 3);
+                    prop_assert_eq!((resp.total, resp.length), (total, length));
+                }
+                Err(_) => prop_assert!(cut < RESPONSE_LEN || code > 3),
+            }
+        }
+    }
+}
