@@ -333,15 +333,10 @@ mod fuzz {
             let whole = bytes.len() == one.len() * repeat;
             let mut stream = &bytes[..];
             let mut read = Vec::new();
-            loop {
-                match read_request(&mut stream) {
-                    Ok(Some(req)) => {
-                        prop_assert!(req.token.len() <= MAX_TOKEN_LEN);
-                        read.push(req);
-                        prop_assert!(read.len() <= repeat);
-                    }
-                    Ok(None) | Err(_) => break,
-                }
+            while let Ok(Some(req)) = read_request(&mut stream) {
+                prop_assert!(req.token.len() <= MAX_TOKEN_LEN);
+                read.push(req);
+                prop_assert!(read.len() <= repeat);
             }
             if unedited && whole {
                 // Untouched requests come back as they were sent.
