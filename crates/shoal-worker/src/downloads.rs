@@ -15,6 +15,8 @@ use crate::{Input, Shell};
 
 /// How often the worker checks that the files it holds are still there.
 const GONE_CHECK_EVERY_MS: u64 = 5_000;
+/// How often the worker looks on its disk for the files of every model of the catalog it does not hold yet.
+const DISK_SCAN_EVERY_MS: u64 = 30_000;
 
 /// How a download ended.
 #[derive(Debug)]
@@ -25,6 +27,8 @@ pub(crate) enum Fetched {
     Waiting(NodeId),
     /// Failed; `dropped` are peers the transfer found at fault.
     Failed { error: String, dropped: Vec<NodeId> },
+    /// A look on this node's disk ([`Shell::scan_disk`]) found no copy; nothing was fetched.
+    NotOnDisk,
 }
 
 impl From<Result<PathBuf, String>> for Fetched {
@@ -134,6 +138,45 @@ impl Shell {
         });
     }
 
+    /// Reconciles "which models' files does this node hold" with its disk for every model of the catalog (built-in
+    /// and added cards), placed here or not: a copy found (`--models-dir`, `<data-dir>/models`), verified, is reported
+    /// `Completed`, so peers fetch it from this node instead of the internet (issue 18). Only looks: never fetches.
+    /// Hashing runs at the bulk transfers' lower priority; digests are cached, so a later look is a `stat`.
+    pub(crate) fn scan_disk(&mut self, state: &State, now: u64) {
+        if now < self.last_disk_scan_ms.saturating_add(DISK_SCAN_EVERY_MS) {
+            return;
+        }
+        self.last_disk_scan_ms = now;
+        let cards = shoal_types::card::builtin_cards()
+            .into_iter()
+            .chain(state.model_cards.values().map(|c| c.as_ref().clone()));
+        for card in cards {
+            let entry = self.local.models.entry(card.id.clone()).or_default();
+            if entry.verified || entry.downloading {
+                continue;
+            }
+            entry.downloading = true;
+            let store = self.models.clone();
+            let inputs = self.inputs.clone();
+            std::thread::spawn(move || {
+                crate::sharing::lower_priority();
+                let outcome = match store.locate(&card) {
+                    Some(files) => match files.gguf() {
+                        Some(path) => {
+                            let total = files.total_size();
+                            let progress = DownloadProgress::Completed { total };
+                            let _ = inputs.send(Input::Progress(card.id.clone(), progress));
+                            Fetched::Installed(path.to_path_buf())
+                        }
+                        None => Fetched::NotOnDisk,
+                    },
+                    None => Fetched::NotOnDisk,
+                };
+                let _ = inputs.send(Input::Fetched(card.id, outcome));
+            });
+        }
+    }
+
     /// The hex token this node proves to a peer's file server for `model`: that of an instance of the model with a
     /// shard on this node (else any instance of it).
     fn token_for(state: &State, node: NodeId, model: &ModelId) -> Option<String> {
@@ -226,6 +269,7 @@ impl Shell {
         entry.downloading = false;
         let result = match outcome {
             Fetched::Installed(path) => Ok(path),
+            Fetched::NotOnDisk => return,
             Fetched::Waiting(downloader) => {
                 tracing::debug!(model = %model, %downloader, "waiting for the node that fetches the model for the cluster");
                 entry.wait_until_ms = Some(now.saturating_add(fetch::WAIT_FOR_DOWNLOADER_MS));

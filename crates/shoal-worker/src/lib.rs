@@ -241,6 +241,7 @@ impl Worker {
             sharing,
             bad_peers: BTreeMap::new(),
             last_gone_check_ms: 0,
+            last_disk_scan_ms: 0,
             counters: counters.clone(),
             node,
             tasks: BTreeMap::new(),
@@ -314,6 +315,8 @@ pub(crate) struct Shell {
     bad_peers: BTreeMap<NodeId, u64>,
     /// When the held files were last checked for presence.
     last_gone_check_ms: u64,
+    /// When the disk was last searched for the catalog's models.
+    last_disk_scan_ms: u64,
     /// Tasks each local runner holds (rank 0: submitted; last rank: started).
     tasks: BTreeMap<RunnerId, RunnerTasks>,
     /// Rank 0: the fetched contents of tasks not yet submitted (memory only; issue 15).
@@ -430,6 +433,7 @@ impl Shell {
         self.kill_hung(state, self.mono_ms());
         self.scan_held_files(state, now);
         self.check_held_files(now);
+        self.scan_disk(state, now);
         if let Some(sharing) = &self.sharing {
             sharing.offer(sharing::Offer::from_state(state, &self.gguf));
         }

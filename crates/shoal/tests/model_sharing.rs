@@ -116,6 +116,15 @@ fn a_model_only_one_node_holds_reaches_the_others_from_it() {
 
     let nodes = only_node_0_holds_it(root.path(), &models, 3, &[]);
     let ids = node_ids(&nodes);
+    // Before any placement, node 0 reports the copy on its disk (its worker looks for every model of the catalog),
+    // and the others hold nothing.
+    wait_for(Duration::from_secs(30), "node 0's copy in State", || {
+        let state = nodes[0].state()?;
+        (download_of(&state, &ids[0]).as_deref() == Some("Completed")).then_some(())
+    });
+    let state = nodes[0].state().unwrap();
+    assert_eq!(download_of(&state, &ids[1]), None);
+    assert_eq!(download_of(&state, &ids[2]), None);
     // Every node serves files on loopback (its `--listen` address).
     let state = nodes[0].state().unwrap();
     for id in &ids {
