@@ -187,16 +187,31 @@ fn the_dashboard_follows_a_live_cluster() {
     screenshots(&browser, "dark");
     assert_no_errors(&browser, &[]);
 
-    // Stop: the reply ends where it was, marked stopped, and the node's stream closes (cancelled).
-    browser.type_into("#chat-input", "Count from one to two hundred, one number per line.");
-    browser.click("#chat-send");
-    let second = "const m = document.querySelectorAll('#chat-log .msg.assistant')[1];";
-    browser.wait_js(
-        Duration::from_secs(30),
-        "the second reply started",
-        &format!("{second} return m && m.querySelector('.content').textContent.length > 0"),
-    );
-    browser.click("#chat-stop");
+    // Stop: the reply ends where it was, marked stopped, and the node's stream closes (cancelled). The model samples,
+    // so a reply may end on its own before the click: then the Stop button is gone, and the test asks again.
+    let mut second = String::new();
+    for attempt in 1..=3 {
+        browser.type_into("#chat-input", "Count from one to two hundred, one number per line.");
+        browser.click("#chat-send");
+        second = format!("const m = document.querySelectorAll('#chat-log .msg.assistant')[{attempt}];");
+        browser.wait_js(
+            Duration::from_secs(30),
+            "the reply started",
+            &format!("{second} return m && m.querySelector('.content').textContent.length > 0"),
+        );
+        match browser.try_click("#chat-stop", Duration::from_secs(2)) {
+            Ok(()) => break,
+            Err(why) => {
+                let ended = browser.js(&format!("{second} return Boolean(m && m.dataset.done)"), &[]);
+                assert!(
+                    attempt < 3 && ended == true,
+                    "could not click #chat-stop ({why}); the reply ended: {ended}"
+                );
+                // Let the finished reply's stream close before the next request.
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+    }
     let meta = browser.wait_js(
         Duration::from_secs(10),
         "the second reply stopped",

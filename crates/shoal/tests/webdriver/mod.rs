@@ -193,25 +193,38 @@ impl Browser {
 
     /// Clicks the element `css` matches (found again if the page re-rendered it between find and click).
     pub fn click(&self, css: &str) {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        if let Err(why) = self.try_click(css, Duration::from_secs(10)) {
+            panic!("could not click {css}: {why}");
+        }
+    }
+
+    /// Clicks the element `css` matches, trying for `within`; the last refusal when it never could.
+    pub fn try_click(&self, css: &str, within: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + within;
         loop {
             let found = self.try_cmd(
                 "POST",
                 &format!("/session/{}/element", self.session),
                 Some(&json!({"using": "css selector", "value": css})),
             );
-            if let Ok(element) = found {
-                let id = element[ELEMENT].as_str().unwrap().to_owned();
-                let clicked = self.try_cmd(
-                    "POST",
-                    &format!("/session/{}/element/{id}/click", self.session),
-                    Some(&json!({})),
-                );
-                if clicked.is_ok() {
-                    return;
+            let why = match found {
+                Ok(element) => {
+                    let id = element[ELEMENT].as_str().unwrap().to_owned();
+                    let clicked = self.try_cmd(
+                        "POST",
+                        &format!("/session/{}/element/{id}/click", self.session),
+                        Some(&json!({})),
+                    );
+                    match clicked {
+                        Ok(_) => return Ok(()),
+                        Err(e) => format!("{e:?}"),
+                    }
                 }
+                Err(e) => format!("{e:?}"),
+            };
+            if Instant::now() >= deadline {
+                return Err(why);
             }
-            assert!(Instant::now() < deadline, "could not click {css}");
             std::thread::sleep(Duration::from_millis(100));
         }
     }
