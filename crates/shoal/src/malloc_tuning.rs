@@ -4,44 +4,38 @@
 //! (up to 32 MiB). After the first freed 1 MB prompt buffer, later ones come from the per-thread arenas, which keep
 //! the freed memory: the node of rank 0 held +66 MB after 1,000 prompts of 1 MB, none of it in use. With the
 //! threshold fixed at glibc's own starting value, every large buffer is a mapping returned on free, and the growth
-//! is the one-time load of the tokenizer (BENCHMARKS.md, "Security").
+//! is the one-time load of the tokenizer (BENCHMARKS.md, "Security"). Setting it also stops glibc from moving the
+//! trim threshold, which stays at its 128 KiB default, so a freed top of a heap goes back too.
 //!
 //! glibc reads these tunables only at start-up, and changing them later (`mallopt`) is an unsafe foreign call, which
 //! this project keeps to measured kernels. So the process replaces itself once, before doing anything, with the same
-//! program, arguments and pid, and `GLIBC_TUNABLES` extended. Runners inherit the setting. A user who sets either
-//! tunable in `GLIBC_TUNABLES` keeps their value, and setting `glibc.malloc.mmap_threshold` turns the re-exec off.
+//! program, arguments and pid, and `GLIBC_TUNABLES` extended. Runners inherit the setting. A user who sets
+//! `glibc.malloc.mmap_threshold` in `GLIBC_TUNABLES` keeps their value (and no re-exec happens).
 
-/// glibc's initial (and, here, fixed) mmap threshold; also the trim threshold, so a freed top of a heap is returned.
+/// glibc's initial (and, here, fixed) mmap threshold.
 pub const LARGE_ALLOCATION_BYTES: usize = 128 * 1024;
 
 const TUNABLES_VAR: &str = "GLIBC_TUNABLES";
 
-/// The tunables that fix the thresholds.
-const TUNABLES: [&str; 2] = ["glibc.malloc.mmap_threshold", "glibc.malloc.trim_threshold"];
+/// The tunable that fixes the threshold.
+const MMAP_THRESHOLD: &str = "glibc.malloc.mmap_threshold";
 
-/// `current` with each of [`TUNABLES`] it lacks appended, or `None` when it already fixes the mmap threshold (this
-/// process was re-executed already, or the user chose a value).
+/// `current` with the mmap threshold put first, or `None` when it already sets one (this process was re-executed
+/// already, or the user chose a value). First, because glibc 2.36 rewrites the variable it hands to child processes
+/// keeping only the first tunable (seen on Debian 12), and the runners must inherit this one.
 pub fn tuned(current: &str) -> Option<String> {
-    let sets = |name: &str| {
-        current
-            .split(':')
-            .any(|entry| entry.split_once('=').is_some_and(|(key, _)| key == name))
-    };
-    if sets(TUNABLES[0]) {
+    let sets = current
+        .split(':')
+        .any(|entry| entry.split_once('=').is_some_and(|(key, _)| key == MMAP_THRESHOLD));
+    if sets {
         return None;
     }
-    let mut out: Vec<String> = current
-        .split(':')
-        .filter(|entry| !entry.is_empty())
-        .map(str::to_owned)
-        .collect();
-    out.extend(
-        TUNABLES
-            .iter()
-            .filter(|name| !sets(name))
-            .map(|name| format!("{name}={LARGE_ALLOCATION_BYTES}")),
-    );
-    Some(out.join(":"))
+    let ours = format!("{MMAP_THRESHOLD}={LARGE_ALLOCATION_BYTES}");
+    Some(if current.is_empty() {
+        ours
+    } else {
+        format!("{ours}:{current}")
+    })
 }
 
 /// Re-executes this program with the tunables set, unless they are set already. Returns only when there is nothing
@@ -74,26 +68,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn empty_tunables_get_both_thresholds() {
-        assert_eq!(
-            tuned("").as_deref(),
-            Some("glibc.malloc.mmap_threshold=131072:glibc.malloc.trim_threshold=131072")
-        );
+    fn empty_tunables_get_the_threshold() {
+        assert_eq!(tuned("").as_deref(), Some("glibc.malloc.mmap_threshold=131072"));
     }
 
     #[test]
-    fn other_tunables_are_kept_in_front() {
+    fn other_tunables_are_kept_after_it() {
         assert_eq!(
             tuned("glibc.malloc.arena_max=2").as_deref(),
-            Some("glibc.malloc.arena_max=2:glibc.malloc.mmap_threshold=131072:glibc.malloc.trim_threshold=131072")
-        );
-    }
-
-    #[test]
-    fn a_users_trim_threshold_is_not_overridden() {
-        assert_eq!(
-            tuned("glibc.malloc.trim_threshold=1").as_deref(),
-            Some("glibc.malloc.trim_threshold=1:glibc.malloc.mmap_threshold=131072")
+            Some("glibc.malloc.mmap_threshold=131072:glibc.malloc.arena_max=2")
         );
     }
 
