@@ -6,6 +6,7 @@
 
 pub mod cluster_key;
 pub mod keys;
+pub mod mutual_tls;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

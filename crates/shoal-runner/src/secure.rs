@@ -8,13 +8,10 @@
 
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::net::TcpStream;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use rustls::server::WebPkiClientVerifier;
-use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig, ServerConnection, StreamOwned};
+use rustls::{ClientConnection, ServerConnection, StreamOwned};
+use shoal_net::mutual_tls::{Deadline, MutualTls, MutualTlsError};
 
 use crate::frame::{FrameError, read_frame, write_frame};
 use crate::proto::{DataFrame, DataPlaneTls, Handshake};
@@ -70,92 +67,26 @@ impl From<FrameError> for HandshakeError {
     }
 }
 
-/// Both sides' TLS configuration for one runner, built once from its [`DataPlaneTls`].
-#[derive(Clone)]
-pub struct TlsConfigs {
-    server: Arc<ServerConfig>,
-    client: Arc<ClientConfig>,
-    name: ServerName<'static>,
-}
+/// Both sides' TLS configuration for one runner, built once from its [`DataPlaneTls`] (the builder is
+/// `shoal_net::mutual_tls`, shared with model-file transfers).
+#[derive(Clone, Debug)]
+pub struct TlsConfigs(MutualTls);
 
-impl std::fmt::Debug for TlsConfigs {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TlsConfigs")
-            .field("name", &self.name)
-            .finish_non_exhaustive()
+impl std::ops::Deref for TlsConfigs {
+    type Target = MutualTls;
+    fn deref(&self) -> &MutualTls {
+        &self.0
     }
 }
 
 impl TlsConfigs {
     pub fn new(tls: &DataPlaneTls) -> Result<TlsConfigs, HandshakeError> {
-        let bad = |what: &str, e: &dyn std::fmt::Display| HandshakeError::Material(format!("{what}: {e}"));
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut roots = RootCertStore::empty();
-        let ca = CertificateDer::from_pem_slice(tls.ca_pem.as_bytes()).map_err(|e| bad("CA certificate", &e))?;
-        roots.add(ca).map_err(|e| bad("CA certificate", &e))?;
-        let roots = Arc::new(roots);
-        let chain = CertificateDer::pem_slice_iter(tls.cert_pem.as_bytes())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| bad("certificate", &e))?;
-        let key = PrivateKeyDer::from_pem_slice(tls.key_pem.as_bytes()).map_err(|e| bad("private key", &e))?;
-        let name = ServerName::try_from(tls.server_name.clone()).map_err(|e| bad("server name", &e))?;
-
-        let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
-            .build()
-            .map_err(|e| bad("client verifier", &e))?;
-        let mut server = ServerConfig::builder_with_provider(provider.clone())
-            .with_protocol_versions(&[&rustls::version::TLS13])?
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(chain.clone(), key.clone_key())?;
-        // The accepting side only reads after the handshake: no session tickets to send (nor resumption to offer).
-        server.send_tls13_tickets = 0;
-        let mut client = ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])?
-            .with_root_certificates(roots)
-            .with_client_auth_cert(chain, key)?;
-        client.resumption = rustls::client::Resumption::disabled();
-        Ok(TlsConfigs {
-            server: Arc::new(server),
-            client: Arc::new(client),
-            name,
-        })
-    }
-}
-
-/// The socket with a deadline for every read and write: each call gets only the time left, so a peer that trickles
-/// bytes cannot stretch the handshake past [`HANDSHAKE_TIMEOUT`].
-struct Deadline<'a> {
-    socket: &'a TcpStream,
-    until: Instant,
-}
-
-impl Deadline<'_> {
-    fn left(&self) -> io::Result<Duration> {
-        let left = self.until.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(io::ErrorKind::TimedOut.into());
-        }
-        Ok(left)
-    }
-}
-
-impl Read for Deadline<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.socket.set_read_timeout(Some(self.left()?))?;
-        let mut socket = self.socket;
-        socket.read(buf)
-    }
-}
-
-impl Write for Deadline<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.socket.set_write_timeout(Some(self.left()?))?;
-        let mut socket = self.socket;
-        socket.write(buf)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+        MutualTls::new(&tls.ca_pem, &tls.cert_pem, &tls.key_pem, &tls.server_name)
+            .map(TlsConfigs)
+            .map_err(|e| match e {
+                MutualTlsError::Material(what) => HandshakeError::Material(what),
+                MutualTlsError::Tls(tls) => HandshakeError::Tls(tls),
+            })
     }
 }
 
@@ -195,10 +126,7 @@ pub(crate) fn accept(
     expected: &Handshake,
 ) -> Result<EdgeReader, HandshakeError> {
     socket.set_nodelay(true)?;
-    let mut io = Deadline {
-        socket: &socket,
-        until: Instant::now() + HANDSHAKE_TIMEOUT,
-    };
+    let mut io = Deadline::new(&socket, Instant::now() + HANDSHAKE_TIMEOUT);
     match tls {
         None => {
             // Read straight off the socket (no buffer), so nothing past the handshake frame is consumed here.
@@ -236,10 +164,7 @@ pub(crate) fn connect(
     hello: &Handshake,
 ) -> Result<EdgeWriter, HandshakeError> {
     socket.set_nodelay(true)?;
-    let mut io = Deadline {
-        socket: &socket,
-        until: Instant::now() + HANDSHAKE_TIMEOUT,
-    };
+    let mut io = Deadline::new(&socket, Instant::now() + HANDSHAKE_TIMEOUT);
     let frame = DataFrame::Handshake(hello.clone());
     match tls {
         None => {
@@ -270,8 +195,10 @@ pub(crate) fn connect(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use std::net::TcpListener;
+    use std::sync::Arc;
     use std::thread::JoinHandle;
 
+    use rustls::pki_types::{CertificateDer, ServerName};
     use shoal_net::cluster_key::{ClusterKey, NODE_DNS_NAME};
 
     use super::*;
@@ -370,10 +297,10 @@ mod tests {
         let stranger = material(&other, 2);
         let mut lax = (*stranger.client).clone();
         lax.dangerous().set_certificate_verifier(Arc::new(AcceptAnyServer));
-        let stranger = TlsConfigs {
+        let stranger = TlsConfigs(MutualTls {
             client: Arc::new(lax),
-            ..stranger
-        };
+            ..(*stranger).clone()
+        });
         let _ = client(addr, Some(&stranger), 1);
         let refused = srv.join().unwrap();
         assert!(matches!(refused, Err(HandshakeError::Tls(_))), "{refused:?}");

@@ -6,14 +6,11 @@
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use rustls::server::WebPkiClientVerifier;
-use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig, ServerConnection, StreamOwned};
+use rustls::{ClientConnection, ServerConnection, StreamOwned};
 use shoal_net::cluster_key::{NODE_DNS_NAME, NodeTls};
+use shoal_net::mutual_tls::{Deadline, MutualTls, MutualTlsError};
 
 use crate::wire::{self, WireError};
 
@@ -29,19 +26,15 @@ pub enum TlsSetupError {
     Tls(#[from] rustls::Error),
 }
 
-/// Both sides' TLS configuration for a node, built once from its cluster certificate. Cheap to clone.
-#[derive(Clone)]
-pub struct ShareTls {
-    server: Arc<ServerConfig>,
-    client: Arc<ClientConfig>,
-    name: ServerName<'static>,
-}
+/// Both sides' TLS configuration for a node, built once from its cluster certificate (the builder is
+/// `shoal_net::mutual_tls`, shared with the runners' data plane). Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct ShareTls(MutualTls);
 
-impl std::fmt::Debug for ShareTls {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ShareTls")
-            .field("name", &self.name)
-            .finish_non_exhaustive()
+impl std::ops::Deref for ShareTls {
+    type Target = MutualTls;
+    fn deref(&self) -> &MutualTls {
+        &self.0
     }
 }
 
@@ -50,37 +43,12 @@ impl ShareTls {
     /// Every certificate of the cluster carries [`NODE_DNS_NAME`]: that is the name the client checks, next to the
     /// chain to the CA (peers are dialled by IP).
     pub fn new(node: &NodeTls) -> Result<ShareTls, TlsSetupError> {
-        let bad = |what: &str, e: &dyn std::fmt::Display| TlsSetupError::Material(format!("{what}: {e}"));
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut roots = RootCertStore::empty();
-        let ca = CertificateDer::from_pem_slice(node.ca_pem.as_bytes()).map_err(|e| bad("CA certificate", &e))?;
-        roots.add(ca).map_err(|e| bad("CA certificate", &e))?;
-        let roots = Arc::new(roots);
-        let chain = CertificateDer::pem_slice_iter(node.cert_pem.as_bytes())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| bad("certificate", &e))?;
-        let key = PrivateKeyDer::from_pem_slice(node.key_pem.as_bytes()).map_err(|e| bad("private key", &e))?;
-        let name = ServerName::try_from(NODE_DNS_NAME).map_err(|e| bad("server name", &e))?;
-
-        let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
-            .build()
-            .map_err(|e| bad("client verifier", &e))?;
-        let mut server = ServerConfig::builder_with_provider(provider.clone())
-            .with_protocol_versions(&[&rustls::version::TLS13])?
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(chain.clone(), key.clone_key())?;
-        // Connections are few and long: no session tickets, no resumption.
-        server.send_tls13_tickets = 0;
-        let mut client = ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])?
-            .with_root_certificates(roots)
-            .with_client_auth_cert(chain, key)?;
-        client.resumption = rustls::client::Resumption::disabled();
-        Ok(ShareTls {
-            server: Arc::new(server),
-            client: Arc::new(client),
-            name: name.to_owned(),
-        })
+        MutualTls::new(&node.ca_pem, &node.cert_pem, &node.key_pem, NODE_DNS_NAME)
+            .map(ShareTls)
+            .map_err(|e| match e {
+                MutualTlsError::Material(what) => TlsSetupError::Material(what),
+                MutualTlsError::Tls(tls) => TlsSetupError::Tls(tls),
+            })
     }
 }
 
@@ -117,42 +85,6 @@ impl From<WireError> for HandshakeError {
             WireError::Io(e) => e.into(),
             WireError::Malformed(what) => HandshakeError::Malformed(what),
         }
-    }
-}
-
-/// The socket with a deadline for every read and write: each call gets only the time left.
-struct Deadline<'a> {
-    socket: &'a TcpStream,
-    until: Instant,
-}
-
-impl Deadline<'_> {
-    fn left(&self) -> io::Result<Duration> {
-        let left = self.until.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(io::ErrorKind::TimedOut.into());
-        }
-        Ok(left)
-    }
-}
-
-impl Read for Deadline<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.socket.set_read_timeout(Some(self.left()?))?;
-        let mut socket = self.socket;
-        socket.read(buf)
-    }
-}
-
-impl Write for Deadline<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.socket.set_write_timeout(Some(self.left()?))?;
-        let mut socket = self.socket;
-        socket.write(buf)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
     }
 }
 
@@ -210,10 +142,7 @@ impl Write for Conn {
 /// The accepting side: TLS (with `tls`), then the client's hello, answered with ours.
 pub(crate) fn accept(socket: TcpStream, tls: Option<&ShareTls>) -> Result<Conn, HandshakeError> {
     socket.set_nodelay(true)?;
-    let mut io = Deadline {
-        socket: &socket,
-        until: Instant::now() + HANDSHAKE_TIMEOUT,
-    };
+    let mut io = Deadline::new(&socket, Instant::now() + HANDSHAKE_TIMEOUT);
     match tls {
         None => {
             let version = wire::read_hello(&mut io)?;
@@ -238,10 +167,7 @@ pub(crate) fn accept(socket: TcpStream, tls: Option<&ShareTls>) -> Result<Conn, 
 /// the server's.
 pub(crate) fn connect(socket: TcpStream, tls: Option<&ShareTls>) -> Result<Conn, HandshakeError> {
     socket.set_nodelay(true)?;
-    let mut io = Deadline {
-        socket: &socket,
-        until: Instant::now() + HANDSHAKE_TIMEOUT,
-    };
+    let mut io = Deadline::new(&socket, Instant::now() + HANDSHAKE_TIMEOUT);
     match tls {
         None => {
             io.write_all(&wire::hello())?;
