@@ -1,21 +1,25 @@
-//! Times one layer's decode attention (one query row over a long past) and one prefill chunk's, over an F32 and an
-//! F16 KV cache, on SmolLM2-135M's shape (9 query heads over 3 kv heads of 64), one thread. The two types alternate
-//! for `ROUNDS` rounds; medians are printed. `SHOAL_KERNELS=avx2` (or `scalar`) caps the F16 kernels' ISA.
+//! Times one layer's decode attention (one query row over a long past), a prefill chunk's, and a late 8-row chunk's
+//! (what a long prompt's last chunks cost), over an F32 and an F16 KV cache, on SmolLM2-135M's shape (9 query heads
+//! over 3 kv heads of 64): the one-query-at-a-time reference, then the tiled attention on a pool of 1 and of 2
+//! threads. Every variant alternates for `ROUNDS` rounds; medians are printed. `SHOAL_KERNELS=avx2` (or `scalar`)
+//! caps the F16 kernels' ISA.
 //!
-//! cargo run --example kv_attention -- [PAST (2000)] [ROUNDS (5)]
+//! cargo run --release --example kv_attention -- [PAST (2000)] [ROUNDS (5)]
 #![allow(clippy::unwrap_used)]
 
 use std::hint::black_box;
 use std::time::Instant;
 
-use shoal_engine::KvType;
+use shoal_engine::{KvType, Pool};
 use shoal_engine::kernels::isa;
-use shoal_engine::ops::{AttnShape, LayerKv, causal_attention};
+use shoal_engine::ops::{AttnShape, LayerKv, causal_attention, causal_attention_reference};
 
 /// Decode calls timed per round; a prefill chunk is timed once per round.
 const DECODE_CALLS: usize = 200;
 /// Rows of the timed prefill chunk (the pipeline's chunk is 512).
 const PREFILL_ROWS: usize = 256;
+/// Rows of the smallest chunk the scheduler sends beside running streams.
+const LATE_ROWS: usize = 8;
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -47,33 +51,58 @@ fn main() {
         })
         .collect();
     let scale = 0.125;
-    let mut times = vec![(Vec::new(), Vec::new()); caches.len()];
+    let pools = [Pool::new(1), Pool::new(2)];
+    // Variant 0 is the reference; then the tiled attention on each pool.
+    let variants = 1 + pools.len();
+    let run = |variant: usize, q: &[f32], cache: &LayerKv, past: usize, out: &mut [f32]| {
+        if variant == 0 {
+            causal_attention_reference(q, cache, past, shape, scale, None, out);
+        } else {
+            causal_attention(q, cache, past, shape, scale, out, &pools[variant - 1]);
+        }
+    };
+    let mut times = vec![vec![[Vec::new(), Vec::new(), Vec::new()]; variants]; caches.len()];
     for _ in 0..rounds {
-        for (cache, (decode, prefill)) in caches.iter().zip(&mut times) {
-            let mut out = vec![0.0; q_width];
-            let t = Instant::now();
-            for _ in 0..DECODE_CALLS {
-                causal_attention(&q[..q_width], cache, past, shape, scale, &mut out, 1);
+        for (cache, by_variant) in caches.iter().zip(&mut times) {
+            for (variant, [decode, prefill, late]) in by_variant.iter_mut().enumerate() {
+                let mut out = vec![0.0; q_width];
+                let t = Instant::now();
+                for _ in 0..DECODE_CALLS {
+                    run(variant, &q[..q_width], cache, past + PREFILL_ROWS - 1, &mut out);
+                    black_box(&out);
+                }
+                decode.push(t.elapsed().as_secs_f64() * 1e6 / DECODE_CALLS as f64);
+                let mut out = vec![0.0; PREFILL_ROWS * q_width];
+                let t = Instant::now();
+                run(variant, &q, cache, past, &mut out);
                 black_box(&out);
+                prefill.push(t.elapsed().as_secs_f64() * 1e3);
+                let mut out = vec![0.0; LATE_ROWS * q_width];
+                let t = Instant::now();
+                run(variant, &q[..LATE_ROWS * q_width], cache, past + PREFILL_ROWS - LATE_ROWS, &mut out);
+                black_box(&out);
+                late.push(t.elapsed().as_secs_f64() * 1e3);
             }
-            decode.push(t.elapsed().as_secs_f64() * 1e6 / DECODE_CALLS as f64);
-            let mut out = vec![0.0; PREFILL_ROWS * q_width];
-            let t = Instant::now();
-            causal_attention(&q, cache, past, shape, scale, &mut out, 1);
-            black_box(&out);
-            prefill.push(t.elapsed().as_secs_f64() * 1e3);
         }
     }
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    println!("isa {}, past {past}, {rounds} rounds, 1 thread", isa());
-    for (ty, (decode, prefill)) in KvType::ALL.iter().zip(&mut times) {
-        println!(
-            "{ty}: decode step {:.1} µs/layer; prefill chunk of {PREFILL_ROWS} rows {:.2} ms/layer",
-            median(decode),
-            median(prefill)
-        );
+    println!("isa {}, past {past}, {rounds} rounds", isa());
+    for (ty, by_variant) in KvType::ALL.iter().zip(&mut times) {
+        for (variant, [decode, prefill, late]) in by_variant.iter_mut().enumerate() {
+            let name = match variant {
+                0 => "reference, 1 thread".to_string(),
+                v => format!("tiled, {} threads", pools[v - 1].threads()),
+            };
+            println!(
+                "{ty} {name:20}: decode step {:7.1} µs/layer; prefill chunk of {PREFILL_ROWS} rows {:7.2} ms/layer; \
+                 {LATE_ROWS} rows {:6.2} ms/layer",
+                median(decode),
+                median(prefill),
+                median(late)
+            );
+        }
     }
 }

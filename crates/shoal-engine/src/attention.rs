@@ -9,8 +9,13 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::kernels::f16;
-use crate::ops::dot;
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+
+use crate::kernels::pool::{self, Job};
+use crate::kernels::{self, Pool, f16};
+use crate::ops::SeqRows;
 
 /// The element type of a KV cache.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -78,17 +83,43 @@ enum Store {
     },
 }
 
+impl Store {
+    fn kv_type(&self) -> KvType {
+        match self {
+            Store::F32 { .. } => KvType::F32,
+            Store::F16 { .. } => KvType::F16,
+        }
+    }
+}
+
 /// One layer's keys and values for one sequence: `len` rows of (kv_heads × head_dim) values each, appended in place.
-#[derive(Debug, Clone)]
+///
+/// The rows sit behind an `Arc<RwLock>` so that the kernel pool's long-lived workers can read them during attention
+/// (their jobs must own what they read); only [`LayerKv::append`] writes, on the caller's thread, between steps.
+#[derive(Debug)]
 pub struct LayerKv {
-    store: Store,
+    store: Arc<RwLock<Store>>,
     len: usize,
+}
+
+impl Clone for LayerKv {
+    /// A deep copy: the clone's rows are its own.
+    fn clone(&self) -> Self {
+        Self {
+            store: Arc::new(RwLock::new(read(&self.store).clone())),
+            len: self.len,
+        }
+    }
 }
 
 impl Default for LayerKv {
     fn default() -> Self {
         Self::new(KvType::F32)
     }
+}
+
+fn read(store: &RwLock<Store>) -> RwLockReadGuard<'_, Store> {
+    store.read().unwrap_or_else(|e| e.into_inner())
 }
 
 impl LayerKv {
@@ -103,14 +134,14 @@ impl LayerKv {
                 v: Vec::new(),
             },
         };
-        Self { store, len: 0 }
+        Self {
+            store: Arc::new(RwLock::new(store)),
+            len: 0,
+        }
     }
 
     pub fn kv_type(&self) -> KvType {
-        match self.store {
-            Store::F32 { .. } => KvType::F32,
-            Store::F16 { .. } => KvType::F16,
-        }
+        read(&self.store).kv_type()
     }
 
     pub fn len(&self) -> usize {
@@ -125,7 +156,8 @@ impl LayerKv {
     pub fn append(&mut self, k: &[f32], v: &[f32], width: usize) {
         debug_assert_eq!(k.len(), v.len());
         let keep = self.len * width;
-        match &mut self.store {
+        // Readers are attention jobs of earlier steps, all finished: this never waits.
+        match &mut *self.store.write().unwrap_or_else(|e| e.into_inner()) {
             Store::F32 { k: ks, v: vs } => {
                 ks.truncate(keep);
                 vs.truncate(keep);
@@ -149,11 +181,12 @@ impl LayerKv {
 
     /// Bytes held by this cache (capacity, not length).
     pub fn bytes(&self) -> usize {
-        let elements = match &self.store {
+        let store = read(&self.store);
+        let elements = match &*store {
             Store::F32 { k, v } => k.capacity() + v.capacity(),
             Store::F16 { k, v } => k.capacity() + v.capacity(),
         };
-        elements * self.kv_type().element_bytes()
+        elements * store.kv_type().element_bytes()
     }
 }
 
@@ -165,14 +198,22 @@ pub struct AttnShape {
     pub head_dim: usize,
 }
 
-/// Below this many query-key pairs a call stays on one thread: spawning costs tens of microseconds, which only a
-/// prefill chunk's attention repays.
-const PARALLEL_ATTENTION_PAIRS: usize = 1 << 16;
+/// Keys (and values) per tile: one tile stays in L1 while every query of a work unit reads it (64 keys of 64 f32
+/// are 16 KiB), so a unit reads its kv head's rows from memory once, not once per query.
+const KEYS_PER_TILE: usize = 64;
+/// Query rows per work unit in a prefill chunk: with a group of 3 query heads, 24 queries share each tile.
+const ROWS_PER_UNIT: usize = 8;
+/// The most scores a unit holds at once (4 MiB of f32); long contexts get fewer rows per unit.
+const MAX_UNIT_SCORES: usize = 1 << 20;
+/// Below this many (query head, key) pairs a call runs on the caller alone: handing out work costs about a
+/// microsecond, which a few thousand scores repay.
+const POOL_MIN_PAIRS: usize = 1 << 11;
+/// Work units per thread to aim for, so that uneven units (causal rows cost more the later they sit) balance.
+const UNITS_PER_THREAD: usize = 3;
 
 /// Causal grouped-query attention of `n` new queries at positions `past..past + n` over a cache holding positions
 /// `0..past + n`. q: (n, heads, head_dim); returns (n, heads × head_dim). Query head h reads kv head h / group, as
-/// llama.cpp does. A large call (a prefill chunk) is split by query rows over `threads` scoped threads, at row
-/// boundaries that balance the causal work; every row is computed the same way whatever the split.
+/// llama.cpp does. Split over the pool's threads; every row is computed the same way whatever the split.
 pub fn causal_attention(
     q: &[f32],
     kv: &LayerKv,
@@ -180,9 +221,9 @@ pub fn causal_attention(
     shape: AttnShape,
     scale: f32,
     out: &mut [f32],
-    threads: usize,
+    pool: &Pool,
 ) {
-    causal_attention_windowed(q, kv, past, shape, scale, None, out, threads);
+    causal_attention_windowed(q, kv, past, shape, scale, None, out, pool);
 }
 
 /// [`causal_attention`] where, with `window` = Some(w), the query at position p sees only keys at positions
@@ -197,47 +238,289 @@ pub fn causal_attention_windowed(
     scale: f32,
     window: Option<usize>,
     out: &mut [f32],
-    threads: usize,
+    pool: &Pool,
 ) {
-    let width = shape.heads * shape.head_dim;
-    let n = q.len() / width.max(1);
-    let pairs = n * past + n * (n + 1) / 2;
-    if threads < 2 || n < 2 || pairs < PARALLEL_ATTENTION_PAIRS {
-        return attention_rows(q, kv, past, shape, scale, window, out);
+    let n = q.len() / (shape.heads * shape.head_dim).max(1);
+    batch_attention(q, &[kv], &[(0, n, past)], shape, scale, window, out, pool);
+}
+
+/// Attention of a whole batch: `seqs[s]` = (first row, rows, position of the first row) of the sequence whose cache is
+/// `caches[s]`, each row attending causally over its own sequence only. The work is cut into units of (sequence, query
+/// rows, query heads of one kv head) and handed to the pool, so decode steps of many sequences, a decode step over a
+/// long context, and prefill chunks all use every thread. Bit for bit what [`causal_attention_reference`] computes.
+#[allow(clippy::too_many_arguments)]
+pub fn batch_attention(
+    q: &[f32],
+    caches: &[&LayerKv],
+    seqs: &[SeqRows],
+    shape: AttnShape,
+    scale: f32,
+    window: Option<usize>,
+    out: &mut [f32],
+    pool: &Pool,
+) {
+    assert_eq!(caches.len(), seqs.len(), "one cache per sequence");
+    assert_eq!(q.len(), out.len(), "q and out have the same shape");
+    let q_width = shape.heads * shape.head_dim;
+    for (&(row, n, past), cache) in seqs.iter().zip(caches) {
+        assert!((row + n) * q_width <= q.len(), "sequence rows outside the batch");
+        assert!(past + n <= cache.len(), "queries past the cache's end");
     }
-    // Row i costs past + i + 1 keys; cut where the running cost reaches each thread's share.
-    let share = pairs.div_ceil(threads);
-    let mut cuts = vec![0];
-    let mut acc = 0;
-    for i in 0..n {
-        acc += past + i + 1;
-        if acc >= share * cuts.len() && cuts.len() < threads {
-            cuts.push(i + 1);
-        }
+    let plan = Plan {
+        shape,
+        scale,
+        window,
+        seqs: seqs.to_vec(),
+    };
+    let units = plan.units(pool.threads());
+    let pairs: usize = units.iter().map(|u| plan.cost(u)).sum();
+    if pool.threads() < 2 || units.len() < 2 || pairs < POOL_MIN_PAIRS {
+        let stores: Vec<_> = caches.iter().map(|c| read(&c.store)).collect();
+        UNIT_SCRATCH.with(|scratch| {
+            let (scores, result) = &mut *scratch.borrow_mut();
+            for u in &units {
+                plan.compute(&*stores[u.seq], q, u, scores, result);
+                plan.place(u, result, |at, v| out[at] = v);
+            }
+        });
+        return;
     }
-    cuts.push(n);
-    cuts.dedup();
-    std::thread::scope(|scope| {
-        let mut rest = out;
-        let mut handles = Vec::new();
-        for w in cuts.windows(2) {
-            let (chunk, tail) = rest.split_at_mut((w[1] - w[0]) * width);
-            rest = tail;
-            let q = &q[w[0] * width..w[1] * width];
-            let first = past + w[0];
-            if w[1] == n {
-                attention_rows(q, kv, first, shape, scale, window, chunk);
-            } else {
-                handles.push(scope.spawn(move || attention_rows(q, kv, first, shape, scale, window, chunk)));
-            }
-        }
-        for h in handles {
-            // A panic in a worker is a bug in this function; surface it on the caller's thread.
-            if let Err(p) = h.join() {
-                std::panic::resume_unwind(p);
-            }
-        }
+    let job = Arc::new(AttentionJob {
+        q: q.to_vec(),
+        stores: caches.iter().map(|c| c.store.clone()).collect(),
+        plan,
+        units,
+        next: AtomicUsize::new(0),
+        done: AtomicUsize::new(0),
+        failed: AtomicBool::new(false),
+        out: pool.slab(out.len()),
     });
+    pool.submit(job.clone());
+    job.run();
+    pool::wait_for(&job.done, job.units.len());
+    pool.retire();
+    assert!(!job.failed.load(Ordering::Relaxed), "an attention work item panicked");
+    for (d, v) in out.iter_mut().zip(job.out.iter()) {
+        *d = f32::from_bits(v.load(Ordering::Relaxed));
+    }
+}
+
+/// A piece of attention work: rows `rows` (relative to the sequence's first row) of sequence `seq`, query heads
+/// `heads` (all reading the same kv head).
+#[derive(Debug, Clone, Copy)]
+struct Unit {
+    seq: usize,
+    rows: (usize, usize),
+    heads: (usize, usize),
+}
+
+/// What every unit of one call shares.
+#[derive(Debug)]
+struct Plan {
+    shape: AttnShape,
+    scale: f32,
+    window: Option<usize>,
+    seqs: Vec<SeqRows>,
+}
+
+thread_local! {
+    /// A unit's scores and its result, kept per thread between calls.
+    static UNIT_SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+impl Plan {
+    /// Keys row `i` of sequence `seq` sees: `first..visible`.
+    fn span(&self, seq: usize, i: usize) -> (usize, usize) {
+        let visible = self.seqs[seq].2 + i + 1;
+        (self.window.map_or(0, |w| visible.saturating_sub(w)), visible)
+    }
+
+    /// (query head, key) pairs of a unit.
+    fn cost(&self, u: &Unit) -> usize {
+        let keys: usize = (u.rows.0..u.rows.1)
+            .map(|i| {
+                let (a, b) = self.span(u.seq, i);
+                b - a
+            })
+            .sum();
+        keys * (u.heads.1 - u.heads.0)
+    }
+
+    /// The units of this call, costliest first: row blocks of every sequence and kv head, split further into single
+    /// query heads when that is needed to give every thread some work.
+    fn units(&self, threads: usize) -> Vec<Unit> {
+        let AttnShape { heads, kv_heads, .. } = self.shape;
+        let group = heads / kv_heads.max(1);
+        let mut units = Vec::new();
+        for (seq, &(_, n, _)) in self.seqs.iter().enumerate() {
+            if n == 0 {
+                continue;
+            }
+            let (lo, _) = self.span(seq, 0);
+            let (_, hi) = self.span(seq, n - 1);
+            let fit = MAX_UNIT_SCORES / (group * (hi - lo + n)).max(1);
+            let block = ROWS_PER_UNIT.min(fit).max(1);
+            for r0 in (0..n).step_by(block) {
+                for g in 0..kv_heads {
+                    units.push(Unit {
+                        seq,
+                        rows: (r0, (r0 + block).min(n)),
+                        heads: (g * group, (g + 1) * group),
+                    });
+                }
+            }
+        }
+        if group > 1 && units.len() < threads * UNITS_PER_THREAD {
+            units = units
+                .iter()
+                .flat_map(|u| {
+                    (u.heads.0..u.heads.1).map(|h| Unit {
+                        heads: (h, h + 1),
+                        ..*u
+                    })
+                })
+                .collect();
+        }
+        units.sort_by_key(|u| std::cmp::Reverse(self.cost(u)));
+        units
+    }
+
+    /// Computes one unit into `result`: query (row i, head h) at `((i - rows.0) · heads + h - heads.0) · head_dim`.
+    /// Scores first (tile by tile of keys, every query of the unit per tile), then each query's softmax, then the
+    /// values tile by tile. Each query's keys are scored and its values summed in key order, exactly as
+    /// [`causal_attention_reference`] does for one query at a time.
+    fn compute(&self, store: &Store, q: &[f32], u: &Unit, scores: &mut Vec<f32>, result: &mut Vec<f32>) {
+        match store {
+            Store::F32 { k, v } => self.compute_with(&F32Rows { k, v }, q, u, scores, result),
+            Store::F16 { k, v } => self.compute_with(&F16Rows { k, v }, q, u, scores, result),
+        }
+    }
+
+    fn compute_with(&self, rows: &impl Rows, q: &[f32], u: &Unit, scores: &mut Vec<f32>, result: &mut Vec<f32>) {
+        let AttnShape {
+            heads,
+            kv_heads,
+            head_dim: d,
+        } = self.shape;
+        let (q_width, kv_width) = (heads * d, kv_heads * d);
+        let kvh = u.heads.0 / (heads / kv_heads);
+        let (first_row, _, _) = self.seqs[u.seq];
+        let nh = u.heads.1 - u.heads.0;
+        let queries = (u.rows.1 - u.rows.0) * nh;
+        let (lo, _) = self.span(u.seq, u.rows.0);
+        let (_, hi) = self.span(u.seq, u.rows.1 - 1);
+        let width = hi - lo;
+        scores.clear();
+        scores.resize(queries * width, 0.0);
+        result.clear();
+        result.resize(queries * d, 0.0);
+        // Query j's scores live at scores[j · width + t - lo] for its keys t.
+        let query = |i: usize, h: usize| ((i - u.rows.0) * nh + h - u.heads.0, (first_row + i) * q_width + h * d);
+        for t0 in (lo..hi).step_by(KEYS_PER_TILE) {
+            let t1 = (t0 + KEYS_PER_TILE).min(hi);
+            for i in u.rows.0..u.rows.1 {
+                let (first, visible) = self.span(u.seq, i);
+                let (a, b) = (t0.max(first), t1.min(visible));
+                if a >= b {
+                    continue;
+                }
+                for h in u.heads.0..u.heads.1 {
+                    let (j, at) = query(i, h);
+                    let s = &mut scores[j * width + a - lo..j * width + b - lo];
+                    rows.scores(&q[at..at + d], a * kv_width + kvh * d, kv_width, self.scale, s);
+                }
+            }
+        }
+        for i in u.rows.0..u.rows.1 {
+            let (first, visible) = self.span(u.seq, i);
+            for h in u.heads.0..u.heads.1 {
+                let (j, _) = query(i, h);
+                softmax(&mut scores[j * width + first - lo..j * width + visible - lo]);
+            }
+        }
+        for t0 in (lo..hi).step_by(KEYS_PER_TILE) {
+            let t1 = (t0 + KEYS_PER_TILE).min(hi);
+            for i in u.rows.0..u.rows.1 {
+                let (first, visible) = self.span(u.seq, i);
+                let (a, b) = (t0.max(first), t1.min(visible));
+                if a >= b {
+                    continue;
+                }
+                for h in u.heads.0..u.heads.1 {
+                    let (j, _) = query(i, h);
+                    let w = &scores[j * width + a - lo..j * width + b - lo];
+                    rows.accumulate(w, a * kv_width + kvh * d, kv_width, &mut result[j * d..(j + 1) * d]);
+                }
+            }
+        }
+    }
+
+    /// Hands each value of a computed unit to `put` with its offset in the batch's output.
+    fn place(&self, u: &Unit, result: &[f32], mut put: impl FnMut(usize, f32)) {
+        let d = self.shape.head_dim;
+        let q_width = self.shape.heads * d;
+        let (first_row, _, _) = self.seqs[u.seq];
+        let nh = u.heads.1 - u.heads.0;
+        for i in u.rows.0..u.rows.1 {
+            for h in u.heads.0..u.heads.1 {
+                let j = (i - u.rows.0) * nh + h - u.heads.0;
+                let at = (first_row + i) * q_width + h * d;
+                for (e, &v) in result[j * d..(j + 1) * d].iter().enumerate() {
+                    put(at + e, v);
+                }
+            }
+        }
+    }
+}
+
+/// Softmax in place, in the order [`causal_attention_reference`] uses: max, exponentials and their running sum,
+/// one multiplication by the inverse.
+fn softmax(s: &mut [f32]) {
+    let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    for x in s.iter_mut() {
+        *x = (*x - max).exp();
+        sum += *x;
+    }
+    let inv = 1.0 / sum;
+    s.iter_mut().for_each(|p| *p *= inv);
+}
+
+/// One call's units for the pool; results go to `out` through atomics, as [`crate::kernels`]' products do.
+struct AttentionJob {
+    q: Vec<f32>,
+    stores: Vec<Arc<RwLock<Store>>>,
+    plan: Plan,
+    units: Vec<Unit>,
+    next: AtomicUsize,
+    done: AtomicUsize,
+    failed: AtomicBool,
+    out: Arc<[AtomicU32]>,
+}
+
+impl Job for AttentionJob {
+    fn run(&self) {
+        UNIT_SCRATCH.with(|scratch| {
+            let (scores, result) = &mut *scratch.borrow_mut();
+            loop {
+                let i = self.next.fetch_add(1, Ordering::Relaxed);
+                let Some(u) = self.units.get(i) else {
+                    break;
+                };
+                let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    let store = read(&self.stores[u.seq]);
+                    self.plan.compute(&store, &self.q, u, scores, result);
+                }));
+                if ok.is_ok() {
+                    self.plan
+                        .place(u, result, |at, v| self.out[at].store(v.to_bits(), Ordering::Relaxed));
+                } else {
+                    self.failed.store(true, Ordering::Relaxed);
+                }
+                self.done.fetch_add(1, Ordering::Release);
+            }
+        });
+    }
 }
 
 /// Keys and values of one element type, read in place. Row t of a head starts at `start + t · stride`.
@@ -255,20 +538,11 @@ struct F32Rows<'a> {
 
 impl Rows for F32Rows<'_> {
     fn scores(&self, q: &[f32], start: usize, stride: usize, scale: f32, out: &mut [f32]) {
-        for (t, s) in out.iter_mut().enumerate() {
-            let at = start + t * stride;
-            *s = dot(q, &self.k[at..at + q.len()]) * scale;
-        }
+        kernels::f32::scores(q, &self.k[start..], stride, scale, out);
     }
 
     fn accumulate(&self, w: &[f32], start: usize, stride: usize, out: &mut [f32]) {
-        let d = out.len();
-        for (t, &w) in w.iter().enumerate() {
-            let at = start + t * stride;
-            for (o, &v) in out.iter_mut().zip(&self.v[at..at + d]) {
-                *o += w * v;
-            }
-        }
+        kernels::f32::accumulate(w, &self.v[start..], stride, out);
     }
 }
 
@@ -287,8 +561,9 @@ impl Rows for F16Rows<'_> {
     }
 }
 
-/// [`causal_attention`] on one thread: query row i sits at position `past + i`.
-fn attention_rows(
+/// The oracle for tests: one query and one head at a time on the caller's thread, the straightforward loop the
+/// tiled, pooled [`batch_attention`] must reproduce bit for bit.
+pub fn causal_attention_reference(
     q: &[f32],
     kv: &LayerKv,
     past: usize,
@@ -297,13 +572,13 @@ fn attention_rows(
     window: Option<usize>,
     out: &mut [f32],
 ) {
-    match &kv.store {
-        Store::F32 { k, v } => attention_rows_of(&F32Rows { k, v }, q, past, shape, scale, window, out),
-        Store::F16 { k, v } => attention_rows_of(&F16Rows { k, v }, q, past, shape, scale, window, out),
+    match &*read(&kv.store) {
+        Store::F32 { k, v } => reference_rows(&F32Rows { k, v }, q, past, shape, scale, window, out),
+        Store::F16 { k, v } => reference_rows(&F16Rows { k, v }, q, past, shape, scale, window, out),
     }
 }
 
-fn attention_rows_of(
+fn reference_rows(
     rows: &impl Rows,
     q: &[f32],
     past: usize,
@@ -334,14 +609,7 @@ fn attention_rows_of(
             scores.clear();
             scores.resize(visible - first, 0.0);
             rows.scores(qh, start, kv_width, scale, &mut scores);
-            let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0.0;
-            for s in scores.iter_mut() {
-                *s = (*s - max).exp();
-                sum += *s;
-            }
-            let inv = 1.0 / sum;
-            scores.iter_mut().for_each(|p| *p *= inv);
+            softmax(&mut scores);
             let o = &mut out_row[h * d..(h + 1) * d];
             o.fill(0.0);
             rows.accumulate(&scores, start, kv_width, o);
@@ -363,4 +631,161 @@ mod tests {
         assert_eq!(err.to_string(), "unknown KV cache type \"q8_0\": expected f32 or f16");
         assert_eq!(KvType::default(), KvType::F32);
     }
+
+    /// splitmix64 in [-1, 1).
+    fn random(seed: &mut u64, n: usize, scale: f32) -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                *seed = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+                let mut z = *seed;
+                z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+                z ^= z >> 31;
+                ((z >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+            })
+            .collect()
+    }
+
+    const SHAPES: [AttnShape; 3] = [
+        // SmolLM2 (a group of 3), Gemma 3 270M (one kv head of 256), and heads that are their own kv heads.
+        AttnShape {
+            heads: 9,
+            kv_heads: 3,
+            head_dim: 64,
+        },
+        AttnShape {
+            heads: 4,
+            kv_heads: 1,
+            head_dim: 256,
+        },
+        AttnShape {
+            heads: 2,
+            kv_heads: 2,
+            head_dim: 40,
+        },
+    ];
+
+    /// Tiling, unit splitting and the pool never change a bit: every case equals the one-query-at-a-time oracle.
+    #[test]
+    fn batch_attention_equals_the_reference_bit_for_bit() {
+        let mut seed = 1;
+        let pools = [Pool::new(1), Pool::new(2), Pool::new(3)];
+        for shape in SHAPES {
+            let (q_width, kv_width) = (shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim);
+            for ty in KvType::ALL {
+                // (past, new rows, window): decode over short and long contexts, chunks straddling tiles, windows.
+                for (past, n, window) in [
+                    (0, 1, None),
+                    (5, 1, None),
+                    (700, 1, None),
+                    (0, 37, None),
+                    (130, 70, None),
+                    (1000, 8, None),
+                    (300, 20, Some(64)),
+                    (90, 1, Some(7)),
+                    (0, 100, Some(33)),
+                ] {
+                    let mut cache = LayerKv::new(ty);
+                    cache.append(
+                        &random(&mut seed, (past + n) * kv_width, 2.0),
+                        &random(&mut seed, (past + n) * kv_width, 3.0),
+                        kv_width,
+                    );
+                    let q = random(&mut seed, n * q_width, 0.7);
+                    let mut want = vec![0.0; n * q_width];
+                    causal_attention_reference(&q, &cache, past, shape, 0.125, window, &mut want);
+                    for pool in &pools {
+                        let mut got = vec![f32::NAN; n * q_width];
+                        causal_attention_windowed(&q, &cache, past, shape, 0.125, window, &mut got, pool);
+                        let same = want.iter().zip(&got).all(|(a, b)| a.to_bits() == b.to_bits());
+                        assert!(same, "{ty} {shape:?} past {past} n {n} window {window:?} threads {}", pool.threads());
+                    }
+                }
+            }
+        }
+    }
+
+    /// A batch of sequences at different positions: each sequence's rows equal that sequence attended alone.
+    #[test]
+    fn batched_sequences_equal_each_sequence_alone() {
+        let mut seed = 7;
+        let shape = SHAPES[0];
+        let (q_width, kv_width) = (shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim);
+        // (past, rows): eight decoding sequences and one prefill chunk, as the scheduler mixes them.
+        let seqs_spec = [(3, 1), (40, 1), (0, 1), (900, 1), (17, 1), (64, 1), (65, 1), (200, 1), (100, 30)];
+        let caches: Vec<LayerKv> = seqs_spec
+            .iter()
+            .map(|&(past, n)| {
+                let mut c = LayerKv::new(KvType::F32);
+                c.append(
+                    &random(&mut seed, (past + n) * kv_width, 2.0),
+                    &random(&mut seed, (past + n) * kv_width, 2.0),
+                    kv_width,
+                );
+                c
+            })
+            .collect();
+        let total: usize = seqs_spec.iter().map(|s| s.1).sum();
+        let q = random(&mut seed, total * q_width, 0.5);
+        let mut row = 0;
+        let seqs: Vec<SeqRows> = seqs_spec
+            .iter()
+            .map(|&(past, n)| {
+                row += n;
+                (row - n, n, past)
+            })
+            .collect();
+        let refs: Vec<&LayerKv> = caches.iter().collect();
+        for pool in [Pool::new(1), Pool::new(2)] {
+            let mut got = vec![0.0; total * q_width];
+            batch_attention(&q, &refs, &seqs, shape, 0.125, None, &mut got, &pool);
+            for (&(row, n, past), cache) in seqs.iter().zip(&caches) {
+                let rows = row * q_width..(row + n) * q_width;
+                let mut alone = vec![0.0; n * q_width];
+                causal_attention_reference(&q[rows.clone()], cache, past, shape, 0.125, None, &mut alone);
+                assert_eq!(alone, got[rows], "sequence at row {row}, {} threads", pool.threads());
+            }
+        }
+    }
+
+    #[test]
+    fn units_cover_every_row_and_head_once() {
+        let plan = Plan {
+            shape: SHAPES[0],
+            scale: 1.0,
+            window: None,
+            seqs: vec![(0, 1, 10), (1, 50, 0), (51, 1, 4000)],
+        };
+        for threads in [1, 2, 8] {
+            let units = plan.units(threads);
+            let mut seen = std::collections::HashMap::new();
+            for u in &units {
+                for i in u.rows.0..u.rows.1 {
+                    for h in u.heads.0..u.heads.1 {
+                        *seen.entry((u.seq, i, h)).or_insert(0) += 1;
+                    }
+                }
+                assert_eq!(u.heads.0 / 3, (u.heads.1 - 1) / 3, "a unit reads one kv head");
+            }
+            assert_eq!(seen.len(), (1 + 50 + 1) * 9);
+            assert!(seen.values().all(|&c| c == 1));
+            let costs: Vec<usize> = units.iter().map(|u| plan.cost(u)).collect();
+            assert!(costs.windows(2).all(|w| w[0] >= w[1]), "costliest first");
+        }
+    }
+
+    #[test]
+    fn clones_are_deep() {
+        let mut a = LayerKv::new(KvType::F16);
+        a.append(&[1.0; 8], &[2.0; 8], 4);
+        let mut b = a.clone();
+        b.truncate(1);
+        b.append(&[5.0; 4], &[6.0; 4], 4);
+        assert_eq!((a.len(), b.len()), (2, 2));
+        let (Store::F16 { k: ka, .. }, Store::F16 { k: kb, .. }) = (&*read(&a.store), &*read(&b.store)) else {
+            panic!("both are F16");
+        };
+        assert_ne!(ka, kb);
+    }
 }
+

@@ -9,7 +9,9 @@ use crate::error::{EngineError, Result};
 use crate::gguf::GgufFile;
 use crate::kernels::{Pool, QMatrix};
 
-pub use crate::attention::{AttnShape, KvType, LayerKv, causal_attention, causal_attention_windowed};
+pub use crate::attention::{
+    AttnShape, KvType, LayerKv, batch_attention, causal_attention, causal_attention_reference, causal_attention_windowed,
+};
 
 /// A projection whose weight stays in its GGUF quantization.
 #[derive(Debug, Clone)]
@@ -359,7 +361,6 @@ impl Attention {
         }
         self.rope.apply(&mut q, heads, head_dim, cos, sin);
         self.rope.apply(&mut k, kv_heads, head_dim, cos, sin);
-        let mut attn = vec![0.0; n * q_width];
         for (&(row, n_tokens, pos), cache) in seqs.iter().zip(kv.iter_mut()) {
             let rows = row..row + n_tokens;
             cache.truncate(pos);
@@ -368,17 +369,10 @@ impl Attention {
                 &v[rows.start * kv_width..rows.end * kv_width],
                 kv_width,
             );
-            causal_attention_windowed(
-                &q[rows.start * q_width..rows.end * q_width],
-                cache,
-                pos,
-                self.shape,
-                self.scale,
-                self.window,
-                &mut attn[rows.start * q_width..rows.end * q_width],
-                pool.threads(),
-            );
         }
+        let caches: Vec<&LayerKv> = kv.iter().map(|c| &**c).collect();
+        let mut attn = vec![0.0; n * q_width];
+        batch_attention(&q, &caches, seqs, self.shape, self.scale, self.window, &mut attn, pool);
         self.wo.forward(&attn, n, pool)
     }
 }

@@ -6,7 +6,7 @@ mod common;
 
 use shoal_engine::ops::{AttnShape, LayerKv, causal_attention, causal_attention_windowed};
 use shoal_engine::sampling::argmax;
-use shoal_engine::{KvType, Pipeline, Tokenizer};
+use shoal_engine::{KvType, Pipeline, Pool, Tokenizer};
 
 /// splitmix64, enough for test data: uniform in [-1, 1).
 struct Rng(u64);
@@ -63,7 +63,7 @@ fn f16_attention_is_close_to_f32() {
             let mut outs = [vec![0.0; n * q_width], vec![0.0; n * q_width]];
             for (cache, out) in caches.iter_mut().zip(&mut outs) {
                 cache.append(&k, &v, kv_width);
-                causal_attention_windowed(&q, cache, past, shape, scale, window, out, threads);
+                causal_attention_windowed(&q, cache, past, shape, scale, window, out, &Pool::new(threads));
             }
             let worst = outs[0]
                 .iter()
@@ -77,7 +77,7 @@ fn f16_attention_is_close_to_f32() {
             assert!(worst > 0.0, "the F16 cache should round something");
             // Splitting over threads never changes a row.
             let mut one = vec![0.0; n * q_width];
-            causal_attention_windowed(&q, &caches[1], past, shape, scale, window, &mut one, 1);
+            causal_attention_windowed(&q, &caches[1], past, shape, scale, window, &mut one, &Pool::new(1));
             assert_eq!(one, outs[1]);
         }
     }
@@ -108,7 +108,7 @@ fn f16_cache_holds_half_the_bytes_and_truncates_like_f32() {
     let q = rng.vec(width, 1.0);
     let mut outs = [vec![0.0; width], vec![0.0; width]];
     for (c, out) in caches.iter().zip(&mut outs) {
-        causal_attention(&q, c, 4, shape, 0.125, out, 1);
+        causal_attention(&q, c, 4, shape, 0.125, out, &Pool::new(1));
     }
     let worst = outs[0]
         .iter()

@@ -14,7 +14,8 @@
 //! The block layouts are GGML's (ggml-quants / GGUF), so a GGUF tensor's bytes are a [`QMatrix`] as they are.
 
 pub mod f16;
-mod pool;
+pub mod f32;
+pub(crate) mod pool;
 pub mod quantize;
 mod scalar;
 
@@ -29,6 +30,10 @@ mod avx512;
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)] // SIMD intrinsics; every unsafe block carries its own SAFETY argument.
 mod f16_x86;
+
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)] // SIMD intrinsics; every unsafe block carries its own SAFETY argument.
+mod f32_x86;
 
 #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
 #[allow(unsafe_code)] // SIMD intrinsics; every unsafe block carries its own SAFETY argument.
