@@ -2,20 +2,24 @@
 //!
 //! cargo run --release --example generate -- --model M.gguf --prompt "What is the capital of France?" \
 //!     [--max-tokens 128] [--temperature 0] [--top-k 0] [--top-p 1] [--min-p 0] [--seed N] [--splits 15,20] [--raw]
-//!     [--kv-cache f32|f16] [--prompt-tokens N] [--bench-kv ROUNDS]
+//!     [--kv-cache f32|f16] [--prompt-tokens N] [--bench-kv ROUNDS] [--bench-batch SEQS]
 //! Threads: SHOAL_THREADS (default 2). `shoal generate` is the user-facing version of this example.
 //!
 //! `--prompt-tokens N` repeats (or cuts) the tokenized prompt to exactly N tokens. `--bench-kv ROUNDS` compares the
 //! KV cache types instead of generating: ROUNDS times, F32 then F16, it prefills the prompt and greedy-decodes
 //! exactly `--max-tokens` tokens (end of generation ignored), then prints each run, the medians, the KV bytes held
-//! at the end and how many leading tokens F16 shares with F32.
+//! at the end and how many leading tokens F16 shares with F32. `--bench-batch SEQS` times greedy decode of
+//! `--max-tokens` steps from the prompt for one sequence, then for SEQS sequences batched in every step, in 3
+//! alternated rounds, and prints the aggregate rates and their ratio (the engine bench's "8 sequences" row).
 #![allow(clippy::unwrap_used)]
 
 use std::io::Write;
 use std::process::ExitCode;
 
 use shoal_engine::sampling::argmax;
-use shoal_engine::{ChatMessage, ChatTemplate, GenerateParams, KvType, Pipeline, SamplingParams, Tokenizer, generate};
+use shoal_engine::{
+    ChatMessage, ChatTemplate, GenerateParams, KvType, Pipeline, SamplingParams, SeqChunk, Tokenizer, generate,
+};
 
 struct Args {
     model: String,
@@ -26,6 +30,7 @@ struct Args {
     kv_cache: KvType,
     prompt_tokens: Option<usize>,
     bench_kv: Option<usize>,
+    bench_batch: Option<usize>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -36,7 +41,7 @@ fn parse_args() -> Result<Args, String> {
     let mut sampling = SamplingParams::greedy();
     let mut max_tokens = 128;
     let mut kv_cache = KvType::default();
-    let (mut prompt_tokens, mut bench_kv) = (None, None);
+    let (mut prompt_tokens, mut bench_kv, mut bench_batch) = (None, None, None);
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         if flag == "--raw" {
@@ -58,6 +63,7 @@ fn parse_args() -> Result<Args, String> {
             "--kv-cache" => kv_cache = value.parse().map_err(|e| format!("--kv-cache: {e}"))?,
             "--prompt-tokens" => prompt_tokens = Some(num(&value)? as usize),
             "--bench-kv" => bench_kv = Some(num(&value)? as usize),
+            "--bench-batch" => bench_batch = Some(num(&value)? as usize),
             "--splits" => {
                 splits = value
                     .split(',')
@@ -77,6 +83,7 @@ fn parse_args() -> Result<Args, String> {
         kv_cache,
         prompt_tokens,
         bench_kv,
+        bench_batch,
         params: GenerateParams {
             sampling,
             max_tokens,
@@ -109,6 +116,9 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let mut prompt = tokenizer.encode(&text)?;
     if let Some(n) = args.prompt_tokens {
         prompt = prompt.iter().copied().cycle().take(n).collect();
+    }
+    if let Some(seqs) = args.bench_batch {
+        return bench_batch(&mut pipeline, &prompt, args.params.max_tokens, seqs.max(1));
     }
     if let Some(rounds) = args.bench_kv {
         return bench_kv(&mut pipeline, &tokenizer, &prompt, args.params.max_tokens, rounds);
@@ -209,6 +219,47 @@ fn bench_kv(
             tokenizer.decode(b, false)?
         );
     }
+    Ok(())
+}
+
+/// Aggregate greedy decode rate of `seqs` sequences batched in every step, each first prefilled with `prompt`.
+fn batch_rate(p: &mut Pipeline, prompt: &[u32], steps: usize, seqs: usize) -> Result<f64, Box<dyn std::error::Error>> {
+    let chunks: Vec<SeqChunk> = (0..seqs as u32).map(|slot| SeqChunk { slot, n_tokens: 1 }).collect();
+    let mut next = Vec::new();
+    for c in &chunks {
+        p.release(c.slot);
+        next.push(argmax(&p.forward(c.slot, prompt)?).ok_or("no logits")?);
+    }
+    let t = std::time::Instant::now();
+    for _ in 0..steps {
+        let logits = p.forward_batch(&chunks, &next)?;
+        next = logits
+            .iter()
+            .map(|l| argmax(l).ok_or("no logits"))
+            .collect::<Result<_, _>>()?;
+    }
+    let rate = (seqs * steps) as f64 / t.elapsed().as_secs_f64();
+    for c in &chunks {
+        p.release(c.slot);
+    }
+    Ok(rate)
+}
+
+fn bench_batch(p: &mut Pipeline, prompt: &[u32], steps: usize, seqs: usize) -> Result<(), Box<dyn std::error::Error>> {
+    let (mut one, mut many) = (Vec::new(), Vec::new());
+    for round in 0..3 {
+        one.push(batch_rate(p, prompt, steps, 1)?);
+        many.push(batch_rate(p, prompt, steps, seqs)?);
+        eprintln!(
+            "round {round}: 1 sequence {:.1} tok/s, {seqs} sequences {:.1} tok/s",
+            one[round], many[round]
+        );
+    }
+    let (one, many) = (median(one), median(many));
+    eprintln!(
+        "median: 1 sequence {one:.1} tok/s, {seqs} sequences {many:.1} tok/s = {:.2}×",
+        many / one
+    );
     Ok(())
 }
 

@@ -10,9 +10,9 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use shoal_engine::{KvType, Pool};
 use shoal_engine::kernels::isa;
 use shoal_engine::ops::{AttnShape, LayerKv, causal_attention, causal_attention_reference};
+use shoal_engine::{KvType, Pool};
 
 /// Decode calls timed per round; a prefill chunk is timed once per round.
 const DECODE_CALLS: usize = 200;
@@ -79,7 +79,13 @@ fn main() {
                 prefill.push(t.elapsed().as_secs_f64() * 1e3);
                 let mut out = vec![0.0; LATE_ROWS * q_width];
                 let t = Instant::now();
-                run(variant, &q[..LATE_ROWS * q_width], cache, past + PREFILL_ROWS - LATE_ROWS, &mut out);
+                run(
+                    variant,
+                    &q[..LATE_ROWS * q_width],
+                    cache,
+                    past + PREFILL_ROWS - LATE_ROWS,
+                    &mut out,
+                );
                 black_box(&out);
                 late.push(t.elapsed().as_secs_f64() * 1e3);
             }

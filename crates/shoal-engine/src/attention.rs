@@ -10,7 +10,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use crate::kernels::pool::{self, Job};
@@ -289,15 +289,16 @@ pub fn batch_attention(
         q: q.to_vec(),
         stores: caches.iter().map(|c| c.store.clone()).collect(),
         plan,
+        items: pool::Items::new(units.len()),
         units,
-        next: AtomicUsize::new(0),
-        done: AtomicUsize::new(0),
         failed: AtomicBool::new(false),
         out: pool.slab(out.len()),
     });
     pool.submit(job.clone());
-    job.run();
-    pool::wait_for(&job.done, job.units.len());
+    let t = std::time::Instant::now();
+    let mine = job.work();
+    job.items.wait(t.elapsed() / mine.max(1) as u32, |i| job.unit(i));
+    pool.count_redone(job.items.redone());
     pool.retire();
     assert!(!job.failed.load(Ordering::Relaxed), "an attention work item panicked");
     for (d, v) in out.iter_mut().zip(job.out.iter()) {
@@ -492,34 +493,45 @@ struct AttentionJob {
     stores: Vec<Arc<RwLock<Store>>>,
     plan: Plan,
     units: Vec<Unit>,
-    next: AtomicUsize,
-    done: AtomicUsize,
+    items: pool::Items,
     failed: AtomicBool,
     out: Arc<[AtomicU32]>,
 }
 
-impl Job for AttentionJob {
-    fn run(&self) {
+impl AttentionJob {
+    /// Claims and computes units until none is left; returns how many this thread computed.
+    fn work(&self) -> usize {
+        let mut count = 0;
+        while let Some(i) = self.items.claim() {
+            self.unit(i);
+            count += 1;
+        }
+        count
+    }
+
+    /// Computes unit `i` and stores its result.
+    fn unit(&self, i: usize) {
+        let u = &self.units[i];
         UNIT_SCRATCH.with(|scratch| {
             let (scores, result) = &mut *scratch.borrow_mut();
-            loop {
-                let i = self.next.fetch_add(1, Ordering::Relaxed);
-                let Some(u) = self.units.get(i) else {
-                    break;
-                };
-                let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    let store = read(&self.stores[u.seq]);
-                    self.plan.compute(&store, &self.q, u, scores, result);
-                }));
-                if ok.is_ok() {
-                    self.plan
-                        .place(u, result, |at, v| self.out[at].store(v.to_bits(), Ordering::Relaxed));
-                } else {
-                    self.failed.store(true, Ordering::Relaxed);
-                }
-                self.done.fetch_add(1, Ordering::Release);
+            let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let store = read(&self.stores[u.seq]);
+                self.plan.compute(&store, &self.q, u, scores, result);
+            }));
+            if ok.is_ok() {
+                self.plan
+                    .place(u, result, |at, v| self.out[at].store(v.to_bits(), Ordering::Relaxed));
+            } else {
+                self.failed.store(true, Ordering::Relaxed);
             }
         });
+        self.items.finish(i);
+    }
+}
+
+impl Job for AttentionJob {
+    fn run(&self) {
+        self.work();
     }
 }
 
@@ -698,7 +710,11 @@ mod tests {
                         let mut got = vec![f32::NAN; n * q_width];
                         causal_attention_windowed(&q, &cache, past, shape, 0.125, window, &mut got, pool);
                         let same = want.iter().zip(&got).all(|(a, b)| a.to_bits() == b.to_bits());
-                        assert!(same, "{ty} {shape:?} past {past} n {n} window {window:?} threads {}", pool.threads());
+                        assert!(
+                            same,
+                            "{ty} {shape:?} past {past} n {n} window {window:?} threads {}",
+                            pool.threads()
+                        );
                     }
                 }
             }
@@ -712,7 +728,17 @@ mod tests {
         let shape = SHAPES[0];
         let (q_width, kv_width) = (shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim);
         // (past, rows): eight decoding sequences and one prefill chunk, as the scheduler mixes them.
-        let seqs_spec = [(3, 1), (40, 1), (0, 1), (900, 1), (17, 1), (64, 1), (65, 1), (200, 1), (100, 30)];
+        let seqs_spec = [
+            (3, 1),
+            (40, 1),
+            (0, 1),
+            (900, 1),
+            (17, 1),
+            (64, 1),
+            (65, 1),
+            (200, 1),
+            (100, 30),
+        ];
         let caches: Vec<LayerKv> = seqs_spec
             .iter()
             .map(|&(past, n)| {
@@ -788,4 +814,3 @@ mod tests {
         assert_ne!(ka, kb);
     }
 }
-

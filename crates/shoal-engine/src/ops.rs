@@ -10,7 +10,8 @@ use crate::gguf::GgufFile;
 use crate::kernels::{Pool, QMatrix};
 
 pub use crate::attention::{
-    AttnShape, KvType, LayerKv, batch_attention, causal_attention, causal_attention_reference, causal_attention_windowed,
+    AttnShape, KvType, LayerKv, batch_attention, causal_attention, causal_attention_reference,
+    causal_attention_windowed,
 };
 
 /// A projection whose weight stays in its GGUF quantization.

@@ -41,7 +41,7 @@ mod neon;
 
 use std::borrow::Cow;
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use crate::bytes::SharedBytes;
@@ -372,19 +372,20 @@ impl QMatrix {
             acts: acts.into_owned(),
             isa,
             chunk,
-            n_items: self.rows.div_ceil(chunk),
-            next: AtomicUsize::new(0),
-            done: AtomicUsize::new(0),
+            items: pool::Items::new(self.rows.div_ceil(chunk)),
             failed: AtomicBool::new(false),
             out: pool.slab(n * self.rows),
         });
         pool.submit(job.clone());
-        job.run();
-        pool::wait_for(&job.done, job.n_items);
+        let t = std::time::Instant::now();
+        let mine = job.work();
+        let item_time = t.elapsed() / mine.max(1) as u32;
+        job.items.wait(item_time, |i| job.item(i));
+        pool.count_redone(job.items.redone());
         pool.retire();
         assert!(!job.failed.load(Ordering::Relaxed), "a kernel work item panicked");
         // Item i holds rows [r0, r0 + len) for every activation row, activation-major, at offset r0 · n.
-        for i in 0..job.n_items {
+        for i in 0..job.items.len() {
             let r0 = i * chunk;
             let len = chunk.min(self.rows - r0);
             let src = &job.out[r0 * n..(r0 + len) * n];
@@ -665,40 +666,49 @@ struct MatmulJob {
     acts: Acts<'static>,
     isa: Isa,
     chunk: usize,
-    n_items: usize,
-    next: AtomicUsize,
-    done: AtomicUsize,
+    items: pool::Items,
     failed: AtomicBool,
     out: Arc<[AtomicU32]>,
 }
 
-impl Job for MatmulJob {
-    fn run(&self) {
+impl MatmulJob {
+    /// Claims and computes items until none is left; returns how many this thread computed.
+    fn work(&self) -> usize {
+        let mut count = 0;
+        while let Some(i) = self.items.claim() {
+            self.item(i);
+            count += 1;
+        }
+        count
+    }
+
+    /// Computes item `i` (weight rows `[i · chunk, (i + 1) · chunk)`) and stores it.
+    fn item(&self, i: usize) {
         SCRATCH.with(|scratch| {
             let mut scratch = scratch.borrow_mut();
             let n = self.acts.n;
-            loop {
-                let i = self.next.fetch_add(1, Ordering::Relaxed);
-                if i >= self.n_items {
-                    break;
+            let r0 = i * self.chunk;
+            let r1 = (r0 + self.chunk).min(self.m.rows);
+            scratch.clear();
+            scratch.resize(n * (r1 - r0), 0.0);
+            let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                compute_rows(&self.m, &self.acts, r0, r1, &mut scratch, self.isa)
+            }));
+            if ok.is_ok() {
+                for (d, v) in self.out[r0 * n..r1 * n].iter().zip(scratch.iter()) {
+                    d.store(v.to_bits(), Ordering::Relaxed);
                 }
-                let r0 = i * self.chunk;
-                let r1 = (r0 + self.chunk).min(self.m.rows);
-                scratch.clear();
-                scratch.resize(n * (r1 - r0), 0.0);
-                let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    compute_rows(&self.m, &self.acts, r0, r1, &mut scratch, self.isa)
-                }));
-                if ok.is_ok() {
-                    for (d, v) in self.out[r0 * n..r1 * n].iter().zip(scratch.iter()) {
-                        d.store(v.to_bits(), Ordering::Relaxed);
-                    }
-                } else {
-                    self.failed.store(true, Ordering::Relaxed);
-                }
-                self.done.fetch_add(1, Ordering::Release);
+            } else {
+                self.failed.store(true, Ordering::Relaxed);
             }
+            self.items.finish(i);
         });
+    }
+}
+
+impl Job for MatmulJob {
+    fn run(&self) {
+        self.work();
     }
 }
 

@@ -7,6 +7,13 @@
 //!
 //! Jobs are `'static` (they own or share through `Arc` what they read, and write results through atomics), which
 //! is what lets long-lived threads run them without unsafe code.
+//!
+//! Preemption: on a small machine the node's own threads share the cores with these, so a worker can be descheduled
+//! in the middle of an item for a whole time slice (milliseconds) while the caller waits for it. [`Items::wait`]
+//! does not wait long: once nothing is left to claim, an item still unfinished after about twice the time an item
+//! takes is computed again by the caller. Items are deterministic and write their results through atomics into the
+//! job's own buffer (which no other job gets while a worker still holds this one), so the late duplicate writes the
+//! same bits and is harmless.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -41,6 +48,8 @@ pub struct Pool {
     slab: Mutex<Option<Arc<[AtomicU32]>>>,
     /// How many result buffers were allocated (they should be reused).
     slab_allocs: AtomicUsize,
+    /// Items the callers computed again (see [`Items::wait`]).
+    redone: AtomicUsize,
 }
 
 impl std::fmt::Debug for Pool {
@@ -92,6 +101,7 @@ impl Pool {
             handles,
             slab: Mutex::new(None),
             slab_allocs: AtomicUsize::new(0),
+            redone: AtomicUsize::new(0),
         }
     }
 
@@ -155,6 +165,17 @@ impl Pool {
     pub(crate) fn slab_allocs(&self) -> usize {
         self.slab_allocs.load(Ordering::Relaxed)
     }
+
+    /// Items computed twice because a worker was late with them (see [`Items::wait`]), since the pool started.
+    pub fn redone_items(&self) -> usize {
+        self.redone.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn count_redone(&self, n: usize) {
+        if n > 0 {
+            self.redone.fetch_add(n, Ordering::Relaxed);
+        }
+    }
 }
 
 impl Drop for Pool {
@@ -205,15 +226,132 @@ fn worker(shared: &Shared) {
     }
 }
 
-/// Waits until `done` reaches `target`: spins briefly (items are short), then yields the core.
-pub(crate) fn wait_for(done: &AtomicUsize, target: usize) {
-    let mut spins = 0u32;
-    while done.load(Ordering::Acquire) < target {
-        if spins < 20_000 {
+/// The least the caller waits for a claimed item before computing it again itself.
+const MIN_GRACE: Duration = Duration::from_micros(20);
+
+/// The work items of one job: handed out from a counter, each marked finished by whoever completes it first.
+pub(crate) struct Items {
+    next: AtomicUsize,
+    finished: Box<[AtomicBool]>,
+    done: AtomicUsize,
+    /// Items the caller computed again because their worker was late (a measure of preemption).
+    redone: AtomicUsize,
+}
+
+impl Items {
+    pub(crate) fn new(n: usize) -> Self {
+        Self {
+            next: AtomicUsize::new(0),
+            finished: (0..n).map(|_| AtomicBool::new(false)).collect(),
+            done: AtomicUsize::new(0),
+            redone: AtomicUsize::new(0),
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.finished.len()
+    }
+
+    /// The next unclaimed item, if any is left.
+    pub(crate) fn claim(&self) -> Option<usize> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed);
+        (i < self.len()).then_some(i)
+    }
+
+    /// Marks item `i` finished (its results already stored).
+    pub(crate) fn finish(&self, i: usize) {
+        if !self.finished[i].swap(true, Ordering::AcqRel) {
+            self.done.fetch_add(1, Ordering::Release);
+        }
+    }
+
+    /// How many items the caller computed again.
+    pub(crate) fn redone(&self) -> usize {
+        self.redone.load(Ordering::Relaxed)
+    }
+
+    /// The caller's wait once it has claimed all it could: returns when every item is finished. An item still
+    /// unfinished `2 × item_time` (at least [`MIN_GRACE`]) after the wait began is handed to `redo`, which computes
+    /// it (and calls [`Items::finish`]) on the caller's thread.
+    pub(crate) fn wait(&self, item_time: Duration, mut redo: impl FnMut(usize)) {
+        let deadline = Instant::now() + (item_time * 2).max(MIN_GRACE);
+        let mut spins = 0u32;
+        while self.done.load(Ordering::Acquire) < self.len() {
             std::hint::spin_loop();
-            spins += 1;
-        } else {
+            spins = spins.wrapping_add(1);
+            if spins.is_multiple_of(64) && Instant::now() >= deadline {
+                for (i, f) in self.finished.iter().enumerate() {
+                    if !f.load(Ordering::Acquire) {
+                        self.redone.fetch_add(1, Ordering::Relaxed);
+                        redo(i);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A worker that stops in the middle of its item (as a preempted thread does) does not hold the caller: the
+    /// caller computes that item itself and returns long before the worker wakes.
+    #[test]
+    fn a_late_item_is_computed_again_by_the_caller() {
+        const STALL: Duration = Duration::from_secs(5);
+        let items = Arc::new(Items::new(4));
+        let stalled = {
+            let items = items.clone();
+            std::thread::spawn(move || {
+                let i = items.claim().expect("item 0 is free");
+                std::thread::sleep(STALL);
+                items.finish(i);
+                i
+            })
+        };
+        while items.next.load(Ordering::SeqCst) == 0 {
             std::thread::yield_now();
         }
+        let t = Instant::now();
+        let mut mine = Vec::new();
+        while let Some(i) = items.claim() {
+            mine.push(i);
+            items.finish(i);
+        }
+        let mut redone = Vec::new();
+        items.wait(Duration::from_micros(1), |i| {
+            redone.push(i);
+            items.finish(i);
+        });
+        assert!(
+            t.elapsed() < STALL / 2,
+            "the caller waited {:?} for a stalled worker",
+            t.elapsed()
+        );
+        assert_eq!(mine, [1, 2, 3]);
+        assert_eq!(redone, [0]);
+        assert_eq!(items.redone(), 1);
+        // The worker's late finish of the same item changes nothing.
+        assert_eq!(stalled.join().unwrap_or(usize::MAX), 0);
+        assert_eq!(items.done.load(Ordering::SeqCst), 4);
+    }
+
+    /// Workers that keep up are waited for, not duplicated.
+    #[test]
+    fn items_finished_in_time_are_not_redone() {
+        let pool = Pool::new(2);
+        let items = Arc::new(Items::new(64));
+        let work = {
+            let items = items.clone();
+            Arc::new(move || {
+                while let Some(i) = items.claim() {
+                    items.finish(i);
+                }
+            })
+        };
+        pool.run(work);
+        items.wait(Duration::from_secs(1), |_| panic!("nothing is late"));
+        assert_eq!(items.redone(), 0);
     }
 }
