@@ -74,33 +74,39 @@ fn rows(m: &QMatrix, acts: &Acts, r0: usize, r1: usize, out: &mut [f32]) {
     }
 }
 
-/// Walks weight rows `[r0, r1)` × all activation rows in register tiles: 4 weight rows against the single
-/// activation row of a decode step, else 4 activation rows per weight row, so each unpacked weight block is used
-/// 4 times while it is in registers.
 /// Weight rows per tile for a single activation row.
 const DECODE_ROWS: usize = 4;
+/// Up to this many activation rows (decode steps, batched or not) take the decode tile one row at a time; more rows
+/// (prefill) take 4 activation rows per weight row.
+const ROW_AT_A_TIME_MAX: usize = 8;
 
+/// Walks weight rows `[r0, r1)` × all activation rows in register tiles: 4 weight rows against one activation row at
+/// a time for up to [`ROW_AT_A_TIME_MAX`] rows (decode steps), else 4 activation rows per weight row (prefill), so
+/// each unpacked weight block is used 4 times while it is in registers.
 #[target_feature(enable = "avx2,fma,f16c")]
 fn drive<K: Kernel>(m: &QMatrix, acts: &Acts, r0: usize, r1: usize, out: &mut [f32]) {
     let n = acts.n;
     let len = r1 - r0;
     let views: Vec<K::Act<'_>> = (0..n).map(|i| K::act(acts, i)).collect();
-    if n == 1 {
-        let a = [views[0]];
-        let out = &mut out[..len];
+    if n <= ROW_AT_A_TIME_MAX {
+        // The decode tile, one activation row at a time: the 4 weight rows stay in L1 while every row passes.
         let mut r = r0;
         while r + DECODE_ROWS <= r1 {
             let w: [K::Row<'_>; DECODE_ROWS] = std::array::from_fn(|j| K::row(m, r + j));
-            // SAFETY: `drive` runs only with avx2, fma and f16c (its own target features).
-            let y = unsafe { K::tile::<DECODE_ROWS, 1>(w, a) };
-            for (j, y) in y.iter().enumerate() {
-                out[r - r0 + j] = y[0];
+            for (i, &a) in views.iter().enumerate() {
+                // SAFETY: `drive` runs only with avx2, fma and f16c (its own target features).
+                let y = unsafe { K::tile::<DECODE_ROWS, 1>(w, [a]) };
+                for (j, y) in y.iter().enumerate() {
+                    out[i * len + r - r0 + j] = y[0];
+                }
             }
             r += DECODE_ROWS;
         }
         for r in r..r1 {
-            // SAFETY: as above.
-            out[r - r0] = unsafe { K::tile::<1, 1>([K::row(m, r)], a) }[0][0];
+            for (i, &a) in views.iter().enumerate() {
+                // SAFETY: as above.
+                out[i * len + r - r0] = unsafe { K::tile::<1, 1>([K::row(m, r)], [a]) }[0][0];
+            }
         }
         return;
     }
