@@ -279,7 +279,7 @@ pub fn batch_attention(
         UNIT_SCRATCH.with(|scratch| {
             let (scores, result) = &mut *scratch.borrow_mut();
             for u in &units {
-                plan.compute(&*stores[u.seq], q, u, scores, result);
+                plan.compute(&stores[u.seq], q, u, scores, result);
                 plan.place(u, result, |at, v| out[at] = v);
             }
         });
