@@ -101,7 +101,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let pool = std::sync::Arc::new(shoal_engine::Pool::new(threads));
     let t = std::time::Instant::now();
     let tokenizer = Tokenizer::from_gguf_path(&args.model)?;
-    let mut pipeline = Pipeline::load(&args.model, &args.splits, pool)?.with_kv_type(args.kv_cache);
+    let mut pipeline = Pipeline::load(&args.model, &args.splits, pool.clone())?.with_kv_type(args.kv_cache);
     eprintln!(
         "loaded {} stage(s) in {:.2?}, threads {}",
         pipeline.stages().len(),
@@ -130,12 +130,14 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     })?;
     println!();
     eprintln!(
-        "prompt {} tok, prefill {:.1} tok/s; generated {} tok ({:?}), decode {:.1} tok/s",
+        "prompt {} tok, prefill {:.1} tok/s; generated {} tok ({:?}), decode {:.1} tok/s; {} work items redone \
+         after a late worker",
         out.prompt_tokens,
         out.prefill_tok_per_s(),
         out.tokens.len(),
         out.finish_reason,
-        out.decode_tok_per_s()
+        out.decode_tok_per_s(),
+        pool.redone_items()
     );
     Ok(())
 }

@@ -75,6 +75,29 @@ impl MutualTls {
     }
 }
 
+/// What an I/O error met while driving a handshake through a [`Deadline`] socket means.
+#[derive(Debug)]
+pub enum HandshakeIoError {
+    /// The deadline passed (the socket's timeout fired).
+    TimedOut,
+    /// rustls refused the peer (it reports its own failures through `io::Error` while driving the connection).
+    Tls(rustls::Error),
+    /// Any other failure of the socket.
+    Io(io::Error),
+}
+
+impl From<io::Error> for HandshakeIoError {
+    fn from(e: io::Error) -> Self {
+        if matches!(e.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock) {
+            return HandshakeIoError::TimedOut;
+        }
+        match e.downcast::<rustls::Error>() {
+            Ok(tls) => HandshakeIoError::Tls(tls),
+            Err(e) => HandshakeIoError::Io(e),
+        }
+    }
+}
+
 /// A socket with a deadline for every read and write: each call gets only the time left, so a peer that trickles
 /// bytes cannot stretch a handshake past it.
 pub struct Deadline<'a> {

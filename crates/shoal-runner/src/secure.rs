@@ -11,7 +11,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use rustls::{ClientConnection, ServerConnection, StreamOwned};
-use shoal_net::mutual_tls::{Deadline, MutualTls, MutualTlsError};
+use shoal_net::mutual_tls::{Deadline, HandshakeIoError, MutualTls, MutualTlsError};
 
 use crate::frame::{FrameError, read_frame, write_frame};
 use crate::proto::{DataFrame, DataPlaneTls, Handshake};
@@ -47,13 +47,10 @@ pub enum HandshakeError {
 
 impl From<io::Error> for HandshakeError {
     fn from(e: io::Error) -> Self {
-        if matches!(e.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock) {
-            return HandshakeError::TimedOut;
-        }
-        // rustls reports its own failures through io::Error while driving the connection.
-        match e.downcast::<rustls::Error>() {
-            Ok(tls) => HandshakeError::Tls(tls),
-            Err(e) => HandshakeError::Io(e),
+        match HandshakeIoError::from(e) {
+            HandshakeIoError::TimedOut => HandshakeError::TimedOut,
+            HandshakeIoError::Tls(tls) => HandshakeError::Tls(tls),
+            HandshakeIoError::Io(e) => HandshakeError::Io(e),
         }
     }
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use rustls::{ClientConnection, ServerConnection, StreamOwned};
 use shoal_net::cluster_key::{NODE_DNS_NAME, NodeTls};
-use shoal_net::mutual_tls::{Deadline, MutualTls, MutualTlsError};
+use shoal_net::mutual_tls::{Deadline, HandshakeIoError, MutualTls, MutualTlsError};
 
 use crate::wire::{self, WireError};
 
@@ -68,13 +68,10 @@ pub(crate) enum HandshakeError {
 
 impl From<io::Error> for HandshakeError {
     fn from(e: io::Error) -> Self {
-        if matches!(e.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock) {
-            return HandshakeError::TimedOut;
-        }
-        // rustls reports its own failures through io::Error while driving the connection.
-        match e.downcast::<rustls::Error>() {
-            Ok(tls) => HandshakeError::Tls(tls),
-            Err(e) => HandshakeError::Io(e),
+        match HandshakeIoError::from(e) {
+            HandshakeIoError::TimedOut => HandshakeError::TimedOut,
+            HandshakeIoError::Tls(tls) => HandshakeError::Tls(tls),
+            HandshakeIoError::Io(e) => HandshakeError::Io(e),
         }
     }
 }
