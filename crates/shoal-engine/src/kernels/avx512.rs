@@ -125,7 +125,10 @@ fn drive_with<K: Kernel>(
 ) {
     let n = acts.n;
     let len = r1 - r0;
-    if n <= ROW_AT_A_TIME_MAX {
+    let row_at_a_time = n <= ROW_AT_A_TIME_MAX;
+    #[cfg(test)]
+    let row_at_a_time = bench::FORCE_ROW_AT_A_TIME.get().unwrap_or(row_at_a_time);
+    if row_at_a_time {
         // Activation rows in groups of ROW_GROUP, each row paired with itself in the table (a group's table stays in
         // L1); 4 weight rows (2 registers, one row per half) against one activation row at a time, the 4 rows'
         // blocks staying in L1 while every row of the group passes over them.
@@ -525,10 +528,16 @@ mod tests {
 /// both alike: `cargo test --release -p shoal-engine --lib kernels::avx512::bench -- --ignored --nocapture`.
 #[cfg(test)]
 mod bench {
+    use std::cell::Cell;
     use std::time::{Duration, Instant};
 
     use super::super::{Isa, compute_rows};
     use super::*;
+
+    thread_local! {
+        /// Forces the walk of `drive_with` (row at a time or not) whatever the activation rows, to time both.
+        pub(super) static FORCE_ROW_AT_A_TIME: Cell<Option<bool>> = const { Cell::new(None) };
+    }
 
     /// Rounds of alternated measurements; each reports its median.
     const ROUNDS: usize = 9;
@@ -575,24 +584,33 @@ mod bench {
                 .collect();
             let acts = Acts::quantize(ty.act_format(), &x, n, cols, Isa::Scalar);
             let mut out = vec![0.0; n * rows];
-            let isas = [Isa::Avx2(t.avx2()), Isa::Avx512(t)];
-            let mut times = [Vec::new(), Vec::new()];
+            // AVX2, AVX-512 with its own choice of walk, then (32-weight blocks) AVX-512 with the other walk.
+            let own = n <= ROW_AT_A_TIME_MAX;
+            let variants = [
+                (Isa::Avx2(t.avx2()), None),
+                (Isa::Avx512(t), None),
+                (Isa::Avx512(t), Some(!own)),
+            ];
+            let mut times = [Vec::new(), Vec::new(), Vec::new()];
             for _ in 0..ROUNDS {
-                for (j, &isa) in isas.iter().enumerate() {
+                for (j, &(isa, force)) in variants.iter().enumerate() {
+                    FORCE_ROW_AT_A_TIME.set(force);
                     let s = Instant::now();
                     for _ in 0..CALLS {
                         compute_rows(&m, &acts, 0, rows, &mut out, isa);
                     }
                     times[j].push(s.elapsed() / CALLS as u32);
                 }
+                FORCE_ROW_AT_A_TIME.set(None);
             }
             let med = |v: &mut Vec<Duration>| {
                 v.sort();
                 v[v.len() / 2]
             };
-            let (a, b) = (med(&mut times[0]), med(&mut times[1]));
+            let (a, b, c) = (med(&mut times[0]), med(&mut times[1]), med(&mut times[2]));
+            let other = if own { "2×4 tile" } else { "row at a time" };
             eprintln!(
-                "{ty} {rows}×{cols} n={n}: avx2 {a:?}, avx512 {b:?}, {:.2}×",
+                "{ty} {rows}×{cols} n={n}: avx2 {a:?}, avx512 {b:?}, {:.2}×; avx512 {other} {c:?}",
                 a.as_secs_f64() / b.as_secs_f64()
             );
         }
