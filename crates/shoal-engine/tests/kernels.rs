@@ -699,7 +699,7 @@ fn each_row_is_bit_identical_whatever_the_batch() {
             );
         }
         for pool in &pools {
-            // Past both kernels' row-at-a-time limits (8 for AVX2, 16 for AVX-512), so both walks are compared.
+            // Past AVX2's one-row walk, AVX-512's groups of 8 rows and its Q4_1 hand-over to AVX2 (3 rows).
             for n in [2, 4, 5, 9, 17, BATCH] {
                 let mut y = vec![0.0; n * rows];
                 m.matmul(&x[..n * cols], n, &mut y, pool);

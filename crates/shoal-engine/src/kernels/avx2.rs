@@ -76,9 +76,10 @@ fn rows(m: &QMatrix, acts: &Acts, r0: usize, r1: usize, out: &mut [f32]) {
 
 /// Weight rows per tile for a single activation row.
 const DECODE_ROWS: usize = 4;
-/// Up to this many activation rows (decode steps, batched or not) take the decode tile one row at a time; more rows
-/// (prefill) take 4 activation rows per weight row.
-const ROW_AT_A_TIME_MAX: usize = 8;
+/// Up to this many activation rows take the decode tile one row at a time; more rows take 4 activation rows per
+/// weight row, which the kernel bench (`kernels::avx512::bench`) measured faster from 2 rows on (297 against 375 µs
+/// for 8 rows of a Q4_1 1536×576 product).
+const ROW_AT_A_TIME_MAX: usize = 1;
 
 /// Walks weight rows `[r0, r1)` × all activation rows in register tiles: 4 weight rows against one activation row at
 /// a time for up to [`ROW_AT_A_TIME_MAX`] rows (decode steps), else 4 activation rows per weight row (prefill), so

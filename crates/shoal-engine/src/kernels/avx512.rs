@@ -48,6 +48,15 @@ impl Avx512 {
 
     /// `out[i · (r1 - r0) + (r - r0)] = W[r] · x[i]` for weight rows `[r0, r1)`.
     pub(crate) fn rows(self, m: &QMatrix, acts: &Acts, r0: usize, r1: usize, out: &mut [f32]) {
+        if m.ty() == WeightType::Q4_1 && acts.n >= Q4_1_AVX2_FROM_ROWS {
+            // Same bits either way (see the module comment); AVX2's 1 × 4 tile is the faster one here.
+            return self.avx2.rows(m, acts, r0, r1, out);
+        }
+        self.own_rows(m, acts, r0, r1, out);
+    }
+
+    /// [`Avx512::rows`] always with this module's kernels, where it has one for the type.
+    fn own_rows(self, m: &QMatrix, acts: &Acts, r0: usize, r1: usize, out: &mut [f32]) {
         assert!(r0 <= r1 && r1 <= m.rows() && out.len() == acts.n * (r1 - r0));
         // SAFETY (all eight): an `Avx512` token exists only if every feature `drive` and `drive_k` enable was detected
         // (the same set).
@@ -81,10 +90,10 @@ trait Kernel {
     ) -> [[f32; 2]; P];
 }
 
-/// Walks weight rows `[r0, r1)` × all activation rows: up to [`ROW_AT_A_TIME_MAX`] activation rows (decode steps,
-/// batched or not), 4 weight rows (2 registers) against one activation row at a time; more rows (prefill), 2 weight
-/// rows × 4 activation rows (4 registers), so each unpacked weight block is used 4 times and each activation block
-/// twice while in registers.
+/// Walks weight rows `[r0, r1)` × all activation rows: activation rows in groups of [`ROW_GROUP`], 4 weight rows
+/// (2 registers, one row per half) against one activation row at a time. Measured against a 2 weight rows × 4
+/// activation rows tile (each unpacked block used 4 times in registers), this walk was as fast or faster at every row
+/// count, 1 to 512 (`mod bench`, 2026-12-06), so it is the only one.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn drive<K: Kernel>(m: &QMatrix, acts: &Acts, r0: usize, r1: usize, out: &mut [f32]) {
     let nb = acts.cols / super::QK;
@@ -99,12 +108,13 @@ fn drive<K: Kernel>(m: &QMatrix, acts: &Acts, r0: usize, r1: usize, out: &mut [f
     TABLE.set(table);
 }
 
-/// Up to this many activation rows, weight rows are walked one activation row at a time (the decode tile); more rows
-/// take the 2 × 4 tile. Measured with the `avx512_against_avx2` bench: at 8 rows the decode tile costs half of the
-/// 2 × 4 tile's time.
-const ROW_AT_A_TIME_MAX: usize = 16;
-/// Activation rows whose table is built and walked together by the row-at-a-time walk (8 × 18 blocks of 208 bytes
-/// for a 576-wide row: 30 KiB, within L1).
+/// From this many activation rows on, Q4_1 products go to the AVX2 kernel: its 1 weight row × 4 activation rows tile
+/// beat this module's walk there in the kernel bench (`mod bench`: 118 against 126 µs for 3 rows of a 1536×576
+/// product, 2.35 against 2.57 ms for 64), while this module's wins for 1 and 2 rows (45 against 52 µs for one).
+/// Q4_0, Q5_0 and Q8_0 stay here at every row count (Q4_0: 3.06 against 3.45 ms for 64 rows).
+const Q4_1_AVX2_FROM_ROWS: usize = 3;
+/// Activation rows whose table is built and walked together (8 × 18 blocks of 208 bytes for a 576-wide row: 30 KiB,
+/// within L1).
 const ROW_GROUP: usize = 8;
 
 thread_local! {
@@ -125,71 +135,33 @@ fn drive_with<K: Kernel>(
 ) {
     let n = acts.n;
     let len = r1 - r0;
-    let row_at_a_time = n <= ROW_AT_A_TIME_MAX;
-    #[cfg(test)]
-    let row_at_a_time = bench::FORCE_ROW_AT_A_TIME.get().unwrap_or(row_at_a_time);
-    if row_at_a_time {
-        // Activation rows in groups of ROW_GROUP, each row paired with itself in the table (a group's table stays in
-        // L1); 4 weight rows (2 registers, one row per half) against one activation row at a time, the 4 rows'
-        // blocks staying in L1 while every row of the group passes over them.
-        for g0 in (0..n).step_by(ROW_GROUP) {
-            let own: Vec<(usize, usize)> = (g0..(g0 + ROW_GROUP).min(n)).map(|i| (i, i)).collect();
-            act_table(acts, &own, table);
-            let xs: Vec<&[ActBlocks]> = table.chunks_exact(nb).collect();
-            let mut r = r0;
-            while r + 4 <= r1 {
-                let w = [K::row(m, r), K::row(m, r + 1), K::row(m, r + 2), K::row(m, r + 3)];
-                for (i, &x) in (g0..).zip(&xs) {
-                    // Low halves take rows r and r + 2, high r + 1 and r + 3.
-                    // SAFETY: `drive` runs only with the features `tile` needs (its own target features).
-                    let y = unsafe { K::tile::<2>([w[0], w[2]], [w[1], w[3]], [x, x]) };
-                    let at = i * len + r - r0;
-                    out[at..at + 4].copy_from_slice(&[y[0][0], y[0][1], y[1][0], y[1][1]]);
-                }
-                r += 4;
-            }
-            while r < r1 {
-                // The last odd row pairs with itself.
-                let r2 = (r + 1).min(r1 - 1);
-                for (i, &x) in (g0..).zip(&xs) {
-                    // SAFETY: `drive` runs only with the features `tile` needs (its own target features).
-                    let y = unsafe { K::tile::<1>([K::row(m, r)], [K::row(m, r2)], [x]) };
-                    out[i * len + r - r0] = y[0][0];
-                    out[i * len + r2 - r0] = y[0][1];
-                }
-                r += 2;
-            }
-        }
-        return;
-    }
-    // Activation rows in pairs (0, 1), (2, 3), …, an odd last one with itself.
-    let pairs: Vec<(usize, usize)> = (0..n).step_by(2).map(|i| (i, (i + 1).min(n - 1))).collect();
-    // Two pairs of activation rows at a time (their table stays in L1), against every weight row of the range.
-    for group in pairs.chunks(2) {
-        act_table(acts, group, table);
-        let t: Vec<&[ActBlocks]> = table.chunks_exact(nb).collect();
+    // Activation rows in groups of ROW_GROUP, each row paired with itself in the table (a group's table stays in
+    // L1); 4 weight rows (2 registers, one row per half) against one activation row at a time, the 4 rows'
+    // blocks staying in L1 while every row of the group passes over them.
+    for g0 in (0..n).step_by(ROW_GROUP) {
+        let own: Vec<(usize, usize)> = (g0..(g0 + ROW_GROUP).min(n)).map(|i| (i, i)).collect();
+        act_table(acts, &own, table);
+        let xs: Vec<&[ActBlocks]> = table.chunks_exact(nb).collect();
         let mut r = r0;
+        while r + 4 <= r1 {
+            let w = [K::row(m, r), K::row(m, r + 1), K::row(m, r + 2), K::row(m, r + 3)];
+            for (i, &x) in (g0..).zip(&xs) {
+                // Low halves take rows r and r + 2, high r + 1 and r + 3.
+                // SAFETY: `drive` runs only with the features `tile` needs (its own target features).
+                let y = unsafe { K::tile::<2>([w[0], w[2]], [w[1], w[3]], [x, x]) };
+                let at = i * len + r - r0;
+                out[at..at + 4].copy_from_slice(&[y[0][0], y[0][1], y[1][0], y[1][1]]);
+            }
+            r += 4;
+        }
         while r < r1 {
-            // An odd last row pairs with itself (computed twice, stored once).
-            let rb = (r + 1).min(r1 - 1);
-            let (wa, wb) = (K::row(m, r), K::row(m, rb));
-            if let [(i, i2), (k, k2)] = *group {
+            // The last odd row pairs with itself.
+            let r2 = (r + 1).min(r1 - 1);
+            for (i, &x) in (g0..).zip(&xs) {
                 // SAFETY: `drive` runs only with the features `tile` needs (its own target features).
-                let y = unsafe { K::tile::<4>([wa, wa, wb, wb], [wa, wa, wb, wb], [t[0], t[1], t[0], t[1]]) };
-                for (row, ys) in [(r, [y[0], y[1]]), (rb, [y[2], y[3]])] {
-                    out[i * len + row - r0] = ys[0][0];
-                    out[i2 * len + row - r0] = ys[0][1];
-                    out[k * len + row - r0] = ys[1][0];
-                    out[k2 * len + row - r0] = ys[1][1];
-                }
-            } else {
-                let (i, i2) = group[0];
-                // SAFETY: `drive` runs only with the features `tile` needs (its own target features).
-                let y = unsafe { K::tile::<2>([wa, wb], [wa, wb], [t[0], t[0]]) };
-                for (row, ys) in [(r, y[0]), (rb, y[1])] {
-                    out[i * len + row - r0] = ys[0];
-                    out[i2 * len + row - r0] = ys[1];
-                }
+                let y = unsafe { K::tile::<1>([K::row(m, r)], [K::row(m, r2)], [x]) };
+                out[i * len + r - r0] = y[0][0];
+                out[i * len + r2 - r0] = y[0][1];
             }
             r += 2;
         }
@@ -460,15 +432,15 @@ mod tests {
             for (cols, rows) in [(576, 37), (544, 9), (32, 5), (1536, 8), (64, 2), (96, 1)] {
                 let m = QMatrix::quantize(ty, rows, cols, &values(cols as u64 * 7 + rows as u64, rows * cols, 0.2))
                     .unwrap_or_else(|e| panic!("{e}"));
-                // Past the row-at-a-time limit, so both walks are checked against each other.
-                let n = ROW_AT_A_TIME_MAX + 3;
+                // More than two groups of activation rows, the last one short.
+                let n = 2 * ROW_GROUP + 3;
                 let mut x = values(cols as u64, n * cols, 4.0);
                 x[..32].fill(0.0); // an all-zero activation block (d = 0)
                 let acts = Acts::quantize(ActFormat::Q8, &x, n, cols, Isa::Scalar);
                 let mut want = vec![0.0; n * rows];
                 scalar::rows(&m, &acts, 0, rows, &mut want);
                 let mut got = vec![f32::NAN; n * rows];
-                t.rows(&m, &acts, 0, rows, &mut got);
+                t.own_rows(&m, &acts, 0, rows, &mut got);
                 let mut avx2 = vec![f32::NAN; n * rows];
                 t.avx2().rows(&m, &acts, 0, rows, &mut avx2);
                 for (j, (g, a)) in got.iter().zip(&avx2).enumerate() {
@@ -484,7 +456,7 @@ mod tests {
                 for nb in 2..n {
                     let part = Acts::quantize(ActFormat::Q8, &x[..nb * cols], nb, cols, Isa::Scalar);
                     let mut y = vec![f32::NAN; nb * rows];
-                    t.rows(&m, &part, 0, rows, &mut y);
+                    t.own_rows(&m, &part, 0, rows, &mut y);
                     assert!(
                         y.iter().zip(&got).all(|(a, b)| a.to_bits() == b.to_bits()),
                         "{ty} {rows}×{cols} n={nb}"
@@ -507,12 +479,12 @@ mod tests {
                 for i in 0..n {
                     let one = Acts::quantize(ActFormat::Q8, &x[i * cols..(i + 1) * cols], 1, cols, Isa::Scalar);
                     let mut y = vec![f32::NAN; rows];
-                    t.rows(&m, &one, 0, rows, &mut y);
+                    t.own_rows(&m, &one, 0, rows, &mut y);
                     // Also an odd split of the rows (a work item boundary inside a decode tile).
                     let mut y2 = vec![f32::NAN; rows];
                     let cut = rows.min(3);
-                    t.rows(&m, &one, 0, cut, &mut y2[..cut]);
-                    t.rows(&m, &one, cut, rows, &mut y2[cut..]);
+                    t.own_rows(&m, &one, 0, cut, &mut y2[..cut]);
+                    t.own_rows(&m, &one, cut, rows, &mut y2[cut..]);
                     for r in 0..rows {
                         let b = got[i * rows + r].to_bits();
                         assert_eq!(y[r].to_bits(), b, "{ty} {rows}×{cols}: row {r} of x[{i}] alone");
@@ -528,16 +500,10 @@ mod tests {
 /// both alike: `cargo test --release -p shoal-engine --lib kernels::avx512::bench -- --ignored --nocapture`.
 #[cfg(test)]
 mod bench {
-    use std::cell::Cell;
     use std::time::{Duration, Instant};
 
-    use super::super::{Isa, compute_rows};
+    use super::super::Isa;
     use super::*;
-
-    thread_local! {
-        /// Forces the walk of `drive_with` (row at a time or not) whatever the activation rows, to time both.
-        pub(super) static FORCE_ROW_AT_A_TIME: Cell<Option<bool>> = const { Cell::new(None) };
-    }
 
     /// Rounds of alternated measurements; each reports its median.
     const ROUNDS: usize = 9;
@@ -556,6 +522,14 @@ mod bench {
             (WeightType::Q4_1, 576, 1536, 1),
             (WeightType::Q8_0, 8192, 576, 1),
             (WeightType::Q5_0, 1536, 576, 1),
+            (WeightType::Q5_0, 1536, 576, 2),
+            (WeightType::Q5_0, 1536, 576, 8),
+            (WeightType::Q5_0, 1536, 576, 64),
+            (WeightType::Q4_0, 1536, 576, 8),
+            (WeightType::Q4_0, 1536, 576, 64),
+            (WeightType::Q4_1, 1536, 576, 2),
+            (WeightType::Q4_1, 1536, 576, 3),
+            (WeightType::Q4_1, 1536, 576, 4),
             (WeightType::Q4_1, 1536, 576, 8),
             (WeightType::Q4_1, 1536, 576, 16),
             (WeightType::Q4_1, 1536, 576, 17),
@@ -584,33 +558,28 @@ mod bench {
                 .collect();
             let acts = Acts::quantize(ty.act_format(), &x, n, cols, Isa::Scalar);
             let mut out = vec![0.0; n * rows];
-            // AVX2, AVX-512 with its own choice of walk, then (32-weight blocks) AVX-512 with the other walk.
-            let own = n <= ROW_AT_A_TIME_MAX;
-            let variants = [
-                (Isa::Avx2(t.avx2()), None),
-                (Isa::Avx512(t), None),
-                (Isa::Avx512(t), Some(!own)),
-            ];
-            let mut times = [Vec::new(), Vec::new(), Vec::new()];
+            // AVX2, then this module's own kernel (whatever `Avx512::rows` would pick).
+            let mut times = [Vec::new(), Vec::new()];
             for _ in 0..ROUNDS {
-                for (j, &(isa, force)) in variants.iter().enumerate() {
-                    FORCE_ROW_AT_A_TIME.set(force);
+                for (j, times) in times.iter_mut().enumerate() {
                     let s = Instant::now();
                     for _ in 0..CALLS {
-                        compute_rows(&m, &acts, 0, rows, &mut out, isa);
+                        if j == 0 {
+                            t.avx2().rows(&m, &acts, 0, rows, &mut out);
+                        } else {
+                            t.own_rows(&m, &acts, 0, rows, &mut out);
+                        }
                     }
-                    times[j].push(s.elapsed() / CALLS as u32);
+                    times.push(s.elapsed() / CALLS as u32);
                 }
-                FORCE_ROW_AT_A_TIME.set(None);
             }
             let med = |v: &mut Vec<Duration>| {
                 v.sort();
                 v[v.len() / 2]
             };
-            let (a, b, c) = (med(&mut times[0]), med(&mut times[1]), med(&mut times[2]));
-            let other = if own { "2×4 tile" } else { "row at a time" };
+            let (a, b) = (med(&mut times[0]), med(&mut times[1]));
             eprintln!(
-                "{ty} {rows}×{cols} n={n}: avx2 {a:?}, avx512 {b:?}, {:.2}×; avx512 {other} {c:?}",
+                "{ty} {rows}×{cols} n={n}: avx2 {a:?}, avx512 {b:?}, {:.2}×",
                 a.as_secs_f64() / b.as_secs_f64()
             );
         }
