@@ -12,14 +12,18 @@
 use std::time::Duration;
 
 /// The wall time a step that holds decoding sequences aims for, below the ≤ 250 ms gap a running stream should see
-/// while another request prefills, with room for scheduling jitter on a shared machine.
+/// while another request prefills, with room for scheduling jitter on a shared machine. (120 ms was tried: over a
+/// whole 7,000-token prefill on 2 cores its gaps read p99 233 ms, max 331 ms, against 207 / 252 ms at 150 ms, within
+/// this machine's noise, and the prefill took 191 s against 179 s.)
 pub const STEP_TARGET: Duration = Duration::from_millis(150);
 /// The wall time a step of prompt chunks alone aims for (see the module comment); early chunks of a prompt are
 /// cheap and stay at the full chunk size.
 pub const SOLO_STEP_TARGET: Duration = Duration::from_secs(1);
 /// A prompt chunk beside decoding sequences never shrinks below this, so a long prompt always advances: on a machine
-/// too slow for the target, progress of the prompt wins over the target.
-pub const MIN_PREFILL_TOKENS: usize = 8;
+/// too slow for the target, progress of the prompt wins over the target. At 8 the floor bound the last chunks of a
+/// 7,000-token prompt on 2 cores (8 tokens over ~7k of prefix: ~170 ms, p99 gap 340 ms); at 4 it leaves the target
+/// in charge there.
+pub const MIN_PREFILL_TOKENS: usize = 4;
 /// The chunk beside decoding sequences before any step with a prompt chunk has been timed.
 pub const FIRST_PREFILL_TOKENS: usize = 16;
 /// Weight of the newest step in the running estimates: high enough to follow a prompt whose chunks grow slower as
