@@ -13,7 +13,7 @@ use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
-use crate::kernels::pool::{self, Job};
+use crate::kernels::pool::{self, ItemJob};
 use crate::kernels::{self, Pool, f16};
 use crate::ops::SeqRows;
 
@@ -294,12 +294,7 @@ pub fn batch_attention(
         failed: AtomicBool::new(false),
         out: pool.slab(out.len()),
     });
-    pool.submit(job.clone());
-    let t = std::time::Instant::now();
-    let mine = job.work();
-    job.items.wait(t.elapsed() / mine.max(1) as u32, |i| job.unit(i));
-    pool.count_redone(job.items.redone());
-    pool.retire();
+    pool.run_items(&job);
     assert!(!job.failed.load(Ordering::Relaxed), "an attention work item panicked");
     for (d, v) in out.iter_mut().zip(job.out.iter()) {
         *d = f32::from_bits(v.load(Ordering::Relaxed));
@@ -498,19 +493,13 @@ struct AttentionJob {
     out: Arc<[AtomicU32]>,
 }
 
-impl AttentionJob {
-    /// Claims and computes units until none is left; returns how many this thread computed.
-    fn work(&self) -> usize {
-        let mut count = 0;
-        while let Some(i) = self.items.claim() {
-            self.unit(i);
-            count += 1;
-        }
-        count
+impl ItemJob for AttentionJob {
+    fn items(&self) -> &pool::Items {
+        &self.items
     }
 
     /// Computes unit `i` and stores its result.
-    fn unit(&self, i: usize) {
+    fn item(&self, i: usize) {
         let u = &self.units[i];
         UNIT_SCRATCH.with(|scratch| {
             let (scores, result) = &mut *scratch.borrow_mut();
@@ -526,12 +515,6 @@ impl AttentionJob {
             }
         });
         self.items.finish(i);
-    }
-}
-
-impl Job for AttentionJob {
-    fn run(&self) {
-        self.work();
     }
 }
 

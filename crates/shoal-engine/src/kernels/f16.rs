@@ -8,21 +8,10 @@
 
 use half::f16;
 
-use super::Isa;
+use super::{Isa, check_rows};
 
 #[cfg(target_arch = "x86_64")]
 use super::f16_x86;
-
-/// Checks that `count` rows of `width` values, `stride` apart, fit in `len` values.
-fn check_rows(len: usize, count: usize, stride: usize, width: usize) {
-    if count > 0 {
-        assert!(stride >= width, "rows of {width} values cannot sit {stride} apart");
-        assert!(
-            (count - 1) * stride + width <= len,
-            "{count} rows of {width} values {stride} apart need more than {len} values"
-        );
-    }
-}
 
 /// `out[t] = scale · (q · k[t·stride .. t·stride + q.len()])` for every `t < out.len()`.
 pub fn scores(q: &[f32], k: &[u16], stride: usize, scale: f32, out: &mut [f32]) {

@@ -8,24 +8,13 @@
 //! value row is multiplied by its weight and added to the output, element by element, in row order. The SIMD
 //! versions do exactly those operations, eight or sixteen lanes at a time.
 
-use super::Isa;
+use super::{Isa, check_rows};
 
 #[cfg(target_arch = "x86_64")]
 use super::f32_x86;
 
 /// Lanes of a score's running sums: the SIMD kernels' 256-bit registers hold one sum each.
 pub const SCORE_LANES: usize = 8;
-
-/// Checks that `count` rows of `width` values, `stride` apart, fit in `len` values.
-fn check_rows(len: usize, count: usize, stride: usize, width: usize) {
-    if count > 0 {
-        assert!(stride >= width, "rows of {width} values cannot sit {stride} apart");
-        assert!(
-            (count - 1) * stride + width <= len,
-            "{count} rows of {width} values {stride} apart need more than {len} values"
-        );
-    }
-}
 
 /// `out[t] = scale · (q · k[t·stride .. t·stride + q.len()])` for every `t < out.len()`.
 pub fn scores(q: &[f32], k: &[f32], stride: usize, scale: f32, out: &mut [f32]) {

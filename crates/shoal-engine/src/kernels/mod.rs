@@ -45,7 +45,6 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use crate::bytes::SharedBytes;
-use pool::Job;
 pub use pool::Pool;
 
 /// Elements of one Q8_K (K-quant) super-block.
@@ -376,13 +375,7 @@ impl QMatrix {
             failed: AtomicBool::new(false),
             out: pool.slab(n * self.rows),
         });
-        pool.submit(job.clone());
-        let t = std::time::Instant::now();
-        let mine = job.work();
-        let item_time = t.elapsed() / mine.max(1) as u32;
-        job.items.wait(item_time, |i| job.item(i));
-        pool.count_redone(job.items.redone());
-        pool.retire();
+        pool.run_items(&job);
         assert!(!job.failed.load(Ordering::Relaxed), "a kernel work item panicked");
         // Item i holds rows [r0, r0 + len) for every activation row, activation-major, at offset r0 · n.
         for i in 0..job.items.len() {
@@ -655,6 +648,18 @@ fn chunk_rows(m: &QMatrix, n: usize, threads: usize) -> usize {
     m.rows.div_ceil(threads * 4).next_multiple_of(4).min(m.rows)
 }
 
+/// For the attention kernels over a KV cache ([`f16`], [`f32`]): checks that `count` rows of `width` values,
+/// `stride` apart, fit in `len` values.
+pub(crate) fn check_rows(len: usize, count: usize, stride: usize, width: usize) {
+    if count > 0 {
+        assert!(stride >= width, "rows of {width} values cannot sit {stride} apart");
+        assert!(
+            (count - 1) * stride + width <= len,
+            "{count} rows of {width} values {stride} apart need more than {len} values"
+        );
+    }
+}
+
 thread_local! {
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
@@ -671,15 +676,9 @@ struct MatmulJob {
     out: Arc<[AtomicU32]>,
 }
 
-impl MatmulJob {
-    /// Claims and computes items until none is left; returns how many this thread computed.
-    fn work(&self) -> usize {
-        let mut count = 0;
-        while let Some(i) = self.items.claim() {
-            self.item(i);
-            count += 1;
-        }
-        count
+impl pool::ItemJob for MatmulJob {
+    fn items(&self) -> &pool::Items {
+        &self.items
     }
 
     /// Computes item `i` (weight rows `[i · chunk, (i + 1) · chunk)`) and stores it.
@@ -703,12 +702,6 @@ impl MatmulJob {
             }
             self.items.finish(i);
         });
-    }
-}
-
-impl Job for MatmulJob {
-    fn run(&self) {
-        self.work();
     }
 }
 

@@ -166,12 +166,25 @@ impl Pool {
         self.slab_allocs.load(Ordering::Relaxed)
     }
 
+    /// Runs `job` on the caller and on every worker that picks it up: the caller claims items like the workers, then
+    /// waits for the claimed ones, computing again any a worker is late with ([`Items::wait`], with the caller's own
+    /// time per item as the measure). Returns once every item is finished.
+    pub(crate) fn run_items<J: ItemJob>(&self, job: &Arc<J>) {
+        self.submit(Arc::new(ItemsJob(job.clone())));
+        let started = Instant::now();
+        let mine = job.work();
+        let item_time = started.elapsed() / u32::try_from(mine.max(1)).unwrap_or(u32::MAX);
+        job.items().wait(item_time, |i| job.item(i));
+        self.count_redone(job.items().redone());
+        self.retire();
+    }
+
     /// Items computed twice because a worker was late with them (see [`Items::wait`]), since the pool started.
     pub fn redone_items(&self) -> usize {
         self.redone.load(Ordering::Relaxed)
     }
 
-    pub(crate) fn count_redone(&self, n: usize) {
+    fn count_redone(&self, n: usize) {
         if n > 0 {
             self.redone.fetch_add(n, Ordering::Relaxed);
         }
@@ -223,6 +236,33 @@ fn worker(shared: &Shared) {
             // A job records its own failures (see `Job::run`); never let one take the worker down.
             let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job.run()));
         }
+    }
+}
+
+/// A job made of [`Items`], each computed by [`ItemJob::item`] (which stores its results and calls
+/// [`Items::finish`]); [`Pool::run_items`] runs one on the caller and the workers.
+pub(crate) trait ItemJob: Send + Sync + 'static {
+    fn items(&self) -> &Items;
+    /// Computes item `i`, stores its results and marks it finished. Deterministic: it may run twice.
+    fn item(&self, i: usize);
+
+    /// Claims and computes items until none is left; returns how many this thread computed.
+    fn work(&self) -> usize {
+        let mut count = 0;
+        while let Some(i) = self.items().claim() {
+            self.item(i);
+            count += 1;
+        }
+        count
+    }
+}
+
+/// A pool worker runs an item job by claiming items until none is left.
+struct ItemsJob<J: ItemJob>(Arc<J>);
+
+impl<J: ItemJob> Job for ItemsJob<J> {
+    fn run(&self) {
+        self.0.work();
     }
 }
 
