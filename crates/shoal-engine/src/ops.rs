@@ -21,8 +21,15 @@ pub struct Linear {
 }
 
 impl Linear {
+    /// The projection `name`, its rows packed for this machine's row-group kernel where it has one.
     pub fn load(gguf: &mut GgufFile, name: &str) -> Result<Self> {
-        Ok(Self::from_matrix(Arc::new(gguf.read_matrix(name)?)))
+        Ok(Self::packed(gguf.read_matrix(name)?))
+    }
+
+    /// A projection over `weight` with its rows packed for this machine's row-group kernel where it has one
+    /// ([`QMatrix::with_packed_rows`]: the same results, faster).
+    pub fn packed(weight: QMatrix) -> Self {
+        Self::from_matrix(Arc::new(weight.with_packed_rows()))
     }
 
     pub fn from_matrix(weight: Arc<QMatrix>) -> Self {

@@ -131,7 +131,8 @@ impl Stage {
                     Some(e) => e.clone(),
                     None => load_embedding(gguf, &hp)?,
                 };
-                Linear::from_matrix(w)
+                // The head's product reads a packed copy; the embedding's lookups read the mapped rows.
+                Linear::packed(QMatrix::clone(&w))
             };
             if proj.out_features() != hp.vocab_size || proj.in_features() != hp.hidden {
                 return Err(EngineError::InvalidTensor {

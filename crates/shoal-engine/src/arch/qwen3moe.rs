@@ -5,8 +5,6 @@
 //! Expert weights are 3-D tensors `ffn_{gate,up,down}_exps` (ggml shape [cols, rows, n_expert]); a stage holds every
 //! expert of its layers.
 
-use std::sync::Arc;
-
 use super::llama::{Ffn, PreNormBlock};
 use super::qwen3::{QWEN3_ATTENTION, read_qwen3_hparams};
 use super::{Architecture, HParams, Layer};
@@ -75,7 +73,7 @@ impl Qwen3Moe {
                             ),
                         });
                     }
-                    Ok(Linear::from_matrix(Arc::new(m)))
+                    Ok(Linear::packed(m))
                 })
                 .collect()
         };

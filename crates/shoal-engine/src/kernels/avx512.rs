@@ -23,6 +23,7 @@ use super::avx2::Avx2;
 use super::{Acts, QMatrix, WeightType};
 
 mod kquants;
+mod packed;
 use kquants::{Q4K, Q5K, Q6K, drive_k};
 
 /// Proof that this CPU has AVX-512 F, BW, VL and VNNI, and AVX2, FMA and F16C.
@@ -48,6 +49,10 @@ impl Avx512 {
 
     /// `out[i · (r1 - r0) + (r - r0)] = W[r] · x[i]` for weight rows `[r0, r1)`.
     pub(crate) fn rows(self, m: &QMatrix, acts: &Acts, r0: usize, r1: usize, out: &mut [f32]) {
+        if let Some(p) = &m.packed {
+            // SAFETY: an `Avx512` token exists only if every feature `packed::rows` enables was detected.
+            return unsafe { packed::rows(m, p, acts, r0, r1, out) };
+        }
         if m.ty() == WeightType::Q4_1 && acts.n >= Q4_1_AVX2_FROM_ROWS {
             // Same bits either way (see the module comment); AVX2's 1 × 4 tile is the faster one here.
             return self.avx2.rows(m, acts, r0, r1, out);
@@ -558,16 +563,18 @@ mod bench {
                 .collect();
             let acts = Acts::quantize(ty.act_format(), &x, n, cols, Isa::Scalar);
             let mut out = vec![0.0; n * rows];
-            // AVX2, then this module's own kernel (whatever `Avx512::rows` would pick).
-            let mut times = [Vec::new(), Vec::new()];
+            let packed = super::super::packed::PackedRows::pack(&m);
+            // AVX2, this module's row kernels, then the row-group kernel over packed rows (where the type has it).
+            let mut times = [Vec::new(), Vec::new(), Vec::new()];
             for _ in 0..ROUNDS {
                 for (j, times) in times.iter_mut().enumerate() {
                     let s = Instant::now();
                     for _ in 0..CALLS {
-                        if j == 0 {
-                            t.avx2().rows(&m, &acts, 0, rows, &mut out);
-                        } else {
-                            t.own_rows(&m, &acts, 0, rows, &mut out);
+                        match (j, &packed) {
+                            (0, _) => t.avx2().rows(&m, &acts, 0, rows, &mut out),
+                            (_, None) | (1, _) => t.own_rows(&m, &acts, 0, rows, &mut out),
+                            // SAFETY: the token proves the features.
+                            (_, Some(p)) => unsafe { packed::rows(&m, p, &acts, 0, rows, &mut out) },
                         }
                     }
                     times.push(s.elapsed() / CALLS as u32);
@@ -577,10 +584,10 @@ mod bench {
                 v.sort();
                 v[v.len() / 2]
             };
-            let (a, b) = (med(&mut times[0]), med(&mut times[1]));
+            let (a, b, c) = (med(&mut times[0]), med(&mut times[1]), med(&mut times[2]));
             eprintln!(
-                "{ty} {rows}×{cols} n={n}: avx2 {a:?}, avx512 {b:?}, {:.2}×",
-                a.as_secs_f64() / b.as_secs_f64()
+                "{ty} {rows}×{cols} n={n}: avx2 {a:?}, avx512 rows {b:?}, packed {c:?}: {:.2}× avx2",
+                a.as_secs_f64() / c.as_secs_f64()
             );
         }
     }

@@ -15,6 +15,7 @@
 
 pub mod f16;
 pub mod f32;
+pub(crate) mod packed;
 pub(crate) mod pool;
 pub mod quantize;
 mod scalar;
@@ -243,6 +244,9 @@ pub struct QMatrix {
     /// Shared so that a product can hand the matrix to the pool's long-lived threads without copying it; a model's
     /// weights are a range of the mapped file.
     data: SharedBytes,
+    /// The rows repacked for this machine's row-group kernel ([`QMatrix::with_packed_rows`]), which products then
+    /// read instead of `data`.
+    packed: Option<Arc<packed::PackedRows>>,
 }
 
 impl std::fmt::Debug for QMatrix {
@@ -290,6 +294,7 @@ impl QMatrix {
             cols,
             row_bytes,
             data,
+            packed: None,
         })
     }
 
@@ -315,6 +320,22 @@ impl QMatrix {
             data.clear();
         }
         Self::new(ty, rows, cols, data)
+    }
+
+    /// The matrix with its rows also repacked into the layout of this machine's row-group kernel (AVX-512 VNNI, for
+    /// Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0; see [`packed`]), which products then use: the same results, bit for bit,
+    /// faster. Elsewhere, or for other types, the matrix as it is. The packed copy takes as many bytes again, on the
+    /// heap; the mapped bytes stay for [`QMatrix::dequantize_row`] (embedding lookups).
+    pub fn with_packed_rows(mut self) -> Self {
+        if self.packed.is_none() && Isa::get().packs(self.ty) {
+            self.packed = packed::PackedRows::pack(&self).map(Arc::new);
+        }
+        self
+    }
+
+    /// Bytes of the packed copy ([`QMatrix::with_packed_rows`]), 0 when there is none.
+    pub fn packed_bytes(&self) -> usize {
+        self.packed.as_ref().map_or(0, |p| p.bytes())
     }
 
     pub fn ty(&self) -> WeightType {
@@ -461,6 +482,15 @@ impl Isa {
         return Isa::Neon;
         #[allow(unreachable_code)]
         Isa::Scalar
+    }
+
+    /// Whether this implementation has a row-group kernel for `ty` (see [`packed`]).
+    fn packs(self, ty: WeightType) -> bool {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512(_) => packed::PackedRows::covers(ty),
+            _ => false,
+        }
     }
 
     fn name(self) -> &'static str {
@@ -640,12 +670,13 @@ fn compute_rows(m: &QMatrix, acts: &Acts, r0: usize, r1: usize, out: &mut [f32],
 const PARALLEL_MIN_WORK: usize = 32 * 1024;
 
 /// Rows per work item: about four items per thread, so a late thread finds work left, in multiples of 4 rows
-/// (the decode tile). Returns `rows` when the product should not be split.
+/// (the decode tile) or of a packed group's 16. Returns `rows` when the product should not be split.
 fn chunk_rows(m: &QMatrix, n: usize, threads: usize) -> usize {
     if threads <= 1 || m.row_bytes * m.rows * n < PARALLEL_MIN_WORK {
         return m.rows;
     }
-    m.rows.div_ceil(threads * 4).next_multiple_of(4).min(m.rows)
+    let tile = if m.packed.is_some() { packed::GROUP_ROWS } else { 4 };
+    m.rows.div_ceil(threads * 4).next_multiple_of(tile).min(m.rows)
 }
 
 /// For the attention kernels over a KV cache ([`f16`], [`f32`]): checks that `count` rows of `width` values,
