@@ -8,6 +8,7 @@ pub mod error;
 pub mod gguf;
 pub mod kernels;
 pub mod ops;
+mod pack_cache;
 pub mod pipeline;
 pub mod stage;
 

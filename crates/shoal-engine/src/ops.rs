@@ -21,15 +21,11 @@ pub struct Linear {
 }
 
 impl Linear {
-    /// The projection `name`, its rows packed for this machine's row-group kernel where it has one.
+    /// The projection `name`, its rows packed for this machine's row-group kernel where it has one
+    /// ([`GgufFile::pack_rows`]: the same results, faster).
     pub fn load(gguf: &mut GgufFile, name: &str) -> Result<Self> {
-        Ok(Self::packed(gguf.read_matrix(name)?))
-    }
-
-    /// A projection over `weight` with its rows packed for this machine's row-group kernel where it has one
-    /// ([`QMatrix::with_packed_rows`]: the same results, faster).
-    pub fn packed(weight: QMatrix) -> Self {
-        Self::from_matrix(Arc::new(weight.with_packed_rows()))
+        let m = gguf.read_matrix(name)?;
+        Ok(Self::from_matrix(Arc::new(gguf.pack_rows(name, 0, m))))
     }
 
     pub fn from_matrix(weight: Arc<QMatrix>) -> Self {

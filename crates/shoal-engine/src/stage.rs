@@ -132,7 +132,7 @@ impl Stage {
                     None => load_embedding(gguf, &hp)?,
                 };
                 // The head's product reads a packed copy; the embedding's lookups read the mapped rows.
-                Linear::packed(QMatrix::clone(&w))
+                Linear::from_matrix(Arc::new(gguf.pack_rows("token_embd.weight", 0, QMatrix::clone(&w))))
             };
             if proj.out_features() != hp.vocab_size || proj.in_features() != hp.hidden {
                 return Err(EngineError::InvalidTensor {

@@ -1,6 +1,8 @@
 //! Weights are memory-mapped from the GGUF, never copied into the heap (ENGINE.md "Decisions"; issue 11 item 5):
 //! loading a stage grows the process's file-backed resident memory by about the stage's weight bytes and its
-//! anonymous (heap) memory by almost nothing, and a middle stage maps only its own layers.
+//! anonymous (heap) memory by almost nothing, and a middle stage maps only its own layers. Rows packed for the
+//! machine's row-group kernel (AVX-512) are mapped too, from the pack cache's files (written on a first load, whose
+//! heap buffers are freed once written).
 //! Linux only: it reads `RssAnon` and `RssFile` from /proc/self/status.
 #![cfg(target_os = "linux")]
 #![allow(clippy::unwrap_used)]

@@ -5,6 +5,8 @@
 //! Expert weights are 3-D tensors `ffn_{gate,up,down}_exps` (ggml shape [cols, rows, n_expert]); a stage holds every
 //! expert of its layers.
 
+use std::sync::Arc;
+
 use super::llama::{Ffn, PreNormBlock};
 use super::qwen3::{QWEN3_ATTENTION, read_qwen3_hparams};
 use super::{Architecture, HParams, Layer};
@@ -62,7 +64,8 @@ impl Qwen3Moe {
                 });
             }
             mats.into_iter()
-                .map(|m| {
+                .enumerate()
+                .map(|(i, m)| {
                     if m.cols() != inputs || m.rows() != outputs {
                         return Err(EngineError::InvalidTensor {
                             name: name.clone(),
@@ -73,7 +76,7 @@ impl Qwen3Moe {
                             ),
                         });
                     }
-                    Ok(Linear::packed(m))
+                    Ok(Linear::from_matrix(Arc::new(gguf.pack_rows(&name, i, m))))
                 })
                 .collect()
         };

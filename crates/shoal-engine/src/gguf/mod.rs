@@ -312,6 +312,22 @@ impl GgufFile {
         Ok(self.map_matrices(name, ty, dims[0], rows, 1)?.remove(0))
     }
 
+    /// `m` (tensor `name`, or matrix `index` of its stack of experts) with its rows packed for this machine's
+    /// row-group kernel, mapped from the pack cache next to nothing else of the file (`crate::pack_cache`); `m` as it
+    /// is where the machine packs nothing of its type or `name` is not a tensor of this file.
+    pub fn pack_rows(&self, name: &str, index: usize, m: QMatrix) -> QMatrix {
+        let Some(info) = self.tensors.get(name) else { return m };
+        let Some(part) = self.parts.get(info.part) else {
+            return m;
+        };
+        let source = crate::pack_cache::PackSource {
+            file: &part.path,
+            offset: part.data_offset.saturating_add(info.offset),
+            index,
+        };
+        crate::pack_cache::pack(m, &source, crate::pack_cache::cache_root().as_deref())
+    }
+
     /// A 3-D tensor of stacked matrices (a mixture-of-experts layer's `ffn_*_exps`, ggml shape
     /// [cols, rows, n_expert]) as one matrix per expert, each over its own contiguous rows of the mapped file. Kept
     /// apart from [`Self::read_matrix`], which refuses anything but a vector or a matrix.

@@ -325,10 +325,35 @@ impl QMatrix {
     /// The matrix with its rows also repacked into the layout of this machine's row-group kernel (AVX-512 VNNI, for
     /// Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0; see [`packed`]), which products then use: the same results, bit for bit,
     /// faster. Elsewhere, or for other types, the matrix as it is. The packed copy takes as many bytes again, on the
-    /// heap; the mapped bytes stay for [`QMatrix::dequantize_row`] (embedding lookups).
+    /// heap ([`QMatrix::with_packed_image`] maps them from a file instead); the original bytes stay for
+    /// [`QMatrix::dequantize_row`] (embedding lookups).
     pub fn with_packed_rows(mut self) -> Self {
-        if self.packed.is_none() && Isa::get().packs(self.ty) {
+        if self.packed.is_none() && packs(self.ty) {
             self.packed = packed::PackedRows::pack(&self).map(Arc::new);
+        }
+        self
+    }
+
+    /// The packed image of this matrix's rows ([`QMatrix::with_packed_rows`]) where this machine has a row-group
+    /// kernel for its type: what a cache file holds.
+    pub(crate) fn packed_image(&self) -> Option<Vec<u8>> {
+        if packs(self.ty) {
+            packed::PackedRows::image(self)
+        } else {
+            None
+        }
+    }
+
+    /// Bytes of [`QMatrix::packed_image`], for checking a cache file before mapping it.
+    pub(crate) fn packed_image_len(&self) -> usize {
+        packed::PackedRows::image_len(self)
+    }
+
+    /// The matrix using `image` (bytes of its [`QMatrix::packed_image`], such as a mapped cache file) as its packed
+    /// rows; the matrix as it is if this machine does not pack its type or `image` has the wrong length.
+    pub(crate) fn with_packed_image(mut self, image: SharedBytes) -> Self {
+        if packs(self.ty) {
+            self.packed = packed::PackedRows::from_image(&self, image).map(Arc::new);
         }
         self
     }
@@ -435,6 +460,11 @@ impl QMatrix {
             self.rows
         );
     }
+}
+
+/// Whether this machine's products of `ty` run a row-group kernel over packed rows ([`QMatrix::with_packed_rows`]).
+pub(crate) fn packs(ty: WeightType) -> bool {
+    Isa::get().packs(ty)
 }
 
 /// Which implementation [`QMatrix::matmul`] dispatches to on this machine ("avx512", "avx2", "neon", "scalar").

@@ -13,8 +13,11 @@
 //! - Q8_0: 8 vectors of 64 bytes, vector `k` byte `4·r + j` holding row r's element `4·k + j` plus 128 (as u8, which
 //!   is what `vpdpbusd` multiplies); then the 16 rows' f16 `d`.
 //!
-//! The copy lives on the heap beside the mapped file: the product reads only it, so the file's pages of a packed
-//! matrix are read once at load and then left to the page cache (an embedding table still reads single rows).
+//! The packed bytes are a file of their own where they can be (`crate::pack_cache`: written once, then mapped like
+//! the model), else a heap copy. The product reads only them, so the model file's pages of a packed matrix are read
+//! once at load and then left to the page cache (an embedding table still reads single rows).
+
+use crate::bytes::SharedBytes;
 
 use super::{QK, QMatrix, WeightType};
 
@@ -23,13 +26,31 @@ pub(crate) const GROUP_ROWS: usize = 16;
 
 /// A matrix's rows in the packed layout, group after group.
 pub(crate) struct PackedRows {
-    data: Vec<u8>,
+    data: SharedBytes,
     group_bytes: usize,
 }
 
 impl PackedRows {
-    /// Packs `m`, or `None` for a type this layout does not cover.
+    /// Packs `m` onto the heap, or `None` for a type this layout does not cover.
     pub(crate) fn pack(m: &QMatrix) -> Option<PackedRows> {
+        Self::from_image(m, SharedBytes::owned(Self::image(m)?))
+    }
+
+    /// `m`'s packed rows over `data`, which must be [`PackedRows::image`] of `m` (a cache file of it): `None` if
+    /// the type is not covered or the length is not the image's.
+    pub(crate) fn from_image(m: &QMatrix, data: SharedBytes) -> Option<PackedRows> {
+        let group_bytes = GROUP_ROWS * m.row_bytes;
+        let ok = Self::covers(m.ty()) && data.len() == Self::image_len(m);
+        ok.then_some(PackedRows { data, group_bytes })
+    }
+
+    /// Bytes of `m`'s packed image: its rows rounded up to whole groups.
+    pub(crate) fn image_len(m: &QMatrix) -> usize {
+        m.rows().div_ceil(GROUP_ROWS) * GROUP_ROWS * m.row_bytes
+    }
+
+    /// `m`'s rows in the packed layout, or `None` for a type this layout does not cover.
+    pub(crate) fn image(m: &QMatrix) -> Option<Vec<u8>> {
         let ty = m.ty();
         if !Self::covers(ty) {
             return None;
@@ -53,7 +74,7 @@ impl PackedRows {
                 pack_block(ty, &blocks, out);
             }
         }
-        Some(PackedRows { data, group_bytes })
+        Some(data)
     }
 
     /// Whether [`PackedRows::pack`] packs this type.
@@ -66,7 +87,7 @@ impl PackedRows {
 
     /// Group `g`'s bytes (rows `[16·g, 16·g + 16)`).
     pub(crate) fn group(&self, g: usize) -> &[u8] {
-        &self.data[g * self.group_bytes..(g + 1) * self.group_bytes]
+        &self.data.as_slice()[g * self.group_bytes..(g + 1) * self.group_bytes]
     }
 
     /// Bytes held.

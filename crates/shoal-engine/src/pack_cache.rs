@@ -1,0 +1,236 @@
+//! Packed weight rows kept as files, so a stage's weights stay mapped rather than copied onto the heap (ENGINE.md
+//! "Decisions"): the first load of a model packs each matrix the machine has a row-group kernel for
+//! ([`QMatrix::packed_image`]) and writes the image to a file (temporary name, then an atomic rename, so a reader
+//! never sees half a file); every later load, by any process, maps that file. Processes running stages of the same
+//! model share the pages, as they share the model file's.
+//!
+//! Where: `SHOAL_PACK_CACHE` (a directory, or `off` for heap copies), else `$XDG_CACHE_HOME/shoal/packed`, else
+//! `$HOME/.cache/shoal/packed`. Under it, one directory per model file (a hash of its canonical path) holding one
+//! directory per version of that file (its length and modification time, and the layout's version), holding one file
+//! per matrix (its offset in the model file and its index in a stack of experts). Writing a new version removes the
+//! older ones of the same path, so the cache holds at most one copy per model file. A file whose length is not the
+//! image's is rewritten. If nothing can be written, the packed rows go on the heap and a warning says why.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::bytes::{Mapping, SharedBytes};
+use crate::kernels::QMatrix;
+
+/// Bumped whenever the packed layout changes, so old files are never read with a new layout.
+const LAYOUT_VERSION: u32 = 1;
+
+/// Where packed images go, from the environment (see the module comment); `None` means heap copies.
+pub(crate) fn cache_root() -> Option<PathBuf> {
+    root_from(
+        std::env::var_os("SHOAL_PACK_CACHE"),
+        std::env::var_os("XDG_CACHE_HOME"),
+        std::env::var_os("HOME"),
+    )
+}
+
+fn root_from(
+    explicit: Option<std::ffi::OsString>,
+    xdg: Option<std::ffi::OsString>,
+    home: Option<std::ffi::OsString>,
+) -> Option<PathBuf> {
+    let nonempty = |v: Option<std::ffi::OsString>| v.filter(|v| !v.is_empty());
+    if let Some(dir) = nonempty(explicit) {
+        return (dir != "off").then(|| PathBuf::from(dir));
+    }
+    if let Some(xdg) = nonempty(xdg) {
+        return Some(Path::new(&xdg).join("shoal/packed"));
+    }
+    nonempty(home).map(|h| Path::new(&h).join(".cache/shoal/packed"))
+}
+
+/// Where one matrix of one model file is packed: the model file, the tensor's byte offset in it, and its index in a
+/// stack of experts (0 otherwise).
+pub(crate) struct PackSource<'a> {
+    pub file: &'a Path,
+    pub offset: u64,
+    pub index: usize,
+}
+
+/// `m` with its rows packed, from the cache under `root` (written there first if missing), or on the heap if
+/// `root` is `None` or unusable. `m` as it is where this machine packs nothing of its type.
+pub(crate) fn pack(m: QMatrix, source: &PackSource, root: Option<&Path>) -> QMatrix {
+    if !crate::kernels::packs(m.ty()) {
+        return m;
+    }
+    let Some(root) = root else {
+        return m.with_packed_rows();
+    };
+    match mapped_image(&m, source, root) {
+        Ok(image) => m.with_packed_image(image),
+        Err(e) => {
+            warn_once(&e);
+            m.with_packed_rows()
+        }
+    }
+}
+
+/// The packed image of `m` mapped from its cache file, written first if missing or of the wrong length.
+fn mapped_image(m: &QMatrix, source: &PackSource, root: &Path) -> std::io::Result<SharedBytes> {
+    let path = image_path(source, root)?;
+    let want = m.packed_image_len();
+    let fresh = std::fs::metadata(&path).is_ok_and(|md| md.len() == want as u64);
+    if !fresh {
+        let image = m
+            .packed_image()
+            .ok_or_else(|| std::io::Error::other("this type is not packed"))?;
+        write_atomically(&path, &image)?;
+    }
+    let file = std::fs::File::open(&path)?;
+    let map = Arc::new(Mapping::map(&file)?);
+    // Checked again on the mapped file: another process may have replaced it meanwhile (with the same bytes).
+    let image = SharedBytes::mapped(&map, 0, want)
+        .filter(|_| map.len() == want)
+        .ok_or_else(|| std::io::Error::other(format!("{} is not {want} bytes long", path.display())))?;
+    map.will_need(0, want);
+    Ok(image)
+}
+
+/// `<root>/<hash of the canonical path>/<length>-<mtime>-v<layout>/t<offset>-<index>.p16`, creating the version
+/// directory (and removing older versions of the same path) when it is new.
+fn image_path(source: &PackSource, root: &Path) -> std::io::Result<PathBuf> {
+    let canonical = std::fs::canonicalize(source.file)?;
+    let md = std::fs::metadata(&canonical)?;
+    let mtime = md
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    let model_dir = root.join(format!("{:016x}", fnv1a(canonical.as_os_str().as_encoded_bytes())));
+    let version = format!("{}-{mtime}-v{LAYOUT_VERSION}", md.len());
+    let dir = model_dir.join(&version);
+    if !dir.is_dir() {
+        std::fs::create_dir_all(&dir)?;
+        for old in std::fs::read_dir(&model_dir)?.flatten() {
+            if old.file_name() != version.as_str() {
+                // Processes still mapping an old file keep their pages; a failure leaves a stale copy, no harm.
+                let _ = std::fs::remove_dir_all(old.path());
+            }
+        }
+    }
+    Ok(dir.join(format!("t{}-{}.p16", source.offset, source.index)))
+}
+
+/// Writes `bytes` to a unique temporary file beside `path`, then renames it over `path`.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let tmp = path.with_extension(format!(
+        "tmp{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let result = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// FNV-1a, 64 bits: a hash that stays the same across Rust releases (std's `DefaultHasher` may not).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// One warning per process: a model has hundreds of matrices.
+fn warn_once(e: &std::io::Error) {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    WARNED.call_once(|| {
+        tracing::warn!(error = %e, "packed weight rows cannot be cached on disk; keeping them on the heap (set SHOAL_PACK_CACHE to a writable directory)");
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::{Pool, WeightType};
+
+    fn matrix() -> QMatrix {
+        let (rows, cols) = (37, 64);
+        let v: Vec<f32> = (0..rows * cols).map(|i| ((i * 13 % 41) as f32 - 20.0) * 0.05).collect();
+        QMatrix::quantize(WeightType::Q4_1, rows, cols, &v).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn product(m: &QMatrix) -> Vec<u32> {
+        let x: Vec<f32> = (0..3 * m.cols()).map(|i| (i % 7) as f32 - 3.0).collect();
+        let mut y = vec![0.0; 3 * m.rows()];
+        m.matmul(&x, 3, &mut y, &Pool::new(1));
+        y.iter().map(|v| v.to_bits()).collect()
+    }
+
+    #[test]
+    fn the_root_comes_from_the_environment_in_order() {
+        let s = |v: &str| Some(std::ffi::OsString::from(v));
+        assert_eq!(root_from(s("/x"), s("/y"), s("/h")), Some(PathBuf::from("/x")));
+        assert_eq!(root_from(s("off"), s("/y"), s("/h")), None);
+        assert_eq!(
+            root_from(s(""), s("/y"), s("/h")),
+            Some(PathBuf::from("/y/shoal/packed"))
+        );
+        assert_eq!(
+            root_from(None, None, s("/h")),
+            Some(PathBuf::from("/h/.cache/shoal/packed"))
+        );
+        assert_eq!(root_from(None, None, None), None);
+    }
+
+    /// A miss writes the image and maps it; a hit maps the same file; a file of the wrong length is rewritten; a
+    /// new version of the model file replaces the old directory; every way gives the unpacked product's bits.
+    #[test]
+    fn images_are_written_once_mapped_after_and_replaced_with_the_model() {
+        let dir = std::env::temp_dir().join(format!("shoal-pack-cache-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+        let model = dir.join("model.gguf");
+        std::fs::write(&model, b"stand-in model file").unwrap_or_else(|e| panic!("{e}"));
+        let root = dir.join("cache");
+        let m = matrix();
+        let want = product(&m);
+        let source = PackSource {
+            file: &model,
+            offset: 4096,
+            index: 2,
+        };
+        let first = pack(m.clone(), &source, Some(&root));
+        assert_eq!(product(&first), want);
+        if !crate::kernels::packs(WeightType::Q4_1) {
+            eprintln!("this machine packs nothing: nothing was cached");
+            let _ = std::fs::remove_dir_all(&dir);
+            return;
+        }
+        let path = image_path(&source, &root).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            std::fs::metadata(&path).map(|m| m.len()).ok(),
+            Some(m.packed_image_len() as u64)
+        );
+        assert_eq!(std::fs::read(&path).ok(), m.packed_image());
+        // A hit, then a damaged (short) file: both give the same bits. (Nothing may map the file while it is cut
+        // short in place; the cache itself only ever renames new files over old.)
+        drop(first);
+        let hit = pack(m.clone(), &source, Some(&root));
+        assert_eq!(product(&hit), want);
+        drop(hit);
+        std::fs::write(&path, b"short").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(product(&pack(m.clone(), &source, Some(&root))), want);
+        assert_eq!(std::fs::read(&path).ok(), m.packed_image());
+        // The model file changes: its old version directory goes.
+        std::fs::write(&model, b"a longer stand-in model file").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(product(&pack(m.clone(), &source, Some(&root))), want);
+        let versions = std::fs::read_dir(path.parent().and_then(Path::parent).unwrap_or(&root))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        assert_eq!(versions, 1, "one version directory per model file");
+        // Unwritable: heap copy, same bits.
+        let blocked = dir.join("a-file");
+        std::fs::write(&blocked, b"x").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(product(&pack(m.clone(), &source, Some(&blocked.join("cache")))), want);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
