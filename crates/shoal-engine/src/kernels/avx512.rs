@@ -24,6 +24,7 @@ use super::{Acts, QMatrix, WeightType};
 
 mod kquants;
 mod packed;
+mod packed_k;
 use kquants::{Q4K, Q5K, Q6K, drive_k};
 
 /// Proof that this CPU has AVX-512 F, BW, VL and VNNI, and AVX2, FMA and F16C.
@@ -564,17 +565,20 @@ mod bench {
             let acts = Acts::quantize(ty.act_format(), &x, n, cols, Isa::Scalar);
             let mut out = vec![0.0; n * rows];
             let packed = super::super::packed::PackedRows::pack(&m);
+            let packed_k = super::super::packed_k::PackedK::pack(&m);
             // AVX2, this module's row kernels, then the row-group kernel over packed rows (where the type has it).
             let mut times = [Vec::new(), Vec::new(), Vec::new()];
             for _ in 0..ROUNDS {
                 for (j, times) in times.iter_mut().enumerate() {
                     let s = Instant::now();
                     for _ in 0..CALLS {
-                        match (j, &packed) {
-                            (0, _) => t.avx2().rows(&m, &acts, 0, rows, &mut out),
-                            (_, None) | (1, _) => t.own_rows(&m, &acts, 0, rows, &mut out),
+                        match (j, &packed, &packed_k) {
+                            (0, _, _) => t.avx2().rows(&m, &acts, 0, rows, &mut out),
                             // SAFETY: the token proves the features.
-                            (_, Some(p)) => unsafe { packed::rows(&m, p, &acts, 0, rows, &mut out) },
+                            (2, Some(p), _) => unsafe { packed::rows(&m, p, &acts, 0, rows, &mut out) },
+                            // SAFETY: the token proves the features.
+                            (2, _, Some(p)) => unsafe { packed_k::rows(&m, p, &acts, 0, rows, &mut out) },
+                            _ => t.own_rows(&m, &acts, 0, rows, &mut out),
                         }
                     }
                     times.push(s.elapsed() / CALLS as u32);
@@ -586,8 +590,9 @@ mod bench {
             };
             let (a, b, c) = (med(&mut times[0]), med(&mut times[1]), med(&mut times[2]));
             eprintln!(
-                "{ty} {rows}×{cols} n={n}: avx2 {a:?}, avx512 rows {b:?}, packed {c:?}: {:.2}× avx2",
-                a.as_secs_f64() / c.as_secs_f64()
+                "{ty} {rows}×{cols} n={n}: avx2 {a:?}, avx512 rows {b:?}, packed {c:?}: {:.2}× avx2, {:.2}× rows",
+                a.as_secs_f64() / c.as_secs_f64(),
+                b.as_secs_f64() / c.as_secs_f64()
             );
         }
     }

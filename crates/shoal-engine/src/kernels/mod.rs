@@ -16,6 +16,7 @@
 pub mod f16;
 pub mod f32;
 pub(crate) mod packed;
+pub(crate) mod packed_k;
 pub(crate) mod pool;
 pub mod quantize;
 mod scalar;
