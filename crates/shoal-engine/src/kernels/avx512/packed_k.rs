@@ -29,8 +29,10 @@ use super::super::packed_k::{K4Offsets, PackedK, Q6K_D, Q6K_SCALES, k4_offsets};
 use super::super::{Acts, BlockQ8K, QK_K, QMatrix, WeightType};
 
 /// Activation rows computed together against one group's unpacked super-block: each unpacked weight vector then
-/// feeds this many `maddubs` + `vpdpwssd` pairs.
+/// feeds this many `maddubs` + `vpdpwssd` pairs. 4 against 2 (`mod bench`, 2026-12-06, 1024×2048, n = 64): Q4_K
+/// 1.44 against 1.70 ms, Q6_K 1.63 against 1.94 ms.
 const ACT_ROWS: usize = 4;
+const _: () = assert!(ACT_ROWS >= 1 && ACT_ROWS <= 4, "`rows` has tiles for 1 to 4");
 
 /// `out[i · (r1 - r0) + (r - r0)] = W[r] · x[i]` for weight rows `[r0, r1)` from `m`'s packed rows `p` (the same
 /// contract as [`super::packed::rows`]).
@@ -57,7 +59,8 @@ pub(super) fn rows(m: &QMatrix, p: &PackedK, acts: &Acts, r0: usize, r1: usize, 
                 1 => y[..1].copy_from_slice(&unsafe { tile::<1>(ty, group, nb, [xs[i]]) }),
                 2 => y[..2].copy_from_slice(&unsafe { tile::<2>(ty, group, nb, [xs[i], xs[i + 1]]) }),
                 3 => y[..3].copy_from_slice(&unsafe { tile::<3>(ty, group, nb, [xs[i], xs[i + 1], xs[i + 2]]) }),
-                _ => y = unsafe { tile::<4>(ty, group, nb, [xs[i], xs[i + 1], xs[i + 2], xs[i + 3]]) },
+                _ => y[..4]
+                    .copy_from_slice(&unsafe { tile::<4>(ty, group, nb, [xs[i], xs[i + 1], xs[i + 2], xs[i + 3]]) }),
             }
             let lo = (g * GROUP_ROWS).max(r0);
             let hi = (g * GROUP_ROWS + GROUP_ROWS).min(r1);
