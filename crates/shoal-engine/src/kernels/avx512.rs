@@ -51,8 +51,8 @@ impl Avx512 {
     /// `out[i · (r1 - r0) + (r - r0)] = W[r] · x[i]` for weight rows `[r0, r1)`.
     pub(crate) fn rows(self, m: &QMatrix, acts: &Acts, r0: usize, r1: usize, out: &mut [f32]) {
         if let Some(p) = &m.packed {
-            // SAFETY: an `Avx512` token exists only if every feature `packed::rows` enables was detected.
-            return unsafe { packed::rows(m, p, acts, r0, r1, out) };
+            // SAFETY: an `Avx512` token exists only if every feature `packed_rows` enables was detected.
+            return unsafe { packed_rows(m, p, acts, r0, r1, out) };
         }
         if m.ty() == WeightType::Q4_1 && acts.n >= Q4_1_AVX2_FROM_ROWS {
             // Same bits either way (see the module comment); AVX2's 1 × 4 tile is the faster one here.
@@ -77,6 +77,16 @@ impl Avx512 {
             WeightType::Q6K => unsafe { drive_k::<Q6K>(m, acts, r0, r1, out) },
             _ => self.avx2.rows(m, acts, r0, r1, out),
         }
+    }
+}
+
+/// The row-group kernel of `m`'s type over its packed rows `p`: the K-quants' (`packed_k`) or the 32-weight types'.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn packed_rows(m: &QMatrix, p: &super::packed::PackedRows, acts: &Acts, r0: usize, r1: usize, out: &mut [f32]) {
+    if super::packed_k::covers(m.ty()) {
+        packed_k::rows(m, p, acts, r0, r1, out)
+    } else {
+        packed::rows(m, p, acts, r0, r1, out)
     }
 }
 
@@ -565,19 +575,16 @@ mod bench {
             let acts = Acts::quantize(ty.act_format(), &x, n, cols, Isa::Scalar);
             let mut out = vec![0.0; n * rows];
             let packed = super::super::packed::PackedRows::pack(&m);
-            let packed_k = super::super::packed_k::PackedK::pack(&m);
             // AVX2, this module's row kernels, then the row-group kernel over packed rows (where the type has it).
             let mut times = [Vec::new(), Vec::new(), Vec::new()];
             for _ in 0..ROUNDS {
                 for (j, times) in times.iter_mut().enumerate() {
                     let s = Instant::now();
                     for _ in 0..CALLS {
-                        match (j, &packed, &packed_k) {
-                            (0, _, _) => t.avx2().rows(&m, &acts, 0, rows, &mut out),
+                        match (j, &packed) {
+                            (0, _) => t.avx2().rows(&m, &acts, 0, rows, &mut out),
                             // SAFETY: the token proves the features.
-                            (2, Some(p), _) => unsafe { packed::rows(&m, p, &acts, 0, rows, &mut out) },
-                            // SAFETY: the token proves the features.
-                            (2, _, Some(p)) => unsafe { packed_k::rows(&m, p, &acts, 0, rows, &mut out) },
+                            (2, Some(p)) => unsafe { packed_rows(&m, p, &acts, 0, rows, &mut out) },
                             _ => t.own_rows(&m, &acts, 0, rows, &mut out),
                         }
                     }

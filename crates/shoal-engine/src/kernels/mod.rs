@@ -324,7 +324,7 @@ impl QMatrix {
     }
 
     /// The matrix with its rows also repacked into the layout of this machine's row-group kernel (AVX-512 VNNI, for
-    /// Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0; see [`packed`]), which products then use: the same results, bit for bit,
+    /// Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K and Q6_K; see [`packed`]), which products then use: the same results, bit for bit,
     /// faster. Elsewhere, or for other types, the matrix as it is. The packed copy takes as many bytes again, on the
     /// heap ([`QMatrix::with_packed_image`] maps them from a file instead); the original bytes stay for
     /// [`QMatrix::dequantize_row`] (embedding lookups).

@@ -19,7 +19,9 @@
 
 use crate::bytes::SharedBytes;
 
-use super::{QK, QMatrix, WeightType};
+#[cfg(test)]
+use super::QK;
+use super::{QMatrix, WeightType};
 
 /// Weight rows per packed group: one per f32 lane of a 512-bit register.
 pub(crate) const GROUP_ROWS: usize = 16;
@@ -56,7 +58,7 @@ impl PackedRows {
             return None;
         }
         let bb = ty.block_bytes();
-        let nb = m.cols() / QK;
+        let nb = m.cols() / ty.block_elems();
         let group_bytes = GROUP_ROWS * m.row_bytes;
         let groups = m.rows().div_ceil(GROUP_ROWS);
         let mut data = vec![0u8; groups * group_bytes];
@@ -71,18 +73,23 @@ impl PackedRows {
                         &zero
                     }
                 });
-                pack_block(ty, &blocks, out);
+                if super::packed_k::covers(ty) {
+                    super::packed_k::pack_block(ty, &blocks, out);
+                } else {
+                    pack_block(ty, &blocks, out);
+                }
             }
         }
         Some(data)
     }
 
-    /// Whether [`PackedRows::pack`] packs this type.
+    /// Whether [`PackedRows::pack`] packs this type: the 32-weight types here, the K-quants Q4_K, Q5_K and Q6_K in
+    /// [`super::packed_k`]'s layout.
     pub(crate) fn covers(ty: WeightType) -> bool {
         matches!(
             ty,
             WeightType::Q4_0 | WeightType::Q4_1 | WeightType::Q5_0 | WeightType::Q5_1 | WeightType::Q8_0
-        )
+        ) || super::packed_k::covers(ty)
     }
 
     /// Group `g`'s bytes (rows `[16·g, 16·g + 16)`).

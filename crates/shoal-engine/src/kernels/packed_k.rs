@@ -20,72 +20,22 @@
 //!   in bits 6–7; then 4 vectors of the i8 group scales, vector `k` byte `4·r + j` being row r's scale `4k + j`; then
 //!   the 16 rows' f16 `d`.
 //!
-//! The copy lives on the heap beside the mapped file, as the 32-weight types' ([`super::packed`]).
+//! [`super::packed::PackedRows`] holds the images of both families (and says where they live).
 
-// Not yet used outside tests until `QMatrix` and `Avx512::rows` dispatch to it.
-#![cfg_attr(not(test), allow(dead_code))]
-
+use super::WeightType;
 use super::packed::GROUP_ROWS;
-use super::{QK_K, QMatrix, WeightType};
 
-/// A matrix's K-quant rows in the packed layout, group after group.
-pub(crate) struct PackedK {
-    data: Vec<u8>,
-    group_bytes: usize,
-    ty: WeightType,
+/// Whether this layout covers `ty`.
+pub(crate) fn covers(ty: WeightType) -> bool {
+    matches!(ty, WeightType::Q4K | WeightType::Q5K | WeightType::Q6K)
 }
 
-impl PackedK {
-    /// Packs `m`, or `None` for a type this layout does not cover.
-    pub(crate) fn pack(m: &QMatrix) -> Option<PackedK> {
-        let ty = m.ty();
-        if !Self::covers(ty) {
-            return None;
-        }
-        let bb = ty.block_bytes();
-        let nb = m.cols() / QK_K;
-        let group_bytes = GROUP_ROWS * ty.row_bytes(m.cols());
-        let groups = m.rows().div_ceil(GROUP_ROWS);
-        let mut data = vec![0u8; groups * group_bytes];
-        let zero = vec![0u8; bb];
-        for (g, group) in data.chunks_exact_mut(group_bytes.max(1)).enumerate().take(groups) {
-            for (b, out) in group.chunks_exact_mut(GROUP_ROWS * bb).enumerate().take(nb) {
-                let blocks: [&[u8]; GROUP_ROWS] = std::array::from_fn(|r| {
-                    let row = g * GROUP_ROWS + r;
-                    if row < m.rows() {
-                        &m.row_data(row)[b * bb..(b + 1) * bb]
-                    } else {
-                        &zero
-                    }
-                });
-                if ty == WeightType::Q6K {
-                    pack_q6k(&blocks, out);
-                } else {
-                    pack_k4(ty, &blocks, out);
-                }
-            }
-        }
-        Some(PackedK { data, group_bytes, ty })
-    }
-
-    /// Whether [`PackedK::pack`] packs this type.
-    pub(crate) fn covers(ty: WeightType) -> bool {
-        matches!(ty, WeightType::Q4K | WeightType::Q5K | WeightType::Q6K)
-    }
-
-    /// The type packed.
-    pub(crate) fn ty(&self) -> WeightType {
-        self.ty
-    }
-
-    /// Group `g`'s bytes (rows `[16·g, 16·g + 16)`).
-    pub(crate) fn group(&self, g: usize) -> &[u8] {
-        &self.data[g * self.group_bytes..(g + 1) * self.group_bytes]
-    }
-
-    /// Bytes held.
-    pub(crate) fn bytes(&self) -> usize {
-        self.data.len()
+/// Rearranges 16 rows' super-block into `out` (`16 · block_bytes` bytes), for [`super::packed::PackedRows`].
+pub(crate) fn pack_block(ty: WeightType, blocks: &[&[u8]; GROUP_ROWS], out: &mut [u8]) {
+    if ty == WeightType::Q6K {
+        pack_q6k(blocks, out);
+    } else {
+        pack_k4(ty, blocks, out);
     }
 }
 
@@ -183,6 +133,7 @@ fn pack_q6k(blocks: &[&[u8]; GROUP_ROWS], out: &mut [u8]) {
 
 #[cfg(test)]
 mod tests {
+    use super::super::{QK_K, QMatrix};
     use super::*;
 
     /// A K-quant matrix whose bytes are all arbitrary (every bit pattern of values, scales and mins).
@@ -206,7 +157,7 @@ mod tests {
         for ty in [WeightType::Q4K, WeightType::Q5K, WeightType::Q6K] {
             let (rows, cols) = (21, 512);
             let m = random_matrix(ty, rows, cols);
-            let p = PackedK::pack(&m).unwrap_or_else(|| panic!("{ty} packs"));
+            let p = super::super::packed::PackedRows::pack(&m).unwrap_or_else(|| panic!("{ty} packs"));
             assert_eq!(
                 p.bytes(),
                 32 * ty.row_bytes(cols),

@@ -1,4 +1,4 @@
-//! The K-quant row-group kernel: Q4_K, Q5_K and Q6_K weight rows packed 16 to a group ([`PackedK`], layout in
+//! The K-quant row-group kernel: Q4_K, Q5_K and Q6_K weight rows packed 16 to a group ([`PackedRows`], layout in
 //! `kernels/packed_k.rs`) against Q8_K activation rows, one f32 lane per weight row.
 //!
 //! Bit for bit what the row kernels (`kquants.rs`, themselves AVX2's) compute. Per product they keep eight f32 lane
@@ -19,13 +19,11 @@
 //! Soundness: as the parent module's; every load goes through [`load_512`] or [`load_f16x16`], which assert the
 //! range inside the slice.
 
-// Not yet used outside tests until `QMatrix` and `Avx512::rows` dispatch to it.
-#![cfg_attr(not(test), allow(dead_code))]
-
 use std::arch::x86_64::*;
 
 use super::super::packed::GROUP_ROWS;
-use super::super::packed_k::{K4Offsets, PackedK, Q6K_D, Q6K_SCALES, k4_offsets};
+use super::super::packed::PackedRows;
+use super::super::packed_k::{K4Offsets, Q6K_D, Q6K_SCALES, k4_offsets};
 use super::super::{Acts, BlockQ8K, QK_K, QMatrix, WeightType};
 
 /// Activation rows computed together against one group's unpacked super-block: each unpacked weight vector then
@@ -37,9 +35,8 @@ const _: () = assert!(ACT_ROWS >= 1 && ACT_ROWS <= 4, "`rows` has tiles for 1 to
 /// `out[i · (r1 - r0) + (r - r0)] = W[r] · x[i]` for weight rows `[r0, r1)` from `m`'s packed rows `p` (the same
 /// contract as [`super::packed::rows`]).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-pub(super) fn rows(m: &QMatrix, p: &PackedK, acts: &Acts, r0: usize, r1: usize, out: &mut [f32]) {
+pub(super) fn rows(m: &QMatrix, p: &PackedRows, acts: &Acts, r0: usize, r1: usize, out: &mut [f32]) {
     assert!(r0 <= r1 && r1 <= m.rows() && out.len() == acts.n * (r1 - r0));
-    assert!(p.ty() == m.ty(), "packed rows of another type");
     let ty = m.ty();
     let nb = m.cols() / QK_K;
     let (n, len) = (acts.n, r1 - r0);
@@ -325,7 +322,7 @@ mod tests {
                 let quantized = QMatrix::quantize(ty, rows, cols, &values(seed, rows * cols, 0.2))
                     .unwrap_or_else(|e| panic!("{e}"));
                 for m in [quantized, random_k_matrix(ty, rows, cols, seed)] {
-                    let p = PackedK::pack(&m).unwrap_or_else(|| panic!("{ty} packs"));
+                    let p = PackedRows::pack(&m).unwrap_or_else(|| panic!("{ty} packs"));
                     for n in 1..=8 {
                         let mut x = values(cols as u64 + n as u64, n * cols, 4.0);
                         x[..256].fill(0.0); // an all-zero activation block (d = 0)
@@ -365,7 +362,15 @@ mod tests {
 
     /// # Safety
     /// `_t` proves the CPU has the features.
-    unsafe fn rows_checked(_t: Avx512, m: &QMatrix, p: &PackedK, acts: &Acts, r0: usize, r1: usize, out: &mut [f32]) {
+    unsafe fn rows_checked(
+        _t: Avx512,
+        m: &QMatrix,
+        p: &PackedRows,
+        acts: &Acts,
+        r0: usize,
+        r1: usize,
+        out: &mut [f32],
+    ) {
         // SAFETY: the caller holds an `Avx512` token.
         unsafe { rows(m, p, acts, r0, r1, out) }
     }
