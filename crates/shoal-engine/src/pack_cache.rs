@@ -5,11 +5,14 @@
 //! model share the pages, as they share the model file's.
 //!
 //! Where: `SHOAL_PACK_CACHE` (a directory, or `off` for heap copies), else `$XDG_CACHE_HOME/shoal/packed`, else
-//! `$HOME/.cache/shoal/packed`. Under it, one directory per model file (a hash of its canonical path) holding one
-//! directory per version of that file (its length and modification time, and the layout's version), holding one file
-//! per matrix (its offset in the model file and its index in a stack of experts). Writing a new version removes the
-//! older ones of the same path, so the cache holds at most one copy per model file. A file whose length is not the
-//! image's is rewritten. If nothing can be written, the packed rows go on the heap and a warning says why.
+//! `$HOME/.cache/shoal/packed`. Under it, one directory per model file (a hash of its canonical path, which its
+//! `source` file names) holding one directory per version of that file (its length and modification time, and the
+//! layout's version), holding one file per matrix (its offset in the model file, its index in a stack of experts,
+//! and a digest of 64 samples of its bytes, so a file rewritten within one timestamp tick is not mistaken for the
+//! old one). Bounded: writing a new version removes the older ones of the same path, and the first use in a process
+//! removes the directories of model files that no longer exist, so the cache holds at most one copy per model file
+//! on disk. A file whose length is not the image's is rewritten. If nothing can be written, the packed rows go on the
+//! heap and a warning says why.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,8 +21,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::bytes::{Mapping, SharedBytes};
 use crate::kernels::QMatrix;
 
-/// Bumped whenever the packed layout changes, so old files are never read with a new layout.
-const LAYOUT_VERSION: u32 = 1;
+/// Bumped whenever the packed layout or the file naming changes, so old files are never read with a new layout.
+const LAYOUT_VERSION: u32 = 2;
 
 /// Where packed images go, from the environment (see the module comment); `None` means heap copies.
 pub(crate) fn cache_root() -> Option<PathBuf> {
@@ -73,7 +76,7 @@ pub(crate) fn pack(m: QMatrix, source: &PackSource, root: Option<&Path>) -> QMat
 
 /// The packed image of `m` mapped from its cache file, written first if missing or of the wrong length.
 fn mapped_image(m: &QMatrix, source: &PackSource, root: &Path) -> std::io::Result<SharedBytes> {
-    let path = image_path(source, root)?;
+    let path = image_path(source, m, root)?;
     let want = m.packed_image_len();
     let fresh = std::fs::metadata(&path).is_ok_and(|md| md.len() == want as u64);
     if !fresh {
@@ -92,9 +95,11 @@ fn mapped_image(m: &QMatrix, source: &PackSource, root: &Path) -> std::io::Resul
     Ok(image)
 }
 
-/// `<root>/<hash of the canonical path>/<length>-<mtime>-v<layout>/t<offset>-<index>.p16`, creating the version
-/// directory (and removing older versions of the same path) when it is new.
-fn image_path(source: &PackSource, root: &Path) -> std::io::Result<PathBuf> {
+/// `<root>/<hash of the canonical path>/<length>-<mtime>-v<layout>/t<offset>-<index>-<sample digest>.p16`, creating
+/// the version directory (and removing older versions of the same path) when it is new.
+fn image_path(source: &PackSource, m: &QMatrix, root: &Path) -> std::io::Result<PathBuf> {
+    static SWEPT: std::sync::Once = std::sync::Once::new();
+    SWEPT.call_once(|| remove_orphans(root));
     let canonical = std::fs::canonicalize(source.file)?;
     let md = std::fs::metadata(&canonical)?;
     let mtime = md
@@ -105,16 +110,52 @@ fn image_path(source: &PackSource, root: &Path) -> std::io::Result<PathBuf> {
     let model_dir = root.join(format!("{:016x}", fnv1a(canonical.as_os_str().as_encoded_bytes())));
     let version = format!("{}-{mtime}-v{LAYOUT_VERSION}", md.len());
     let dir = model_dir.join(&version);
+    let named = model_dir.join(SOURCE_FILE);
+    if !named.is_file() {
+        std::fs::create_dir_all(&model_dir)?;
+        write_atomically(&named, canonical.as_os_str().as_encoded_bytes())?;
+    }
     if !dir.is_dir() {
         std::fs::create_dir_all(&dir)?;
         for old in std::fs::read_dir(&model_dir)?.flatten() {
-            if old.file_name() != version.as_str() {
+            if old.file_name() != version.as_str() && old.file_name() != SOURCE_FILE {
                 // Processes still mapping an old file keep their pages; a failure leaves a stale copy, no harm.
                 let _ = std::fs::remove_dir_all(old.path());
             }
         }
     }
-    Ok(dir.join(format!("t{}-{}.p16", source.offset, source.index)))
+    let digest = sample_digest(m.data());
+    Ok(dir.join(format!("t{}-{}-{digest:016x}.p16", source.offset, source.index)))
+}
+
+/// The file in each model directory naming the model file it caches.
+const SOURCE_FILE: &str = "source";
+
+/// Removes the directories of model files that no longer exist (a test's temporary model, a deleted download).
+/// A directory without its `source` yet (being created) is left alone.
+fn remove_orphans(root: &Path) {
+    let Ok(entries) = std::fs::read_dir(root) else { return };
+    for entry in entries.flatten() {
+        let Ok(named) = std::fs::read(entry.path().join(SOURCE_FILE)) else {
+            continue;
+        };
+        let Ok(named) = String::from_utf8(named) else { continue };
+        if !Path::new(&named).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// FNV-1a of the first and last 256 bytes of `bytes` and of 64 windows of 64 bytes spread evenly between: cheap
+/// (a few dozen pages), and different for any two distinct matrices in practice.
+fn sample_digest(bytes: &[u8]) -> u64 {
+    const WINDOWS: usize = 64;
+    let mut h = fnv1a(&bytes[..bytes.len().min(256)]);
+    for w in 0..WINDOWS {
+        let at = bytes.len() * w / WINDOWS;
+        h ^= fnv1a(&bytes[at..(at + 64).min(bytes.len())]).rotate_left(w as u32);
+    }
+    h ^ fnv1a(&bytes[bytes.len().saturating_sub(256)..]).rotate_left(17)
 }
 
 /// Writes `bytes` to a unique temporary file beside `path`, then renames it over `path`.
@@ -205,7 +246,7 @@ mod tests {
             let _ = std::fs::remove_dir_all(&dir);
             return;
         }
-        let path = image_path(&source, &root).unwrap_or_else(|e| panic!("{e}"));
+        let path = image_path(&source, &m, &root).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
             std::fs::metadata(&path).map(|m| m.len()).ok(),
             Some(m.packed_image_len() as u64)
@@ -223,10 +264,27 @@ mod tests {
         // The model file changes: its old version directory goes.
         std::fs::write(&model, b"a longer stand-in model file").unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(product(&pack(m.clone(), &source, Some(&root))), want);
-        let versions = std::fs::read_dir(path.parent().and_then(Path::parent).unwrap_or(&root))
-            .map(|d| d.count())
+        let model_dir = path.parent().and_then(Path::parent).unwrap_or(&root).to_path_buf();
+        let versions = std::fs::read_dir(&model_dir)
+            .map(|d| d.flatten().filter(|e| e.path().is_dir()).count())
             .unwrap_or(0);
         assert_eq!(versions, 1, "one version directory per model file");
+        // Once the model file is gone, a sweep removes its directory; another model's stays.
+        let other = dir.join("other.gguf");
+        std::fs::write(&other, b"another model").unwrap_or_else(|e| panic!("{e}"));
+        let kept = PackSource {
+            file: &other,
+            offset: 0,
+            index: 0,
+        };
+        let kept_path = image_path(&kept, &m, &root).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::remove_file(&model).unwrap_or_else(|e| panic!("{e}"));
+        remove_orphans(&root);
+        assert!(!model_dir.exists(), "the deleted model's images stay");
+        assert!(
+            kept_path.parent().is_some_and(Path::is_dir),
+            "a live model's directory went"
+        );
         // Unwritable: heap copy, same bits.
         let blocked = dir.join("a-file");
         std::fs::write(&blocked, b"x").unwrap_or_else(|e| panic!("{e}"));
