@@ -184,6 +184,45 @@ fn dispatched_matmul_matches_reference() {
     }
 }
 
+/// (a') Packed rows (`QMatrix::with_packed_rows`: the row-group kernels on an AVX-512 VNNI machine; elsewhere the
+/// matrix is unchanged) give exactly the bits of the unpacked product, for every type, batch and thread count.
+#[test]
+fn packed_rows_give_the_unpacked_bits() {
+    let pools = [Pool::new(1), Pool::new(2), Pool::new(3)];
+    let mut rng = Rng(0x9ac4);
+    let mut packed_types = Vec::new();
+    for ty in WeightType::ALL {
+        for (si, &cols) in test_cols(ty).iter().enumerate() {
+            let rows = [7, 193, 64][si];
+            let m = random_matrix(&mut rng, ty, rows, cols);
+            let packed = m.clone().with_packed_rows();
+            if packed.packed_bytes() > 0 && !packed_types.contains(&ty) {
+                packed_types.push(ty);
+            }
+            for n in [1, 2, 3, 5, 8, 17] {
+                let x = activations(&mut rng, n, cols);
+                let mut want = vec![f32::NAN; n * rows];
+                m.matmul(&x, n, &mut want, &pools[0]);
+                for pool in &pools {
+                    let mut got = vec![f32::NAN; n * rows];
+                    packed.matmul(&x, n, &mut got, pool);
+                    for (j, (g, w)) in got.iter().zip(&want).enumerate() {
+                        assert_eq!(
+                            g.to_bits(),
+                            w.to_bits(),
+                            "{ty} {rows}×{cols} n={n} threads={}: y[{}][{}] packed {g}, unpacked {w}",
+                            pool.threads(),
+                            j / rows,
+                            j % rows
+                        );
+                    }
+                }
+            }
+        }
+    }
+    eprintln!("packed on this machine ({}): {packed_types:?}", isa());
+}
+
 /// (b) The reference equals an exact (f64) product of the dequantized weights with the unquantized activations,
 /// within what quantizing the activations can change: each activation moves by at most half its block's step
 /// (amax/127 over 32 values, or over 256 for Q8_K), so |error| ≤ Σ |w_i| · amax(block of i) / 254, plus f32
