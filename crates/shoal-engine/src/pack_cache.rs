@@ -11,8 +11,8 @@
 //! and a digest of 64 samples of its bytes, so a file rewritten within one timestamp tick is not mistaken for the
 //! old one). Bounded: writing a new version removes the older ones of the same path, and the first use in a process
 //! removes the directories of model files that no longer exist, so the cache holds at most one copy per model file
-//! on disk. A file whose length is not the image's is rewritten. If nothing can be written, the packed rows go on the
-//! heap and a warning says why.
+//! on disk. Each file ends with a checksum of its image, checked at every load: a file of the wrong length or sum is
+//! rewritten. If nothing can be written, the packed rows go on the heap and a warning says why.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,7 +22,7 @@ use crate::bytes::{Mapping, SharedBytes};
 use crate::kernels::QMatrix;
 
 /// Bumped whenever the packed layout or the file naming changes, so old files are never read with a new layout.
-const LAYOUT_VERSION: u32 = 2;
+const LAYOUT_VERSION: u32 = 3;
 
 /// Where packed images go, from the environment (see the module comment); `None` means heap copies.
 pub(crate) fn cache_root() -> Option<PathBuf> {
@@ -74,25 +74,72 @@ pub(crate) fn pack(m: QMatrix, source: &PackSource, root: Option<&Path>) -> QMat
     }
 }
 
-/// The packed image of `m` mapped from its cache file, written first if missing or of the wrong length.
+/// The packed image of `m` mapped from its cache file, written first if missing, of the wrong length, or failing its
+/// checksum (a damaged disk, a file cut short or edited): the image is followed by [`checksum`] of it, 8 bytes
+/// little-endian, checked at every load, since the model's sha256 (what the node verifies) does not cover this file.
 fn mapped_image(m: &QMatrix, source: &PackSource, root: &Path) -> std::io::Result<SharedBytes> {
     let path = image_path(source, m, root)?;
     let want = m.packed_image_len();
-    let fresh = std::fs::metadata(&path).is_ok_and(|md| md.len() == want as u64);
-    if !fresh {
-        let image = m
-            .packed_image()
-            .ok_or_else(|| std::io::Error::other("this type is not packed"))?;
-        write_atomically(&path, &image)?;
+    if let Some(image) = map_checked(&path, want)? {
+        return Ok(image);
     }
-    let file = std::fs::File::open(&path)?;
+    let mut image = m
+        .packed_image()
+        .ok_or_else(|| std::io::Error::other("this type is not packed"))?;
+    let sum = checksum(&image);
+    image.extend_from_slice(&sum.to_le_bytes());
+    write_atomically(&path, &image)?;
+    drop(image);
+    // Another process may have replaced the file meanwhile, with the same bytes: checked again on what is mapped.
+    map_checked(&path, want)?
+        .ok_or_else(|| std::io::Error::other(format!("{} fails its checksum just after writing", path.display())))
+}
+
+/// The first `want` bytes of the file at `path`, mapped, if it holds exactly them and their checksum; `None` if it
+/// is missing or does not.
+fn map_checked(path: &Path, want: usize) -> std::io::Result<Option<SharedBytes>> {
+    let file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if file.metadata()?.len() != (want + TRAILER_BYTES) as u64 {
+        return Ok(None);
+    }
     let map = Arc::new(Mapping::map(&file)?);
-    // Checked again on the mapped file: another process may have replaced it meanwhile (with the same bytes).
-    let image = SharedBytes::mapped(&map, 0, want)
-        .filter(|_| map.len() == want)
-        .ok_or_else(|| std::io::Error::other(format!("{} is not {want} bytes long", path.display())))?;
     map.will_need(0, want);
-    Ok(image)
+    let bytes = map.as_ref().as_ref();
+    if bytes.len() != want + TRAILER_BYTES {
+        return Ok(None);
+    }
+    let (image, trailer) = bytes.split_at(want);
+    if trailer != checksum(image).to_le_bytes() {
+        return Ok(None);
+    }
+    Ok(SharedBytes::mapped(&map, 0, want))
+}
+
+/// Bytes after the image in a cache file: its [`checksum`].
+const TRAILER_BYTES: usize = 8;
+
+/// A fast 64-bit checksum (four independent multiply-rotate lanes over 8-byte words, then the tail): it catches
+/// damaged or edited cache files; it is not meant to resist someone forging one (who could as well edit the model).
+fn checksum(bytes: &[u8]) -> u64 {
+    const K: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut lanes = [1u64, 2, 3, 4];
+    let (words, tail) = bytes.as_chunks::<32>();
+    for chunk in words {
+        for (lane, w) in lanes.iter_mut().zip(chunk.as_chunks::<8>().0) {
+            *lane = (*lane ^ u64::from_le_bytes(*w)).wrapping_mul(K).rotate_left(29);
+        }
+    }
+    let mut h = lanes
+        .iter()
+        .fold(bytes.len() as u64, |h, &l| (h ^ l).wrapping_mul(K).rotate_left(31));
+    for &b in tail {
+        h = (h ^ u64::from(b)).wrapping_mul(K);
+    }
+    h
 }
 
 /// `<root>/<hash of the canonical path>/<length>-<mtime>-v<layout>/t<offset>-<index>-<sample digest>.p16`, creating
@@ -222,8 +269,9 @@ mod tests {
         assert_eq!(root_from(None, None, None), None);
     }
 
-    /// A miss writes the image and maps it; a hit maps the same file; a file of the wrong length is rewritten; a
-    /// new version of the model file replaces the old directory; every way gives the unpacked product's bits.
+    /// A miss writes the image and maps it; a hit maps the same file; a file of the wrong length or checksum is
+    /// rewritten; a new version of the model file replaces the old directory; every way gives the unpacked product's
+    /// bits.
     #[test]
     fn images_are_written_once_mapped_after_and_replaced_with_the_model() {
         let dir = std::env::temp_dir().join(format!("shoal-pack-cache-test-{}", std::process::id()));
@@ -247,11 +295,14 @@ mod tests {
             return;
         }
         let path = image_path(&source, &m, &root).unwrap_or_else(|e| panic!("{e}"));
+        let image = m.packed_image().unwrap_or_default();
+        let mut file = image.clone();
+        file.extend_from_slice(&checksum(&image).to_le_bytes());
         assert_eq!(
-            std::fs::metadata(&path).map(|m| m.len()).ok(),
-            Some(m.packed_image_len() as u64)
+            std::fs::read(&path).ok(),
+            Some(file.clone()),
+            "the image, then its checksum"
         );
-        assert_eq!(std::fs::read(&path).ok(), m.packed_image());
         // A hit, then a damaged (short) file: both give the same bits. (Nothing may map the file while it is cut
         // short in place; the cache itself only ever renames new files over old.)
         drop(first);
@@ -260,7 +311,13 @@ mod tests {
         drop(hit);
         std::fs::write(&path, b"short").unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(product(&pack(m.clone(), &source, Some(&root))), want);
-        assert_eq!(std::fs::read(&path).ok(), m.packed_image());
+        assert_eq!(std::fs::read(&path).ok(), Some(file.clone()));
+        // A flipped byte of the right-length file fails the checksum and is rewritten too.
+        let mut damaged = file.clone();
+        damaged[7] ^= 0x40;
+        std::fs::write(&path, &damaged).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(product(&pack(m.clone(), &source, Some(&root))), want);
+        assert_eq!(std::fs::read(&path).ok(), Some(file.clone()));
         // The model file changes: its old version directory goes.
         std::fs::write(&model, b"a longer stand-in model file").unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(product(&pack(m.clone(), &source, Some(&root))), want);

@@ -1,6 +1,8 @@
 //! Weights that produce NaN (issue 15 item 5): a model file corrupted in place after it was verified, keeping its
 //! size and mtime, so nothing the node stats tells it apart. The runner maps the file, so its next forward pass reads
-//! the corrupt bytes and its logits are NaN. It must fail the request with an error naming the file (never print
+//! the corrupt bytes and its logits are NaN. The corrupted tensor is the embedding table: its rows are looked up in
+//! the mapped file itself on every machine, while the products of an AVX-512 machine read packed copies made at
+//! load (the pack cache, which checks its own files). It must fail the request with an error naming the file (never print
 //! garbage or hang), hash the file again against its card's sha256, and fail with "digest mismatch" naming the file
 //! in the node's log and in `/state`; the worker then stops trusting the file. Real `shoal run` node on loopback,
 //! the real model copied into a models directory of the test's own.
@@ -10,7 +12,7 @@ mod common;
 mod support;
 
 use std::fs::OpenOptions;
-use std::io::{Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -20,8 +22,8 @@ use support::*;
 
 /// f16 NaN (quiet, positive).
 const F16_NAN: [u8; 2] = 0x7e00u16.to_le_bytes();
-/// The tensor whose block scales are overwritten: every token's first layer reads all of it.
-const TENSOR: &str = "blk.0.attn_q.weight";
+/// The tensor whose block scales are overwritten: every token's embedding row comes from it.
+const TENSOR: &str = "token_embd.weight";
 /// The client's answer (an error) must come within this: re-hashing the 100 MB test model takes well under a second.
 const ANSWER_WITHIN: Duration = Duration::from_secs(15);
 
@@ -40,13 +42,18 @@ fn corrupt_in_place(path: &Path) -> usize {
     let bytes = tensor.bytes().unwrap();
     let start = header.data_offset + tensor.offset;
     let before = std::fs::metadata(path).unwrap();
-    let mut file = OpenOptions::new().write(true).open(path).unwrap();
+    let mut file = OpenOptions::new().read(true).write(true).open(path).unwrap();
+    // Read, patch every block's scale, write back in one go (the table has ~900k blocks).
+    let mut data = vec![0u8; bytes as usize];
+    file.seek(SeekFrom::Start(start)).unwrap();
+    file.read_exact(&mut data).unwrap();
     let mut blocks = 0;
-    for at in (start..start + bytes).step_by(block_bytes as usize) {
-        file.seek(SeekFrom::Start(at)).unwrap();
-        file.write_all(&F16_NAN).unwrap();
+    for block in data.chunks_exact_mut(block_bytes as usize) {
+        block[..2].copy_from_slice(&F16_NAN);
         blocks += 1;
     }
+    file.seek(SeekFrom::Start(start)).unwrap();
+    file.write_all(&data).unwrap();
     file.sync_all().unwrap();
     file.set_modified(before.modified().unwrap()).unwrap();
     drop(file);
