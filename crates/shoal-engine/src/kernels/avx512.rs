@@ -429,6 +429,42 @@ mod tests {
             .collect()
     }
 
+    /// Asserts that the row-group kernel over `m`'s packed rows gives, for every activation row and every row, exactly
+    /// the bits of this module's row kernels, computed whole and split at 0, 3, 16 and the end.
+    pub(super) fn assert_packed_equals_rows(t: Avx512, m: &QMatrix, acts: &Acts) {
+        let p = super::super::packed::PackedRows::pack(m).unwrap_or_else(|| panic!("{} packs", m.ty()));
+        let (n, rows) = (acts.n, m.rows());
+        let mut want = vec![f32::NAN; n * rows];
+        t.own_rows(m, acts, 0, rows, &mut want);
+        for cut in [0, 3, 16, rows] {
+            let cut = cut.min(rows);
+            let mut a = vec![f32::NAN; n * cut];
+            let mut b = vec![f32::NAN; n * (rows - cut)];
+            // SAFETY: `t` proves the CPU has the features `packed_rows` enables.
+            unsafe {
+                packed_rows(m, &p, acts, 0, cut, &mut a);
+                packed_rows(m, &p, acts, cut, rows, &mut b);
+            }
+            for i in 0..n {
+                for r in 0..rows {
+                    let got = if r < cut {
+                        a[i * cut + r]
+                    } else {
+                        b[i * (rows - cut) + r - cut]
+                    };
+                    let w = want[i * rows + r];
+                    assert_eq!(
+                        got.to_bits(),
+                        w.to_bits(),
+                        "{} {rows}×{} n={n} split at {cut}: y[{i}][{r}] = {got}, row kernel {w}",
+                        m.ty(),
+                        m.cols()
+                    );
+                }
+            }
+        }
+    }
+
     /// On a CPU with AVX-512 VNNI: every type's product is bit-identical to the AVX2 kernel's (so equal to the
     /// scalar reference up to f32 summation order), for odd and even row, activation and block counts, one block,
     /// every tile shape; and each row is bit-identical whatever the batch and the split of the rows.

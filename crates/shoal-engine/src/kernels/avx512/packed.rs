@@ -75,7 +75,7 @@ fn q8_corrections(a: &BlockQ8) -> [i32; 8] {
 /// 64 bytes of `b` from `off`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn load_512(b: &[u8], off: usize) -> __m512i {
+pub(super) fn load_512(b: &[u8], off: usize) -> __m512i {
     assert!(off + 64 <= b.len());
     // SAFETY: off + 64 <= b.len() (asserted).
     unsafe { _mm512_loadu_si512(b.as_ptr().add(off).cast()) }
@@ -84,7 +84,7 @@ fn load_512(b: &[u8], off: usize) -> __m512i {
 /// 16 f16 values of `b` from `off`, as f32.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn load_f16x16(b: &[u8], off: usize) -> __m512 {
+pub(super) fn load_f16x16(b: &[u8], off: usize) -> __m512 {
     assert!(off + 32 <= b.len());
     // SAFETY: off + 32 <= b.len() (asserted).
     _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(b.as_ptr().add(off).cast()) })
@@ -101,7 +101,7 @@ fn act_piece(x: &BlockQ8, k: usize) -> __m512i {
 /// The row kernels' final sum of the eight lane registers (see the module comment), plus `extra`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn finish(l: &[__m512; 8], extra: __m512) -> [f32; GROUP_ROWS] {
+pub(super) fn finish(l: &[__m512; 8], extra: __m512) -> [f32; GROUP_ROWS] {
     let a = _mm512_add_ps(_mm512_add_ps(l[0], l[4]), _mm512_add_ps(l[2], l[6]));
     let b = _mm512_add_ps(_mm512_add_ps(l[1], l[5]), _mm512_add_ps(l[3], l[7]));
     let mut y = [0.0f32; GROUP_ROWS];
@@ -198,7 +198,8 @@ unsafe fn tile_q8_0<const A: usize>(
 #[cfg(test)]
 mod tests {
     use super::super::super::{ActFormat, Isa};
-    use super::super::{Avx512, tests::values};
+    use super::super::Avx512;
+    use super::super::tests::{assert_packed_equals_rows, values};
     use super::*;
 
     /// On a CPU with AVX-512 VNNI: for every packed type, shape (rows not a multiple of 16, one block, many),
@@ -220,54 +221,13 @@ mod tests {
             for (cols, rows) in [(576, 37), (32, 5), (1536, 16), (96, 33)] {
                 let m = QMatrix::quantize(ty, rows, cols, &values(cols as u64 * 3 + rows as u64, rows * cols, 0.2))
                     .unwrap_or_else(|e| panic!("{e}"));
-                let p = PackedRows::pack(&m).unwrap_or_else(|| panic!("{ty} packs"));
                 for n in 1..8 {
                     let mut x = values(cols as u64 + n as u64, n * cols, 4.0);
                     x[..32].fill(0.0); // an all-zero activation block (d = 0)
                     let acts = Acts::quantize(ActFormat::Q8, &x, n, cols, Isa::Scalar);
-                    let mut want = vec![f32::NAN; n * rows];
-                    t.own_rows(&m, &acts, 0, rows, &mut want);
-                    for cut in [0, 3, 16, rows] {
-                        let cut = cut.min(rows);
-                        let mut a = vec![f32::NAN; n * cut];
-                        let mut b = vec![f32::NAN; n * (rows - cut)];
-                        // SAFETY: the token proves the features.
-                        unsafe {
-                            rows_checked(t, &m, &p, &acts, 0, cut, &mut a);
-                            rows_checked(t, &m, &p, &acts, cut, rows, &mut b);
-                        }
-                        for i in 0..n {
-                            for r in 0..rows {
-                                let got = if r < cut {
-                                    a[i * cut + r]
-                                } else {
-                                    b[i * (rows - cut) + r - cut]
-                                };
-                                assert_eq!(
-                                    got.to_bits(),
-                                    want[i * rows + r].to_bits(),
-                                    "{ty} {rows}×{cols} n={n} split at {cut}: y[{i}][{r}]"
-                                );
-                            }
-                        }
-                    }
+                    assert_packed_equals_rows(t, &m, &acts);
                 }
             }
         }
-    }
-
-    /// # Safety
-    /// `_t` proves the CPU has the features.
-    unsafe fn rows_checked(
-        _t: Avx512,
-        m: &QMatrix,
-        p: &PackedRows,
-        acts: &Acts,
-        r0: usize,
-        r1: usize,
-        out: &mut [f32],
-    ) {
-        // SAFETY: the caller holds an `Avx512` token.
-        unsafe { rows(m, p, acts, r0, r1, out) }
     }
 }

@@ -25,6 +25,7 @@ use super::super::packed::GROUP_ROWS;
 use super::super::packed::PackedRows;
 use super::super::packed_k::{K4Offsets, Q6K_D, Q6K_SCALES, k4_offsets};
 use super::super::{Acts, BlockQ8K, QK_K, QMatrix, WeightType};
+use super::packed::{finish, load_512, load_f16x16};
 
 /// Activation rows computed together against one group's unpacked super-block: each unpacked weight vector then
 /// feeds this many `maddubs` + `vpdpwssd` pairs. 4 against 2 (`mod bench`, 2026-12-06, 1024×2048, n = 64): Q4_K
@@ -85,24 +86,6 @@ unsafe fn tile<const A: usize>(ty: WeightType, group: &[u8], nb: usize, x: [&[Bl
     }
 }
 
-/// 64 bytes of `b` from `off`.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn load_512(b: &[u8], off: usize) -> __m512i {
-    assert!(off + 64 <= b.len());
-    // SAFETY: off + 64 <= b.len() (asserted).
-    unsafe { _mm512_loadu_si512(b.as_ptr().add(off).cast()) }
-}
-
-/// 16 f16 values of `b` from `off`, as f32.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn load_f16x16(b: &[u8], off: usize) -> __m512 {
-    assert!(off + 32 <= b.len());
-    // SAFETY: off + 32 <= b.len() (asserted).
-    _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(b.as_ptr().add(off).cast()) })
-}
-
 /// The little-endian u64 of `b` at `off` (a Q5_K fifth-bit mask).
 #[inline]
 fn u64_at(b: &[u8], off: usize) -> u64 {
@@ -132,18 +115,6 @@ fn lane_bytes(b: [u8; 4]) -> __m512i {
     // vpshufb indexes within each 128-bit lane: lane ρ of four starts at byte 4ρ.
     let at = |rho: u8| i32::from_le_bytes(b.map(|v| if v & 0x80 != 0 { v } else { v + 4 * rho }));
     _mm512_broadcast_i32x4(_mm_setr_epi32(at(0), at(1), at(2), at(3)))
-}
-
-/// The row kernels' final sum of the eight lane registers (see the module comment), plus 0.0 (theirs adds it too).
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn finish(l: &[__m512; 8]) -> [f32; GROUP_ROWS] {
-    let a = _mm512_add_ps(_mm512_add_ps(l[0], l[4]), _mm512_add_ps(l[2], l[6]));
-    let b = _mm512_add_ps(_mm512_add_ps(l[1], l[5]), _mm512_add_ps(l[3], l[7]));
-    let mut y = [0.0f32; GROUP_ROWS];
-    // SAFETY: `y` holds exactly 16 f32.
-    unsafe { _mm512_storeu_ps(y.as_mut_ptr(), _mm512_add_ps(_mm512_add_ps(a, b), _mm512_setzero_ps())) };
-    y
 }
 
 /// Q4_K and Q5_K (`at` saying which): one group of 16 rows against `A` activation rows.
@@ -217,7 +188,8 @@ unsafe fn tile_k4<const A: usize>(
             }
         }
     }
-    std::array::from_fn(|a| finish(&acc[a]))
+    // Plus 0.0, as the row kernels' final sum adds it too.
+    std::array::from_fn(|a| finish(&acc[a], _mm512_setzero_ps()))
 }
 
 /// Q6_K: one group of 16 rows against `A` activation rows.
@@ -279,13 +251,15 @@ unsafe fn tile_q6k<const A: usize>(group: &[u8], nb: usize, x: [&[BlockQ8K]; A])
             }
         }
     }
-    std::array::from_fn(|a| finish(&acc[a]))
+    // Plus 0.0, as the row kernels' final sum adds it too.
+    std::array::from_fn(|a| finish(&acc[a], _mm512_setzero_ps()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::super::super::{ActFormat, Isa};
-    use super::super::{Avx512, tests::values};
+    use super::super::Avx512;
+    use super::super::tests::{assert_packed_equals_rows, values};
     use super::*;
 
     /// A K-quant matrix of random bytes (every value, scale and min bit pattern, Q6_K's negative scales too), with
@@ -322,56 +296,14 @@ mod tests {
                 let quantized = QMatrix::quantize(ty, rows, cols, &values(seed, rows * cols, 0.2))
                     .unwrap_or_else(|e| panic!("{e}"));
                 for m in [quantized, random_k_matrix(ty, rows, cols, seed)] {
-                    let p = PackedRows::pack(&m).unwrap_or_else(|| panic!("{ty} packs"));
                     for n in 1..=8 {
                         let mut x = values(cols as u64 + n as u64, n * cols, 4.0);
                         x[..256].fill(0.0); // an all-zero activation block (d = 0)
                         let acts = Acts::quantize(ActFormat::Q8K, &x, n, cols, Isa::Scalar);
-                        let mut want = vec![f32::NAN; n * rows];
-                        t.own_rows(&m, &acts, 0, rows, &mut want);
-                        for cut in [0, 3, 16, rows] {
-                            let cut = cut.min(rows);
-                            let mut a = vec![f32::NAN; n * cut];
-                            let mut b = vec![f32::NAN; n * (rows - cut)];
-                            // SAFETY: the token proves the features.
-                            unsafe {
-                                rows_checked(t, &m, &p, &acts, 0, cut, &mut a);
-                                rows_checked(t, &m, &p, &acts, cut, rows, &mut b);
-                            }
-                            for i in 0..n {
-                                for r in 0..rows {
-                                    let got = if r < cut {
-                                        a[i * cut + r]
-                                    } else {
-                                        b[i * (rows - cut) + r - cut]
-                                    };
-                                    assert_eq!(
-                                        got.to_bits(),
-                                        want[i * rows + r].to_bits(),
-                                        "{ty} {rows}×{cols} n={n} split at {cut}: y[{i}][{r}] = {got}, rows {}",
-                                        want[i * rows + r]
-                                    );
-                                }
-                            }
-                        }
+                        assert_packed_equals_rows(t, &m, &acts);
                     }
                 }
             }
         }
-    }
-
-    /// # Safety
-    /// `_t` proves the CPU has the features.
-    unsafe fn rows_checked(
-        _t: Avx512,
-        m: &QMatrix,
-        p: &PackedRows,
-        acts: &Acts,
-        r0: usize,
-        r1: usize,
-        out: &mut [f32],
-    ) {
-        // SAFETY: the caller holds an `Avx512` token.
-        unsafe { rows(m, p, acts, r0, r1, out) }
     }
 }
