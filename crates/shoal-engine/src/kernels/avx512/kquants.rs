@@ -340,14 +340,14 @@ impl KKernel for Q6K {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::super::super::{ActFormat, Isa, WeightType, scalar};
     use super::super::tests::values;
     use super::*;
 
     /// A K-quant matrix of random bytes (every scale, min and bit pattern, Q6_K's negative scales too), with finite
     /// f16 d (and dmin) of either sign.
-    fn random_k_matrix(ty: WeightType, rows: usize, cols: usize, seed: u64) -> QMatrix {
+    pub(in super::super) fn random_k_matrix(ty: WeightType, rows: usize, cols: usize, seed: u64) -> QMatrix {
         let mut data: Vec<u8> = values(seed, rows * ty.row_bytes(cols), 1.0)
             .iter()
             .map(|v| ((v + 0.5) * 256.0) as u8)

@@ -25,7 +25,7 @@ use super::super::packed::GROUP_ROWS;
 use super::super::packed::PackedRows;
 use super::super::packed_k::{K4Offsets, Q6K_D, Q6K_SCALES, k4_offsets};
 use super::super::{Acts, BlockQ8K, QK_K, QMatrix, WeightType};
-use super::packed::{finish, load_512, load_f16x16};
+use super::packed::{finish, load_512, load_f16x16, walk_groups};
 
 /// Activation rows computed together against one group's unpacked super-block: each unpacked weight vector then
 /// feeds this many `maddubs` + `vpdpwssd` pairs. 4 against 2 (`mod bench`, 2026-12-06, 1024×2048, n = 64): Q4_K
@@ -40,35 +40,23 @@ pub(super) fn rows(m: &QMatrix, p: &PackedRows, acts: &Acts, r0: usize, r1: usiz
     assert!(r0 <= r1 && r1 <= m.rows() && out.len() == acts.n * (r1 - r0));
     let ty = m.ty();
     let nb = m.cols() / QK_K;
-    let (n, len) = (acts.n, r1 - r0);
+    let n = acts.n;
     if nb == 0 {
         out.fill(0.0);
         return;
     }
     let xs: Vec<&[BlockQ8K]> = (0..n).map(|i| acts.q8k_row(i)).collect();
-    for g in r0 / GROUP_ROWS..r1.div_ceil(GROUP_ROWS) {
-        let group = p.group(g);
-        let mut i = 0;
-        while i < n {
-            let take = ACT_ROWS.min(n - i);
-            let mut y = [[0.0f32; GROUP_ROWS]; ACT_ROWS];
-            // SAFETY (all): `rows` runs only with the features the tiles need (its own target features).
-            match take {
-                1 => y[..1].copy_from_slice(&unsafe { tile::<1>(ty, group, nb, [xs[i]]) }),
-                2 => y[..2].copy_from_slice(&unsafe { tile::<2>(ty, group, nb, [xs[i], xs[i + 1]]) }),
-                3 => y[..3].copy_from_slice(&unsafe { tile::<3>(ty, group, nb, [xs[i], xs[i + 1], xs[i + 2]]) }),
-                _ => y[..4]
-                    .copy_from_slice(&unsafe { tile::<4>(ty, group, nb, [xs[i], xs[i + 1], xs[i + 2], xs[i + 3]]) }),
-            }
-            let lo = (g * GROUP_ROWS).max(r0);
-            let hi = (g * GROUP_ROWS + GROUP_ROWS).min(r1);
-            for (k, yk) in y.iter().enumerate().take(take) {
-                out[(i + k) * len + lo - r0..(i + k) * len + hi - r0]
-                    .copy_from_slice(&yk[lo - g * GROUP_ROWS..hi - g * GROUP_ROWS]);
-            }
-            i += take;
+    walk_groups::<ACT_ROWS>(p, r0, r1, n, out, |group, i, take| {
+        let mut y = [[0.0f32; GROUP_ROWS]; ACT_ROWS];
+        // SAFETY (all): `rows` runs only with the features the tiles need (its own target features).
+        match take {
+            1 => y[..1].copy_from_slice(&unsafe { tile::<1>(ty, group, nb, [xs[i]]) }),
+            2 => y[..2].copy_from_slice(&unsafe { tile::<2>(ty, group, nb, [xs[i], xs[i + 1]]) }),
+            3 => y[..3].copy_from_slice(&unsafe { tile::<3>(ty, group, nb, [xs[i], xs[i + 1], xs[i + 2]]) }),
+            _ => y[..4].copy_from_slice(&unsafe { tile::<4>(ty, group, nb, [xs[i], xs[i + 1], xs[i + 2], xs[i + 3]]) }),
         }
-    }
+        y
+    });
 }
 
 /// One group against `A` activation rows, by type.
@@ -259,27 +247,9 @@ unsafe fn tile_q6k<const A: usize>(group: &[u8], nb: usize, x: [&[BlockQ8K]; A])
 mod tests {
     use super::super::super::{ActFormat, Isa};
     use super::super::Avx512;
+    use super::super::kquants::tests::random_k_matrix;
     use super::super::tests::{assert_packed_equals_rows, values};
     use super::*;
-
-    /// A K-quant matrix of random bytes (every value, scale and min bit pattern, Q6_K's negative scales too), with
-    /// finite f16 d (and dmin) of either sign.
-    fn random_k_matrix(ty: WeightType, rows: usize, cols: usize, seed: u64) -> QMatrix {
-        let mut data: Vec<u8> = values(seed, rows * ty.row_bytes(cols), 1.0)
-            .iter()
-            .map(|v| ((v + 0.5) * 256.0) as u8)
-            .collect();
-        let headers = values(seed + 1, data.len(), 0.02);
-        let bb = ty.block_bytes();
-        for (blk, h) in data.chunks_exact_mut(bb).zip(headers.chunks_exact(2)) {
-            let at = if ty == WeightType::Q6K { bb - 2 } else { 0 };
-            blk[at..at + 2].copy_from_slice(&half::f16::from_f32(h[0]).to_le_bytes());
-            if ty != WeightType::Q6K {
-                blk[2..4].copy_from_slice(&half::f16::from_f32(h[1]).to_le_bytes());
-            }
-        }
-        QMatrix::new(ty, rows, cols, data).unwrap_or_else(|e| panic!("{e}"))
-    }
 
     /// On a CPU with AVX-512 VNNI: for Q4_K, Q5_K and Q6_K, quantized and random-byte weights, every shape (rows not
     /// a multiple of 16, one super-block and several), activation count (1 to 8) and split of the rows, the
